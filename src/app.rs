@@ -1,0 +1,153 @@
+//! Wiring: settings → pool, providers, state → the roles this process runs (API, dispatcher
+//! or both), with graceful shutdown on SIGTERM or ctrl-c.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{ConfigError, Settings};
+use crate::dispatch::Dispatcher;
+use crate::http::{self, AppState};
+use crate::providers::{BuildError, Registry};
+use crate::store::{self, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Provider(#[from] BuildError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<sqlx::Error> for AppError {
+    fn from(e: sqlx::Error) -> Self {
+        AppError::Store(StoreError::Db(e))
+    }
+}
+
+/// Which roles a process runs.
+#[derive(Clone, Copy, Debug)]
+pub struct Roles {
+    pub api: bool,
+    pub worker: bool,
+}
+
+#[derive(Clone)]
+pub struct App {
+    pub pool: PgPool,
+    pub settings: Arc<Settings>,
+    pub registry: Arc<Registry>,
+}
+
+impl App {
+    pub fn build(settings: Settings) -> Result<App, AppError> {
+        if settings.database.url.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "database.url".into(),
+                message: "is required: set DATABASE_URL or database.url (or use `herald dev`)".into(),
+            }
+            .into());
+        }
+        let pool = store::pool(
+            settings.database.url.expose(),
+            settings.database.max_connections,
+            Duration::from_millis(settings.database.acquire_timeout_ms),
+        )
+        .map_err(|e| ConfigError::Invalid { key: "database.url".into(), message: e.to_string() })?;
+        let registry = Arc::new(Registry::from_settings(&settings)?);
+        Ok(App { pool, settings: Arc::new(settings), registry })
+    }
+
+    pub fn state(&self) -> AppState {
+        AppState { pool: self.pool.clone(), settings: self.settings.clone(), registry: self.registry.clone() }
+    }
+
+    pub fn dispatcher(&self) -> Dispatcher {
+        Dispatcher::new(self.pool.clone(), self.registry.clone(), self.settings.dispatch.clone())
+    }
+
+    /// Run `roles` until `cancel` fires. The API stops accepting at once and finishes in-flight
+    /// requests; the dispatcher stops claiming and finishes in-flight sends within its grace.
+    pub async fn run(&self, roles: Roles, cancel: CancellationToken) -> Result<(), AppError> {
+        if self.settings.database.migrate_on_start {
+            store::migrate(&self.pool).await?;
+        }
+        let api = if roles.api {
+            let addr = self.settings.server.listen.clone();
+            let listener = tokio::net::TcpListener::bind(&addr)
+                .await
+                .map_err(|e| AppError::Other(format!("cannot bind server.listen {addr}: {e}")))?;
+            info!(addr = %local_addr(&listener), "api listening");
+            let router = http::router(self.state());
+            let grace = Duration::from_millis(self.settings.server.shutdown_grace_ms);
+            let token = cancel.clone();
+            Some(tokio::spawn(async move {
+                let server = axum::serve(listener, router).with_graceful_shutdown(token.clone().cancelled_owned());
+                let mut server = std::pin::pin!(server.into_future());
+                tokio::select! {
+                    res = &mut server => res,
+                    _ = async { cancel_then(grace, &token).await } => {
+                        warn!("in-flight requests did not finish within server.shutdown_grace_ms");
+                        Ok(())
+                    }
+                }
+            }))
+        } else {
+            None
+        };
+        if roles.worker {
+            self.dispatcher().run(cancel.clone()).await;
+        }
+        if let Some(handle) = api {
+            handle.await.map_err(|e| AppError::Other(e.to_string()))??;
+        }
+        Ok(())
+    }
+}
+
+async fn cancel_then(grace: Duration, token: &CancellationToken) {
+    token.cancelled().await;
+    tokio::time::sleep(grace).await;
+}
+
+fn local_addr(l: &tokio::net::TcpListener) -> String {
+    l.local_addr().map(|a: SocketAddr| a.to_string()).unwrap_or_default()
+}
+
+/// A token cancelled by SIGTERM or ctrl-c.
+pub fn shutdown_token() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => info!("ctrl-c: shutting down"),
+            _ = term => info!("SIGTERM: shutting down"),
+        }
+        t.cancel();
+    });
+    token
+}

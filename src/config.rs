@@ -1,0 +1,462 @@
+//! Settings: the embedded `config/default.toml`, overlaid by an optional file, overlaid by the
+//! environment (`HERALD__SECTION__KEY`, plus plain `DATABASE_URL`). `Settings::load` returns
+//! settings that have been checked as a whole; every error names the key at fault.
+//! Secrets are wrapped in `Secret`, whose `Debug` never shows the value.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+
+use crate::domain::Channel;
+
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration key `{key}`: {message}")]
+    Figment { key: String, message: String },
+    #[error("configuration key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), message: message.into() }
+}
+
+/// A secret string. `Debug` and `Display` print `***`; use `expose()` at the point of use.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "***" })
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub dispatch: DispatchSettings,
+    pub channels: ChannelsSettings,
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderSettings>,
+    pub callbacks: CallbackSettings,
+    pub retention: RetentionSettings,
+    pub lambda: LambdaSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub listen: String,
+    pub public_base_url: String,
+    pub max_body_bytes: usize,
+    pub request_timeout_ms: u64,
+    pub shutdown_grace_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: Secret,
+    pub max_connections: u32,
+    pub migrate_on_start: bool,
+    pub acquire_timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatchSettings {
+    pub concurrency: usize,
+    pub batch_size: usize,
+    pub lease_secs: u64,
+    pub poll_interval_ms: u64,
+    pub listen_notify: bool,
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    pub max_attempts: u32,
+    pub shutdown_grace_ms: u64,
+    pub rescue_interval_ms: u64,
+}
+
+impl DispatchSettings {
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_secs)
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelsSettings {
+    pub email: ChannelSettings,
+    pub sms: ChannelSettings,
+    pub push: ChannelSettings,
+}
+
+impl ChannelsSettings {
+    pub fn get(&self, channel: Channel) -> &ChannelSettings {
+        match channel {
+            Channel::Email => &self.email,
+            Channel::Sms => &self.sms,
+            Channel::Push => &self.push,
+        }
+    }
+
+    pub fn get_mut(&mut self, channel: Channel) -> &mut ChannelSettings {
+        match channel {
+            Channel::Email => &mut self.email,
+            Channel::Sms => &mut self.sms,
+            Channel::Push => &mut self.push,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelSettings {
+    #[serde(default)]
+    pub providers: Vec<String>,
+    /// Overrides `dispatch.max_attempts` for this channel.
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+}
+
+/// One `[providers.NAME]` section, by `kind`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ProviderSettings {
+    Log(LogProviderSettings),
+    Smtp(SmtpSettings),
+}
+
+impl ProviderSettings {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProviderSettings::Log(_) => "log",
+            ProviderSettings::Smtp(_) => "smtp",
+        }
+    }
+
+    /// Channels this kind of provider can carry.
+    pub fn serves(&self, channel: Channel) -> bool {
+        match self {
+            ProviderSettings::Log(_) => true,
+            ProviderSettings::Smtp(_) => channel == Channel::Email,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogProviderSettings {
+    /// Artificial latency per send, for demos and benchmarks.
+    #[serde(default)]
+    pub latency_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SmtpTls {
+    None,
+    #[default]
+    Starttls,
+    Tls,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpSettings {
+    pub host: String,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub tls: SmtpTls,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<Secret>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    pub from: String,
+    #[serde(default = "default_smtp_pool")]
+    pub pool_max_size: u32,
+    #[serde(default = "default_provider_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_smtp_pool() -> u32 {
+    10
+}
+
+fn default_provider_timeout_ms() -> u64 {
+    15_000
+}
+
+impl SmtpSettings {
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(match self.tls {
+            SmtpTls::None => 25,
+            SmtpTls::Starttls => 587,
+            SmtpTls::Tls => 465,
+        })
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallbackSettings {
+    pub signing_secret: Secret,
+    pub allow_private_networks: bool,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    pub notifications_days: u32,
+    pub idempotency_hours: u32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LambdaSettings {
+    pub deadline_margin_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+impl Settings {
+    /// Load and check settings. `file` comes from `--config`; `HERALD_CONFIG` is its fallback.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let file = file.map(Path::to_path_buf).or_else(|| std::env::var_os("HERALD_CONFIG").map(PathBuf::from));
+        Self::from_figment(Self::figment(file.as_deref()))
+    }
+
+    pub fn figment(file: Option<&Path>) -> Figment {
+        let mut fig = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(path) = file {
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        fig.merge(Env::raw().only(&["DATABASE_URL"]).map(|_| "database.url".into()))
+            .merge(Env::prefixed("HERALD__").split("__"))
+    }
+
+    pub fn from_figment(fig: Figment) -> Result<Settings, ConfigError> {
+        let mut s: Settings = fig.extract().map_err(|e| {
+            // Name the key the way the docs spell it, and where the bad value came from.
+            let key = e.path.join(".").to_lowercase();
+            let source = e.metadata.as_ref().map(|m| format!(" (from {})", m.name)).unwrap_or_default();
+            ConfigError::Figment { key, message: format!("{}{source}", e.kind) }
+        })?;
+        s.resolve_secret_files()?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Replace `*_file` secrets by the file's content (without a trailing newline).
+    fn resolve_secret_files(&mut self) -> Result<(), ConfigError> {
+        for (name, p) in &mut self.providers {
+            if let ProviderSettings::Smtp(smtp) = p
+                && let Some(path) = &smtp.password_file
+            {
+                let key = format!("providers.{name}.password_file");
+                if smtp.password.is_some() {
+                    return Err(invalid(key, "give either password or password_file, not both"));
+                }
+                smtp.password = Some(read_secret(path, &key)?);
+            }
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let srv = &self.server;
+        if std::net::ToSocketAddrs::to_socket_addrs(&srv.listen).is_err() {
+            return Err(invalid("server.listen", format!("`{}` is not a host:port address", srv.listen)));
+        }
+        if !srv.public_base_url.is_empty() {
+            let ok = url::Url::parse(&srv.public_base_url)
+                .map(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+                .unwrap_or(false);
+            if !ok {
+                return Err(invalid("server.public_base_url", "must be an http(s) URL such as https://herald.example.com"));
+            }
+        }
+        if srv.max_body_bytes < 1024 {
+            return Err(invalid("server.max_body_bytes", "must be at least 1024"));
+        }
+        if self.database.max_connections == 0 {
+            return Err(invalid("database.max_connections", "must be at least 1"));
+        }
+        let d = &self.dispatch;
+        for (key, v) in [
+            ("dispatch.concurrency", d.concurrency as u64),
+            ("dispatch.batch_size", d.batch_size as u64),
+            ("dispatch.lease_secs", d.lease_secs),
+            ("dispatch.poll_interval_ms", d.poll_interval_ms),
+            ("dispatch.retry_base_ms", d.retry_base_ms),
+            ("dispatch.max_attempts", u64::from(d.max_attempts)),
+            ("dispatch.rescue_interval_ms", d.rescue_interval_ms),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if d.retry_max_ms < d.retry_base_ms {
+            return Err(invalid("dispatch.retry_max_ms", "must be at least dispatch.retry_base_ms"));
+        }
+        for (name, p) in &self.providers {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return Err(invalid(format!("providers.{name}"), "provider names use letters, digits, '-' and '_'"));
+            }
+            if let ProviderSettings::Smtp(smtp) = p {
+                if smtp.host.trim().is_empty() {
+                    return Err(invalid(format!("providers.{name}.host"), "is required"));
+                }
+                if let Err(e) = crate::domain::notification::parse_mailbox(&smtp.from) {
+                    return Err(invalid(format!("providers.{name}.from"), e));
+                }
+                if smtp.password.is_some() && smtp.username.is_none() {
+                    return Err(invalid(format!("providers.{name}.username"), "is required when a password is set"));
+                }
+            }
+        }
+        for channel in Channel::ALL {
+            let ch = self.channels.get(channel);
+            for (i, name) in ch.providers.iter().enumerate() {
+                let key = format!("channels.{channel}.providers[{i}]");
+                match self.providers.get(name) {
+                    None => return Err(invalid(key, format!("no provider named `{name}`: add a [providers.{name}] section"))),
+                    Some(p) if !p.serves(channel) => {
+                        return Err(invalid(key, format!("provider `{name}` (kind {}) cannot send {channel}", p.kind())));
+                    }
+                    Some(_) => {}
+                }
+            }
+            if ch.max_attempts == Some(0) {
+                return Err(invalid(format!("channels.{channel}.max_attempts"), "must be at least 1"));
+            }
+        }
+        let secret = self.callbacks.signing_secret.expose();
+        if !secret.is_empty() && !secret.starts_with("whsec_") {
+            return Err(invalid("callbacks.signing_secret", "must be a Standard Webhooks secret starting with whsec_"));
+        }
+        Ok(())
+    }
+
+    pub fn max_attempts(&self, channel: Channel) -> u32 {
+        self.channels.get(channel).max_attempts.unwrap_or(self.dispatch.max_attempts)
+    }
+}
+
+fn read_secret(path: &Path, key: &str) -> Result<Secret, ConfigError> {
+    let raw = std::fs::read_to_string(path).map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?;
+    Ok(Secret::new(raw.trim_end_matches(['\r', '\n'])))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn defaults_load() {
+        Jail::expect_with(|_| {
+            let s = Settings::from_figment(Settings::figment(None)).expect("defaults are valid");
+            assert_eq!(s.dispatch.concurrency, 32);
+            assert!(s.providers.is_empty());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn env_overrides_file_and_names_the_bad_key() {
+        Jail::expect_with(|jail| {
+            jail.create_file("h.toml", "[dispatch]\nconcurrency = 4\n[providers.m]\nkind = \"log\"\n[channels.sms]\nproviders = [\"m\"]\n")?;
+            jail.set_env("HERALD__DISPATCH__BATCH_SIZE", "7");
+            jail.set_env("DATABASE_URL", "postgres://u:pw@h/db");
+            let s = Settings::from_figment(Settings::figment(Some(Path::new("h.toml")))).expect("valid");
+            assert_eq!((s.dispatch.concurrency, s.dispatch.batch_size), (4, 7));
+            assert_eq!(s.database.url.expose(), "postgres://u:pw@h/db");
+            assert!(!format!("{s:?}").contains("pw@"), "secrets stay out of Debug");
+
+            jail.set_env("HERALD__DISPATCH__CONCURRENCY", "lots");
+            let err = Settings::from_figment(Settings::figment(Some(Path::new("h.toml")))).unwrap_err().to_string();
+            assert!(err.contains("dispatch.concurrency"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_provider_in_a_channel_is_named() {
+        Jail::expect_with(|jail| {
+            jail.create_file("h.toml", "[channels.email]\nproviders = [\"mail\"]\n")?;
+            let err = Settings::from_figment(Settings::figment(Some(Path::new("h.toml")))).unwrap_err().to_string();
+            assert!(err.contains("channels.email.providers[0]") && err.contains("mail"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn smtp_cannot_carry_sms_and_password_file_is_read() {
+        Jail::expect_with(|jail| {
+            jail.create_file("pw", "s3cret\n")?;
+            jail.create_file(
+                "h.toml",
+                "[providers.m]\nkind = \"smtp\"\nhost = \"x\"\nfrom = \"a@b.cd\"\nusername = \"u\"\npassword_file = \"pw\"\n[channels.sms]\nproviders = [\"m\"]\n",
+            )?;
+            let err = Settings::from_figment(Settings::figment(Some(Path::new("h.toml")))).unwrap_err().to_string();
+            assert!(err.contains("cannot send sms"), "{err}");
+            jail.create_file(
+                "h.toml",
+                "[providers.m]\nkind = \"smtp\"\nhost = \"x\"\nfrom = \"a@b.cd\"\nusername = \"u\"\npassword_file = \"pw\"\n",
+            )?;
+            let s = Settings::from_figment(Settings::figment(Some(Path::new("h.toml")))).expect("valid");
+            let ProviderSettings::Smtp(smtp) = &s.providers["m"] else { panic!("smtp") };
+            assert_eq!(smtp.password.as_ref().map(Secret::expose), Some("s3cret"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn typos_in_keys_are_refused() {
+        Jail::expect_with(|jail| {
+            jail.create_file("h.toml", "[dispatch]\nconcurency = 4\n")?;
+            let err = Settings::from_figment(Settings::figment(Some(Path::new("h.toml")))).unwrap_err().to_string();
+            assert!(err.contains("concurency"), "{err}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,464 @@
+//! The dispatcher: claims due jobs, sends each through its channel's provider, and records the
+//! outcome through `store::tracking`. One job is one send. The container loop (`run`), tests
+//! (`run_once`) and a Lambda invocation (`drain`) share `claim_batch` and `process`.
+//!
+//! Invariants:
+//! * no row lock is held across a provider call: the claim commits first, and the lease plus its
+//!   fencing token protect the job while the call runs;
+//! * every send is bounded by a timeout inside the lease, so a live worker finishes (or gives
+//!   up) before anyone may rescue its job;
+//! * a job whose outcome could not be recorded keeps its lease and is rescued when it expires:
+//!   delivery is at-least-once, never at-most-once by accident.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use serde::Serialize;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use time::OffsetDateTime;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::config::DispatchSettings;
+use crate::domain::retry::{Decision, RetryPolicy};
+use crate::domain::{Content, Recipient, Status};
+use crate::providers::{OutboundMessage, ProviderError, Registry};
+use crate::store::tracking::{self, Applied, ClaimedJob, Lease};
+use crate::store::{StoreError, WAKE_CHANNEL};
+
+/// What a run did, by outcome. Also the JSON summary of a Lambda worker invocation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub claimed: u64,
+    pub sent: u64,
+    pub retried: u64,
+    pub failed: u64,
+    pub expired: u64,
+    /// Completions refused because the lease had been lost.
+    pub fenced: u64,
+    pub rescued: u64,
+}
+
+impl Summary {
+    fn add(&mut self, o: Outcome) {
+        match o {
+            Outcome::Sent => self.sent += 1,
+            Outcome::Retried => self.retried += 1,
+            Outcome::Failed => self.failed += 1,
+            Outcome::Expired => self.expired += 1,
+            Outcome::Fenced => self.fenced += 1,
+            Outcome::Unrecorded => {}
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    Sent,
+    Retried,
+    Failed,
+    Expired,
+    Fenced,
+    /// The outcome could not be written; the lease will lapse and the job be rescued.
+    Unrecorded,
+}
+
+#[derive(Clone)]
+pub struct Dispatcher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    registry: Arc<Registry>,
+    settings: DispatchSettings,
+    worker_id: String,
+}
+
+impl Dispatcher {
+    pub fn new(pool: PgPool, registry: Arc<Registry>, settings: DispatchSettings) -> Self {
+        let worker_id = format!("{}:{}", hostname(), uuid::Uuid::new_v4().simple());
+        Self { inner: Arc::new(Inner { pool, registry, settings, worker_id }) }
+    }
+
+    fn policy(&self, max_attempts: i32) -> RetryPolicy {
+        let s = &self.inner.settings;
+        RetryPolicy {
+            base: Duration::from_millis(s.retry_base_ms),
+            max: Duration::from_millis(s.retry_max_ms),
+            max_attempts: u32::try_from(max_attempts).unwrap_or(1),
+        }
+    }
+
+    /// Rescue expired leases, claim one batch, send it, and wait for every send to finish.
+    pub async fn run_once(&self) -> Result<Summary, StoreError> {
+        let mut summary = Summary { rescued: self.rescue().await?, ..Summary::default() };
+        let limit = self.inner.settings.batch_size.min(self.inner.settings.concurrency);
+        let jobs = self.claim_batch(limit).await?;
+        summary.claimed = jobs.len() as u64;
+        let mut set = JoinSet::new();
+        for job in jobs {
+            let this = self.clone();
+            set.spawn(async move { this.process(job, None).await });
+        }
+        while let Some(res) = set.join_next().await {
+            summary.add(res.unwrap_or(Outcome::Unrecorded));
+        }
+        Ok(summary)
+    }
+
+    /// Send due work until none is left or `deadline - margin` is reached (Lambda worker mode).
+    /// Each send is bounded by the time left before the deadline.
+    pub async fn drain(&self, deadline: Instant, margin: Duration) -> Result<Summary, StoreError> {
+        let mut summary = Summary { rescued: self.rescue().await?, ..Summary::default() };
+        let limit = self.inner.settings.batch_size.min(self.inner.settings.concurrency);
+        loop {
+            let stop_claiming_at = deadline.checked_sub(margin).unwrap_or(deadline);
+            if Instant::now() >= stop_claiming_at {
+                break;
+            }
+            let jobs = self.claim_batch(limit).await?;
+            if jobs.is_empty() {
+                break;
+            }
+            summary.claimed += jobs.len() as u64;
+            let mut set = JoinSet::new();
+            for job in jobs {
+                let this = self.clone();
+                set.spawn(async move { this.process(job, Some(deadline)).await });
+            }
+            while let Some(res) = set.join_next().await {
+                summary.add(res.unwrap_or(Outcome::Unrecorded));
+            }
+        }
+        Ok(summary)
+    }
+
+    /// The long-running loop: claim whenever there are free slots and due work, wake on
+    /// `LISTEN/NOTIFY` or the poll interval, and on `cancel` stop claiming and give in-flight
+    /// sends `shutdown_grace_ms` to finish.
+    pub async fn run(&self, cancel: CancellationToken) {
+        let s = &self.inner.settings;
+        let slots = Arc::new(Semaphore::new(s.concurrency));
+        let mut in_flight: JoinSet<Outcome> = JoinSet::new();
+        let mut wake = Wake::new(&self.inner.pool, s.listen_notify).await;
+        let rescue_every = Duration::from_millis(s.rescue_interval_ms);
+        let mut next_rescue = Instant::now();
+        let poll = Duration::from_millis(s.poll_interval_ms);
+        info!(worker = %self.inner.worker_id, concurrency = s.concurrency, "dispatcher started");
+
+        loop {
+            if cancel.is_cancelled() {
+                break;
+            }
+            while let Some(res) = in_flight.try_join_next() {
+                if let Err(e) = res {
+                    error!(error = %e, "dispatch task failed");
+                }
+            }
+            if Instant::now() >= next_rescue {
+                if let Err(e) = self.rescue().await {
+                    warn!(error = %e, "lease rescue failed");
+                }
+                wake.reconnect_if_lost(&self.inner.pool).await;
+                next_rescue = Instant::now() + rescue_every;
+            }
+
+            let free = slots.available_permits().min(s.batch_size);
+            let mut claimed = 0;
+            if free > 0 {
+                match self.claim_batch(free).await {
+                    Ok(jobs) => {
+                        claimed = jobs.len();
+                        for job in jobs {
+                            let Ok(permit) = slots.clone().acquire_owned().await else { break };
+                            let this = self.clone();
+                            in_flight.spawn(async move {
+                                let outcome = this.process(job, None).await;
+                                drop(permit);
+                                outcome
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "claim failed; backing off");
+                        tokio::select! {
+                            _ = cancel.cancelled() => break,
+                            _ = tokio::time::sleep(poll) => {}
+                        }
+                        continue;
+                    }
+                }
+            }
+            if free > 0 && claimed == free {
+                continue; // a full batch: more may be due right now
+            }
+            let waiting_for_slot = free == 0;
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                _ = in_flight.join_next(), if waiting_for_slot && !in_flight.is_empty() => {}
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(poll) => {}
+            }
+        }
+
+        let grace = Duration::from_millis(s.shutdown_grace_ms);
+        info!(in_flight = in_flight.len(), grace_ms = s.shutdown_grace_ms, "dispatcher stopping");
+        let finished = tokio::time::timeout(grace, async { while in_flight.join_next().await.is_some() {} }).await;
+        if finished.is_err() {
+            // Their leases lapse and another worker takes them back: at-least-once.
+            warn!(abandoned = in_flight.len(), "in-flight sends did not finish within the grace period");
+            in_flight.abort_all();
+        }
+        info!("dispatcher stopped");
+    }
+
+    async fn rescue(&self) -> Result<u64, StoreError> {
+        let n = tracking::rescue_expired(&self.inner.pool, 1000).await?;
+        if n > 0 {
+            warn!(rescued = n, "took back jobs whose lease expired");
+        }
+        Ok(n)
+    }
+
+    async fn claim_batch(&self, limit: usize) -> Result<Vec<ClaimedJob>, StoreError> {
+        let mut conn = self.inner.pool.acquire().await?;
+        let jobs = tracking::claim(&mut conn, limit as i64, self.inner.settings.lease(), &self.inner.worker_id).await?;
+        if !jobs.is_empty() {
+            debug!(claimed = jobs.len(), "claimed jobs");
+        }
+        Ok(jobs)
+    }
+
+    /// One job: decide, send, record. Never panics out: a panic in a provider is caught and the
+    /// job is retried like a transient failure.
+    async fn process(&self, job: ClaimedJob, deadline: Option<Instant>) -> Outcome {
+        let span = info_span!("dispatch", notification.id = %job.notification_id, attempt = job.attempt, channel = %job.channel);
+        let lease = job.lease();
+        let attempt = job.attempt;
+        let max_attempts = job.max_attempts;
+        let result = AssertUnwindSafe(self.process_inner(job, deadline).instrument(span.clone())).catch_unwind().await;
+        match result {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                error!(parent: &span, "send panicked; retrying the job");
+                let failure = ProviderError::Transient("internal error: the send panicked".into());
+                self.record_failure(lease, attempt, max_attempts, None, None, &failure).instrument(span).await
+            }
+        }
+    }
+
+    async fn process_inner(&self, job: ClaimedJob, deadline: Option<Instant>) -> Outcome {
+        let lease = job.lease();
+        let now = OffsetDateTime::now_utc();
+        if job.expires_at.is_some_and(|t| t <= now) {
+            return self.finish(lease, Status::Expired, "expired", None, "expired before it could be sent", json!({})).await;
+        }
+        if job.attempt > job.max_attempts {
+            // Only reachable through lease rescues: the worker keeps dying on this message.
+            let msg = format!("attempts exhausted ({} of {}) after lost leases", job.attempt - 1, job.max_attempts);
+            return self.finish(lease, Status::Failed, "attempt", None, &msg, json!({"attempt": job.attempt})).await;
+        }
+        let message = match outbound(&job) {
+            Ok(m) => m,
+            Err(e) => return self.finish(lease, Status::Failed, "attempt", None, &e, json!({"attempt": job.attempt})).await,
+        };
+        let Some(provider) = self.inner.registry.route(job.channel).first().cloned() else {
+            let msg = format!("no provider is configured for channel {}", job.channel);
+            return self.finish(lease, Status::Failed, "attempt", None, &msg, json!({"attempt": job.attempt})).await;
+        };
+
+        // Bound the send well inside the lease (so nobody rescues a live send) and, in
+        // Lambda, by the time left before the deadline.
+        let mut limit = provider.timeout().min(self.inner.settings.lease().mul_f64(0.8));
+        if let Some(d) = deadline {
+            limit = limit.min(d.saturating_duration_since(Instant::now()));
+        }
+        let result = match tokio::time::timeout(limit, provider.send(&message)).await {
+            Ok(r) => r,
+            Err(_) => Err(ProviderError::Transient(format!("timed out after {} ms", limit.as_millis()))),
+        };
+        match result {
+            Ok(accepted) => {
+                let mut detail = accepted.detail;
+                detail.insert("attempt".into(), json!(job.attempt));
+                if let Some(id) = &accepted.provider_message_id {
+                    detail.insert("provider_message_id".into(), json!(id));
+                }
+                let pmid = accepted.provider_message_id.as_deref();
+                let res = self
+                    .with_retries(|| async {
+                        let mut conn = self.inner.pool.acquire().await?;
+                        tracking::mark_sent(&mut conn, lease, provider.name(), pmid, Value::Object(detail.clone())).await
+                    })
+                    .await;
+                match res {
+                    Ok(Applied::Yes) => {
+                        info!(provider = provider.name(), "sent");
+                        Outcome::Sent
+                    }
+                    Ok(Applied::Fenced) => fenced(),
+                    Err(e) => unrecorded(&e),
+                }
+            }
+            Err(failure) => {
+                self.record_failure(lease, job.attempt, job.max_attempts, job.expires_at, Some(provider.name()), &failure).await
+            }
+        }
+    }
+
+    async fn record_failure(
+        &self,
+        lease: Lease,
+        attempt: i32,
+        max_attempts: i32,
+        expires_at: Option<OffsetDateTime>,
+        provider: Option<&str>,
+        failure: &ProviderError,
+    ) -> Outcome {
+        let detail = tracking::error_detail(failure.class(), &failure.to_string(), attempt);
+        if !failure.is_retryable() {
+            warn!(provider, class = failure.class(), error = %failure, "send failed permanently");
+            return self.finish(lease, Status::Failed, "attempt", provider, &failure.to_string(), detail).await;
+        }
+        let attempt_u = u32::try_from(attempt).unwrap_or(u32::MAX);
+        match self.policy(max_attempts).decide(attempt_u, failure.retry_after(), rand::random::<f64>()) {
+            Decision::GiveUp => {
+                let msg = format!("attempts exhausted ({attempt} of {max_attempts}); last error: {failure}");
+                warn!(provider, error = %failure, "giving up");
+                self.finish(lease, Status::Failed, "attempt", provider, &msg, detail).await
+            }
+            Decision::Retry(delay) => {
+                let due = OffsetDateTime::now_utc() + delay;
+                if expires_at.is_some_and(|t| due >= t) {
+                    let msg = format!("expires before the next attempt; last error: {failure}");
+                    return self.finish(lease, Status::Expired, "attempt", provider, &msg, detail).await;
+                }
+                info!(provider, class = failure.class(), error = %failure, delay_ms = delay.as_millis() as u64, "will retry");
+                let res = self
+                    .with_retries(|| async {
+                        let mut conn = self.inner.pool.acquire().await?;
+                        tracking::mark_retrying(&mut conn, lease, provider, delay, &failure.to_string(), detail.clone()).await
+                    })
+                    .await;
+                match res {
+                    Ok(Applied::Yes) => Outcome::Retried,
+                    Ok(Applied::Fenced) => fenced(),
+                    Err(e) => unrecorded(&e),
+                }
+            }
+        }
+    }
+
+    async fn finish(&self, lease: Lease, status: Status, event: &str, provider: Option<&str>, error: &str, detail: Value) -> Outcome {
+        let res = self
+            .with_retries(|| async {
+                let mut conn = self.inner.pool.acquire().await?;
+                tracking::mark_finished(&mut conn, lease, status, event, provider, error, detail.clone()).await
+            })
+            .await;
+        match res {
+            Ok(Applied::Yes) if status == Status::Expired => Outcome::Expired,
+            Ok(Applied::Yes) => Outcome::Failed,
+            Ok(Applied::Fenced) => fenced(),
+            Err(e) => unrecorded(&e),
+        }
+    }
+
+    /// Recording an outcome is worth a few tries: giving up means the job is rescued and sent
+    /// again after its lease expires.
+    async fn with_retries<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let mut delay = Duration::from_millis(50);
+        let mut tries = 0;
+        loop {
+            match f().await {
+                Ok(v) => return Ok(v),
+                Err(e) if tries < 3 => {
+                    warn!(error = %e, "recording the outcome failed; trying again");
+                    tries += 1;
+                    tokio::time::sleep(delay).await;
+                    delay *= 4;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+fn fenced() -> Outcome {
+    warn!("lease lost before the outcome was recorded (another worker took the job back); attempt kept in the timeline");
+    Outcome::Fenced
+}
+
+fn unrecorded(e: &StoreError) -> Outcome {
+    error!(error = %e, "could not record the outcome; the job will be retried after its lease expires");
+    Outcome::Unrecorded
+}
+
+/// Rebuild the message from what was stored at acceptance (and validated then).
+fn outbound(job: &ClaimedJob) -> Result<OutboundMessage, String> {
+    let to = Recipient::parse(job.channel, &job.to, true).map_err(|(_, d)| format!("stored recipient unreadable: {d}"))?;
+    let content = Content::from_stored(job.channel, job.content.clone()).map_err(|e| format!("stored content unreadable: {e}"))?;
+    Ok(OutboundMessage {
+        id: job.notification_id,
+        channel: job.channel,
+        to,
+        content,
+        attempt: u32::try_from(job.attempt).unwrap_or(1),
+    })
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "herald".into())
+}
+
+/// Wake-ups from `LISTEN`. Only a hint: when the listener is off or lost, polling carries on.
+struct Wake {
+    listener: Option<PgListener>,
+    enabled: bool,
+}
+
+impl Wake {
+    async fn new(pool: &PgPool, enabled: bool) -> Self {
+        let mut w = Wake { listener: None, enabled };
+        w.reconnect_if_lost(pool).await;
+        w
+    }
+
+    async fn reconnect_if_lost(&mut self, pool: &PgPool) {
+        if !self.enabled || self.listener.is_some() {
+            return;
+        }
+        match PgListener::connect_with(pool).await {
+            Ok(mut l) => match l.listen(WAKE_CHANNEL).await {
+                Ok(()) => self.listener = Some(l),
+                Err(e) => warn!(error = %e, "LISTEN failed; polling only"),
+            },
+            Err(e) => warn!(error = %e, "LISTEN connection failed; polling only"),
+        }
+    }
+
+    async fn notified(&mut self) {
+        match &mut self.listener {
+            Some(l) => {
+                if let Err(e) = l.recv().await {
+                    warn!(error = %e, "LISTEN connection lost; polling until it is back");
+                    self.listener = None;
+                }
+            }
+            None => std::future::pending().await,
+        }
+    }
+}

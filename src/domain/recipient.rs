@@ -1,0 +1,287 @@
+//! Recipients, parsed rather than validated: once a `Recipient` exists it is well formed for
+//! its channel. The checks are deliberately syntactic; deliverability is the provider's call.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use url::Url;
+
+use super::notification::Channel;
+
+/// An email address (`local@domain`), lower-cased in the domain part.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EmailAddress(String);
+
+impl EmailAddress {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let s = raw.trim();
+        if s.len() > 254 {
+            return Err("an email address is at most 254 characters".into());
+        }
+        let Some((local, domain)) = s.rsplit_once('@') else {
+            return Err("expected an email address such as alice@example.com".into());
+        };
+        let local_ok = !local.is_empty()
+            && local.len() <= 64
+            && !local.starts_with('.')
+            && !local.ends_with('.')
+            && !local.contains("..")
+            && local.chars().all(|c| c.is_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c));
+        let labels: Vec<&str> = domain.split('.').collect();
+        let domain_ok = labels.len() >= 2
+            && labels.iter().all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+                    && l.chars().all(|c| c.is_alphanumeric() || c == '-')
+            });
+        if !local_ok || !domain_ok {
+            return Err("expected an email address such as alice@example.com".into());
+        }
+        Ok(Self(format!("{local}@{}", domain.to_lowercase())))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A phone number in E.164 form: `+`, a country code not starting with 0, at most 15 digits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PhoneNumber(String);
+
+impl PhoneNumber {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let digits = raw.strip_prefix('+').unwrap_or("");
+        let ok = (8..=15).contains(&digits.len())
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && !digits.starts_with('0');
+        if ok {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err("expected an E.164 phone number such as +14155550100".into())
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A Web Push subscription as the browser's `PushSubscription.toJSON()` gives it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebPushSubscription {
+    pub endpoint: String,
+    pub keys: WebPushKeys,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebPushKeys {
+    pub p256dh: String,
+    pub auth: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PushTarget {
+    Fcm(String),
+    Apns(String),
+    WebPush(WebPushSubscription),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Recipient {
+    Email(EmailAddress),
+    Sms(PhoneNumber),
+    Push(PushTarget),
+}
+
+/// Parse problems, as (pointer suffix below `/to`, detail).
+pub type RecipientError = (String, String);
+
+impl Recipient {
+    /// Parse the request's `to` for `channel`. `allow_private` relaxes the Web Push endpoint rule
+    /// (https, public host) for tests and private deployments.
+    pub fn parse(channel: Channel, to: &Value, allow_private: bool) -> Result<Self, RecipientError> {
+        let whole = |d: String| (String::new(), d);
+        match channel {
+            Channel::Email => {
+                let s = to.as_str().ok_or_else(|| whole("must be a string".into()))?;
+                EmailAddress::parse(s).map(Recipient::Email).map_err(whole)
+            }
+            Channel::Sms => {
+                let s = to.as_str().ok_or_else(|| whole("must be a string".into()))?;
+                PhoneNumber::parse(s).map(Recipient::Sms).map_err(whole)
+            }
+            Channel::Push => parse_push(to, allow_private).map(Recipient::Push),
+        }
+    }
+
+    /// The `to` value as stored and returned.
+    pub fn to_json(&self) -> Value {
+        match self {
+            Recipient::Email(e) => json!(e.as_str()),
+            Recipient::Sms(p) => json!(p.as_str()),
+            Recipient::Push(PushTarget::Fcm(t)) => json!({ "fcm": t }),
+            Recipient::Push(PushTarget::Apns(t)) => json!({ "apns": t }),
+            Recipient::Push(PushTarget::WebPush(sub)) => json!({ "web_push": sub }),
+        }
+    }
+
+    /// A flat key for the `to` filter and for suppressions: the address, the number, the token
+    /// or the Web Push endpoint.
+    pub fn key(&self) -> String {
+        match self {
+            Recipient::Email(e) => e.as_str().to_owned(),
+            Recipient::Sms(p) => p.as_str().to_owned(),
+            Recipient::Push(PushTarget::Fcm(t) | PushTarget::Apns(t)) => t.clone(),
+            Recipient::Push(PushTarget::WebPush(sub)) => sub.endpoint.clone(),
+        }
+    }
+
+    /// A form safe for logs: enough to correlate, not enough to identify a person.
+    pub fn masked(&self) -> String {
+        mask(&self.key())
+    }
+}
+
+/// Keep the first two and last two characters of a recipient key.
+pub fn mask(key: &str) -> String {
+    let chars: Vec<char> = key.chars().collect();
+    if chars.len() <= 6 {
+        return "***".into();
+    }
+    let head: String = chars[..2].iter().collect();
+    let tail: String = chars[chars.len() - 2..].iter().collect();
+    format!("{head}***{tail}")
+}
+
+fn parse_push(to: &Value, allow_private: bool) -> Result<PushTarget, RecipientError> {
+    let obj = to
+        .as_object()
+        .filter(|o| o.len() == 1)
+        .ok_or_else(|| (String::new(), r#"must be one of {"fcm": …}, {"apns": …}, {"web_push": …}"#.to_owned()))?;
+    let (kind, value) = obj.iter().next().ok_or_else(|| (String::new(), "empty".to_owned()))?;
+    let at = |p: &str, d: &str| (format!("/{kind}{p}"), d.to_owned());
+    match kind.as_str() {
+        "fcm" => {
+            let t = value.as_str().ok_or_else(|| at("", "must be a string"))?;
+            if t.is_empty() || t.len() > 4096 || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(at("", "must be an FCM registration token"));
+            }
+            Ok(PushTarget::Fcm(t.to_owned()))
+        }
+        "apns" => {
+            let t = value.as_str().ok_or_else(|| at("", "must be a string"))?;
+            if t.len() < 64 || t.len() > 200 || t.len() % 2 != 0 || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(at("", "must be an APNs device token in hex (64 or more hex digits)"));
+            }
+            Ok(PushTarget::Apns(t.to_ascii_lowercase()))
+        }
+        "web_push" => {
+            let sub: WebPushSubscription = serde_json::from_value(value.clone())
+                .map_err(|_| at("", "must be a push subscription: {\"endpoint\", \"keys\": {\"p256dh\", \"auth\"}}"))?;
+            check_endpoint(&sub.endpoint, allow_private).map_err(|d| at("/endpoint", &d))?;
+            let p256dh = URL_SAFE_NO_PAD.decode(sub.keys.p256dh.trim_end_matches('='));
+            if !matches!(p256dh.as_deref(), Ok([4, rest @ ..]) if rest.len() == 64) {
+                return Err(at("/keys/p256dh", "must be a base64url uncompressed P-256 public key (65 bytes)"));
+            }
+            let auth = URL_SAFE_NO_PAD.decode(sub.keys.auth.trim_end_matches('='));
+            if !matches!(auth.as_deref(), Ok(a) if a.len() == 16) {
+                return Err(at("/keys/auth", "must be a base64url 16-byte auth secret"));
+            }
+            Ok(PushTarget::WebPush(sub))
+        }
+        _ => Err((String::new(), r#"must be one of {"fcm": …}, {"apns": …}, {"web_push": …}"#.to_owned())),
+    }
+}
+
+/// A user-supplied URL we will later call (Web Push endpoint, callback URL): https, and not a
+/// literal private, loopback or link-local address, unless private networks are allowed.
+/// Names that resolve to private addresses are checked again at delivery time.
+pub fn check_endpoint(raw: &str, allow_private: bool) -> Result<Url, String> {
+    let url = Url::parse(raw).map_err(|e| format!("not a URL: {e}"))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if allow_private => {}
+        _ => return Err("must be an https:// URL".into()),
+    }
+    let host = url.host().ok_or_else(|| "must have a host".to_string())?;
+    if !allow_private {
+        let private = match host {
+            url::Host::Ipv4(ip) => {
+                ip.is_private() || ip.is_loopback() || ip.is_link_local() || ip.is_unspecified() || ip.is_broadcast()
+            }
+            url::Host::Ipv6(ip) => {
+                ip.is_loopback() || ip.is_unspecified() || (ip.segments()[0] & 0xfe00) == 0xfc00 || (ip.segments()[0] & 0xffc0) == 0xfe80
+            }
+            url::Host::Domain(d) => d.eq_ignore_ascii_case("localhost") || d.ends_with(".localhost"),
+        };
+        if private {
+            return Err("must not point at a private, loopback or link-local address".into());
+        }
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn emails() {
+        assert_eq!(EmailAddress::parse("Alice@Example.COM").map(|e| e.0), Ok("Alice@example.com".into()));
+        for bad in ["", "alice", "alice@", "@example.com", "a b@example.com", "alice@example", "a..b@example.com", "alice@-x.com"] {
+            assert!(EmailAddress::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn phones() {
+        assert!(PhoneNumber::parse("+14155550100").is_ok());
+        for bad in ["14155550100", "+0123456789", "+1415", "+1415555010012345", "+1415-555-0100", "12345"] {
+            assert!(PhoneNumber::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn push_targets() {
+        let apns = "a".repeat(64);
+        assert!(Recipient::parse(Channel::Push, &json!({"apns": apns}), false).is_ok());
+        assert!(Recipient::parse(Channel::Push, &json!({"apns": "xyz"}), false).is_err());
+        assert!(Recipient::parse(Channel::Push, &json!({"fcm": "tok en"}), false).is_err());
+        assert!(Recipient::parse(Channel::Push, &json!({"fcm": "abc:def"}), false).is_ok());
+        assert!(Recipient::parse(Channel::Push, &json!("abc"), false).is_err());
+        let key = URL_SAFE_NO_PAD.encode([[4u8].as_slice(), &[7u8; 64]].concat());
+        let auth = URL_SAFE_NO_PAD.encode([1u8; 16]);
+        let sub = |endpoint: &str| json!({"web_push": {"endpoint": endpoint, "keys": {"p256dh": key, "auth": auth}}});
+        assert!(Recipient::parse(Channel::Push, &sub("https://push.example.net/x"), false).is_ok());
+        let err = Recipient::parse(Channel::Push, &sub("http://127.0.0.1:9/x"), false).unwrap_err();
+        assert_eq!(err.0, "/web_push/endpoint");
+        assert!(Recipient::parse(Channel::Push, &sub("http://127.0.0.1:9/x"), true).is_ok());
+        assert!(Recipient::parse(Channel::Push, &sub("https://10.0.0.8/x"), false).is_err());
+    }
+
+    #[test]
+    fn masking_hides_the_middle() {
+        assert_eq!(mask("alice@example.com"), "al***om");
+        assert_eq!(mask("abc"), "***");
+    }
+
+    proptest! {
+        #[test]
+        fn e164_accepts_exactly_plus_and_8_to_15_digits(d in "[1-9][0-9]{0,20}") {
+            let ok = PhoneNumber::parse(&format!("+{d}")).is_ok();
+            prop_assert_eq!(ok, (8..=15).contains(&d.len()));
+        }
+
+        #[test]
+        fn email_parser_never_panics(s in "\\PC*") {
+            let _ = EmailAddress::parse(&s);
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! Liveness and readiness.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::problem::ApiError;
+use crate::store;
+
+pub async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Ready when the database answers and every migration this binary knows has been applied.
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let unavailable = |detail: &str| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", "Not ready", detail);
+    match store::migrations_current(&state.pool).await {
+        Ok(true) => Ok(Json(json!({"status": "ready"}))),
+        Ok(false) => Err(unavailable("database migrations are not applied: run `herald migrate`")),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            Err(unavailable("the database is not reachable"))
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! The HTTP API. `router(state)` is the one router used by the server, tests and (later) Lambda.
+
+mod auth;
+mod health;
+mod notifications;
+pub mod problem;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Request, StatusCode, header};
+use axum::middleware;
+use axum::routing::{get, post};
+use sqlx::PgPool;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use crate::config::Settings;
+use crate::providers::Registry;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub settings: Arc<Settings>,
+    pub registry: Arc<Registry>,
+}
+
+pub fn router(state: AppState) -> Router {
+    let request_id = HeaderName::from_static("x-request-id");
+    let max_body = state.settings.server.max_body_bytes;
+    let timeout = Duration::from_millis(state.settings.server.request_timeout_ms);
+    let api = Router::new()
+        .route("/v1/notifications", post(notifications::create).get(notifications::list))
+        .route("/v1/notifications/{id}", get(notifications::get))
+        .route("/v1/notifications/{id}/cancel", post(notifications::cancel))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(|| async { problem::ApiError::not_found("no such resource") })
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state);
+
+    // Outermost first: request id, its echo, tracing, problem shaping, panics, timeout.
+    api.layer(
+        ServiceBuilder::new()
+            .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION]))
+            .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+            .layer(PropagateRequestIdLayer::new(request_id))
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(|req: &Request<_>| {
+                        let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
+                        // The path only: query strings can carry recipients.
+                        tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                    })
+                    .on_response(DefaultOnResponse::new().level(Level::DEBUG)),
+            )
+            .layer(middleware::from_fn(problem::problem_context))
+            .layer(CatchPanicLayer::new())
+            .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout)),
+    )
+}

@@ -1,0 +1,328 @@
+//! `/v1/notifications`: create, read, list, cancel.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::AppState;
+use super::auth::require;
+use super::problem::ApiError;
+use crate::domain::notification::ParseOptions;
+use crate::domain::recipient::EmailAddress;
+use crate::domain::{Channel, FieldError, NewNotification, NotificationId, Status};
+use crate::store::keys::{Caller, Scope};
+use crate::store::notifications::{self as store, Accepted, IdempotencyKey, ListFilter};
+use crate::store::tracking::{self, CancelOutcome};
+use crate::store::{EventRecord, NotificationRecord};
+
+const DEFAULT_LIMIT: i64 = 50;
+const MAX_LIMIT: i64 = 500;
+
+/// A notification as the API returns it.
+#[derive(Serialize)]
+pub struct NotificationView {
+    id: NotificationId,
+    status: Status,
+    channel: Channel,
+    to: Value,
+    content: Value,
+    priority: &'static str,
+    tags: Vec<String>,
+    metadata: Value,
+    callback_url: Option<String>,
+    attempts: i32,
+    provider: Option<String>,
+    provider_message_id: Option<String>,
+    error: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    updated_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    send_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    expires_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    next_attempt_at: Option<OffsetDateTime>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    events: Option<Vec<EventView>>,
+}
+
+#[derive(Serialize)]
+struct EventView {
+    #[serde(with = "time::serde::rfc3339")]
+    at: OffsetDateTime,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<Status>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    provider: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<Value>,
+}
+
+impl NotificationView {
+    fn new(r: NotificationRecord, events: Option<Vec<EventRecord>>) -> Self {
+        NotificationView {
+            id: r.id,
+            status: r.status,
+            channel: r.channel,
+            to: r.to,
+            content: r.content,
+            priority: r.priority.as_str(),
+            tags: r.tags,
+            metadata: r.metadata,
+            callback_url: r.callback_url,
+            attempts: r.attempts,
+            provider: r.provider,
+            provider_message_id: r.provider_message_id,
+            error: r.last_error,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            send_at: r.send_at,
+            expires_at: r.expires_at,
+            next_attempt_at: r.next_attempt_at,
+            events: events.map(|evs| {
+                evs.into_iter()
+                    .map(|e| EventView { at: e.at, kind: e.kind, status: e.status, provider: e.provider, detail: e.detail })
+                    .collect()
+            }),
+        }
+    }
+}
+
+async fn load(state: &AppState, id: NotificationId, caller: &Caller) -> Result<NotificationView, ApiError> {
+    let mut conn = state.pool.acquire().await.map_err(crate::store::StoreError::from)?;
+    let record = store::get(&mut conn, id, caller.tenant_filter())
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no notification {id}")))?;
+    let events = store::events(&mut conn, id).await?;
+    Ok(NotificationView::new(record, Some(events)))
+}
+
+fn parse_id(raw: &str) -> Result<NotificationId, ApiError> {
+    // An id that cannot exist is simply not found (and leaks nothing about other tenants).
+    raw.parse().map_err(|_| ApiError::not_found(format!("no notification {raw}")))
+}
+
+/// SHA-256 of the body in a canonical form (object keys sorted, no whitespace), so the same
+/// request hashes the same whatever key order or spacing the client used.
+fn request_hash(v: &Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_canonical(v, &mut out);
+    Sha256::digest(&out).to_vec()
+}
+
+fn write_canonical(v: &Value, out: &mut Vec<u8>) {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            out.push(b'{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(Value::String(k.clone()).to_string().as_bytes());
+                out.push(b':');
+                write_canonical(&m[k], out);
+            }
+            out.push(b'}');
+        }
+        Value::Array(a) => {
+            out.push(b'[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(x, out);
+            }
+            out.push(b']');
+        }
+        other => out.extend_from_slice(other.to_string().as_bytes()),
+    }
+}
+
+/// Parse the body as JSON whatever Content-Type says: clients that forget the header (curl's
+/// default is a form type) still get a useful answer, and malformed JSON is a 400 problem.
+fn json_body(body: &Bytes) -> Result<Value, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::malformed(format!("the body is not valid JSON: {e}")))
+}
+
+pub async fn create(State(state): State<AppState>, caller: Caller, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    require(&caller, Scope::Send)?;
+    let value = json_body(&body)?;
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let k = v.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| (0x21..0x7f).contains(&b)));
+            Some(k.ok_or_else(|| {
+                ApiError::validation(vec![FieldError::new("", "the Idempotency-Key header must be 1 to 255 visible ASCII characters")])
+            })?)
+        }
+    };
+    let settings = &state.settings;
+    let opts = ParseOptions {
+        now: OffsetDateTime::now_utc(),
+        // Web Push endpoints must be public https until a web_push provider says otherwise
+        // (its `allow_private_networks`), which arrives with the push adapters.
+        allow_private_push: false,
+        allow_private_callbacks: settings.callbacks.allow_private_networks,
+    };
+    let n = NewNotification::parse(&value, opts).map_err(ApiError::validation)?;
+    if state.registry.route(n.channel).is_empty() {
+        return Err(ApiError::validation(vec![FieldError::new(
+            "/channel",
+            format!("no provider is configured for the {} channel (channels.{}.providers)", n.channel, n.channel),
+        )]));
+    }
+    let hash = request_hash(&value);
+    let idempotency = key.map(|k| IdempotencyKey { key: k, request_hash: &hash });
+    let outcome = store::accept(
+        &state.pool,
+        caller.tenant_id,
+        &n,
+        settings.max_attempts(n.channel),
+        idempotency,
+        settings.dispatch.listen_notify,
+    )
+    .await?;
+    let (id, status, replayed) = match outcome {
+        Accepted::Created(id) => (id, StatusCode::ACCEPTED, false),
+        Accepted::Replayed(id) => (id, StatusCode::OK, true),
+        Accepted::KeyConflict => {
+            return Err(ApiError::conflict(
+                "idempotency-conflict",
+                "Idempotency key reused",
+                "this Idempotency-Key was already used with a different request body",
+            ));
+        }
+    };
+    let view = load(&state, id, &caller).await?;
+    let mut resp = (status, Json(view)).into_response();
+    if let Ok(loc) = HeaderValue::from_str(&format!("/v1/notifications/{id}")) {
+        resp.headers_mut().insert(header::LOCATION, loc);
+    }
+    if replayed {
+        resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(resp)
+}
+
+pub async fn get(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<NotificationView>, ApiError> {
+    require(&caller, Scope::Read)?;
+    let id = parse_id(&id)?;
+    Ok(Json(load(&state, id, &caller).await?))
+}
+
+#[derive(Serialize)]
+pub struct Page {
+    items: Vec<NotificationView>,
+    next_cursor: Option<String>,
+}
+
+fn parse_time_param(params: &HashMap<String, String>, name: &str) -> Result<Option<OffsetDateTime>, ApiError> {
+    params
+        .get(name)
+        .map(|v| OffsetDateTime::parse(v, &Rfc3339).map_err(|_| ApiError::bad_parameter(name, "must be an RFC 3339 timestamp")))
+        .transpose()
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Page>, ApiError> {
+    require(&caller, Scope::Read)?;
+    const KNOWN: [&str; 8] = ["status", "channel", "to", "tag", "created_after", "created_before", "limit", "cursor"];
+    if let Some(unknown) = params.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(ApiError::bad_parameter(unknown, format!("unknown parameter; known: {}", KNOWN.join(", "))));
+    }
+    let status = params
+        .get("status")
+        .map(|s| Status::parse(s).ok_or_else(|| ApiError::bad_parameter("status", "not a notification status")))
+        .transpose()?;
+    let channel = params
+        .get("channel")
+        .map(|s| Channel::parse(s).ok_or_else(|| ApiError::bad_parameter("channel", "must be email, sms or push")))
+        .transpose()?;
+    let limit = match params.get("limit") {
+        None => DEFAULT_LIMIT,
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=MAX_LIMIT).contains(l))
+            .ok_or_else(|| ApiError::bad_parameter("limit", format!("must be between 1 and {MAX_LIMIT}")))?,
+    };
+    let before_id = params
+        .get("cursor")
+        .map(|c| {
+            URL_SAFE_NO_PAD
+                .decode(c)
+                .ok()
+                .and_then(|b| uuid::Uuid::from_slice(&b).ok())
+                .map(NotificationId::from_uuid)
+                .ok_or_else(|| ApiError::bad_parameter("cursor", "not a cursor returned by this API"))
+        })
+        .transpose()?;
+    // Emails are stored with a lower-cased domain: normalise the filter the same way.
+    let to = params.get("to").map(|t| EmailAddress::parse(t).map(|e| e.as_str().to_owned()).unwrap_or_else(|_| t.clone()));
+    let filter = ListFilter {
+        tenant: caller.tenant_filter(),
+        status,
+        channel,
+        to,
+        tag: params.get("tag").cloned(),
+        created_after: parse_time_param(&params, "created_after")?,
+        created_before: parse_time_param(&params, "created_before")?,
+        before_id,
+        limit: limit + 1,
+    };
+    let mut conn = state.pool.acquire().await.map_err(crate::store::StoreError::from)?;
+    let mut rows = store::list(&mut conn, &filter).await?;
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let next_cursor = if more { rows.last().map(|r| URL_SAFE_NO_PAD.encode(r.id.as_uuid().as_bytes())) } else { None };
+    Ok(Json(Page { items: rows.into_iter().map(|r| NotificationView::new(r, None)).collect(), next_cursor }))
+}
+
+pub async fn cancel(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<NotificationView>, ApiError> {
+    require(&caller, Scope::Send)?;
+    let id = parse_id(&id)?;
+    let by = format!("api key {}", caller.key_id);
+    match tracking::cancel(&state.pool, id, caller.tenant_filter(), &by).await? {
+        CancelOutcome::Cancelled => Ok(Json(load(&state, id, &caller).await?)),
+        CancelOutcome::NotFound => Err(ApiError::not_found(format!("no notification {id}"))),
+        CancelOutcome::NotCancellable(st) => Err(ApiError::conflict(
+            "not-cancellable",
+            "Notification cannot be cancelled",
+            format!("the notification is {st}; only scheduled, queued or retrying notifications can be cancelled"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn request_hash_ignores_key_order_and_whitespace() {
+        let a: Value = serde_json::from_str(r#"{"a": 1, "b": {"y": [1, 2], "x": "s"}}"#).expect("json");
+        let b: Value = serde_json::from_str(r#"{"b":{"x":"s","y":[1,2]},"a":1}"#).expect("json");
+        assert_eq!(request_hash(&a), request_hash(&b));
+        assert_ne!(request_hash(&a), request_hash(&json!({"a": 2, "b": {"y": [1, 2], "x": "s"}})));
+    }
+}

@@ -1,0 +1,12 @@
+//! Herald: a notification service. HTTP in (`http`), PostgreSQL queue (`store`), dispatch
+//! (`dispatch`) through provider adapters (`providers`). See `app` for how they are wired.
+
+pub mod app;
+pub mod config;
+pub mod dev;
+pub mod dispatch;
+pub mod domain;
+pub mod http;
+pub mod providers;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,217 @@
+//! The `herald` binary: parse the command line, load settings, start logging, run a command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use herald::app::{self, App, AppError, Roles};
+use herald::config::{LogFormat, Settings};
+use herald::domain::ApiKeyId;
+use herald::store::{self, keys};
+
+#[derive(Parser)]
+#[command(name = "herald", version, about = "Notifications over HTTP: PostgreSQL queue, email/SMS/push providers")]
+struct Cli {
+    /// Config file overlaid on the defaults (also HERALD_CONFIG).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// API and dispatch workers in one process.
+    Serve,
+    /// The HTTP API only.
+    Api,
+    /// Dispatch workers only (binds no port).
+    Worker,
+    /// Apply database migrations.
+    Migrate,
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// Manage tenants.
+    #[command(subcommand)]
+    Tenants(TenantsCmd),
+    /// Zero-setup local run with the `log` provider and a printed API key.
+    Dev {
+        /// Always start a throwaway PostgreSQL, even if one is reachable.
+        #[arg(long)]
+        throwaway_db: bool,
+    },
+    /// Exit 0 when the local server answers /readyz (for container health checks).
+    Healthcheck,
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Create a key (and the tenant if missing); prints the key once, as the last line.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        /// Comma-separated: send, read, admin.
+        #[arg(long, default_value = "send,read")]
+        scopes: String,
+    },
+    /// List keys (never their secrets).
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Revoke a key by id.
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+enum TenantsCmd {
+    /// Create or update a tenant's defaults.
+    Set {
+        tenant: String,
+        #[arg(long)]
+        callback_url: Option<String>,
+        #[arg(long)]
+        signing_secret: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(cli: &Cli) -> Result<Settings, AppError> {
+    let settings = Settings::load(cli.config.as_deref())?;
+    herald::telemetry::init(settings.log.format, &settings.log.level);
+    Ok(settings)
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, AppError> {
+    match &cli.command {
+        Cmd::Serve => serve(&cli, Roles { api: true, worker: true }).await,
+        Cmd::Api => serve(&cli, Roles { api: true, worker: false }).await,
+        Cmd::Worker => serve(&cli, Roles { api: false, worker: true }).await,
+        Cmd::Migrate => {
+            let app = App::build(load(&cli)?)?;
+            store::migrate(&app.pool).await?;
+            println!("migrations applied");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Keys(cmd) => {
+            let app = App::build(load(&cli)?)?;
+            let mut conn = app.pool.acquire().await?;
+            match cmd {
+                KeysCmd::Create { tenant, scopes } => {
+                    let parsed: Option<Vec<keys::Scope>> = scopes.split(',').map(keys::Scope::parse).collect();
+                    let Some(parsed) = parsed.filter(|s| !s.is_empty()) else {
+                        return Err(AppError::Other(format!("--scopes `{scopes}`: use a comma-separated list of send, read, admin")));
+                    };
+                    let (id, key) = keys::create_key(&mut conn, tenant, &parsed).await?;
+                    println!("created key {id} for tenant {tenant} with scopes {scopes}; it is shown only once:");
+                    println!("{key}");
+                }
+                KeysCmd::List { tenant } => {
+                    for k in keys::list_keys(&mut conn, tenant.as_deref()).await? {
+                        let state = if k.revoked_at.is_some() { "revoked" } else { "active" };
+                        println!("{}\t{}\t{}…\t{}\t{}", k.id, k.tenant, k.prefix, k.scopes.join(","), state);
+                    }
+                }
+                KeysCmd::Revoke { id } => {
+                    let id: ApiKeyId = id.parse().map_err(|_| AppError::Other(format!("`{id}` is not a key id")))?;
+                    if !keys::revoke_key(&mut conn, id).await? {
+                        return Err(AppError::Other(format!("no active key {id}")));
+                    }
+                    println!("revoked {id}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Tenants(TenantsCmd::Set { tenant, callback_url, signing_secret }) => {
+            let app = App::build(load(&cli)?)?;
+            if let Some(u) = callback_url {
+                herald::domain::recipient::check_endpoint(u, app.settings.callbacks.allow_private_networks)
+                    .map_err(|e| AppError::Other(format!("--callback-url: {e}")))?;
+            }
+            if let Some(s) = signing_secret.as_deref().filter(|s| !s.starts_with("whsec_")) {
+                let _ = s;
+                return Err(AppError::Other("--signing-secret: must be a Standard Webhooks secret starting with whsec_".into()));
+            }
+            let mut conn = app.pool.acquire().await?;
+            let id = keys::set_tenant(&mut conn, tenant, callback_url.as_deref(), signing_secret.as_deref()).await?;
+            println!("tenant {tenant} ({id}) updated");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Dev { throwaway_db } => dev(&cli, *throwaway_db).await,
+        Cmd::Healthcheck => {
+            let settings = Settings::load(cli.config.as_deref())?;
+            let addr = settings.server.listen.replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]");
+            let url = format!("http://{addr}/readyz");
+            let ok = reqwest::Client::new()
+                .get(&url)
+                .timeout(std::time::Duration::from_secs(3))
+                .send()
+                .await
+                .map(|r| r.status().is_success())
+                .unwrap_or(false);
+            if ok {
+                println!("ready");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("not ready: {url}");
+                Ok(ExitCode::FAILURE)
+            }
+        }
+    }
+}
+
+async fn serve(cli: &Cli, roles: Roles) -> Result<ExitCode, AppError> {
+    let app = App::build(load(cli)?)?;
+    app.run(roles, app::shutdown_token()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn dev(cli: &Cli, throwaway_db: bool) -> Result<ExitCode, AppError> {
+    let mut settings = Settings::load(cli.config.as_deref())?;
+    if settings.log.format == LogFormat::Json {
+        settings.log.format = LogFormat::Pretty;
+    }
+    herald::telemetry::init(settings.log.format, &settings.log.level);
+    // Keep the throwaway cluster (if any) alive until we return: dropping it stops it.
+    let _pg = if settings.database.url.is_empty() || throwaway_db {
+        let pg = herald::dev::local_postgres(throwaway_db).await?;
+        let url = if pg.is_throwaway() {
+            pg.admin_url.clone()
+        } else {
+            herald::dev::ensure_database(&pg.admin_url, "herald_dev").await?;
+            pg.url_for("herald_dev")
+        };
+        settings.database.url = herald::config::Secret::new(url);
+        Some(pg)
+    } else {
+        None
+    };
+    let settings = herald::dev::dev_settings(settings);
+    let app = App::build(settings)?;
+    store::migrate(&app.pool).await?;
+    let (_, key) = {
+        let mut conn = app.pool.acquire().await?;
+        keys::create_key(&mut conn, "dev", &[keys::Scope::Send, keys::Scope::Read, keys::Scope::Admin]).await?
+    };
+    println!("{}", herald::dev::banner(&app.settings.server.listen, &key));
+    app.run(Roles { api: true, worker: true }, app::shutdown_token()).await?;
+    Ok(ExitCode::SUCCESS)
+}

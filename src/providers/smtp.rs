@@ -1,0 +1,159 @@
+//! Email over SMTP with lettre: a pooled async transport, TLS by `none` / `starttls` / `tls`.
+//! Replies are classified by RFC 5321 and RFC 3463: 4xx is transient, 5xx permanent, and a
+//! 5xx with an enhanced `5.1.x` code means the address itself is bad.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lettre::message::header::{ContentType, HeaderName, HeaderValue};
+use lettre::message::{Mailbox, MultiPart, SinglePart};
+use lettre::transport::smtp::PoolConfig;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use serde_json::json;
+
+use super::{Accepted, OutboundMessage, Provider, ProviderError};
+use crate::config::{SmtpSettings, SmtpTls};
+use crate::domain::{Content, Recipient};
+
+pub struct SmtpProvider {
+    name: String,
+    from: Mailbox,
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    timeout: Duration,
+}
+
+impl SmtpProvider {
+    pub fn new(name: &str, cfg: &SmtpSettings) -> Result<Self, String> {
+        let builder = match cfg.tls {
+            // Plaintext: only for local relays and test servers.
+            SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&cfg.host),
+            SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&cfg.host).map_err(|e| e.to_string())?,
+            SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&cfg.host).map_err(|e| e.to_string())?,
+        };
+        let timeout = Duration::from_millis(cfg.timeout_ms);
+        let mut builder = builder
+            .port(cfg.port())
+            .timeout(Some(timeout))
+            .pool_config(PoolConfig::new().max_size(cfg.pool_max_size).idle_timeout(Duration::from_secs(60)));
+        if let (Some(user), Some(password)) = (&cfg.username, &cfg.password) {
+            builder = builder.credentials(Credentials::new(user.clone(), password.expose().to_owned()));
+        }
+        let from: Mailbox = cfg.from.parse().map_err(|e| format!("from: {e}"))?;
+        Ok(Self { name: name.to_owned(), from, transport: builder.build(), timeout })
+    }
+
+    fn build(&self, msg: &OutboundMessage) -> Result<(Message, String), ProviderError> {
+        let (Recipient::Email(to), Content::Email(content)) = (&msg.to, &msg.content) else {
+            return Err(ProviderError::Permanent("smtp carries email only".into()));
+        };
+        let bad = |what: &str, e: &dyn std::fmt::Display| ProviderError::Permanent(format!("{what}: {e}"));
+        let from: Mailbox = match &content.from {
+            Some(f) => f.parse().map_err(|e| bad("from", &e))?,
+            None => self.from.clone(),
+        };
+        // Our own Message-ID is the provider message id: SMTP gives no other stable one.
+        let message_id = format!("<{}.{}@{}>", msg.id, msg.attempt, from.email.domain());
+        let mut builder = Message::builder()
+            .from(from)
+            .to(Mailbox::new(None, to.as_str().parse().map_err(|e| bad("to", &e))?))
+            .subject(content.subject.clone())
+            .message_id(Some(message_id.clone()));
+        if let Some(r) = &content.reply_to {
+            builder = builder.reply_to(r.parse().map_err(|e| bad("reply_to", &e))?);
+        }
+        let body = match (&content.text, &content.html) {
+            (Some(text), Some(html)) => MultiPart::alternative_plain_html(text.clone(), html.clone()),
+            (None, Some(html)) => MultiPart::mixed().singlepart(SinglePart::builder().header(ContentType::TEXT_HTML).body(html.clone())),
+            (Some(text), None) => MultiPart::mixed().singlepart(SinglePart::plain(text.clone())),
+            (None, None) => return Err(ProviderError::Permanent("email has neither text nor html".into())),
+        };
+        let mut message = builder.multipart(body).map_err(|e| bad("message", &e))?;
+        if let Some(url) = &content.unsubscribe_url {
+            // RFC 8058 one-click unsubscribe.
+            let headers = message.headers_mut();
+            headers.insert_raw(HeaderValue::new(HeaderName::new_from_ascii_str("List-Unsubscribe"), format!("<{url}>")));
+            headers.insert_raw(HeaderValue::new(
+                HeaderName::new_from_ascii_str("List-Unsubscribe-Post"),
+                "List-Unsubscribe=One-Click".into(),
+            ));
+        }
+        Ok((message, message_id))
+    }
+}
+
+#[async_trait]
+impl Provider for SmtpProvider {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn timeout(&self) -> Duration {
+        // Connect, greet, MAIL, RCPT, DATA: several round trips, each bounded by `timeout`.
+        self.timeout * 2
+    }
+
+    async fn send(&self, msg: &OutboundMessage) -> Result<Accepted, ProviderError> {
+        let (message, message_id) = self.build(msg)?;
+        match self.transport.send(message).await {
+            Ok(resp) => {
+                let reply = resp.message().collect::<Vec<_>>().join(" ");
+                let mut detail = serde_json::Map::new();
+                detail.insert("smtp_reply".into(), json!(format!("{} {reply}", resp.code())));
+                Ok(Accepted { provider_message_id: Some(message_id), detail })
+            }
+            Err(e) => Err(classify(&e)),
+        }
+    }
+}
+
+/// Map a lettre error to a class. Reply codes decide when there is one; anything else
+/// (connection refused, TLS, timeouts) is a transport problem worth retrying.
+pub fn classify(e: &lettre::transport::smtp::Error) -> ProviderError {
+    let text = e.to_string();
+    match e.status().map(|c| c.to_string()) {
+        Some(code) => classify_reply(&code, &text),
+        None if e.is_timeout() => ProviderError::Transient(format!("smtp timeout: {text}")),
+        None => ProviderError::Transient(format!("smtp connection: {text}")),
+    }
+}
+
+/// Classify an SMTP reply code (and its text, which carries the RFC 3463 enhanced code).
+pub fn classify_reply(code: &str, text: &str) -> ProviderError {
+    let msg = format!("smtp {code}: {text}");
+    match code {
+        // Authentication failures are our configuration, not the message: keep the message
+        // and retry while an operator fixes the credentials.
+        "530" | "534" | "535" | "538" => ProviderError::Transient(msg),
+        c if c.starts_with('4') => ProviderError::Transient(msg),
+        "550" | "551" | "553" if text.contains("5.1.") => ProviderError::RecipientInvalid(msg),
+        "553" => ProviderError::RecipientInvalid(msg),
+        c if c.starts_with('5') => ProviderError::Permanent(msg),
+        _ => ProviderError::Transient(msg),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_codes_map_to_classes() {
+        let cases = [
+            ("421", "4.3.2 shutting down", "transient"),
+            ("450", "4.2.1 greylisted", "transient"),
+            ("451", "4.3.0 try again later", "transient"),
+            ("452", "4.5.3 too many recipients", "transient"),
+            ("535", "5.7.8 bad credentials", "transient"),
+            ("550", "5.1.1 no such user", "recipient_invalid"),
+            ("553", "5.1.3 bad address syntax", "recipient_invalid"),
+            ("550", "5.7.1 rejected by policy", "permanent"),
+            ("552", "5.3.4 message too big", "permanent"),
+            ("554", "5.7.1 spam", "permanent"),
+            ("500", "5.5.1 syntax error", "permanent"),
+        ];
+        for (code, text, class) in cases {
+            assert_eq!(classify_reply(code, text).class(), class, "{code} {text}");
+        }
+    }
+}

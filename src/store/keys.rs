@@ -1,0 +1,178 @@
+//! Tenants and API keys. A key is shown once, at creation; only its SHA-256 is stored, and
+//! requests are authenticated by looking that hash up.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use sqlx::{PgConnection, Row};
+use time::OffsetDateTime;
+
+use super::StoreResult;
+use crate::domain::{ApiKeyId, TenantId};
+
+pub const KEY_PREFIX: &str = "hrld_";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    Send,
+    Read,
+    Admin,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Send => "send",
+            Scope::Read => "read",
+            Scope::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Scope> {
+        [Scope::Send, Scope::Read, Scope::Admin].into_iter().find(|x| x.as_str() == s.trim())
+    }
+}
+
+/// Who is calling: the tenant behind a valid, unrevoked key, and what the key may do.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub key_id: ApiKeyId,
+    pub tenant_id: TenantId,
+    pub scopes: Vec<Scope>,
+}
+
+impl Caller {
+    /// `admin` implies every other scope.
+    pub fn has(&self, scope: Scope) -> bool {
+        self.scopes.contains(&scope) || self.scopes.contains(&Scope::Admin)
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.scopes.contains(&Scope::Admin)
+    }
+
+    /// The tenant filter for reads: `None` (all tenants) for admins.
+    pub fn tenant_filter(&self) -> Option<TenantId> {
+        (!self.is_admin()).then_some(self.tenant_id)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct KeyInfo {
+    pub id: ApiKeyId,
+    pub tenant: String,
+    pub prefix: String,
+    pub scopes: Vec<String>,
+    pub created_at: OffsetDateTime,
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+pub fn hash_key(key: &str) -> Vec<u8> {
+    Sha256::digest(key.as_bytes()).to_vec()
+}
+
+/// Create the tenant if it does not exist; return its id.
+pub async fn ensure_tenant(conn: &mut PgConnection, name: &str) -> StoreResult<TenantId> {
+    // The no-op update makes RETURNING give the id whether or not the row was new.
+    let id: uuid::Uuid = sqlx::query_scalar(
+        "INSERT INTO tenants (id, name) VALUES ($1, $2)
+         ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
+         RETURNING id",
+    )
+    .bind(TenantId::new().as_uuid())
+    .bind(name)
+    .fetch_one(conn)
+    .await?;
+    Ok(TenantId::from_uuid(id))
+}
+
+/// Set a tenant's default callback URL and signing secret (creating the tenant if missing).
+pub async fn set_tenant(
+    conn: &mut PgConnection,
+    name: &str,
+    callback_url: Option<&str>,
+    signing_secret: Option<&str>,
+) -> StoreResult<TenantId> {
+    let id = ensure_tenant(conn, name).await?;
+    sqlx::query(
+        "UPDATE tenants SET callback_url = coalesce($2, callback_url), signing_secret = coalesce($3, signing_secret)
+         WHERE id = $1",
+    )
+    .bind(id.as_uuid())
+    .bind(callback_url)
+    .bind(signing_secret)
+    .execute(conn)
+    .await?;
+    Ok(id)
+}
+
+/// Create a key for `tenant` (creating the tenant if needed). Returns the key id and the
+/// plaintext key, which is never stored.
+pub async fn create_key(conn: &mut PgConnection, tenant: &str, scopes: &[Scope]) -> StoreResult<(ApiKeyId, String)> {
+    let tenant_id = ensure_tenant(conn, tenant).await?;
+    let mut raw = [0u8; 32];
+    rand::rng().fill_bytes(&mut raw);
+    let key = format!("{KEY_PREFIX}{}", URL_SAFE_NO_PAD.encode(raw));
+    let id = ApiKeyId::new();
+    let scopes: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
+    sqlx::query("INSERT INTO api_keys (id, tenant_id, key_hash, prefix, scopes) VALUES ($1, $2, $3, $4, $5)")
+        .bind(id.as_uuid())
+        .bind(tenant_id.as_uuid())
+        .bind(hash_key(&key))
+        .bind(&key[..KEY_PREFIX.len() + 6])
+        .bind(&scopes)
+        .execute(conn)
+        .await?;
+    Ok((id, key))
+}
+
+pub async fn list_keys(conn: &mut PgConnection, tenant: Option<&str>) -> StoreResult<Vec<KeyInfo>> {
+    let rows = sqlx::query(
+        "SELECT k.id, t.name, k.prefix, k.scopes, k.created_at, k.revoked_at
+         FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+         WHERE $1::text IS NULL OR t.name = $1
+         ORDER BY t.name, k.created_at",
+    )
+    .bind(tenant)
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(KeyInfo {
+                id: ApiKeyId::from_uuid(r.try_get("id")?),
+                tenant: r.try_get("name")?,
+                prefix: r.try_get("prefix")?,
+                scopes: r.try_get("scopes")?,
+                created_at: r.try_get("created_at")?,
+                revoked_at: r.try_get("revoked_at")?,
+            })
+        })
+        .collect()
+}
+
+/// Revoke a key; `false` when no live key has that id.
+pub async fn revoke_key(conn: &mut PgConnection, id: ApiKeyId) -> StoreResult<bool> {
+    let done = sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL")
+        .bind(id.as_uuid())
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Authenticate a presented key. The lookup is by hash, so the comparison an attacker could
+/// time is between hashes they cannot steer.
+pub async fn authenticate(conn: &mut PgConnection, presented: &str) -> StoreResult<Option<Caller>> {
+    let row = sqlx::query("SELECT id, tenant_id, scopes FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")
+        .bind(hash_key(presented))
+        .fetch_optional(conn)
+        .await?;
+    let Some(r) = row else { return Ok(None) };
+    let scopes: Vec<String> = r.try_get("scopes")?;
+    Ok(Some(Caller {
+        key_id: ApiKeyId::from_uuid(r.try_get("id")?),
+        tenant_id: TenantId::from_uuid(r.try_get("tenant_id")?),
+        scopes: scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
+    }))
+}

@@ -311,7 +311,10 @@ impl Settings {
                 .map(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
                 .unwrap_or(false);
             if !ok {
-                return Err(invalid("server.public_base_url", "must be an http(s) URL such as https://herald.example.com"));
+                return Err(invalid(
+                    "server.public_base_url",
+                    "must be an http(s) URL such as https://herald.example.com",
+                ));
             }
         }
         if srv.max_body_bytes < 1024 {
@@ -358,9 +361,17 @@ impl Settings {
             for (i, name) in ch.providers.iter().enumerate() {
                 let key = format!("channels.{channel}.providers[{i}]");
                 match self.providers.get(name) {
-                    None => return Err(invalid(key, format!("no provider named `{name}`: add a [providers.{name}] section"))),
+                    None => {
+                        return Err(invalid(
+                            key,
+                            format!("no provider named `{name}`: add a [providers.{name}] section"),
+                        ));
+                    }
                     Some(p) if !p.serves(channel) => {
-                        return Err(invalid(key, format!("provider `{name}` (kind {}) cannot send {channel}", p.kind())));
+                        return Err(invalid(
+                            key,
+                            format!("provider `{name}` (kind {}) cannot send {channel}", p.kind()),
+                        ));
                     }
                     Some(_) => {}
                 }
@@ -382,11 +393,13 @@ impl Settings {
 }
 
 fn read_secret(path: &Path, key: &str) -> Result<Secret, ConfigError> {
-    let raw = std::fs::read_to_string(path).map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?;
+    let raw =
+        std::fs::read_to_string(path).map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?;
     Ok(Secret::new(raw.trim_end_matches(['\r', '\n'])))
 }
 
 #[cfg(test)]
+#[expect(clippy::result_large_err, reason = "figment's Jail closures return figment::Error")]
 mod tests {
     use super::*;
     use figment::Jail;
@@ -404,7 +417,10 @@ mod tests {
     #[test]
     fn env_overrides_file_and_names_the_bad_key() {
         Jail::expect_with(|jail| {
-            jail.create_file("h.toml", "[dispatch]\nconcurrency = 4\n[providers.m]\nkind = \"log\"\n[channels.sms]\nproviders = [\"m\"]\n")?;
+            jail.create_file(
+                "h.toml",
+                "[dispatch]\nconcurrency = 4\n[providers.m]\nkind = \"log\"\n[channels.sms]\nproviders = [\"m\"]\n",
+            )?;
             jail.set_env("HERALD__DISPATCH__BATCH_SIZE", "7");
             jail.set_env("DATABASE_URL", "postgres://u:pw@h/db");
             let s = Settings::from_figment(Settings::figment(Some(Path::new("h.toml")))).expect("valid");

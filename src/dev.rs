@@ -170,10 +170,10 @@ fn free_port() -> Result<u16, AppError> {
 /// `initdb` and `pg_ctl`: on PATH, or in the usual install folders (newest version first).
 fn find_pg_bin() -> Option<PathBuf> {
     let has_tools = |d: &Path| d.join("initdb").is_file() && d.join("pg_ctl").is_file();
-    if let Some(path) = std::env::var_os("PATH") {
-        if let Some(d) = std::env::split_paths(&path).find(|d| has_tools(d)) {
-            return Some(d);
-        }
+    if let Some(path) = std::env::var_os("PATH")
+        && let Some(d) = std::env::split_paths(&path).find(|d| has_tools(d))
+    {
+        return Some(d);
     }
     let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .map(|rd| rd.filter_map(Result::ok).map(|e| e.path().join("bin")).collect())

@@ -118,7 +118,9 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
                 KeysCmd::Create { tenant, scopes } => {
                     let parsed: Option<Vec<keys::Scope>> = scopes.split(',').map(keys::Scope::parse).collect();
                     let Some(parsed) = parsed.filter(|s| !s.is_empty()) else {
-                        return Err(AppError::Other(format!("--scopes `{scopes}`: use a comma-separated list of send, read, admin")));
+                        return Err(AppError::Other(format!(
+                            "--scopes `{scopes}`: use a comma-separated list of send, read, admin"
+                        )));
                     };
                     let (id, key) = keys::create_key(&mut conn, tenant, &parsed).await?;
                     println!("created key {id} for tenant {tenant} with scopes {scopes}; it is shown only once:");
@@ -148,7 +150,9 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
             }
             if let Some(s) = signing_secret.as_deref().filter(|s| !s.starts_with("whsec_")) {
                 let _ = s;
-                return Err(AppError::Other("--signing-secret: must be a Standard Webhooks secret starting with whsec_".into()));
+                return Err(AppError::Other(
+                    "--signing-secret: must be a Standard Webhooks secret starting with whsec_".into(),
+                ));
             }
             let mut conn = app.pool.acquire().await?;
             let id = keys::set_tenant(&mut conn, tenant, callback_url.as_deref(), signing_secret.as_deref()).await?;

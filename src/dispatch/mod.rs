@@ -260,7 +260,9 @@ impl Dispatcher {
         let lease = job.lease();
         let now = OffsetDateTime::now_utc();
         if job.expires_at.is_some_and(|t| t <= now) {
-            return self.finish(lease, Status::Expired, "expired", None, "expired before it could be sent", json!({})).await;
+            return self
+                .finish(lease, Status::Expired, "expired", None, "expired before it could be sent", json!({}))
+                .await;
         }
         if job.attempt > job.max_attempts {
             // Only reachable through lease rescues: the worker keeps dying on this message.
@@ -269,7 +271,9 @@ impl Dispatcher {
         }
         let message = match outbound(&job) {
             Ok(m) => m,
-            Err(e) => return self.finish(lease, Status::Failed, "attempt", None, &e, json!({"attempt": job.attempt})).await,
+            Err(e) => {
+                return self.finish(lease, Status::Failed, "attempt", None, &e, json!({"attempt": job.attempt})).await;
+            }
         };
         let Some(provider) = self.inner.registry.route(job.channel).first().cloned() else {
             let msg = format!("no provider is configured for channel {}", job.channel);
@@ -297,7 +301,8 @@ impl Dispatcher {
                 let res = self
                     .with_retries(|| async {
                         let mut conn = self.inner.pool.acquire().await?;
-                        tracking::mark_sent(&mut conn, lease, provider.name(), pmid, Value::Object(detail.clone())).await
+                        tracking::mark_sent(&mut conn, lease, provider.name(), pmid, Value::Object(detail.clone()))
+                            .await
                     })
                     .await;
                 match res {
@@ -310,7 +315,15 @@ impl Dispatcher {
                 }
             }
             Err(failure) => {
-                self.record_failure(lease, job.attempt, job.max_attempts, job.expires_at, Some(provider.name()), &failure).await
+                self.record_failure(
+                    lease,
+                    job.attempt,
+                    job.max_attempts,
+                    job.expires_at,
+                    Some(provider.name()),
+                    &failure,
+                )
+                .await
             }
         }
     }
@@ -346,7 +359,8 @@ impl Dispatcher {
                 let res = self
                     .with_retries(|| async {
                         let mut conn = self.inner.pool.acquire().await?;
-                        tracking::mark_retrying(&mut conn, lease, provider, delay, &failure.to_string(), detail.clone()).await
+                        tracking::mark_retrying(&mut conn, lease, provider, delay, &failure.to_string(), detail.clone())
+                            .await
                     })
                     .await;
                 match res {
@@ -358,7 +372,15 @@ impl Dispatcher {
         }
     }
 
-    async fn finish(&self, lease: Lease, status: Status, event: &str, provider: Option<&str>, error: &str, detail: Value) -> Outcome {
+    async fn finish(
+        &self,
+        lease: Lease,
+        status: Status,
+        event: &str,
+        provider: Option<&str>,
+        error: &str,
+        detail: Value,
+    ) -> Outcome {
         let res = self
             .with_retries(|| async {
                 let mut conn = self.inner.pool.acquire().await?;
@@ -398,7 +420,9 @@ impl Dispatcher {
 }
 
 fn fenced() -> Outcome {
-    warn!("lease lost before the outcome was recorded (another worker took the job back); attempt kept in the timeline");
+    warn!(
+        "lease lost before the outcome was recorded (another worker took the job back); attempt kept in the timeline"
+    );
     Outcome::Fenced
 }
 
@@ -409,8 +433,10 @@ fn unrecorded(e: &StoreError) -> Outcome {
 
 /// Rebuild the message from what was stored at acceptance (and validated then).
 fn outbound(job: &ClaimedJob) -> Result<OutboundMessage, String> {
-    let to = Recipient::parse(job.channel, &job.to, true).map_err(|(_, d)| format!("stored recipient unreadable: {d}"))?;
-    let content = Content::from_stored(job.channel, job.content.clone()).map_err(|e| format!("stored content unreadable: {e}"))?;
+    let to =
+        Recipient::parse(job.channel, &job.to, true).map_err(|(_, d)| format!("stored recipient unreadable: {d}"))?;
+    let content = Content::from_stored(job.channel, job.content.clone())
+        .map_err(|e| format!("stored content unreadable: {e}"))?;
     Ok(OutboundMessage {
         id: job.notification_id,
         channel: job.channel,

@@ -247,7 +247,10 @@ impl NewNotification {
                 for (i, t) in items.iter().enumerate() {
                     match t.as_str() {
                         Some(s) if !s.is_empty() && s.len() <= MAX_TAG_LEN => tags.push(s.to_owned()),
-                        _ => errs.add(format!("/tags/{i}"), format!("must be a non-empty string of at most {MAX_TAG_LEN} bytes")),
+                        _ => errs.add(
+                            format!("/tags/{i}"),
+                            format!("must be a non-empty string of at most {MAX_TAG_LEN} bytes"),
+                        ),
                     }
                 }
             }
@@ -383,7 +386,14 @@ fn parse_content(channel: Channel, v: &Value, opts: ParseOptions, errs: &mut Err
                     errs.add("/content/unsubscribe_url", d);
                 }
             }
-            Content::Email(EmailContent { subject: subject.unwrap_or_default(), text, html, from, reply_to, unsubscribe_url })
+            Content::Email(EmailContent {
+                subject: subject.unwrap_or_default(),
+                text,
+                html,
+                from,
+                reply_to,
+                unsubscribe_url,
+            })
         }
         Channel::Sms => {
             let text = opt_string(obj, "text", errs);
@@ -467,14 +477,22 @@ mod tests {
 
     #[test]
     fn every_problem_is_reported_with_its_pointer() {
-        let p = pointers(json!({"channel": "email", "to": "nope", "content": {"text": "x"}, "priority": "urgent", "colour": 1}));
+        let p = pointers(
+            json!({"channel": "email", "to": "nope", "content": {"text": "x"}, "priority": "urgent", "colour": 1}),
+        );
         assert_eq!(p, vec!["/colour", "/to", "/content/subject", "/priority"]);
     }
 
     #[test]
     fn sms_and_push_content_rules() {
-        assert_eq!(pointers(json!({"channel": "sms", "to": "+14155550100", "content": {"text": ""}})), vec!["/content/text"]);
-        assert_eq!(pointers(json!({"channel": "push", "to": {"fcm": "t"}, "content": {"data": {"a": 1}}})), vec!["/content", "/content/data/a"]);
+        assert_eq!(
+            pointers(json!({"channel": "sms", "to": "+14155550100", "content": {"text": ""}})),
+            vec!["/content/text"]
+        );
+        assert_eq!(
+            pointers(json!({"channel": "push", "to": {"fcm": "t"}, "content": {"data": {"a": 1}}})),
+            vec!["/content", "/content/data/a"]
+        );
         assert_eq!(pointers(json!({"channel": "fax", "to": "x", "content": {}})), vec!["/channel"]);
     }
 
@@ -482,7 +500,9 @@ mod tests {
     fn content_or_template_but_not_both() {
         assert_eq!(pointers(json!({"channel": "sms", "to": "+14155550100"})), vec!["/content"]);
         assert_eq!(
-            pointers(json!({"channel": "sms", "to": "+14155550100", "content": {"text": "x"}, "template": {"name": "w"}})),
+            pointers(
+                json!({"channel": "sms", "to": "+14155550100", "content": {"text": "x"}, "template": {"name": "w"}})
+            ),
             vec!["/template"]
         );
     }
@@ -492,7 +512,9 @@ mod tests {
         let p = pointers(json!({"channel": "sms", "to": "+14155550100", "content": {"text": "x"},
                                "send_at": "2099-12-01T10:00:00Z", "expires_at": "2099-12-01T09:00:00Z"}));
         assert_eq!(p, vec!["/expires_at"]);
-        let p = pointers(json!({"channel": "sms", "to": "+14155550100", "content": {"text": "x"}, "expires_at": "2001-01-01T00:00:00Z"}));
+        let p = pointers(
+            json!({"channel": "sms", "to": "+14155550100", "content": {"text": "x"}, "expires_at": "2001-01-01T00:00:00Z"}),
+        );
         assert_eq!(p, vec!["/expires_at"]);
     }
 

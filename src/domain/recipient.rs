@@ -57,14 +57,9 @@ pub struct PhoneNumber(String);
 impl PhoneNumber {
     pub fn parse(raw: &str) -> Result<Self, String> {
         let digits = raw.strip_prefix('+').unwrap_or("");
-        let ok = (8..=15).contains(&digits.len())
-            && digits.bytes().all(|b| b.is_ascii_digit())
-            && !digits.starts_with('0');
-        if ok {
-            Ok(Self(raw.to_owned()))
-        } else {
-            Err("expected an E.164 phone number such as +14155550100".into())
-        }
+        let ok =
+            (8..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0');
+        if ok { Ok(Self(raw.to_owned())) } else { Err("expected an E.164 phone number such as +14155550100".into()) }
     }
 
     pub fn as_str(&self) -> &str {
@@ -216,7 +211,10 @@ pub fn check_endpoint(raw: &str, allow_private: bool) -> Result<Url, String> {
                 ip.is_private() || ip.is_loopback() || ip.is_link_local() || ip.is_unspecified() || ip.is_broadcast()
             }
             url::Host::Ipv6(ip) => {
-                ip.is_loopback() || ip.is_unspecified() || (ip.segments()[0] & 0xfe00) == 0xfc00 || (ip.segments()[0] & 0xffc0) == 0xfe80
+                ip.is_loopback()
+                    || ip.is_unspecified()
+                    || (ip.segments()[0] & 0xfe00) == 0xfc00
+                    || (ip.segments()[0] & 0xffc0) == 0xfe80
             }
             url::Host::Domain(d) => d.eq_ignore_ascii_case("localhost") || d.ends_with(".localhost"),
         };
@@ -235,7 +233,16 @@ mod tests {
     #[test]
     fn emails() {
         assert_eq!(EmailAddress::parse("Alice@Example.COM").map(|e| e.0), Ok("Alice@example.com".into()));
-        for bad in ["", "alice", "alice@", "@example.com", "a b@example.com", "alice@example", "a..b@example.com", "alice@-x.com"] {
+        for bad in [
+            "",
+            "alice",
+            "alice@",
+            "@example.com",
+            "a b@example.com",
+            "alice@example",
+            "a..b@example.com",
+            "alice@-x.com",
+        ] {
             assert!(EmailAddress::parse(bad).is_err(), "{bad}");
         }
     }

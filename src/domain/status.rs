@@ -96,11 +96,7 @@ impl Status {
 
     /// Every status from which `next` may be reached, as SQL-ready names.
     pub fn sources_of(next: Status) -> Vec<String> {
-        Status::ALL
-            .into_iter()
-            .filter(|from| from.can_move_to(next))
-            .map(|from| from.as_str().to_owned())
-            .collect()
+        Status::ALL.into_iter().filter(|from| from.can_move_to(next)).map(|from| from.as_str().to_owned()).collect()
     }
 }
 

@@ -23,7 +23,9 @@ impl FromRequestParts<AppState> for Caller {
             _ => return Err(ApiError::unauthorized("use the Bearer scheme: `Authorization: Bearer <key>`")),
         };
         let mut conn = state.pool.acquire().await.map_err(crate::store::StoreError::from)?;
-        keys::authenticate(&mut conn, key).await?.ok_or_else(|| ApiError::unauthorized("the API key is unknown or revoked"))
+        keys::authenticate(&mut conn, key)
+            .await?
+            .ok_or_else(|| ApiError::unauthorized("the API key is unknown or revoked"))
     }
 }
 

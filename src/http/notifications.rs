@@ -96,7 +96,13 @@ impl NotificationView {
             next_attempt_at: r.next_attempt_at,
             events: events.map(|evs| {
                 evs.into_iter()
-                    .map(|e| EventView { at: e.at, kind: e.kind, status: e.status, provider: e.provider, detail: e.detail })
+                    .map(|e| EventView {
+                        at: e.at,
+                        kind: e.kind,
+                        status: e.status,
+                        provider: e.provider,
+                        detail: e.detail,
+                    })
                     .collect()
             }),
         }
@@ -161,15 +167,26 @@ fn json_body(body: &Bytes) -> Result<Value, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::malformed(format!("the body is not valid JSON: {e}")))
 }
 
-pub async fn create(State(state): State<AppState>, caller: Caller, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     require(&caller, Scope::Send)?;
     let value = json_body(&body)?;
     let key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => {
-            let k = v.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| (0x21..0x7f).contains(&b)));
+            let k = v
+                .to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| (0x21..0x7f).contains(&b)));
             Some(k.ok_or_else(|| {
-                ApiError::validation(vec![FieldError::new("", "the Idempotency-Key header must be 1 to 255 visible ASCII characters")])
+                ApiError::validation(vec![FieldError::new(
+                    "",
+                    "the Idempotency-Key header must be 1 to 255 visible ASCII characters",
+                )])
             })?)
         }
     };
@@ -221,7 +238,11 @@ pub async fn create(State(state): State<AppState>, caller: Caller, headers: Head
     Ok(resp)
 }
 
-pub async fn get(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<NotificationView>, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<NotificationView>, ApiError> {
     require(&caller, Scope::Read)?;
     let id = parse_id(&id)?;
     Ok(Json(load(&state, id, &caller).await?))
@@ -236,7 +257,10 @@ pub struct Page {
 fn parse_time_param(params: &HashMap<String, String>, name: &str) -> Result<Option<OffsetDateTime>, ApiError> {
     params
         .get(name)
-        .map(|v| OffsetDateTime::parse(v, &Rfc3339).map_err(|_| ApiError::bad_parameter(name, "must be an RFC 3339 timestamp")))
+        .map(|v| {
+            OffsetDateTime::parse(v, &Rfc3339)
+                .map_err(|_| ApiError::bad_parameter(name, "must be an RFC 3339 timestamp"))
+        })
         .transpose()
 }
 
@@ -278,7 +302,8 @@ pub async fn list(
         })
         .transpose()?;
     // Emails are stored with a lower-cased domain: normalise the filter the same way.
-    let to = params.get("to").map(|t| EmailAddress::parse(t).map(|e| e.as_str().to_owned()).unwrap_or_else(|_| t.clone()));
+    let to =
+        params.get("to").map(|t| EmailAddress::parse(t).map(|e| e.as_str().to_owned()).unwrap_or_else(|_| t.clone()));
     let filter = ListFilter {
         tenant: caller.tenant_filter(),
         status,
@@ -298,7 +323,11 @@ pub async fn list(
     Ok(Json(Page { items: rows.into_iter().map(|r| NotificationView::new(r, None)).collect(), next_cursor }))
 }
 
-pub async fn cancel(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<NotificationView>, ApiError> {
+pub async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<NotificationView>, ApiError> {
     require(&caller, Scope::Send)?;
     let id = parse_id(&id)?;
     let by = format!("api key {}", caller.key_id);

@@ -44,7 +44,12 @@ impl ApiError {
     /// A problem with a query parameter (RFC 9457 §3.1 uses `parameter` for these).
     pub fn bad_parameter(name: &str, detail: impl Into<String>) -> Self {
         let detail = detail.into();
-        let mut e = Self::new(StatusCode::BAD_REQUEST, "invalid-parameter", "Invalid query parameter", format!("{name}: {detail}"));
+        let mut e = Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-parameter",
+            "Invalid query parameter",
+            format!("{name}: {detail}"),
+        );
         e.errors = vec![json!({"parameter": name, "detail": detail})];
         e
     }
@@ -94,7 +99,12 @@ impl From<StoreError> for ApiError {
         // Logged once here, inside the request span; the client only learns it was internal.
         tracing::error!(error = %e, "request failed");
         if let StoreError::Db(sqlx::Error::PoolTimedOut) = e {
-            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", "the database is not reachable");
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+                "the database is not reachable",
+            );
         }
         ApiError::internal()
     }
@@ -113,9 +123,15 @@ impl IntoResponse for ApiError {
 fn generic(status: StatusCode) -> ApiError {
     let (kind, title, detail) = match status {
         StatusCode::NOT_FOUND => ("not-found", "Not found", "no such resource".to_string()),
-        StatusCode::METHOD_NOT_ALLOWED => ("method-not-allowed", "Method not allowed", "this resource does not support that method".into()),
-        StatusCode::PAYLOAD_TOO_LARGE => ("too-large", "Request body too large", "the request body is over server.max_body_bytes".into()),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported-media-type", "Unsupported media type", "send application/json".into()),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            ("method-not-allowed", "Method not allowed", "this resource does not support that method".into())
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ("too-large", "Request body too large", "the request body is over server.max_body_bytes".into())
+        }
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            ("unsupported-media-type", "Unsupported media type", "send application/json".into())
+        }
         StatusCode::REQUEST_TIMEOUT | StatusCode::SERVICE_UNAVAILABLE => {
             ("unavailable", "Service unavailable", "the request took too long; try again".into())
         }
@@ -134,7 +150,8 @@ pub async fn problem_context(req: Request, next: Next) -> Response {
     if !(status.is_client_error() || status.is_server_error()) {
         return resp;
     }
-    let is_problem = resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
+    let is_problem =
+        resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
     let (mut parts, body) = resp.into_parts();
     let mut problem: Value = if is_problem {
         match to_bytes(body, 1 << 20).await.ok().and_then(|b| serde_json::from_slice(&b).ok()) {

@@ -110,7 +110,8 @@ impl Registry {
         }
         let mut routes = BTreeMap::new();
         for channel in Channel::ALL {
-            let list = settings.channels.get(channel).providers.iter().filter_map(|n| by_name.get(n).cloned()).collect();
+            let list =
+                settings.channels.get(channel).providers.iter().filter_map(|n| by_name.get(n).cloned()).collect();
             routes.insert(channel.as_str(), list);
         }
         Ok(Registry { by_name, routes })

@@ -28,7 +28,9 @@ impl SmtpProvider {
         let builder = match cfg.tls {
             // Plaintext: only for local relays and test servers.
             SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&cfg.host),
-            SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&cfg.host).map_err(|e| e.to_string())?,
+            SmtpTls::Starttls => {
+                AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&cfg.host).map_err(|e| e.to_string())?
+            }
             SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&cfg.host).map_err(|e| e.to_string())?,
         };
         let timeout = Duration::from_millis(cfg.timeout_ms);
@@ -64,7 +66,9 @@ impl SmtpProvider {
         }
         let body = match (&content.text, &content.html) {
             (Some(text), Some(html)) => MultiPart::alternative_plain_html(text.clone(), html.clone()),
-            (None, Some(html)) => MultiPart::mixed().singlepart(SinglePart::builder().header(ContentType::TEXT_HTML).body(html.clone())),
+            (None, Some(html)) => {
+                MultiPart::mixed().singlepart(SinglePart::builder().header(ContentType::TEXT_HTML).body(html.clone()))
+            }
             (Some(text), None) => MultiPart::mixed().singlepart(SinglePart::plain(text.clone())),
             (None, None) => return Err(ProviderError::Permanent("email has neither text nor html".into())),
         };
@@ -72,7 +76,8 @@ impl SmtpProvider {
         if let Some(url) = &content.unsubscribe_url {
             // RFC 8058 one-click unsubscribe.
             let headers = message.headers_mut();
-            headers.insert_raw(HeaderValue::new(HeaderName::new_from_ascii_str("List-Unsubscribe"), format!("<{url}>")));
+            headers
+                .insert_raw(HeaderValue::new(HeaderName::new_from_ascii_str("List-Unsubscribe"), format!("<{url}>")));
             headers.insert_raw(HeaderValue::new(
                 HeaderName::new_from_ascii_str("List-Unsubscribe-Post"),
                 "List-Unsubscribe=One-Click".into(),
@@ -95,7 +100,15 @@ impl Provider for SmtpProvider {
 
     async fn send(&self, msg: &OutboundMessage) -> Result<Accepted, ProviderError> {
         let (message, message_id) = self.build(msg)?;
-        match self.transport.send(message).await {
+        // The SMTP transaction runs in a task of its own, so that a caller giving up (timeout,
+        // shutdown) never drops it half-way: lettre would put that connection back in the pool
+        // mid-transaction, and the next message on it would read a stale reply. Left alone, the
+        // transaction ends by itself within lettre's per-command timeout.
+        let transport = self.transport.clone();
+        let sent = tokio::spawn(async move { transport.send(message).await })
+            .await
+            .map_err(|e| ProviderError::Transient(format!("smtp task failed: {e}")))?;
+        match sent {
             Ok(resp) => {
                 let reply = resp.message().collect::<Vec<_>>().join(" ");
                 let mut detail = serde_json::Map::new();

@@ -49,14 +49,12 @@ pub async fn migrate(pool: &PgPool) -> StoreResult<()> {
 
 /// Readiness: the database answers and every embedded migration has been applied.
 pub async fn migrations_current(pool: &PgPool) -> StoreResult<bool> {
-    let applied: Vec<i64> = match sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
-        .fetch_all(pool)
-        .await
-    {
-        Ok(v) => v,
-        // No migrations table yet: reachable, but not migrated.
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => return Ok(false),
-        Err(e) => return Err(e.into()),
-    };
+    let applied: Vec<i64> =
+        match sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success").fetch_all(pool).await {
+            Ok(v) => v,
+            // No migrations table yet: reachable, but not migrated.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
     Ok(MIGRATOR.iter().filter(|m| m.migration_type.is_up_migration()).all(|m| applied.contains(&m.version)))
 }

@@ -195,7 +195,11 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
 }
 
 /// One notification, if `tenant` (or an admin, with `None`) may see it.
-pub async fn get(conn: &mut PgConnection, id: NotificationId, tenant: Option<TenantId>) -> StoreResult<Option<NotificationRecord>> {
+pub async fn get(
+    conn: &mut PgConnection,
+    id: NotificationId,
+    tenant: Option<TenantId>,
+) -> StoreResult<Option<NotificationRecord>> {
     let sql = format!("SELECT {COLUMNS} FROM notifications WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2)");
     let row = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(id.as_uuid())
@@ -206,10 +210,12 @@ pub async fn get(conn: &mut PgConnection, id: NotificationId, tenant: Option<Ten
 }
 
 pub async fn events(conn: &mut PgConnection, id: NotificationId) -> StoreResult<Vec<EventRecord>> {
-    let rows = sqlx::query("SELECT at, type, status, provider, detail FROM notification_events WHERE notification_id = $1 ORDER BY id")
-        .bind(id.as_uuid())
-        .fetch_all(conn)
-        .await?;
+    let rows = sqlx::query(
+        "SELECT at, type, status, provider, detail FROM notification_events WHERE notification_id = $1 ORDER BY id",
+    )
+    .bind(id.as_uuid())
+    .fetch_all(conn)
+    .await?;
     rows.iter()
         .map(|r| {
             let status: Option<String> = r.try_get("status")?;

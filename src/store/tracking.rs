@@ -289,9 +289,8 @@ pub async fn release(conn: &mut PgConnection, lease: Lease) -> StoreResult<Appli
 /// many jobs were rescued. The rescued row gets a new claim (and token) before anyone sends.
 pub async fn rescue_expired(pool: &PgPool, limit: i64) -> StoreResult<u64> {
     let mut tx = pool.begin().await?;
-    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext('herald:rescue'))")
-        .fetch_one(&mut *tx)
-        .await?;
+    let got: bool =
+        sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext('herald:rescue'))").fetch_one(&mut *tx).await?;
     if !got {
         return Ok(0);
     }
@@ -336,7 +335,12 @@ pub enum CancelOutcome {
 }
 
 /// Cancel a notification that has not been handed to a provider yet.
-pub async fn cancel(pool: &PgPool, id: NotificationId, tenant: Option<TenantId>, by: &str) -> StoreResult<CancelOutcome> {
+pub async fn cancel(
+    pool: &PgPool,
+    id: NotificationId,
+    tenant: Option<TenantId>,
+    by: &str,
+) -> StoreResult<CancelOutcome> {
     let mut tx = pool.begin().await?;
     // Jobs row first (lock order). A job being sent is `running` and is not deleted; the
     // re-check of `state` after a concurrent claim makes this race-free.

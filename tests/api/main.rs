@@ -1,0 +1,6 @@
+//! Integration tests: one binary (link once), real PostgreSQL, real sockets.
+
+mod dispatch;
+mod fake_smtp;
+mod helpers;
+mod notifications;

@@ -208,7 +208,9 @@ async fn dev(cli: &Cli, throwaway_db: bool) -> Result<ExitCode, AppError> {
     } else {
         None
     };
-    let settings = herald::dev::dev_settings(settings);
+    let mut settings = herald::dev::dev_settings(settings);
+    // Migrated here, before the key is made; not again when the roles start.
+    settings.database.migrate_on_start = false;
     let app = App::build(settings)?;
     store::migrate(&app.pool).await?;
     let (_, key) = {

@@ -210,6 +210,7 @@ impl Dispatcher {
             }
         }
 
+        while in_flight.try_join_next().is_some() {}
         let grace = Duration::from_millis(s.shutdown_grace_ms);
         info!(in_flight = in_flight.len(), grace_ms = s.shutdown_grace_ms, "dispatcher stopping");
         let finished = tokio::time::timeout(grace, async { while in_flight.join_next().await.is_some() {} }).await;

@@ -10,7 +10,7 @@ use sqlx::{Connection, PgConnection};
 use tracing::{info, warn};
 
 use crate::app::AppError;
-use crate::config::{LogProviderSettings, ProviderSettings, Settings};
+use crate::config::{ProviderKind, ProviderSettings, Settings};
 use crate::domain::Channel;
 
 pub const INSTALL_HINT: &str = "no PostgreSQL found: set DATABASE_URL, run one on localhost:5432, \
@@ -189,7 +189,7 @@ fn find_pg_bin() -> Option<PathBuf> {
 /// Route every channel without providers to a `log` provider, and keep the API on loopback.
 pub fn dev_settings(mut settings: Settings) -> Settings {
     const LOG: &str = "log";
-    settings.providers.entry(LOG.into()).or_insert_with(|| ProviderSettings::Log(LogProviderSettings::default()));
+    settings.providers.entry(LOG.into()).or_insert_with(|| ProviderSettings::new(ProviderKind::Log));
     for channel in Channel::ALL {
         let ch = settings.channels.get_mut(channel);
         if ch.providers.is_empty() {

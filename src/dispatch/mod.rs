@@ -29,6 +29,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use crate::config::DispatchSettings;
 use crate::domain::retry::{Decision, RetryPolicy};
 use crate::domain::{Content, Recipient, Status};
+use crate::providers::resilience::{Admit, Health};
 use crate::providers::{OutboundMessage, ProviderError, Registry};
 use crate::store::tracking::{self, Applied, ClaimedJob, Lease};
 use crate::store::{StoreError, WAKE_CHANNEL};
@@ -44,6 +45,8 @@ pub struct Summary {
     /// Completions refused because the lease had been lost.
     pub fenced: u64,
     pub rescued: u64,
+    /// Claimed but put back without a provider call (every circuit open, pacing).
+    pub deferred: u64,
 }
 
 impl Summary {
@@ -54,9 +57,19 @@ impl Summary {
             Outcome::Failed => self.failed += 1,
             Outcome::Expired => self.expired += 1,
             Outcome::Fenced => self.fenced += 1,
+            Outcome::Deferred => self.deferred += 1,
             Outcome::Unrecorded => {}
         }
     }
+}
+
+/// The attempt a failure belongs to.
+#[derive(Clone, Copy)]
+struct Attempt {
+    lease: Lease,
+    number: i32,
+    max: i32,
+    expires_at: Option<OffsetDateTime>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,6 +79,8 @@ enum Outcome {
     Failed,
     Expired,
     Fenced,
+    /// Put back without calling a provider (open circuits, pacing); not an attempt.
+    Deferred,
     /// The outcome could not be written; the lease will lapse and the job be rescued.
     Unrecorded,
 }
@@ -246,18 +261,21 @@ impl Dispatcher {
         let lease = job.lease();
         let attempt = job.attempt;
         let max_attempts = job.max_attempts;
+        let route_index = job.route_index;
         let result = AssertUnwindSafe(self.process_inner(job, deadline).instrument(span.clone())).catch_unwind().await;
         match result {
             Ok(outcome) => outcome,
             Err(_) => {
                 error!(parent: &span, "send panicked; retrying the job");
                 let failure = ProviderError::Transient("internal error: the send panicked".into());
-                self.record_failure(lease, attempt, max_attempts, None, None, &failure).instrument(span).await
+                let at = Attempt { lease, number: attempt, max: max_attempts, expires_at: None };
+                self.record_failure(at, None, route_index, &failure).instrument(span).await
             }
         }
     }
 
     async fn process_inner(&self, job: ClaimedJob, deadline: Option<Instant>) -> Outcome {
+        let started = Instant::now();
         let lease = job.lease();
         let now = OffsetDateTime::now_utc();
         if job.expires_at.is_some_and(|t| t <= now) {
@@ -276,21 +294,60 @@ impl Dispatcher {
                 return self.finish(lease, Status::Failed, "attempt", None, &e, json!({"attempt": job.attempt})).await;
             }
         };
-        let Some(provider) = self.inner.registry.route(job.channel).first().cloned() else {
-            let msg = format!("no provider is configured for channel {}", job.channel);
+        let candidates = self.inner.registry.candidates(job.channel, &message.to);
+        if candidates.is_empty() {
+            let msg = format!("no provider configured for channel {} can deliver to this recipient", job.channel);
             return self.finish(lease, Status::Failed, "attempt", None, &msg, json!({"attempt": job.attempt})).await;
-        };
-
-        // Bound the send well inside the lease (so nobody rescues a live send) and, in
-        // Lambda, by the time left before the deadline.
-        let mut limit = provider.timeout().min(self.inner.settings.lease().mul_f64(0.8));
-        if let Some(d) = deadline {
-            limit = limit.min(d.saturating_duration_since(Instant::now()));
         }
+
+        // Failover order starts at the job's route index; providers with an open circuit are
+        // skipped. When every one is open, the job waits for the first to half-open.
+        let n = candidates.len();
+        let start = usize::try_from(job.route_index).unwrap_or(0) % n;
+        let mut soonest: Option<Duration> = None;
+        let chosen = (0..n).map(|i| (start + i) % n).find(|&i| match candidates[i].breaker.admit() {
+            Admit::Yes => true,
+            Admit::No(wait) => {
+                soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
+                false
+            }
+        });
+        let Some(index) = chosen else {
+            let wait = soonest.unwrap_or(Duration::from_secs(1));
+            let reason = format!("every provider for {} has an open circuit; waiting", job.channel);
+            return self.put_back(lease, wait, &reason).await;
+        };
+        let route = &candidates[index];
+        let provider = &route.provider;
+
+        // Sends are bounded well inside the lease (so nobody rescues a live send) and, in
+        // Lambda, by the time left before the deadline. Pacing may use part of that budget;
+        // a job that cannot get its turn in time is put back, not failed.
+        let mut budget_end = started + self.inner.settings.lease().mul_f64(0.8);
+        if let Some(d) = deadline {
+            budget_end = budget_end.min(d);
+        }
+        let _permit = if route.pacer.is_limited() {
+            let pace_budget = budget_end.saturating_duration_since(Instant::now()) / 2;
+            match route.pacer.acquire(pace_budget).await {
+                Some(p) => Some(p),
+                None => {
+                    let reason = format!("provider {} is at its pacing limit; waiting", provider.name());
+                    return self.put_back(lease, Duration::ZERO, &reason).await;
+                }
+            }
+        } else {
+            None
+        };
+        let limit = provider.timeout().min(budget_end.saturating_duration_since(Instant::now()));
         let result = match tokio::time::timeout(limit, provider.send(&message)).await {
             Ok(r) => r,
             Err(_) => Err(ProviderError::Transient(format!("timed out after {} ms", limit.as_millis()))),
         };
+        route.breaker.record(match &result {
+            Ok(_) => Health::Answered,
+            Err(e) => e.health(),
+        });
         match result {
             Ok(accepted) => {
                 let mut detail = accepted.detail;
@@ -316,28 +373,38 @@ impl Dispatcher {
                 }
             }
             Err(failure) => {
-                self.record_failure(
-                    lease,
-                    job.attempt,
-                    job.max_attempts,
-                    job.expires_at,
-                    Some(provider.name()),
-                    &failure,
-                )
-                .await
+                // A transient failure moves the next attempt to the next provider in the list.
+                let next_route = i32::try_from((index + 1) % n).unwrap_or(0);
+                let attempt = Attempt { lease, number: job.attempt, max: job.max_attempts, expires_at: job.expires_at };
+                self.record_failure(attempt, Some(provider.name()), next_route, &failure).await
             }
+        }
+    }
+
+    /// Put a claimed job back without counting an attempt (no provider was called).
+    async fn put_back(&self, lease: Lease, delay: Duration, reason: &str) -> Outcome {
+        debug!(delay_ms = delay.as_millis() as u64, reason, "putting the job back");
+        let res = self
+            .with_retries(|| async {
+                let mut conn = self.inner.pool.acquire().await?;
+                tracking::release(&mut conn, lease, delay, Some(reason)).await
+            })
+            .await;
+        match res {
+            Ok(Applied::Yes) => Outcome::Deferred,
+            Ok(Applied::Fenced) => fenced(),
+            Err(e) => unrecorded(&e),
         }
     }
 
     async fn record_failure(
         &self,
-        lease: Lease,
-        attempt: i32,
-        max_attempts: i32,
-        expires_at: Option<OffsetDateTime>,
+        at: Attempt,
         provider: Option<&str>,
+        next_route: i32,
         failure: &ProviderError,
     ) -> Outcome {
+        let Attempt { lease, number: attempt, max: max_attempts, expires_at } = at;
         let detail = tracking::error_detail(failure.class(), &failure.to_string(), attempt);
         if !failure.is_retryable() {
             warn!(provider, class = failure.class(), error = %failure, "send failed permanently");
@@ -360,7 +427,8 @@ impl Dispatcher {
                 let res = self
                     .with_retries(|| async {
                         let mut conn = self.inner.pool.acquire().await?;
-                        tracking::mark_retrying(&mut conn, lease, provider, delay, &failure.to_string(), detail.clone())
+                        let error = failure.to_string();
+                        tracking::mark_retrying(&mut conn, lease, provider, delay, next_route, &error, detail.clone())
                             .await
                     })
                     .await;

@@ -199,10 +199,10 @@ pub async fn create(
         allow_private_callbacks: settings.callbacks.allow_private_networks,
     };
     let n = NewNotification::parse(&value, opts).map_err(ApiError::validation)?;
-    if state.registry.route(n.channel).is_empty() {
+    if state.registry.candidates(n.channel, &n.to).is_empty() {
         return Err(ApiError::validation(vec![FieldError::new(
             "/channel",
-            format!("no provider is configured for the {} channel (channels.{}.providers)", n.channel, n.channel),
+            format!("no provider in channels.{}.providers can deliver to this recipient", n.channel),
         )]));
     }
     let hash = request_hash(&value);

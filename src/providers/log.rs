@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use tracing::info;
 
 use super::{Accepted, OutboundMessage, Provider, ProviderError};
-use crate::config::LogProviderSettings;
+use crate::config::ProviderSettings;
 use crate::domain::Content;
 
 pub struct LogProvider {
@@ -16,7 +16,7 @@ pub struct LogProvider {
 }
 
 impl LogProvider {
-    pub fn new(name: &str, cfg: &LogProviderSettings) -> Self {
+    pub fn new(name: &str, cfg: &ProviderSettings) -> Self {
         Self { name: name.to_owned(), latency: Duration::from_millis(cfg.latency_ms) }
     }
 }

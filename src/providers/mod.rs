@@ -1,9 +1,20 @@
 //! Provider adapters and the registry that routes a channel to them. Adapters translate one
 //! message into one provider call and classify every failure; only the class decides what the
-//! dispatcher does next (retry, give up), never the error text.
+//! dispatcher does next (retry, fail over, give up), never the error text.
+//!
+//! Each configured provider is wrapped in a `Route` with its circuit breaker and pacer; a
+//! channel's routes are kept in the configured failover order.
 
+pub mod chaos;
+pub mod http;
 pub mod log;
+pub mod mailgun;
+pub mod resilience;
+pub mod sendgrid;
+pub mod ses;
 pub mod smtp;
+pub mod twilio;
+pub mod vonage;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,8 +23,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::Value;
 
-use crate::config::{ProviderSettings, Settings};
+use crate::config::{ProviderKind, ProviderSettings, Settings};
 use crate::domain::{Channel, Content, NotificationId, Recipient};
+use resilience::{Breaker, Pacer};
 
 /// One message, ready to hand to a provider.
 #[derive(Clone, Debug)]
@@ -37,7 +49,8 @@ pub struct Accepted {
 /// Why a send did not go through, by what should happen next.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ProviderError {
-    /// Worth retrying: network trouble, timeouts, 5xx, SMTP 4xx.
+    /// Worth retrying, on the next provider if there is one: network trouble, timeouts, 5xx,
+    /// SMTP 4xx, and provider-level refusals (our credentials or account).
     #[error("{0}")]
     Transient(String),
     /// The provider asked us to slow down, perhaps saying for how long.
@@ -71,6 +84,15 @@ impl ProviderError {
             _ => None,
         }
     }
+
+    /// What this says about the provider's health, for its circuit breaker.
+    pub fn health(&self) -> resilience::Health {
+        match self {
+            ProviderError::Transient(_) => resilience::Health::Failed,
+            ProviderError::RateLimited { .. } => resilience::Health::Throttled,
+            ProviderError::Permanent(_) | ProviderError::RecipientInvalid(_) => resilience::Health::Answered,
+        }
+    }
 }
 
 #[async_trait]
@@ -79,6 +101,11 @@ pub trait Provider: Send + Sync {
     fn name(&self) -> &str;
     /// Longest a single send may take; the dispatcher also bounds it by the lease.
     fn timeout(&self) -> Duration;
+    /// Whether this provider can deliver to this recipient (push providers serve one kind of
+    /// token each); email and SMS providers take every recipient of their channel.
+    fn accepts(&self, _to: &Recipient) -> bool {
+        true
+    }
     async fn send(&self, msg: &OutboundMessage) -> Result<Accepted, ProviderError>;
 }
 
@@ -89,24 +116,44 @@ pub struct BuildError {
     pub message: String,
 }
 
-/// Providers by name, and each channel's providers in failover order.
+/// A provider with its circuit breaker and pacer.
+pub struct Route {
+    pub provider: Arc<dyn Provider>,
+    pub breaker: Breaker,
+    pub pacer: Pacer,
+}
+
+/// Providers by name, and each channel's routes in failover order.
 #[derive(Clone, Default)]
 pub struct Registry {
-    by_name: BTreeMap<String, Arc<dyn Provider>>,
-    routes: BTreeMap<&'static str, Vec<Arc<dyn Provider>>>,
+    by_name: BTreeMap<String, Arc<Route>>,
+    routes: BTreeMap<&'static str, Vec<Arc<Route>>>,
+}
+
+/// One HTTP client for every HTTP provider: shared connection pools, rustls.
+fn http_client() -> Result<reqwest::Client, BuildError> {
+    reqwest::Client::builder()
+        .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(5))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| BuildError { name: "http client".into(), message: e.to_string() })
 }
 
 impl Registry {
     pub fn from_settings(settings: &Settings) -> Result<Registry, BuildError> {
-        let mut by_name: BTreeMap<String, Arc<dyn Provider>> = BTreeMap::new();
-        for (name, p) in &settings.providers {
-            let provider: Arc<dyn Provider> = match p {
-                ProviderSettings::Log(cfg) => Arc::new(log::LogProvider::new(name, cfg)),
-                ProviderSettings::Smtp(cfg) => Arc::new(
-                    smtp::SmtpProvider::new(name, cfg).map_err(|message| BuildError { name: name.clone(), message })?,
-                ),
+        let client = http_client()?;
+        let base = settings.server.public_base_url.as_str();
+        let mut by_name: BTreeMap<String, Arc<Route>> = BTreeMap::new();
+        for (name, cfg) in &settings.providers {
+            let provider =
+                build(name, cfg, &client, base).map_err(|message| BuildError { name: name.clone(), message })?;
+            let route = Route {
+                provider,
+                breaker: Breaker::new(name, cfg.breaker_failures, Duration::from_millis(cfg.breaker_cooldown_ms)),
+                pacer: Pacer::new(cfg.max_per_second, cfg.max_in_flight),
             };
-            by_name.insert(name.clone(), provider);
+            by_name.insert(name.clone(), Arc::new(route));
         }
         let mut routes = BTreeMap::new();
         for channel in Channel::ALL {
@@ -117,12 +164,71 @@ impl Registry {
         Ok(Registry { by_name, routes })
     }
 
-    /// The providers for a channel, in failover order (empty when none is configured).
-    pub fn route(&self, channel: Channel) -> &[Arc<dyn Provider>] {
+    /// The routes that can deliver to `to` on `channel`, in failover order.
+    pub fn candidates(&self, channel: Channel, to: &Recipient) -> Vec<Arc<Route>> {
+        self.route(channel).iter().filter(|r| r.provider.accepts(to)).cloned().collect()
+    }
+
+    /// Every route of a channel (empty when none is configured).
+    pub fn route(&self, channel: Channel) -> &[Arc<Route>] {
         self.routes.get(channel.as_str()).map(Vec::as_slice).unwrap_or(&[])
     }
 
-    pub fn get(&self, name: &str) -> Option<&Arc<dyn Provider>> {
+    pub fn get(&self, name: &str) -> Option<&Arc<Route>> {
         self.by_name.get(name)
+    }
+}
+
+fn build(
+    name: &str,
+    cfg: &ProviderSettings,
+    client: &reqwest::Client,
+    base: &str,
+) -> Result<Arc<dyn Provider>, String> {
+    let c = client.clone();
+    Ok(match cfg.kind {
+        ProviderKind::Log => Arc::new(log::LogProvider::new(name, cfg)),
+        ProviderKind::Smtp => Arc::new(smtp::SmtpProvider::new(name, cfg)?),
+        ProviderKind::Sendgrid => Arc::new(sendgrid::SendGrid::new(name, cfg, c)),
+        ProviderKind::Ses => Arc::new(ses::Ses::new(name, cfg, c)),
+        ProviderKind::Mailgun => Arc::new(mailgun::Mailgun::new(name, cfg, c)),
+        ProviderKind::Twilio => Arc::new(twilio::Twilio::new(name, cfg, c, base)),
+        ProviderKind::Vonage => Arc::new(vonage::Vonage::new(name, cfg, c, base)),
+        ProviderKind::Chaos => Arc::new(chaos::Chaos::new(name, cfg)),
+    })
+}
+
+/// The parts of an email every email adapter maps to its own wire format.
+pub struct EmailParts<'a> {
+    pub to: &'a str,
+    /// `addr` or `Name <addr>`: the content's `from`, else the provider's.
+    pub from: &'a str,
+    pub reply_to: Option<&'a str>,
+    pub subject: &'a str,
+    pub text: Option<&'a str>,
+    pub html: Option<&'a str>,
+    pub unsubscribe_url: Option<&'a str>,
+}
+
+pub fn email_parts<'a>(msg: &'a OutboundMessage, default_from: &'a str) -> Result<EmailParts<'a>, ProviderError> {
+    let (Recipient::Email(to), Content::Email(c)) = (&msg.to, &msg.content) else {
+        return Err(ProviderError::Permanent("this provider carries email only".into()));
+    };
+    Ok(EmailParts {
+        to: to.as_str(),
+        from: c.from.as_deref().unwrap_or(default_from),
+        reply_to: c.reply_to.as_deref(),
+        subject: &c.subject,
+        text: c.text.as_deref().filter(|t| !t.is_empty()),
+        html: c.html.as_deref().filter(|h| !h.is_empty()),
+        unsubscribe_url: c.unsubscribe_url.as_deref(),
+    })
+}
+
+/// (E.164 number, text) of an SMS.
+pub fn sms_parts(msg: &OutboundMessage) -> Result<(&str, &str), ProviderError> {
+    match (&msg.to, &msg.content) {
+        (Recipient::Sms(to), Content::Sms(c)) => Ok((to.as_str(), &c.text)),
+        _ => Err(ProviderError::Permanent("this provider carries sms only".into())),
     }
 }

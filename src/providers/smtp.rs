@@ -13,7 +13,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde_json::json;
 
 use super::{Accepted, OutboundMessage, Provider, ProviderError};
-use crate::config::{SmtpSettings, SmtpTls};
+use crate::config::{ProviderSettings, SmtpTls};
 use crate::domain::{Content, Recipient};
 
 pub struct SmtpProvider {
@@ -24,24 +24,25 @@ pub struct SmtpProvider {
 }
 
 impl SmtpProvider {
-    pub fn new(name: &str, cfg: &SmtpSettings) -> Result<Self, String> {
+    pub fn new(name: &str, cfg: &ProviderSettings) -> Result<Self, String> {
+        let host = cfg.host.as_deref().unwrap_or_default();
         let builder = match cfg.tls {
             // Plaintext: only for local relays and test servers.
-            SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&cfg.host),
+            SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host),
             SmtpTls::Starttls => {
-                AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&cfg.host).map_err(|e| e.to_string())?
+                AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host).map_err(|e| e.to_string())?
             }
-            SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&cfg.host).map_err(|e| e.to_string())?,
+            SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(host).map_err(|e| e.to_string())?,
         };
         let timeout = Duration::from_millis(cfg.timeout_ms);
         let mut builder = builder
-            .port(cfg.port())
+            .port(cfg.smtp_port())
             .timeout(Some(timeout))
             .pool_config(PoolConfig::new().max_size(cfg.pool_max_size).idle_timeout(Duration::from_secs(60)));
         if let (Some(user), Some(password)) = (&cfg.username, &cfg.password) {
             builder = builder.credentials(Credentials::new(user.clone(), password.expose().to_owned()));
         }
-        let from: Mailbox = cfg.from.parse().map_err(|e| format!("from: {e}"))?;
+        let from: Mailbox = cfg.from.as_deref().unwrap_or_default().parse().map_err(|e| format!("from: {e}"))?;
         Ok(Self { name: name.to_owned(), from, transport: builder.build(), timeout })
     }
 

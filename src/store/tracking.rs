@@ -27,6 +27,8 @@ pub struct ClaimedJob {
     pub lease_token: i64,
     pub attempt: i32,
     pub max_attempts: i32,
+    /// Index into the channel's provider list to start from (failover).
+    pub route_index: i32,
     pub notification_id: NotificationId,
     pub tenant_id: TenantId,
     pub channel: Channel,
@@ -87,14 +89,14 @@ pub async fn claim(conn: &mut PgConnection, limit: i64, lease: Duration, worker:
              SET state = 'running', attempt = j.attempt + 1, lease_token = j.lease_token + 1,
                  leased_until = now() + make_interval(secs => $4), locked_by = $5
              FROM picked WHERE j.id = picked.id
-             RETURNING j.id, j.notification_id, j.attempt, j.max_attempts, j.lease_token
+             RETURNING j.id, j.notification_id, j.attempt, j.max_attempts, j.lease_token, j.route_index
          ), marked AS (
              UPDATE notifications n
              SET status = 'sending', next_attempt_at = NULL, updated_at = now()
              FROM claimed c WHERE n.id = c.notification_id
              RETURNING n.id, n.tenant_id, n.channel, n.recipient, n.content, n.expires_at
          )
-         SELECT c.id AS job_id, c.lease_token, c.attempt, c.max_attempts,
+         SELECT c.id AS job_id, c.lease_token, c.attempt, c.max_attempts, c.route_index,
                 m.id, m.tenant_id, m.channel, m.recipient, m.content, m.expires_at
          FROM claimed c JOIN marked m ON m.id = c.notification_id",
     )
@@ -113,6 +115,7 @@ pub async fn claim(conn: &mut PgConnection, limit: i64, lease: Duration, worker:
                 lease_token: r.try_get("lease_token")?,
                 attempt: r.try_get("attempt")?,
                 max_attempts: r.try_get("max_attempts")?,
+                route_index: r.try_get("route_index")?,
                 notification_id: NotificationId::from_uuid(r.try_get("id")?),
                 tenant_id: TenantId::from_uuid(r.try_get("tenant_id")?),
                 channel: Channel::parse(&channel).ok_or_else(|| super::StoreError::Corrupt(channel.clone()))?,
@@ -175,19 +178,21 @@ pub async fn mark_sent(
     Ok(applied(n))
 }
 
-/// A transient failure: the job goes back to the queue, due after `delay`.
+/// A transient failure: the job goes back to the queue, due after `delay`, and its next
+/// attempt starts from provider `next_route` of the channel's list (failover).
 pub async fn mark_retrying(
     conn: &mut PgConnection,
     lease: Lease,
     provider: Option<&str>,
     delay: Duration,
+    next_route: i32,
     error: &str,
     detail: Value,
 ) -> StoreResult<Applied> {
     let n: i64 = sqlx::query_scalar(
         "WITH j AS (
              UPDATE jobs SET state = 'available', run_at = now() + make_interval(secs => $3),
-                             leased_until = NULL, locked_by = NULL
+                             leased_until = NULL, locked_by = NULL, route_index = $9
              WHERE id = $1 AND lease_token = $2 AND state = 'running'
              RETURNING notification_id, attempt, run_at
          ), upd AS (
@@ -213,6 +218,7 @@ pub async fn mark_retrying(
     .bind(Status::sources_of(Status::Retrying))
     .bind(lease.notification_id.as_uuid())
     .bind(detail)
+    .bind(next_route)
     .fetch_one(conn)
     .await?;
     Ok(applied(n))
@@ -261,24 +267,34 @@ pub async fn mark_finished(
     Ok(applied(n))
 }
 
-/// Give back a job that was claimed but not started (shutdown, deadline): it becomes available
-/// at once and the claim does not count as an attempt.
-pub async fn release(conn: &mut PgConnection, lease: Lease) -> StoreResult<Applied> {
+/// Give back a job that was claimed but not sent (shutdown, an open circuit on every
+/// provider, pacing): it is due again after `delay`, and the claim does not count as an attempt.
+pub async fn release(
+    conn: &mut PgConnection,
+    lease: Lease,
+    delay: Duration,
+    reason: Option<&str>,
+) -> StoreResult<Applied> {
     let n: i64 = sqlx::query_scalar(
         "WITH j AS (
-             UPDATE jobs SET state = 'available', attempt = attempt - 1, leased_until = NULL, locked_by = NULL
+             UPDATE jobs SET state = 'available', attempt = attempt - 1, leased_until = NULL, locked_by = NULL,
+                             run_at = now() + make_interval(secs => $3)
              WHERE id = $1 AND lease_token = $2 AND state = 'running'
-             RETURNING notification_id
+             RETURNING notification_id, run_at
          ), upd AS (
-             UPDATE notifications n SET status = 'queued', updated_at = now()
-             FROM j WHERE n.id = j.notification_id AND n.status = ANY($3)
+             UPDATE notifications n
+             SET status = 'queued', updated_at = now(), last_error = coalesce($5, n.last_error),
+                 next_attempt_at = CASE WHEN $3 > 0 THEN j.run_at END
+             FROM j WHERE n.id = j.notification_id AND n.status = ANY($4)
              RETURNING n.id
          )
          SELECT count(*) FROM upd",
     )
     .bind(lease.job_id)
     .bind(lease.token)
+    .bind(delay.as_secs_f64())
     .bind(Status::sources_of(Status::Queued))
+    .bind(reason)
     .fetch_one(conn)
     .await?;
     Ok(applied(n))

@@ -180,7 +180,7 @@ async fn a_fenced_retry_cannot_requeue_a_newer_claim() {
     let second = tracking::claim(&mut conn, 10, Duration::from_secs(60), "b").await.expect("claim");
     assert_eq!(second[0].lease_token, first[0].lease_token + 1);
     let stale = first[0].lease();
-    let r = tracking::mark_retrying(&mut conn, stale, Some("mail"), Duration::from_millis(1), "late", json!({}))
+    let r = tracking::mark_retrying(&mut conn, stale, Some("mail"), Duration::from_millis(1), 0, "late", json!({}))
         .await
         .expect("retry");
     assert_eq!(r, Applied::Fenced);

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use herald::app::App;
-use herald::config::{LogProviderSettings, ProviderSettings, Settings, SmtpSettings, SmtpTls};
+use herald::config::{ProviderKind, ProviderSettings, Settings, SmtpTls};
 use herald::dispatch::{Dispatcher, Summary};
 use herald::store::keys::{self, Scope};
 use reqwest::StatusCode;
@@ -64,21 +64,14 @@ impl TestApp {
         settings.dispatch.poll_interval_ms = 50;
         settings.dispatch.lease_secs = 5;
         settings.callbacks.allow_private_networks = true;
-        settings.providers.insert(
-            "mail".into(),
-            ProviderSettings::Smtp(SmtpSettings {
-                host: "127.0.0.1".into(),
-                port: Some(smtp.port),
-                tls: SmtpTls::None,
-                username: None,
-                password: None,
-                password_file: None,
-                from: "Herald <herald@example.test>".into(),
-                pool_max_size: 10,
-                timeout_ms: 5000,
-            }),
-        );
-        settings.providers.insert("console".into(), ProviderSettings::Log(LogProviderSettings::default()));
+        let mut mail = ProviderSettings::new(ProviderKind::Smtp);
+        mail.host = Some("127.0.0.1".into());
+        mail.port = Some(smtp.port);
+        mail.tls = SmtpTls::None;
+        mail.from = Some("Herald <herald@example.test>".into());
+        mail.timeout_ms = 5000;
+        settings.providers.insert("mail".into(), mail);
+        settings.providers.insert("console".into(), ProviderSettings::new(ProviderKind::Log));
         settings.channels.email.providers = vec!["mail".into()];
         settings.channels.sms.providers = vec!["console".into()];
         settings.channels.push.providers = vec!["console".into()];

@@ -14,7 +14,10 @@ use serde::Deserialize;
 
 use crate::domain::Channel;
 
-pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+mod provider;
+pub use provider::{ChaosClass, ProviderKind, ProviderSettings, SmtpTls};
+
+pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -142,87 +145,6 @@ pub struct ChannelSettings {
     pub max_attempts: Option<u32>,
 }
 
-/// One `[providers.NAME]` section, by `kind`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum ProviderSettings {
-    Log(LogProviderSettings),
-    Smtp(SmtpSettings),
-}
-
-impl ProviderSettings {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            ProviderSettings::Log(_) => "log",
-            ProviderSettings::Smtp(_) => "smtp",
-        }
-    }
-
-    /// Channels this kind of provider can carry.
-    pub fn serves(&self, channel: Channel) -> bool {
-        match self {
-            ProviderSettings::Log(_) => true,
-            ProviderSettings::Smtp(_) => channel == Channel::Email,
-        }
-    }
-}
-
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogProviderSettings {
-    /// Artificial latency per send, for demos and benchmarks.
-    #[serde(default)]
-    pub latency_ms: u64,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SmtpTls {
-    None,
-    #[default]
-    Starttls,
-    Tls,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SmtpSettings {
-    pub host: String,
-    #[serde(default)]
-    pub port: Option<u16>,
-    #[serde(default)]
-    pub tls: SmtpTls,
-    #[serde(default)]
-    pub username: Option<String>,
-    #[serde(default)]
-    pub password: Option<Secret>,
-    #[serde(default)]
-    pub password_file: Option<PathBuf>,
-    pub from: String,
-    #[serde(default = "default_smtp_pool")]
-    pub pool_max_size: u32,
-    #[serde(default = "default_provider_timeout_ms")]
-    pub timeout_ms: u64,
-}
-
-fn default_smtp_pool() -> u32 {
-    10
-}
-
-fn default_provider_timeout_ms() -> u64 {
-    15_000
-}
-
-impl SmtpSettings {
-    pub fn port(&self) -> u16 {
-        self.port.unwrap_or(match self.tls {
-            SmtpTls::None => 25,
-            SmtpTls::Starttls => 587,
-            SmtpTls::Tls => 465,
-        })
-    }
-}
-
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CallbackSettings {
@@ -288,15 +210,7 @@ impl Settings {
     /// Replace `*_file` secrets by the file's content (without a trailing newline).
     fn resolve_secret_files(&mut self) -> Result<(), ConfigError> {
         for (name, p) in &mut self.providers {
-            if let ProviderSettings::Smtp(smtp) = p
-                && let Some(path) = &smtp.password_file
-            {
-                let key = format!("providers.{name}.password_file");
-                if smtp.password.is_some() {
-                    return Err(invalid(key, "give either password or password_file, not both"));
-                }
-                smtp.password = Some(read_secret(path, &key)?);
-            }
+            p.resolve_secret_files(name)?;
         }
         Ok(())
     }
@@ -344,17 +258,7 @@ impl Settings {
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
                 return Err(invalid(format!("providers.{name}"), "provider names use letters, digits, '-' and '_'"));
             }
-            if let ProviderSettings::Smtp(smtp) = p {
-                if smtp.host.trim().is_empty() {
-                    return Err(invalid(format!("providers.{name}.host"), "is required"));
-                }
-                if let Err(e) = crate::domain::notification::parse_mailbox(&smtp.from) {
-                    return Err(invalid(format!("providers.{name}.from"), e));
-                }
-                if smtp.password.is_some() && smtp.username.is_none() {
-                    return Err(invalid(format!("providers.{name}.username"), "is required when a password is set"));
-                }
-            }
+            p.validate(name)?;
         }
         for channel in Channel::ALL {
             let ch = self.channels.get(channel);
@@ -367,10 +271,10 @@ impl Settings {
                             format!("no provider named `{name}`: add a [providers.{name}] section"),
                         ));
                     }
-                    Some(p) if !p.serves(channel) => {
+                    Some(p) if !p.kind.serves(channel) => {
                         return Err(invalid(
                             key,
-                            format!("provider `{name}` (kind {}) cannot send {channel}", p.kind()),
+                            format!("provider `{name}` (kind {}) cannot send {channel}", p.kind.as_str()),
                         ));
                     }
                     Some(_) => {}
@@ -392,7 +296,7 @@ impl Settings {
     }
 }
 
-fn read_secret(path: &Path, key: &str) -> Result<Secret, ConfigError> {
+pub(crate) fn read_secret(path: &Path, key: &str) -> Result<Secret, ConfigError> {
     let raw =
         std::fs::read_to_string(path).map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?;
     Ok(Secret::new(raw.trim_end_matches(['\r', '\n'])))
@@ -460,8 +364,7 @@ mod tests {
                 "[providers.m]\nkind = \"smtp\"\nhost = \"x\"\nfrom = \"a@b.cd\"\nusername = \"u\"\npassword_file = \"pw\"\n",
             )?;
             let s = Settings::from_figment(Settings::figment(Some(Path::new("h.toml")))).expect("valid");
-            let ProviderSettings::Smtp(smtp) = &s.providers["m"] else { panic!("smtp") };
-            assert_eq!(smtp.password.as_ref().map(Secret::expose), Some("s3cret"));
+            assert_eq!(s.providers["m"].password.as_ref().map(Secret::expose), Some("s3cret"));
             Ok(())
         });
     }

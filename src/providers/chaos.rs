@@ -1,0 +1,113 @@
+//! The `chaos` provider: fails a configurable share of sends with a configurable error class,
+//! after configurable latency, so that operators can rehearse outages, failover and the
+//! circuit breaker without touching a real provider. Successful sends are only logged.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tracing::info;
+
+use super::{Accepted, OutboundMessage, Provider, ProviderError};
+use crate::config::{ChaosClass, ProviderSettings};
+
+pub struct Chaos {
+    name: String,
+    failure_rate: f64,
+    class: ChaosClass,
+    latency: Duration,
+    jitter_ms: u64,
+    retry_after: Option<Duration>,
+    rng: Mutex<StdRng>,
+}
+
+impl Chaos {
+    pub fn new(name: &str, cfg: &ProviderSettings) -> Self {
+        let rng = match cfg.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        };
+        Chaos {
+            name: name.to_owned(),
+            failure_rate: cfg.failure_rate,
+            class: cfg.error_class,
+            latency: Duration::from_millis(cfg.latency_ms),
+            jitter_ms: cfg.latency_jitter_ms,
+            retry_after: cfg.retry_after_ms.map(Duration::from_millis),
+            rng: Mutex::new(rng),
+        }
+    }
+}
+
+#[async_trait]
+impl Provider for Chaos {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn timeout(&self) -> Duration {
+        self.latency + Duration::from_millis(self.jitter_ms) + Duration::from_secs(5)
+    }
+
+    async fn send(&self, msg: &OutboundMessage) -> Result<Accepted, ProviderError> {
+        let (fail, jitter) = {
+            let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+            let fail = rng.random::<f64>() < self.failure_rate;
+            let jitter = if self.jitter_ms > 0 { rng.random_range(0..=self.jitter_ms) } else { 0 };
+            (fail, jitter)
+        };
+        let delay = self.latency + Duration::from_millis(jitter);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        if fail {
+            let what = format!("chaos: injected {:?} failure", self.class);
+            return Err(match self.class {
+                ChaosClass::Transient => ProviderError::Transient(what),
+                ChaosClass::RateLimited => ProviderError::RateLimited { retry_after: self.retry_after, message: what },
+                ChaosClass::Permanent => ProviderError::Permanent(what),
+                ChaosClass::RecipientInvalid => ProviderError::RecipientInvalid(what),
+            });
+        }
+        info!(provider = %self.name, notification.id = %msg.id, to = %msg.to.masked(), "chaos provider: sent");
+        Ok(Accepted {
+            provider_message_id: Some(format!("chaos-{}-{}", msg.id, msg.attempt)),
+            detail: Default::default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ProviderKind;
+    use crate::domain::recipient::PhoneNumber;
+    use crate::domain::{Channel, Content, NotificationId, Recipient};
+
+    #[tokio::test]
+    async fn the_failure_rate_and_class_are_honoured() {
+        let mut cfg = ProviderSettings::new(ProviderKind::Chaos);
+        cfg.failure_rate = 0.3;
+        cfg.error_class = ChaosClass::RateLimited;
+        cfg.retry_after_ms = Some(1500);
+        cfg.seed = Some(7);
+        let chaos = Chaos::new("c", &cfg);
+        let msg = OutboundMessage {
+            id: NotificationId::new(),
+            channel: Channel::Sms,
+            to: Recipient::Sms(PhoneNumber::parse("+14155550100").expect("phone")),
+            content: Content::Sms(crate::domain::notification::SmsContent { text: "x".into() }),
+            attempt: 1,
+        };
+        let mut failures = 0;
+        for _ in 0..1000 {
+            if let Err(e) = chaos.send(&msg).await {
+                assert_eq!(e.retry_after(), Some(Duration::from_millis(1500)));
+                failures += 1;
+            }
+        }
+        assert!((220..380).contains(&failures), "{failures} failures of 1000 at rate 0.3");
+    }
+}

@@ -1,0 +1,140 @@
+//! Mailgun Messages API: `POST /v3/{domain}/messages`, basic auth `api:<key>`, form body.
+//! `200 {"id": "<…>", "message": "Queued. Thank you."}`; our id travels as `v:herald_id`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::StatusCode;
+
+use super::http::{HttpReply, execute, generic};
+use super::{Accepted, OutboundMessage, Provider, ProviderError, email_parts};
+use crate::config::{ProviderSettings, Secret};
+
+pub struct Mailgun {
+    name: String,
+    client: reqwest::Client,
+    url: String,
+    api_key: Secret,
+    from: String,
+    timeout: Duration,
+}
+
+impl Mailgun {
+    pub fn new(name: &str, cfg: &ProviderSettings, client: reqwest::Client) -> Self {
+        Mailgun {
+            name: name.to_owned(),
+            client,
+            url: format!("{}/v3/{}/messages", cfg.origin(), cfg.domain.as_deref().unwrap_or_default()),
+            api_key: cfg.api_key.clone().unwrap_or_default(),
+            from: cfg.from.clone().unwrap_or_default(),
+            timeout: Duration::from_millis(cfg.timeout_ms),
+        }
+    }
+
+    pub fn form(&self, msg: &OutboundMessage) -> Result<Vec<(&'static str, String)>, ProviderError> {
+        let e = email_parts(msg, &self.from)?;
+        let mut form = vec![("from", e.from.to_owned()), ("to", e.to.to_owned()), ("subject", e.subject.to_owned())];
+        if let Some(t) = e.text {
+            form.push(("text", t.to_owned()));
+        }
+        if let Some(h) = e.html {
+            form.push(("html", h.to_owned()));
+        }
+        if let Some(r) = e.reply_to {
+            form.push(("h:Reply-To", r.to_owned()));
+        }
+        if let Some(u) = e.unsubscribe_url {
+            form.push(("h:List-Unsubscribe", format!("<{u}>")));
+            form.push(("h:List-Unsubscribe-Post", "List-Unsubscribe=One-Click".into()));
+        }
+        form.push(("v:herald_id", msg.id.to_string()));
+        Ok(form)
+    }
+}
+
+#[async_trait]
+impl Provider for Mailgun {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    async fn send(&self, msg: &OutboundMessage) -> Result<Accepted, ProviderError> {
+        let form = self.form(msg)?;
+        let req = self
+            .client
+            .post(&self.url)
+            .basic_auth("api", Some(self.api_key.expose()))
+            .form(&form)
+            .timeout(self.timeout);
+        let reply = execute(req).await?;
+        if reply.status.is_success() {
+            // Events carry the Message-ID without angle brackets: store it that way.
+            let id = reply.json()["id"].as_str().map(|s| s.trim_matches(['<', '>']).to_owned());
+            return Ok(Accepted { provider_message_id: id, detail: Default::default() });
+        }
+        Err(classify(&reply))
+    }
+}
+
+/// Mailgun's answers (API responses reference):
+///
+/// | answer | class |
+/// | --- | --- |
+/// | 400 `{"message": …}` naming the `to` address | recipient invalid |
+/// | 400 other | permanent |
+/// | 401, 403 | transient (provider-level) |
+/// | 404 (domain not found; "eventually consistent") | transient |
+/// | 429 | rate limited |
+/// | 5xx | transient |
+pub fn classify(reply: &HttpReply) -> ProviderError {
+    let message = reply.json()["message"].as_str().map(str::to_owned).unwrap_or_else(|| reply.snippet());
+    let what = format!("mailgun {}: {message}", reply.status.as_u16());
+    match reply.status {
+        StatusCode::BAD_REQUEST if message.to_ascii_lowercase().contains("'to' parameter is not a valid address") => {
+            ProviderError::RecipientInvalid(what)
+        }
+        StatusCode::NOT_FOUND => ProviderError::Transient(what),
+        s => generic(s, reply.retry_after(), what),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(status: u16, body: &str) -> HttpReply {
+        HttpReply {
+            status: StatusCode::from_u16(status).expect("status"),
+            headers: Default::default(),
+            body: body.to_owned().into(),
+        }
+    }
+
+    #[test]
+    fn error_table() {
+        let rows = [
+            (
+                400,
+                r#"{"message": "'to' parameter is not a valid address. please check documentation"}"#,
+                "recipient_invalid",
+            ),
+            (400, r#"{"message": "'from' parameter is missing"}"#, "permanent"),
+            (401, "Forbidden", "transient"),
+            (
+                403,
+                r#"{"message": "Domain example.com is not allowed to send: Free accounts are for test purposes only."}"#,
+                "transient",
+            ),
+            (404, r#"{"message": "Domain not found: example.com"}"#, "transient"),
+            (429, r#"{"message": "Too many requests"}"#, "rate_limited"),
+            (500, "", "transient"),
+        ];
+        for (status, body, class) in rows {
+            assert_eq!(classify(&reply(status, body)).class(), class, "{status} {body}");
+        }
+    }
+}

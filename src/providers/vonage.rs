@@ -1,0 +1,167 @@
+//! Vonage SMS API: `POST /sms/json`, form body with `api_key`/`api_secret`. Errors arrive as
+//! HTTP 200 with a non-zero `messages[].status`, so the body is always classified. Our id
+//! travels as `client-ref`, echoed in delivery receipts.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{Value, json};
+
+use super::http::{execute, generic};
+use super::{Accepted, OutboundMessage, Provider, ProviderError, sms_parts};
+use crate::config::{ProviderSettings, Secret};
+
+pub struct Vonage {
+    name: String,
+    client: reqwest::Client,
+    url: String,
+    api_key: String,
+    api_secret: Secret,
+    from: String,
+    callback: Option<String>,
+    timeout: Duration,
+}
+
+impl Vonage {
+    pub fn new(name: &str, cfg: &ProviderSettings, client: reqwest::Client, public_base_url: &str) -> Self {
+        Vonage {
+            name: name.to_owned(),
+            client,
+            url: format!("{}/sms/json", cfg.origin()),
+            api_key: cfg.api_key.as_ref().map(|k| k.expose().to_owned()).unwrap_or_default(),
+            api_secret: cfg.api_secret.clone().unwrap_or_default(),
+            from: cfg.from.clone().unwrap_or_default(),
+            callback: (!public_base_url.is_empty())
+                .then(|| format!("{}/webhooks/{name}", public_base_url.trim_end_matches('/'))),
+            timeout: Duration::from_millis(cfg.timeout_ms),
+        }
+    }
+
+    pub fn form(&self, msg: &OutboundMessage) -> Result<Vec<(&'static str, String)>, ProviderError> {
+        let (to, text) = sms_parts(msg)?;
+        let mut form = vec![
+            ("api_key", self.api_key.clone()),
+            ("api_secret", self.api_secret.expose().to_owned()),
+            ("from", self.from.clone()),
+            // Vonage wants E.164 without the leading '+'.
+            ("to", to.trim_start_matches('+').to_owned()),
+            ("text", text.to_owned()),
+            ("client-ref", msg.id.to_string()),
+        ];
+        if !text.is_ascii() {
+            form.push(("type", "unicode".into()));
+        }
+        if let Some(cb) = &self.callback {
+            form.push(("callback", cb.clone()));
+            form.push(("status-report-req", "1".into()));
+        }
+        Ok(form)
+    }
+}
+
+#[async_trait]
+impl Provider for Vonage {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    async fn send(&self, msg: &OutboundMessage) -> Result<Accepted, ProviderError> {
+        let form = self.form(msg)?;
+        let reply = execute(self.client.post(&self.url).form(&form).timeout(self.timeout)).await?;
+        if !reply.status.is_success() {
+            return Err(generic(
+                reply.status,
+                reply.retry_after(),
+                format!("vonage {}: {}", reply.status.as_u16(), reply.snippet()),
+            ));
+        }
+        accepted(&reply.json())
+    }
+}
+
+/// Read a `200` answer: every part must have status "0"; a long text is split into parts,
+/// each with its own message id and its own receipt.
+pub fn accepted(body: &Value) -> Result<Accepted, ProviderError> {
+    let parts = body["messages"].as_array().cloned().unwrap_or_default();
+    if parts.is_empty() {
+        return Err(ProviderError::Transient(format!("vonage: unexpected answer {body}")));
+    }
+    if let Some(bad) = parts.iter().find(|p| p["status"].as_str() != Some("0")) {
+        return Err(classify_status(bad["status"].as_str().unwrap_or("?"), bad["error-text"].as_str().unwrap_or("")));
+    }
+    let ids: Vec<&str> = parts.iter().filter_map(|p| p["message-id"].as_str()).collect();
+    let mut detail = serde_json::Map::new();
+    if ids.len() > 1 {
+        detail.insert("message_parts".into(), json!(ids));
+    }
+    Ok(Accepted { provider_message_id: ids.first().map(|s| s.to_string()), detail })
+}
+
+/// Vonage SMS API `status` codes (developer.vonage.com/en/api-errors/sms):
+///
+/// | status | meaning | class |
+/// | --- | --- | --- |
+/// | 1 | throttled | rate limited |
+/// | 5, 10 | internal error, too many binds | transient |
+/// | 4, 8, 9, 11, 14, 15 | credentials, account barred, no credit, HTTP not enabled, bad signature, bad sender | transient (provider-level) |
+/// | 7 | number barred | recipient invalid |
+/// | 2, 3, 6, 12, 29, others | missing/invalid parameters, invalid message, too long, non-whitelisted destination | permanent |
+pub fn classify_status(status: &str, text: &str) -> ProviderError {
+    let what = format!("vonage status {status}: {text}");
+    match status {
+        "1" => ProviderError::RateLimited { retry_after: None, message: what },
+        "5" | "10" | "4" | "8" | "9" | "11" | "14" | "15" => ProviderError::Transient(what),
+        "7" => ProviderError::RecipientInvalid(what),
+        _ => ProviderError::Permanent(what),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: &str) -> Value {
+        json!({"message-count": "1", "messages": [{"to": "447700900000", "status": status, "error-text": "x", "message-id": "0C000000217B7F02"}]})
+    }
+
+    #[test]
+    fn status_table() {
+        let rows = [
+            ("1", "rate_limited"),
+            ("2", "permanent"),
+            ("3", "permanent"),
+            ("4", "transient"),
+            ("5", "transient"),
+            ("6", "permanent"),
+            ("7", "recipient_invalid"),
+            ("8", "transient"),
+            ("9", "transient"),
+            ("10", "transient"),
+            ("11", "transient"),
+            ("12", "permanent"),
+            ("14", "transient"),
+            ("15", "transient"),
+            ("29", "permanent"),
+        ];
+        for (status, class) in rows {
+            let err = accepted(&answer(status)).expect_err(status);
+            assert_eq!(err.class(), class, "status {status}");
+        }
+        let ok = accepted(&answer("0")).expect("accepted");
+        assert_eq!(ok.provider_message_id.as_deref(), Some("0C000000217B7F02"));
+    }
+
+    #[test]
+    fn a_failed_part_fails_the_message_and_parts_are_kept() {
+        let body = json!({"message-count": "2", "messages": [
+            {"status": "0", "message-id": "A"}, {"status": "0", "message-id": "B"}]});
+        let ok = accepted(&body).expect("ok");
+        assert_eq!(ok.detail["message_parts"], json!(["A", "B"]));
+        let body = json!({"message-count": "2", "messages": [{"status": "0", "message-id": "A"}, {"status": "6", "error-text": "Invalid Message"}]});
+        assert_eq!(accepted(&body).expect_err("bad part").class(), "permanent");
+    }
+}

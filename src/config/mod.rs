@@ -370,6 +370,43 @@ mod tests {
     }
 
     #[test]
+    fn provider_keys_are_checked_per_kind() {
+        Jail::expect_with(|jail| {
+            let check = |jail: &mut Jail, toml: &str| {
+                jail.create_file("h.toml", toml).expect("file");
+                Settings::from_figment(Settings::figment(Some(Path::new("h.toml"))))
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            };
+            let err = check(jail, "[providers.sg]\nkind = \"sendgrid\"\nfrom = \"a@b.cd\"\n").expect_err("no key");
+            assert!(err.contains("providers.sg.api_key") && err.contains("required"), "{err}");
+            let err = check(
+                jail,
+                "[providers.sg]\nkind = \"sendgrid\"\napi_key = \"k\"\nfrom = \"a@b.cd\"\naccount_sid = \"AC1\"\n",
+            )
+            .expect_err("foreign key");
+            assert!(
+                err.contains("providers.sg.account_sid") && err.contains("not a setting of kind sendgrid"),
+                "{err}"
+            );
+            let err = check(jail, "[providers.tw]\nkind = \"twilio\"\naccount_sid = \"AC1\"\nauth_token = \"t\"\n")
+                .expect_err("no from");
+            assert!(err.contains("providers.tw.from"), "{err}");
+            let err = check(jail, "[providers.x]\nkind = \"carrier-pigeon\"\n").expect_err("kind");
+            assert!(err.contains("providers.x.kind") || err.contains("carrier-pigeon"), "{err}");
+            let err = check(jail, "[providers.sg]\nkind = \"sendgrid\"\napi_key = \"k\"\nfrom = \"a@b.cd\"\nbase_url = \"https://x.test/v3\"\n")
+                .expect_err("path in base_url");
+            assert!(err.contains("providers.sg.base_url"), "{err}");
+            check(jail, "[providers.tw]\nkind = \"twilio\"\naccount_sid = \"AC1\"\nauth_token_file = \"tok\"\nfrom = \"+15005550006\"\n")
+                .expect_err("missing file");
+            jail.create_file("tok", "secret")?;
+            check(jail, "[providers.tw]\nkind = \"twilio\"\naccount_sid = \"AC1\"\nauth_token_file = \"tok\"\nfrom = \"+15005550006\"\nmax_per_second = 5.0\n[channels.sms]\nproviders = [\"tw\"]\n")
+                .expect("valid twilio");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn typos_in_keys_are_refused() {
         Jail::expect_with(|jail| {
             jail.create_file("h.toml", "[dispatch]\nconcurency = 4\n")?;

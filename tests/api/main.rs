@@ -1,6 +1,8 @@
 //! Integration tests: one binary (link once), real PostgreSQL, real sockets.
 
 mod dispatch;
+mod fake_http;
 mod fake_smtp;
 mod helpers;
 mod notifications;
+mod providers;

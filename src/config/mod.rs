@@ -15,7 +15,7 @@ use serde::Deserialize;
 use crate::domain::Channel;
 
 mod provider;
-pub use provider::{ChaosClass, ProviderKind, ProviderSettings, SmtpTls};
+pub use provider::{ApnsEnvironment, ChaosClass, ProviderKind, ProviderSettings, SmtpTls};
 
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
 

@@ -19,7 +19,19 @@ pub enum ProviderKind {
     Mailgun,
     Twilio,
     Vonage,
+    Fcm,
+    Apns,
+    WebPush,
     Chaos,
+}
+
+/// APNs environment: which Apple origin to use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApnsEnvironment {
+    #[default]
+    Production,
+    Sandbox,
 }
 
 impl ProviderKind {
@@ -32,6 +44,9 @@ impl ProviderKind {
             ProviderKind::Mailgun => "mailgun",
             ProviderKind::Twilio => "twilio",
             ProviderKind::Vonage => "vonage",
+            ProviderKind::Fcm => "fcm",
+            ProviderKind::Apns => "apns",
+            ProviderKind::WebPush => "web_push",
             ProviderKind::Chaos => "chaos",
         }
     }
@@ -44,6 +59,7 @@ impl ProviderKind {
                 channel == Channel::Email
             }
             ProviderKind::Twilio | ProviderKind::Vonage => channel == Channel::Sms,
+            ProviderKind::Fcm | ProviderKind::Apns | ProviderKind::WebPush => channel == Channel::Push,
         }
     }
 
@@ -55,7 +71,11 @@ impl ProviderKind {
             ProviderKind::Mailgun => Some("https://api.mailgun.net".into()),
             ProviderKind::Twilio => Some("https://api.twilio.com".into()),
             ProviderKind::Vonage => Some("https://rest.nexmo.com".into()),
-            ProviderKind::Log | ProviderKind::Smtp | ProviderKind::Chaos => None,
+            ProviderKind::Fcm => Some("https://fcm.googleapis.com".into()),
+            // APNs: chosen by `environment` (see `ProviderSettings::origin`).
+            ProviderKind::Apns => Some("https://api.push.apple.com".into()),
+            // Web Push: the endpoint comes from each subscription.
+            ProviderKind::Log | ProviderKind::Smtp | ProviderKind::Chaos | ProviderKind::WebPush => None,
         }
     }
 
@@ -79,6 +99,10 @@ impl ProviderKind {
                 &["api_key", "api_secret", "from"],
                 &["api_secret_file", "signature_secret", "signature_secret_file", "base_url"],
             ),
+            // One of service_account_file / service_account_json: checked in `validate`.
+            ProviderKind::Fcm => (&[], &["service_account_file", "service_account_json", "base_url"]),
+            ProviderKind::Apns => (&["team_id", "key_id", "private_key_file", "topic"], &["environment", "base_url"]),
+            ProviderKind::WebPush => (&["vapid_private_key", "vapid_subject"], &["vapid_private_key_file"]),
             ProviderKind::Chaos => {
                 (&[], &["failure_rate", "error_class", "latency_ms", "latency_jitter_ms", "retry_after_ms", "seed"])
             }
@@ -205,6 +229,30 @@ pub struct ProviderSettings {
     #[serde(default)]
     pub signature_secret_file: Option<PathBuf>,
 
+    // FCM: Google's service-account JSON, as a file or inline.
+    #[serde(default)]
+    pub service_account_file: Option<PathBuf>,
+    #[serde(default)]
+    pub service_account_json: Option<Secret>,
+    // APNs (token auth).
+    #[serde(default)]
+    pub team_id: Option<String>,
+    #[serde(default)]
+    pub key_id: Option<String>,
+    #[serde(default)]
+    pub private_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub topic: Option<String>,
+    #[serde(default)]
+    pub environment: ApnsEnvironment,
+    // Web Push (VAPID).
+    #[serde(default)]
+    pub vapid_private_key: Option<Secret>,
+    #[serde(default)]
+    pub vapid_private_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub vapid_subject: Option<String>,
+
     // log and chaos.
     #[serde(default)]
     pub latency_ms: u64,
@@ -258,6 +306,16 @@ impl ProviderSettings {
             api_secret_file: None,
             signature_secret: None,
             signature_secret_file: None,
+            service_account_file: None,
+            service_account_json: None,
+            team_id: None,
+            key_id: None,
+            private_key_file: None,
+            topic: None,
+            environment: ApnsEnvironment::default(),
+            vapid_private_key: None,
+            vapid_private_key_file: None,
+            vapid_subject: None,
             latency_ms: 0,
             failure_rate: 0.0,
             error_class: ChaosClass::default(),
@@ -277,8 +335,11 @@ impl ProviderSettings {
 
     /// The origin HTTP calls go to: `base_url`, else the provider's public origin.
     pub fn origin(&self) -> String {
+        let apns_sandbox = (self.kind == ProviderKind::Apns && self.environment == ApnsEnvironment::Sandbox)
+            .then(|| "https://api.sandbox.push.apple.com".to_owned());
         self.base_url
             .clone()
+            .or(apns_sandbox)
             .or_else(|| self.kind.default_origin(self.region.as_deref()))
             .unwrap_or_default()
             .trim_end_matches('/')
@@ -314,6 +375,16 @@ impl ProviderSettings {
             ("api_secret_file", self.api_secret_file.is_some()),
             ("signature_secret", self.signature_secret.is_some()),
             ("signature_secret_file", self.signature_secret_file.is_some()),
+            ("service_account_file", self.service_account_file.is_some()),
+            ("service_account_json", self.service_account_json.is_some()),
+            ("team_id", self.team_id.is_some()),
+            ("key_id", self.key_id.is_some()),
+            ("private_key_file", self.private_key_file.is_some()),
+            ("topic", self.topic.is_some()),
+            ("environment", self.environment != ApnsEnvironment::default()),
+            ("vapid_private_key", self.vapid_private_key.is_some()),
+            ("vapid_private_key_file", self.vapid_private_key_file.is_some()),
+            ("vapid_subject", self.vapid_subject.is_some()),
             ("latency_ms", self.latency_ms != 0),
             ("failure_rate", self.failure_rate != 0.0),
             ("error_class", self.error_class != ChaosClass::default()),
@@ -325,7 +396,9 @@ impl ProviderSettings {
 
     /// Replace each `<secret>_file` by the file's content.
     pub(super) fn resolve_secret_files(&mut self, name: &str) -> Result<(), ConfigError> {
-        let pairs: [(&str, &mut Option<Secret>, &Option<PathBuf>); 5] = [
+        let pairs: [(&str, &mut Option<Secret>, &Option<PathBuf>); 7] = [
+            ("service_account_json", &mut self.service_account_json, &self.service_account_file),
+            ("vapid_private_key", &mut self.vapid_private_key, &self.vapid_private_key_file),
             ("password", &mut self.password, &self.password_file),
             ("api_key", &mut self.api_key, &self.api_key_file),
             ("secret_access_key", &mut self.secret_access_key, &self.secret_access_key_file),
@@ -334,9 +407,14 @@ impl ProviderSettings {
         ];
         for (key, secret, file) in pairs {
             if let Some(path) = file {
-                let file_key = format!("providers.{name}.{key}_file");
+                // `service_account_file` is the file form of `service_account_json`.
+                let file_key = match key {
+                    "service_account_json" => format!("providers.{name}.service_account_file"),
+                    _ => format!("providers.{name}.{key}_file"),
+                };
                 if secret.is_some() {
-                    return Err(invalid(file_key, format!("give either {key} or {key}_file, not both")));
+                    let file = file_key.rsplit('.').next().unwrap_or_default().to_owned();
+                    return Err(invalid(file_key, format!("give either {key} or {file}, not both")));
                 }
                 *secret = Some(super::read_secret(path, &file_key)?);
             }
@@ -393,6 +471,12 @@ impl ProviderSettings {
         }
         if self.kind == ProviderKind::Twilio && self.from.is_none() && self.messaging_service_sid.is_none() {
             return Err(invalid(key("from"), "kind twilio needs from or messaging_service_sid"));
+        }
+        if self.kind == ProviderKind::Fcm && self.service_account_json.is_none() {
+            return Err(invalid(
+                key("service_account_file"),
+                "kind fcm needs service_account_file or service_account_json",
+            ));
         }
         if self.kind == ProviderKind::Smtp {
             if self.host.as_deref().is_some_and(|h| h.trim().is_empty()) {

@@ -512,6 +512,8 @@ fn outbound(job: &ClaimedJob) -> Result<OutboundMessage, String> {
         to,
         content,
         attempt: u32::try_from(job.attempt).unwrap_or(1),
+        priority: job.priority,
+        expires_at: job.expires_at,
     })
 }
 

@@ -207,15 +207,8 @@ pub fn check_endpoint(raw: &str, allow_private: bool) -> Result<Url, String> {
     let host = url.host().ok_or_else(|| "must have a host".to_string())?;
     if !allow_private {
         let private = match host {
-            url::Host::Ipv4(ip) => {
-                ip.is_private() || ip.is_loopback() || ip.is_link_local() || ip.is_unspecified() || ip.is_broadcast()
-            }
-            url::Host::Ipv6(ip) => {
-                ip.is_loopback()
-                    || ip.is_unspecified()
-                    || (ip.segments()[0] & 0xfe00) == 0xfc00
-                    || (ip.segments()[0] & 0xffc0) == 0xfe80
-            }
+            url::Host::Ipv4(ip) => is_private_ip(ip.into()),
+            url::Host::Ipv6(ip) => is_private_ip(ip.into()),
             url::Host::Domain(d) => d.eq_ignore_ascii_case("localhost") || d.ends_with(".localhost"),
         };
         if private {
@@ -223,6 +216,25 @@ pub fn check_endpoint(raw: &str, allow_private: bool) -> Result<Url, String> {
         }
     }
     Ok(url)
+}
+
+/// Loopback, private, link-local, unspecified or broadcast: addresses a user-supplied URL must
+/// not make us call (SSRF), checked again after DNS resolution at delivery time.
+pub fn is_private_ip(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(ip) => {
+            ip.is_private() || ip.is_loopback() || ip.is_link_local() || ip.is_unspecified() || ip.is_broadcast()
+        }
+        std::net::IpAddr::V6(ip) => {
+            if let Some(v4) = ip.to_ipv4_mapped() {
+                return is_private_ip(v4.into());
+            }
+            ip.is_loopback()
+                || ip.is_unspecified()
+                || (ip.segments()[0] & 0xfe00) == 0xfc00
+                || (ip.segments()[0] & 0xffc0) == 0xfe80
+        }
+    }
 }
 
 #[cfg(test)]

@@ -193,9 +193,11 @@ pub async fn create(
     let settings = &state.settings;
     let opts = ParseOptions {
         now: OffsetDateTime::now_utc(),
-        // Web Push endpoints must be public https until a web_push provider says otherwise
-        // (its `allow_private_networks`), which arrives with the push adapters.
-        allow_private_push: false,
+        // Web Push endpoints must be public https unless a web_push provider allows otherwise.
+        allow_private_push: settings
+            .providers
+            .values()
+            .any(|p| p.kind == crate::config::ProviderKind::WebPush && p.allow_private_networks),
         allow_private_callbacks: settings.callbacks.allow_private_networks,
     };
     let n = NewNotification::parse(&value, opts).map_err(ApiError::validation)?;

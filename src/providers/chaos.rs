@@ -100,6 +100,8 @@ mod tests {
             to: Recipient::Sms(PhoneNumber::parse("+14155550100").expect("phone")),
             content: Content::Sms(crate::domain::notification::SmsContent { text: "x".into() }),
             attempt: 1,
+            priority: crate::domain::Priority::Normal,
+            expires_at: None,
         };
         let mut failures = 0;
         for _ in 0..1000 {

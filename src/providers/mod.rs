@@ -5,7 +5,9 @@
 //! Each configured provider is wrapped in a `Route` with its circuit breaker and pacer; a
 //! channel's routes are kept in the configured failover order.
 
+pub mod apns;
 pub mod chaos;
+pub mod fcm;
 pub mod http;
 pub mod log;
 pub mod mailgun;
@@ -15,6 +17,7 @@ pub mod ses;
 pub mod smtp;
 pub mod twilio;
 pub mod vonage;
+pub mod web_push;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,8 +27,9 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use crate::config::{ProviderKind, ProviderSettings, Settings};
-use crate::domain::{Channel, Content, NotificationId, Recipient};
+use crate::domain::{Channel, Content, NotificationId, Priority, Recipient};
 use resilience::{Breaker, Pacer};
+use time::OffsetDateTime;
 
 /// One message, ready to hand to a provider.
 #[derive(Clone, Debug)]
@@ -36,6 +40,9 @@ pub struct OutboundMessage {
     pub content: Content,
     /// 1 for the first attempt. Adapters may use `(id, attempt)` for provider idempotency keys.
     pub attempt: u32,
+    pub priority: Priority,
+    /// Push adapters map this to the platform's expiry (APNs `apns-expiration`, Web Push `TTL`).
+    pub expires_at: Option<OffsetDateTime>,
 }
 
 /// A provider accepted the message.
@@ -194,6 +201,9 @@ fn build(
         ProviderKind::Mailgun => Arc::new(mailgun::Mailgun::new(name, cfg, c)),
         ProviderKind::Twilio => Arc::new(twilio::Twilio::new(name, cfg, c, base)),
         ProviderKind::Vonage => Arc::new(vonage::Vonage::new(name, cfg, c, base)),
+        ProviderKind::Fcm => Arc::new(fcm::Fcm::new(name, cfg, c)?),
+        ProviderKind::Apns => Arc::new(apns::Apns::new(name, cfg)?),
+        ProviderKind::WebPush => Arc::new(web_push::WebPush::new(name, cfg, c)?),
         ProviderKind::Chaos => Arc::new(chaos::Chaos::new(name, cfg)),
     })
 }
@@ -230,5 +240,13 @@ pub fn sms_parts(msg: &OutboundMessage) -> Result<(&str, &str), ProviderError> {
     match (&msg.to, &msg.content) {
         (Recipient::Sms(to), Content::Sms(c)) => Ok((to.as_str(), &c.text)),
         _ => Err(ProviderError::Permanent("this provider carries sms only".into())),
+    }
+}
+
+/// (title, body, data) of a push notification.
+pub fn push_parts(msg: &OutboundMessage) -> Result<&crate::domain::notification::PushContent, ProviderError> {
+    match &msg.content {
+        Content::Push(p) => Ok(p),
+        _ => Err(ProviderError::Permanent("this provider carries push only".into())),
     }
 }

@@ -35,6 +35,7 @@ pub struct ClaimedJob {
     pub to: Value,
     pub content: Value,
     pub expires_at: Option<OffsetDateTime>,
+    pub priority: Priority,
 }
 
 /// A fenced handle on a claimed job: what every completion needs.
@@ -94,10 +95,10 @@ pub async fn claim(conn: &mut PgConnection, limit: i64, lease: Duration, worker:
              UPDATE notifications n
              SET status = 'sending', next_attempt_at = NULL, updated_at = now()
              FROM claimed c WHERE n.id = c.notification_id
-             RETURNING n.id, n.tenant_id, n.channel, n.recipient, n.content, n.expires_at
+             RETURNING n.id, n.tenant_id, n.channel, n.recipient, n.content, n.expires_at, n.priority
          )
          SELECT c.id AS job_id, c.lease_token, c.attempt, c.max_attempts, c.route_index,
-                m.id, m.tenant_id, m.channel, m.recipient, m.content, m.expires_at
+                m.id, m.tenant_id, m.channel, m.recipient, m.content, m.expires_at, m.priority
          FROM claimed c JOIN marked m ON m.id = c.notification_id",
     )
     .bind(&queues)
@@ -110,6 +111,7 @@ pub async fn claim(conn: &mut PgConnection, limit: i64, lease: Duration, worker:
     rows.iter()
         .map(|r| {
             let channel: String = r.try_get("channel")?;
+            let priority: String = r.try_get("priority")?;
             Ok(ClaimedJob {
                 job_id: r.try_get("job_id")?,
                 lease_token: r.try_get("lease_token")?,
@@ -122,6 +124,7 @@ pub async fn claim(conn: &mut PgConnection, limit: i64, lease: Duration, worker:
                 to: r.try_get("recipient")?,
                 content: r.try_get("content")?,
                 expires_at: r.try_get("expires_at")?,
+                priority: Priority::parse(&priority).ok_or_else(|| super::StoreError::Corrupt(priority.clone()))?,
             })
         })
         .collect()

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 #[derive(Clone, Debug)]
 pub struct Recorded {
+    pub version: axum::http::Version,
     pub method: String,
     pub path: String,
     pub headers: HeaderMap,
@@ -132,6 +133,36 @@ impl FakeHttp {
         .await
     }
 
+    /// Google's token endpoint (`/token`) and FCM v1 (`/v1/projects/…/messages:send`) in one.
+    pub async fn fcm() -> FakeHttp {
+        FakeHttp::start(fcm_check, |r, n| {
+            if r.path == "/token" {
+                json_answer(
+                    200,
+                    json!({"access_token": format!("ya29.fake-{n}"), "expires_in": 3599, "token_type": "Bearer"}),
+                )
+            } else {
+                json_answer(200, json!({"name": format!("projects/{FCM_PROJECT}/messages/{n}")}))
+            }
+        })
+        .await
+    }
+
+    /// APNs over HTTP/2 (h2c on 127.0.0.1).
+    pub async fn apns() -> FakeHttp {
+        FakeHttp::start(apns_check, |r, _| {
+            let id = header(r, "apns-id").to_owned();
+            (200, vec![("apns-id", id)], String::new())
+        })
+        .await
+    }
+
+    /// A push service: `POST /push/{subscription}`.
+    pub async fn push_service() -> FakeHttp {
+        FakeHttp::start(web_push_check, |r, n| (201, vec![("location", format!("{}/msg/{n}", r.path))], String::new()))
+            .await
+    }
+
     pub async fn vonage() -> FakeHttp {
         FakeHttp::start(vonage_check, |r, n| {
             let body = json!({"message-count": "1", "messages": [{
@@ -147,6 +178,7 @@ async fn handle(State(ctx): State<Ctx>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let body = axum::body::to_bytes(body, 10 << 20).await.unwrap_or_default();
     let rec = Recorded {
+        version: parts.version,
         method: parts.method.to_string(),
         path: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
         headers: parts.headers,
@@ -391,4 +423,128 @@ fn vonage_check(r: &Recorded) -> Result<(), Answer> {
         return refuse("3", "Invalid to param");
     }
     Ok(())
+}
+
+pub const FCM_PROJECT: &str = "test-project";
+pub const FCM_CLIENT_EMAIL: &str = "herald@test-project.iam.gserviceaccount.com";
+pub const FCM_PUBLIC_KEY: &str = include_str!("../fixtures/fcm-test-key.pub.pem");
+
+/// The token endpoint verifies the RS256 assertion with the service account's public key and
+/// its claims; the FCM endpoint checks the bearer token it issued and the message.
+fn fcm_check(r: &Recorded) -> Result<(), Answer> {
+    if r.path == "/token" {
+        let oauth_error = |d: &str| Err(json_answer(400, json!({"error": "invalid_grant", "error_description": d})));
+        if r.field("grant_type").as_deref() != Some("urn:ietf:params:oauth:grant-type:jwt-bearer") {
+            return oauth_error("bad grant_type");
+        }
+        let Some(assertion) = r.field("assertion") else { return oauth_error("no assertion") };
+        let token_uri = format!("http://{}/token", header(r, "host"));
+        let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+        v.set_audience(&[token_uri]);
+        v.set_issuer(&[FCM_CLIENT_EMAIL]);
+        let key = jsonwebtoken::DecodingKey::from_rsa_pem(FCM_PUBLIC_KEY.as_bytes()).expect("public key");
+        return match jsonwebtoken::decode::<Value>(&assertion, &key, &v) {
+            Ok(data) if data.claims["scope"] == "https://www.googleapis.com/auth/firebase.messaging" => Ok(()),
+            Ok(_) => oauth_error("wrong scope"),
+            Err(e) => oauth_error(&format!("Invalid JWT Signature or claims: {e}")),
+        };
+    }
+    let unauthenticated = json_answer(
+        401,
+        json!({"error": {"code": 401, "message": "Request had invalid authentication credentials.", "status": "UNAUTHENTICATED"}}),
+    );
+    if r.path != format!("/v1/projects/{FCM_PROJECT}/messages:send") {
+        return Err(json_answer(404, json!({"error": {"code": 404, "message": "not found", "status": "NOT_FOUND"}})));
+    }
+    if !header(r, "authorization").starts_with("Bearer ya29.fake-") {
+        return Err(unauthenticated);
+    }
+    let m = &r.json()["message"];
+    if m["token"].as_str().is_none() || m["data"].as_object().is_some_and(|d| d.values().any(|v| !v.is_string())) {
+        return Err(json_answer(
+            400,
+            json!({"error": {"code": 400, "message": "Invalid message", "status": "INVALID_ARGUMENT",
+            "details": [{"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": "INVALID_ARGUMENT"}]}}),
+        ));
+    }
+    Ok(())
+}
+
+pub const APNS_TEAM: &str = "TEAM123456";
+pub const APNS_KEY_ID: &str = "KEY1234567";
+pub const APNS_TOPIC: &str = "com.acme.app";
+pub const APNS_PUBLIC_KEY: &str = include_str!("../fixtures/apns-test-key.pub.pem");
+
+/// HTTP/2 only; the provider token is an ES256 JWT with our key id and team; the headers
+/// APNs requires are present.
+fn apns_check(r: &Recorded) -> Result<(), Answer> {
+    let reason = |status: u16, reason: &str| Err(json_answer(status, json!({"reason": reason})));
+    if r.version != axum::http::Version::HTTP_2 {
+        return reason(405, "HTTP/2 required");
+    }
+    let Some(device) = r.path.strip_prefix("/3/device/") else { return reason(404, "BadPath") };
+    if device.len() < 64 || !device.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return reason(400, "BadDeviceToken");
+    }
+    let Some(token) = header(r, "authorization").strip_prefix("bearer ") else {
+        return reason(403, "MissingProviderToken");
+    };
+    let key = jsonwebtoken::DecodingKey::from_ec_pem(APNS_PUBLIC_KEY.as_bytes()).expect("public key");
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    v.set_issuer(&[APNS_TEAM]);
+    v.required_spec_claims = ["iss".to_string()].into_iter().collect();
+    v.validate_exp = false;
+    let Ok(head) = jsonwebtoken::decode_header(token) else { return reason(403, "InvalidProviderToken") };
+    match jsonwebtoken::decode::<Value>(token, &key, &v) {
+        Ok(data) if head.kid.as_deref() == Some(APNS_KEY_ID) && data.claims["iat"].is_u64() => {}
+        _ => return reason(403, "InvalidProviderToken"),
+    }
+    if header(r, "apns-topic") != APNS_TOPIC {
+        return reason(400, "BadTopic");
+    }
+    if header(r, "apns-push-type").is_empty() {
+        return reason(400, "InvalidPushType");
+    }
+    if r.json()["aps"].is_null() {
+        return reason(400, "PayloadEmpty");
+    }
+    Ok(())
+}
+
+/// VAPID (RFC 8292): `Authorization: vapid t=<ES256 JWT>, k=<public key>`, verified with `k`;
+/// `aud` must be this service's origin, port included; `exp` at most 24 hours ahead.
+fn web_push_check(r: &Recorded) -> Result<(), Answer> {
+    let refuse = |status: u16, why: &str| Err((status, vec![], why.to_owned()));
+    if !r.path.starts_with("/push/") {
+        return refuse(404, "no such subscription");
+    }
+    if header(r, "content-encoding") != "aes128gcm" || header(r, "ttl").parse::<u64>().is_err() {
+        return refuse(400, "aes128gcm and TTL required");
+    }
+    let auth = header(r, "authorization");
+    let Some(rest) = auth.strip_prefix("vapid t=") else { return refuse(401, "VAPID required") };
+    let (token, k) = match rest.split_once(", k=") {
+        Some(pair) => pair,
+        None => return refuse(401, "VAPID k missing"),
+    };
+    let point = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(k).unwrap_or_default();
+    if point.len() != 65 || point[0] != 4 {
+        return refuse(401, "bad VAPID key");
+    }
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let key = jsonwebtoken::DecodingKey::from_ec_components(&b64(&point[1..33]), &b64(&point[33..65])).expect("key");
+    let origin = format!("http://{}", header(r, "host"));
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    v.set_audience(&[origin]);
+    match jsonwebtoken::decode::<Value>(token, &key, &v) {
+        Ok(data) => {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_secs();
+            if data.claims["exp"].as_u64().is_none_or(|e| e > now + 24 * 3600) || data.claims["sub"].as_str().is_none()
+            {
+                return refuse(403, "bad VAPID claims");
+            }
+            Ok(())
+        }
+        Err(e) => refuse(403, &format!("VAPID rejected: {e}")),
+    }
 }

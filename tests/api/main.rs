@@ -6,3 +6,4 @@ mod fake_smtp;
 mod helpers;
 mod notifications;
 mod providers;
+mod push;

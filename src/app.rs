@@ -73,7 +73,7 @@ impl App {
     }
 
     pub fn dispatcher(&self) -> Dispatcher {
-        Dispatcher::new(self.pool.clone(), self.registry.clone(), self.settings.dispatch.clone())
+        Dispatcher::new(self.pool.clone(), self.registry.clone(), &self.settings)
     }
 
     /// Run `roles` until `cancel` fires. The API stops accepting at once and finishes in-flight

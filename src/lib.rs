@@ -10,3 +10,4 @@ pub mod http;
 pub mod providers;
 pub mod store;
 pub mod telemetry;
+pub mod views;

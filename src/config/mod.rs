@@ -64,6 +64,7 @@ pub struct Settings {
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderSettings>,
     pub callbacks: CallbackSettings,
+    pub receipts: ReceiptSettings,
     pub retention: RetentionSettings,
     pub lambda: LambdaSettings,
     pub log: LogSettings,
@@ -150,6 +151,15 @@ pub struct ChannelSettings {
 pub struct CallbackSettings {
     pub signing_secret: Secret,
     pub allow_private_networks: bool,
+    pub max_attempts: u32,
+    pub timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiptSettings {
+    /// Signed receipts older (or newer) than this are refused as replays.
+    pub max_age_secs: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -285,8 +295,14 @@ impl Settings {
             }
         }
         let secret = self.callbacks.signing_secret.expose();
-        if !secret.is_empty() && !secret.starts_with("whsec_") {
-            return Err(invalid("callbacks.signing_secret", "must be a Standard Webhooks secret starting with whsec_"));
+        if !secret.is_empty() && crate::dispatch::callbacks::secret_key(secret).is_none() {
+            return Err(invalid(
+                "callbacks.signing_secret",
+                "must be a Standard Webhooks secret: whsec_ followed by base64 of 24 to 64 random bytes",
+            ));
+        }
+        if self.callbacks.max_attempts == 0 {
+            return Err(invalid("callbacks.max_attempts", "must be at least 1"));
         }
         Ok(())
     }

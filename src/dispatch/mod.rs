@@ -10,6 +10,8 @@
 //! * a job whose outcome could not be recorded keeps its lease and is rescued when it expires:
 //!   delivery is at-least-once, never at-most-once by accident.
 
+pub mod callbacks;
+
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,13 +28,17 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::config::DispatchSettings;
+use crate::config::{CallbackSettings, DispatchSettings, Settings};
+use crate::domain::recipient::check_endpoint;
 use crate::domain::retry::{Decision, RetryPolicy};
 use crate::domain::{Content, Recipient, Status};
+use crate::providers::http::ensure_public;
 use crate::providers::resilience::{Admit, Health};
 use crate::providers::{OutboundMessage, ProviderError, Registry};
-use crate::store::tracking::{self, Applied, ClaimedJob, Lease};
+use crate::store::tracking::{self, Applied, ClaimedCallback, ClaimedJob, Lease};
 use crate::store::{StoreError, WAKE_CHANNEL};
+use crate::store::{notifications, suppressions};
+use crate::views::NotificationView;
 
 /// What a run did, by outcome. Also the JSON summary of a Lambda worker invocation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -47,6 +53,9 @@ pub struct Summary {
     pub rescued: u64,
     /// Claimed but put back without a provider call (every circuit open, pacing).
     pub deferred: u64,
+    pub callbacks_delivered: u64,
+    /// Callback attempts that failed (retried later or given up).
+    pub callbacks_failed: u64,
 }
 
 impl Summary {
@@ -58,6 +67,8 @@ impl Summary {
             Outcome::Expired => self.expired += 1,
             Outcome::Fenced => self.fenced += 1,
             Outcome::Deferred => self.deferred += 1,
+            Outcome::CallbackDelivered => self.callbacks_delivered += 1,
+            Outcome::CallbackRetried | Outcome::CallbackFailed => self.callbacks_failed += 1,
             Outcome::Unrecorded => {}
         }
     }
@@ -81,6 +92,9 @@ enum Outcome {
     Fenced,
     /// Put back without calling a provider (open circuits, pacing); not an attempt.
     Deferred,
+    CallbackDelivered,
+    CallbackRetried,
+    CallbackFailed,
     /// The outcome could not be written; the lease will lapse and the job be rescued.
     Unrecorded,
 }
@@ -94,13 +108,36 @@ struct Inner {
     pool: PgPool,
     registry: Arc<Registry>,
     settings: DispatchSettings,
+    callbacks: CallbackSettings,
+    /// For status callbacks: never follows redirects (a 3xx is a failed delivery).
+    http: reqwest::Client,
     worker_id: String,
 }
 
+/// One unit of claimed work.
+enum Work {
+    Send(ClaimedJob),
+    Callback(ClaimedCallback),
+}
+
 impl Dispatcher {
-    pub fn new(pool: PgPool, registry: Arc<Registry>, settings: DispatchSettings) -> Self {
+    pub fn new(pool: PgPool, registry: Arc<Registry>, settings: &Settings) -> Self {
         let worker_id = format!("{}:{}", hostname(), uuid::Uuid::new_v4().simple());
-        Self { inner: Arc::new(Inner { pool, registry, settings, worker_id }) }
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .unwrap_or_default();
+        Self {
+            inner: Arc::new(Inner {
+                pool,
+                registry,
+                settings: settings.dispatch.clone(),
+                callbacks: settings.callbacks.clone(),
+                http,
+                worker_id,
+            }),
+        }
     }
 
     fn policy(&self, max_attempts: i32) -> RetryPolicy {
@@ -121,7 +158,7 @@ impl Dispatcher {
         let mut set = JoinSet::new();
         for job in jobs {
             let this = self.clone();
-            set.spawn(async move { this.process(job, None).await });
+            set.spawn(async move { this.process_work(job, None).await });
         }
         while let Some(res) = set.join_next().await {
             summary.add(res.unwrap_or(Outcome::Unrecorded));
@@ -147,7 +184,7 @@ impl Dispatcher {
             let mut set = JoinSet::new();
             for job in jobs {
                 let this = self.clone();
-                set.spawn(async move { this.process(job, Some(deadline)).await });
+                set.spawn(async move { this.process_work(job, Some(deadline)).await });
             }
             while let Some(res) = set.join_next().await {
                 summary.add(res.unwrap_or(Outcome::Unrecorded));
@@ -196,7 +233,7 @@ impl Dispatcher {
                             let Ok(permit) = slots.clone().acquire_owned().await else { break };
                             let this = self.clone();
                             in_flight.spawn(async move {
-                                let outcome = this.process(job, None).await;
+                                let outcome = this.process_work(job, None).await;
                                 drop(permit);
                                 outcome
                             });
@@ -245,13 +282,154 @@ impl Dispatcher {
         Ok(n)
     }
 
-    async fn claim_batch(&self, limit: usize) -> Result<Vec<ClaimedJob>, StoreError> {
+    /// Claim sends, then status callbacks with the slots left.
+    async fn claim_batch(&self, limit: usize) -> Result<Vec<Work>, StoreError> {
         let mut conn = self.inner.pool.acquire().await?;
-        let jobs = tracking::claim(&mut conn, limit as i64, self.inner.settings.lease(), &self.inner.worker_id).await?;
-        if !jobs.is_empty() {
-            debug!(claimed = jobs.len(), "claimed jobs");
+        let lease = self.inner.settings.lease();
+        let worker = &self.inner.worker_id;
+        let mut work: Vec<Work> =
+            tracking::claim(&mut conn, limit as i64, lease, worker).await?.into_iter().map(Work::Send).collect();
+        if work.len() < limit {
+            let left = (limit - work.len()) as i64;
+            work.extend(
+                tracking::claim_callbacks(&mut conn, left, lease, worker).await?.into_iter().map(Work::Callback),
+            );
         }
-        Ok(jobs)
+        if !work.is_empty() {
+            debug!(claimed = work.len(), "claimed jobs");
+        }
+        Ok(work)
+    }
+
+    async fn process_work(&self, work: Work, deadline: Option<Instant>) -> Outcome {
+        match work {
+            Work::Send(job) => self.process(job, deadline).await,
+            Work::Callback(cb) => {
+                let span = info_span!("callback", notification.id = %cb.notification_id, attempt = cb.attempt);
+                self.deliver_callback(cb, deadline).instrument(span).await
+            }
+        }
+    }
+
+    /// Deliver one status callback. Success and failures are both recorded in the timeline.
+    async fn deliver_callback(&self, cb: ClaimedCallback, deadline: Option<Instant>) -> Outcome {
+        let lease = cb.lease();
+        let cfg = &self.inner.callbacks;
+        let attempt = cb.attempt;
+        let event_type = cb.event["type"].as_str().unwrap_or("notification.updated").to_owned();
+        let (result, url) = match self.send_callback(&cb, deadline).await {
+            Ok((url, status, _)) if (200..300).contains(&status) => {
+                let detail = json!({"url": url, "response_status": status, "attempt": attempt, "event": event_type});
+                return self.callback_recorded(lease, None, detail, Outcome::CallbackDelivered).await;
+            }
+            Ok((url, status, retry_after)) => {
+                ((Some(status), format!("answered {status}"), retry_after, status == 410), url)
+            }
+            Err((url, e, permanent)) => ((None, e, None, permanent), url),
+        };
+        let (status, error, retry_after, permanent) = result;
+        let mut detail = json!({"url": url, "attempt": attempt, "event": event_type, "error": error});
+        if let Some(st) = status {
+            detail["response_status"] = json!(st);
+        }
+        let policy = RetryPolicy { max_attempts: cfg.max_attempts, ..self.policy(1) };
+        let decision = if permanent {
+            Decision::GiveUp
+        } else {
+            policy.decide(u32::try_from(attempt).unwrap_or(u32::MAX), retry_after, rand::random::<f64>())
+        };
+        match decision {
+            Decision::Retry(delay) => {
+                info!(error = %error, delay_ms = delay.as_millis() as u64, "status callback failed; will retry");
+                self.callback_recorded(lease, Some(delay), detail, Outcome::CallbackRetried).await
+            }
+            Decision::GiveUp => {
+                warn!(error = %error, "status callback given up");
+                detail["gave_up"] = json!(true);
+                self.callback_recorded(lease, None, detail, Outcome::CallbackFailed).await
+            }
+        }
+    }
+
+    async fn callback_recorded(
+        &self,
+        lease: Lease,
+        retry_in: Option<Duration>,
+        detail: Value,
+        outcome: Outcome,
+    ) -> Outcome {
+        let res = self
+            .with_retries(|| async {
+                let mut conn = self.inner.pool.acquire().await?;
+                tracking::callback_attempted(&mut conn, lease, retry_in, detail.clone()).await
+            })
+            .await;
+        match res {
+            Ok(Applied::Yes) => outcome,
+            Ok(Applied::Fenced) => fenced(),
+            Err(e) => unrecorded(&e),
+        }
+    }
+
+    /// POST the event; `Ok((url, status, retry_after))` for any HTTP answer, `Err((url, error,
+    /// permanent))` when none could be had.
+    async fn send_callback(
+        &self,
+        cb: &ClaimedCallback,
+        deadline: Option<Instant>,
+    ) -> Result<(String, u16, Option<Duration>), (String, String, bool)> {
+        let cfg = &self.inner.callbacks;
+        let mut conn = self.inner.pool.acquire().await.map_err(|e| (String::new(), e.to_string(), false))?;
+        let Some((url, tenant_secret)) = tracking::callback_target(&mut conn, cb.notification_id)
+            .await
+            .map_err(|e| (String::new(), e.to_string(), false))?
+        else {
+            return Err((String::new(), "the notification has no callback URL any more".into(), true));
+        };
+        let record = notifications::get(&mut conn, cb.notification_id, None)
+            .await
+            .map_err(|e| (url.clone(), e.to_string(), false))?
+            .ok_or_else(|| (url.clone(), "the notification is gone".to_string(), true))?;
+        drop(conn);
+        let secret = tenant_secret.unwrap_or_else(|| cfg.signing_secret.expose().to_owned());
+        let Some(key) = callbacks::secret_key(&secret) else {
+            return Err((
+                url,
+                "no signing secret: set callbacks.signing_secret or `herald tenants set --signing-secret`".into(),
+                true,
+            ));
+        };
+        let parsed = check_endpoint(&url, cfg.allow_private_networks).map_err(|e| (url.clone(), e, true))?;
+        ensure_public(&parsed, cfg.allow_private_networks).await.map_err(|e| (url.clone(), e, true))?;
+
+        // The data is the notification as the API returns it (without events), with the
+        // status this event announces; `timestamp` orders events of one notification.
+        let mut view = NotificationView::new(record, None);
+        if let Some(st) = cb.event["status"].as_str().and_then(Status::parse) {
+            view.status = st;
+        }
+        let body = json!({"type": cb.event["type"], "timestamp": cb.event["at"], "data": view}).to_string();
+        let msg_id = format!("msg_{}_{}", cb.notification_id.as_uuid().simple(), cb.job_id);
+        let ts = OffsetDateTime::now_utc().unix_timestamp();
+        let mut timeout = Duration::from_millis(cfg.timeout_ms);
+        if let Some(d) = deadline {
+            timeout = timeout.min(d.saturating_duration_since(Instant::now()));
+        }
+        let resp = self
+            .inner
+            .http
+            .post(parsed.as_str())
+            .header("content-type", "application/json")
+            .header("webhook-id", &msg_id)
+            .header("webhook-timestamp", ts.to_string())
+            .header("webhook-signature", callbacks::sign(&key, &msg_id, ts, body.as_bytes()))
+            .body(body)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| (url.clone(), format!("no answer: {}", e.without_url()), false))?;
+        let retry_after = crate::providers::http::retry_after(resp.headers());
+        Ok((url, resp.status().as_u16(), retry_after))
     }
 
     /// One job: decide, send, record. Never panics out: a panic in a provider is caught and the
@@ -373,11 +551,29 @@ impl Dispatcher {
                 }
             }
             Err(failure) => {
+                if let ProviderError::RecipientInvalid(reason) = &failure {
+                    self.suppress(&job, &message.to.key(), reason, provider.name()).await;
+                }
                 // A transient failure moves the next attempt to the next provider in the list.
                 let next_route = i32::try_from((index + 1) % n).unwrap_or(0);
                 let attempt = Attempt { lease, number: job.attempt, max: job.max_attempts, expires_at: job.expires_at };
                 self.record_failure(attempt, Some(provider.name()), next_route, &failure).await
             }
+        }
+    }
+
+    /// A provider said the recipient cannot receive: stop sending to it (hard bounce, opt-out,
+    /// dead push token). Best effort: the failure itself is recorded either way.
+    async fn suppress(&self, job: &ClaimedJob, recipient: &str, reason: &str, provider: &str) {
+        let res = async {
+            let mut conn = self.inner.pool.acquire().await?;
+            suppressions::add(&mut conn, job.tenant_id, job.channel, recipient, reason, provider).await
+        }
+        .await;
+        match res {
+            Ok(true) => info!(provider, "recipient added to the suppression list"),
+            Ok(false) => {}
+            Err(e) => warn!(error = %e, "could not add the recipient to the suppression list"),
         }
     }
 

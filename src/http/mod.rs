@@ -4,6 +4,7 @@ mod auth;
 mod health;
 mod notifications;
 pub mod problem;
+mod suppressions;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +41,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/notifications", post(notifications::create).get(notifications::list))
         .route("/v1/notifications/{id}", get(notifications::get))
         .route("/v1/notifications/{id}/cancel", post(notifications::cancel))
+        .route("/v1/suppressions", get(suppressions::list).post(suppressions::create))
+        .route("/v1/suppressions/{channel}/{recipient}", axum::routing::delete(suppressions::delete))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(|| async { problem::ApiError::not_found("no such resource") })

@@ -24,90 +24,10 @@ use crate::domain::{Channel, FieldError, NewNotification, NotificationId, Status
 use crate::store::keys::{Caller, Scope};
 use crate::store::notifications::{self as store, Accepted, IdempotencyKey, ListFilter};
 use crate::store::tracking::{self, CancelOutcome};
-use crate::store::{EventRecord, NotificationRecord};
+use crate::views::NotificationView;
 
 const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;
-
-/// A notification as the API returns it.
-#[derive(Serialize)]
-pub struct NotificationView {
-    id: NotificationId,
-    status: Status,
-    channel: Channel,
-    to: Value,
-    content: Value,
-    priority: &'static str,
-    tags: Vec<String>,
-    metadata: Value,
-    callback_url: Option<String>,
-    attempts: i32,
-    provider: Option<String>,
-    provider_message_id: Option<String>,
-    error: Option<String>,
-    #[serde(with = "time::serde::rfc3339")]
-    created_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    updated_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339::option")]
-    send_at: Option<OffsetDateTime>,
-    #[serde(with = "time::serde::rfc3339::option")]
-    expires_at: Option<OffsetDateTime>,
-    #[serde(with = "time::serde::rfc3339::option")]
-    next_attempt_at: Option<OffsetDateTime>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    events: Option<Vec<EventView>>,
-}
-
-#[derive(Serialize)]
-struct EventView {
-    #[serde(with = "time::serde::rfc3339")]
-    at: OffsetDateTime,
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    status: Option<Status>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    provider: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    detail: Option<Value>,
-}
-
-impl NotificationView {
-    fn new(r: NotificationRecord, events: Option<Vec<EventRecord>>) -> Self {
-        NotificationView {
-            id: r.id,
-            status: r.status,
-            channel: r.channel,
-            to: r.to,
-            content: r.content,
-            priority: r.priority.as_str(),
-            tags: r.tags,
-            metadata: r.metadata,
-            callback_url: r.callback_url,
-            attempts: r.attempts,
-            provider: r.provider,
-            provider_message_id: r.provider_message_id,
-            error: r.last_error,
-            created_at: r.created_at,
-            updated_at: r.updated_at,
-            send_at: r.send_at,
-            expires_at: r.expires_at,
-            next_attempt_at: r.next_attempt_at,
-            events: events.map(|evs| {
-                evs.into_iter()
-                    .map(|e| EventView {
-                        at: e.at,
-                        kind: e.kind,
-                        status: e.status,
-                        provider: e.provider,
-                        detail: e.detail,
-                    })
-                    .collect()
-            }),
-        }
-    }
-}
 
 async fn load(state: &AppState, id: NotificationId, caller: &Caller) -> Result<NotificationView, ApiError> {
     let mut conn = state.pool.acquire().await.map_err(crate::store::StoreError::from)?;

@@ -16,10 +16,10 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use p256::pkcs8::EncodePrivateKey;
 use serde_json::json;
 
-use super::http::{HttpReply, execute, generic};
+use super::http::{HttpReply, ensure_public, execute, generic};
 use super::{Accepted, OutboundMessage, Provider, ProviderError, push_parts};
 use crate::config::ProviderSettings;
-use crate::domain::recipient::{PushTarget, check_endpoint, is_private_ip};
+use crate::domain::recipient::{PushTarget, check_endpoint};
 use crate::domain::{Priority, Recipient};
 
 /// How long a push service keeps an undelivered message when the notification has no expiry.
@@ -70,27 +70,6 @@ impl WebPush {
             .map_err(|e| ProviderError::Transient(format!("web push: signing VAPID: {e}")))?;
         Ok(format!("vapid t={token}, k={}", self.vapid_public))
     }
-
-    /// Refuse endpoints that resolve to private addresses (DNS may have changed since the
-    /// request was accepted).
-    async fn check_resolved(&self, url: &url::Url) -> Result<(), ProviderError> {
-        if self.allow_private {
-            return Ok(());
-        }
-        let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']).to_owned();
-        let port = url.port_or_known_default().unwrap_or(443);
-        let addrs = tokio::net::lookup_host((host.as_str(), port))
-            .await
-            .map_err(|e| ProviderError::Transient(format!("web push: resolving {host}: {e}")))?;
-        for addr in addrs {
-            if is_private_ip(addr.ip()) {
-                return Err(ProviderError::Permanent(format!(
-                    "web push endpoint {host} resolves to a private address"
-                )));
-            }
-        }
-        Ok(())
-    }
 }
 
 #[async_trait]
@@ -113,7 +92,7 @@ impl Provider for WebPush {
         };
         let url = check_endpoint(&sub.endpoint, self.allow_private)
             .map_err(|e| ProviderError::Permanent(format!("web push endpoint: {e}")))?;
-        self.check_resolved(&url).await?;
+        ensure_public(&url, self.allow_private).await.map_err(ProviderError::Permanent)?;
         let key = |s: &str| URL_SAFE_NO_PAD.decode(s.trim_end_matches('=')).ok();
         let ua_public = key(&sub.keys.p256dh)
             .and_then(|b| p256::PublicKey::from_sec1_bytes(&b).ok())

@@ -8,6 +8,7 @@
 
 pub mod keys;
 pub mod notifications;
+pub mod suppressions;
 pub mod tracking;
 
 use std::time::Duration;

@@ -2,6 +2,8 @@
 //! notification, its first event and its job commit together (an outbox), so a 202 always has
 //! a job behind it and a rolled-back request never leaves one.
 
+use std::sync::LazyLock;
+
 use serde_json::Value;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Row};
@@ -149,6 +151,16 @@ async fn insert_one(
     max_attempts: u32,
 ) -> StoreResult<()> {
     let now = OffsetDateTime::now_utc();
+    let suppression: Option<String> =
+        sqlx::query_scalar("SELECT reason FROM suppressions WHERE tenant_id = $1 AND channel = $2 AND recipient = $3")
+            .bind(tenant.as_uuid())
+            .bind(n.channel.as_str())
+            .bind(n.to.key())
+            .fetch_optional(&mut *conn)
+            .await?;
+    if let Some(reason) = suppression {
+        return insert_suppressed(conn, tenant, id, n, now, &reason).await;
+    }
     let scheduled = n.send_at.is_some_and(|t| t > now);
     let status = if scheduled { Status::Scheduled } else { Status::Queued };
     let content = serde_json::to_value(&n.content).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -187,6 +199,51 @@ async fn insert_one(
     .bind(i32::try_from(max_attempts).unwrap_or(i32::MAX))
     .execute(conn)
     .await?;
+    Ok(())
+}
+
+/// A notification to a suppressed recipient: stored (nothing accepted is lost) as
+/// `suppressed`, with no job, and its status callback queued.
+async fn insert_suppressed(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    id: NotificationId,
+    n: &NewNotification,
+    now: OffsetDateTime,
+    reason: &str,
+) -> StoreResult<()> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH upd AS (
+                 INSERT INTO notifications (id, tenant_id, channel, recipient, recipient_key, content, status, priority,
+                                            tags, metadata, callback_url, send_at, expires_at, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, 'suppressed', $7, $8, $9, $10, $11, $12, $13, $13)
+                 RETURNING id, tenant_id, status, callback_url
+             ), e AS (
+                 INSERT INTO notification_events (notification_id, at, type, status, detail)
+                 SELECT id, $13, 'suppressed', 'suppressed', jsonb_build_object('reason', $14::text) FROM upd
+             ){} SELECT count(*) FROM upd",
+            super::tracking::QUEUE_CALLBACK
+        )
+    });
+    let content = serde_json::to_value(&n.content).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    sqlx::query(sqlx::AssertSqlSafe(SQL.as_str()))
+        .bind(id.as_uuid())
+        .bind(tenant.as_uuid())
+        .bind(n.channel.as_str())
+        .bind(n.to.to_json())
+        .bind(n.to.key())
+        .bind(content)
+        .bind(n.priority.as_str())
+        .bind(&n.tags)
+        .bind(Value::Object(n.metadata.clone()))
+        .bind(&n.callback_url)
+        .bind(n.send_at)
+        .bind(n.expires_at)
+        .bind(now)
+        .bind(reason)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 

@@ -11,6 +11,7 @@
 //! Each statement is one round trip: job row, notification row and timeline event change
 //! together, jobs row first (see the lock order in `store`).
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -19,6 +20,37 @@ use time::OffsetDateTime;
 
 use super::StoreResult;
 use crate::domain::{Channel, NotificationId, Priority, Status, TenantId};
+
+/// Statuses that send a status callback to the caller.
+pub const CALLBACK_STATUSES: [Status; 8] = [
+    Status::Sent,
+    Status::Delivered,
+    Status::Bounced,
+    Status::Complained,
+    Status::Failed,
+    Status::Expired,
+    Status::Cancelled,
+    Status::Suppressed,
+];
+
+/// A CTE appended to statements whose `upd` CTE returns `(id, tenant_id, status, callback_url)`
+/// for notifications whose status just changed: it queues a status callback (a `callback`
+/// job) for each that has a callback URL, its own or its tenant's. Queued in the same
+/// statement as the change, so a callback is never lost nor sent for a change that rolled back.
+pub(crate) const QUEUE_CALLBACK: &str = ", cb AS (
+             INSERT INTO jobs (notification_id, kind, queue, priority, run_at, max_attempts, payload)
+             SELECT u.id, 'callback', 'callback', 1, now(), 0,
+                    jsonb_build_object('type', 'notification.' || u.status, 'status', u.status,
+                                       'at', to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'))
+             FROM upd u JOIN tenants t ON t.id = u.tenant_id
+             WHERE coalesce(u.callback_url, t.callback_url) IS NOT NULL
+               AND u.status IN ('sent', 'delivered', 'bounced', 'complained', 'failed', 'expired', 'cancelled', 'suppressed')
+         )";
+
+/// `WITH {body}{QUEUE_CALLBACK} {tail}`, built once per statement.
+fn with_callback(body: &str, tail: &str) -> String {
+    format!("WITH {body}{QUEUE_CALLBACK} {tail}")
+}
 
 /// A job a worker holds a lease on, with what it needs to send.
 #[derive(Clone, Debug)]
@@ -36,6 +68,8 @@ pub struct ClaimedJob {
     pub content: Value,
     pub expires_at: Option<OffsetDateTime>,
     pub priority: Priority,
+    /// The recipient is on the tenant's suppression list: do not send.
+    pub suppressed: bool,
 }
 
 /// A fenced handle on a claimed job: what every completion needs.
@@ -95,10 +129,13 @@ pub async fn claim(conn: &mut PgConnection, limit: i64, lease: Duration, worker:
              UPDATE notifications n
              SET status = 'sending', next_attempt_at = NULL, updated_at = now()
              FROM claimed c WHERE n.id = c.notification_id
-             RETURNING n.id, n.tenant_id, n.channel, n.recipient, n.content, n.expires_at, n.priority
+             RETURNING n.id, n.tenant_id, n.channel, n.recipient, n.recipient_key, n.content, n.expires_at, n.priority
          )
          SELECT c.id AS job_id, c.lease_token, c.attempt, c.max_attempts, c.route_index,
-                m.id, m.tenant_id, m.channel, m.recipient, m.content, m.expires_at, m.priority
+                m.id, m.tenant_id, m.channel, m.recipient, m.content, m.expires_at, m.priority,
+                EXISTS (SELECT 1 FROM suppressions s
+                        WHERE s.tenant_id = m.tenant_id AND s.channel = m.channel AND s.recipient = m.recipient_key)
+                    AS suppressed
          FROM claimed c JOIN marked m ON m.id = c.notification_id",
     )
     .bind(&queues)
@@ -125,6 +162,7 @@ pub async fn claim(conn: &mut PgConnection, limit: i64, lease: Duration, worker:
                 content: r.try_get("content")?,
                 expires_at: r.try_get("expires_at")?,
                 priority: Priority::parse(&priority).ok_or_else(|| super::StoreError::Corrupt(priority.clone()))?,
+                suppressed: r.try_get("suppressed")?,
             })
         })
         .collect()
@@ -152,32 +190,35 @@ pub async fn mark_sent(
     provider_message_id: Option<&str>,
     detail: Value,
 ) -> StoreResult<Applied> {
-    let n: i64 = sqlx::query_scalar(
-        "WITH done AS (
-             DELETE FROM jobs WHERE id = $1 AND lease_token = $2 AND state = 'running'
-             RETURNING notification_id, attempt
-         ), upd AS (
-             UPDATE notifications n
-             SET status = 'sent', provider = $3, provider_message_id = $4, attempts = d.attempt,
-                 last_error = NULL, next_attempt_at = NULL, updated_at = now()
-             FROM done d WHERE n.id = d.notification_id AND n.status = ANY($5)
-             RETURNING n.id
-         ), ev AS (
-             INSERT INTO notification_events (notification_id, type, status, provider, detail)
-             SELECT $6, 'attempt', (SELECT 'sent' FROM upd),
-                    $3, CASE WHEN EXISTS (SELECT 1 FROM upd) THEN $7 ELSE $7 || '{\"fenced\": true}' END
-         )
-         SELECT count(*) FROM upd",
-    )
-    .bind(lease.job_id)
-    .bind(lease.token)
-    .bind(provider)
-    .bind(provider_message_id)
-    .bind(Status::sources_of(Status::Sent))
-    .bind(lease.notification_id.as_uuid())
-    .bind(detail)
-    .fetch_one(conn)
-    .await?;
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        with_callback(
+            "done AS (
+                 DELETE FROM jobs WHERE id = $1 AND lease_token = $2 AND state = 'running'
+                 RETURNING notification_id, attempt
+             ), upd AS (
+                 UPDATE notifications n
+                 SET status = 'sent', provider = $3, provider_message_id = $4, attempts = d.attempt,
+                     last_error = NULL, next_attempt_at = NULL, updated_at = now()
+                 FROM done d WHERE n.id = d.notification_id AND n.status = ANY($5)
+                 RETURNING n.id, n.tenant_id, n.status, n.callback_url
+             ), ev AS (
+                 INSERT INTO notification_events (notification_id, type, status, provider, detail)
+                 SELECT $6, 'attempt', (SELECT 'sent' FROM upd),
+                        $3, CASE WHEN EXISTS (SELECT 1 FROM upd) THEN $7 ELSE $7 || '{\"fenced\": true}' END
+             )",
+            "SELECT count(*) FROM upd",
+        )
+    });
+    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(SQL.as_str()))
+        .bind(lease.job_id)
+        .bind(lease.token)
+        .bind(provider)
+        .bind(provider_message_id)
+        .bind(Status::sources_of(Status::Sent))
+        .bind(lease.notification_id.as_uuid())
+        .bind(detail)
+        .fetch_one(conn)
+        .await?;
     Ok(applied(n))
 }
 
@@ -239,34 +280,37 @@ pub async fn mark_finished(
     detail: Value,
 ) -> StoreResult<Applied> {
     debug_assert!(matches!(status, Status::Failed | Status::Expired | Status::Suppressed));
-    let n: i64 = sqlx::query_scalar(
-        "WITH done AS (
-             DELETE FROM jobs WHERE id = $1 AND lease_token = $2 AND state = 'running'
-             RETURNING notification_id, attempt
-         ), upd AS (
-             UPDATE notifications n
-             SET status = $3, attempts = d.attempt, last_error = $4, provider = coalesce($5, n.provider),
-                 next_attempt_at = NULL, updated_at = now()
-             FROM done d WHERE n.id = d.notification_id AND n.status = ANY($6)
-             RETURNING n.id
-         ), ev AS (
-             INSERT INTO notification_events (notification_id, type, status, provider, detail)
-             SELECT $7, $8, (SELECT $3 FROM upd), $5,
-                    CASE WHEN EXISTS (SELECT 1 FROM upd) THEN $9 ELSE $9 || '{\"fenced\": true}' END
-         )
-         SELECT count(*) FROM upd",
-    )
-    .bind(lease.job_id)
-    .bind(lease.token)
-    .bind(status.as_str())
-    .bind(error)
-    .bind(provider)
-    .bind(Status::sources_of(status))
-    .bind(lease.notification_id.as_uuid())
-    .bind(event)
-    .bind(detail)
-    .fetch_one(conn)
-    .await?;
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        with_callback(
+            "done AS (
+                 DELETE FROM jobs WHERE id = $1 AND lease_token = $2 AND state = 'running'
+                 RETURNING notification_id, attempt
+             ), upd AS (
+                 UPDATE notifications n
+                 SET status = $3, attempts = d.attempt, last_error = $4, provider = coalesce($5, n.provider),
+                     next_attempt_at = NULL, updated_at = now()
+                 FROM done d WHERE n.id = d.notification_id AND n.status = ANY($6)
+                 RETURNING n.id, n.tenant_id, n.status, n.callback_url
+             ), ev AS (
+                 INSERT INTO notification_events (notification_id, type, status, provider, detail)
+                 SELECT $7, $8, (SELECT $3 FROM upd), $5,
+                        CASE WHEN EXISTS (SELECT 1 FROM upd) THEN $9 ELSE $9 || '{\"fenced\": true}' END
+             )",
+            "SELECT count(*) FROM upd",
+        )
+    });
+    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(SQL.as_str()))
+        .bind(lease.job_id)
+        .bind(lease.token)
+        .bind(status.as_str())
+        .bind(error)
+        .bind(provider)
+        .bind(Status::sources_of(status))
+        .bind(lease.notification_id.as_uuid())
+        .bind(event)
+        .bind(detail)
+        .fetch_one(conn)
+        .await?;
     Ok(applied(n))
 }
 
@@ -323,15 +367,16 @@ pub async fn rescue_expired(pool: &PgPool, limit: i64) -> StoreResult<u64> {
          ), r AS (
              UPDATE jobs j SET state = 'available', run_at = now(), leased_until = NULL, locked_by = NULL
              FROM stale WHERE j.id = stale.id AND j.state = 'running' AND j.leased_until < now()
-             RETURNING j.notification_id, j.attempt, stale.id
+             RETURNING j.notification_id, j.attempt, j.kind
          ), upd AS (
              UPDATE notifications n SET status = 'queued', updated_at = now()
-             FROM r WHERE n.id = r.notification_id AND n.status = ANY($2)
+             FROM r WHERE r.kind = 'send' AND n.id = r.notification_id AND n.status = ANY($2)
              RETURNING n.id
          ), ev AS (
              INSERT INTO notification_events (notification_id, type, status, detail)
-             SELECT r.notification_id, 'rescued', 'queued',
-                    jsonb_build_object('attempt', r.attempt, 'reason', 'lease expired: the worker stopped mid-attempt, outcome unknown')
+             SELECT r.notification_id, 'rescued', CASE WHEN r.kind = 'send' THEN 'queued' END,
+                    jsonb_build_object('attempt', r.attempt, 'job', r.kind,
+                                       'reason', 'lease expired: the worker stopped mid-attempt, outcome unknown')
              FROM r
          )
          SELECT count(*) FROM r",
@@ -365,7 +410,7 @@ pub async fn cancel(
     // re-check of `state` after a concurrent claim makes this race-free.
     let deleted = sqlx::query(
         "DELETE FROM jobs j USING notifications n
-         WHERE j.notification_id = $1 AND j.state = 'available'
+         WHERE j.notification_id = $1 AND j.kind = 'send' AND j.state = 'available'
            AND n.id = j.notification_id AND ($2::uuid IS NULL OR n.tenant_id = $2)",
     )
     .bind(id.as_uuid())
@@ -373,25 +418,28 @@ pub async fn cancel(
     .execute(&mut *tx)
     .await?
     .rows_affected();
-    let row = sqlx::query(
-        "WITH upd AS (
-             UPDATE notifications SET status = 'cancelled', next_attempt_at = NULL, updated_at = now()
-             WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2) AND status = ANY($3) AND $4
-             RETURNING id
-         ), ev AS (
-             INSERT INTO notification_events (notification_id, type, status, detail)
-             SELECT id, 'cancelled', 'cancelled', jsonb_build_object('by', $5::text) FROM upd
-         )
-         SELECT (SELECT count(*) FROM upd) AS cancelled,
-                (SELECT status FROM notifications WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2)) AS status",
-    )
-    .bind(id.as_uuid())
-    .bind(tenant.map(|t| t.as_uuid()))
-    .bind(Status::sources_of(Status::Cancelled))
-    .bind(deleted == 1)
-    .bind(by)
-    .fetch_one(&mut *tx)
-    .await?;
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        with_callback(
+            "upd AS (
+                 UPDATE notifications SET status = 'cancelled', next_attempt_at = NULL, updated_at = now()
+                 WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2) AND status = ANY($3) AND $4
+                 RETURNING id, tenant_id, status, callback_url
+             ), ev AS (
+                 INSERT INTO notification_events (notification_id, type, status, detail)
+                 SELECT id, 'cancelled', 'cancelled', jsonb_build_object('by', $5::text) FROM upd
+             )",
+            "SELECT (SELECT count(*) FROM upd) AS cancelled,
+                    (SELECT status FROM notifications WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2)) AS status",
+        )
+    });
+    let row = sqlx::query(sqlx::AssertSqlSafe(SQL.as_str()))
+        .bind(id.as_uuid())
+        .bind(tenant.map(|t| t.as_uuid()))
+        .bind(Status::sources_of(Status::Cancelled))
+        .bind(deleted == 1)
+        .bind(by)
+        .fetch_one(&mut *tx)
+        .await?;
     let cancelled: i64 = row.try_get("cancelled")?;
     let status: Option<String> = row.try_get("status")?;
     if cancelled == 1 {
@@ -408,4 +456,110 @@ pub async fn cancel(
 
 pub fn error_detail(class: &str, message: &str, attempt: i32) -> Value {
     json!({ "attempt": attempt, "error_class": class, "error": message })
+}
+
+/// A status callback a worker holds a lease on.
+#[derive(Clone, Debug)]
+pub struct ClaimedCallback {
+    pub job_id: i64,
+    pub lease_token: i64,
+    pub attempt: i32,
+    pub notification_id: NotificationId,
+    /// `{"type", "status", "at"}` as queued.
+    pub event: Value,
+}
+
+impl ClaimedCallback {
+    pub fn lease(&self) -> Lease {
+        Lease { job_id: self.job_id, token: self.lease_token, notification_id: self.notification_id }
+    }
+}
+
+/// Claim due status callbacks (their own lane, so a slow receiver never delays sends).
+pub async fn claim_callbacks(
+    conn: &mut PgConnection,
+    limit: i64,
+    lease: Duration,
+    worker: &str,
+) -> StoreResult<Vec<ClaimedCallback>> {
+    let rows = sqlx::query(
+        "WITH picked AS MATERIALIZED (
+             SELECT id FROM jobs
+             WHERE state = 'available' AND queue = 'callback' AND priority = 1 AND run_at <= now()
+             ORDER BY run_at, id
+             LIMIT $1
+             FOR NO KEY UPDATE SKIP LOCKED
+         )
+         UPDATE jobs j
+         SET state = 'running', attempt = j.attempt + 1, lease_token = j.lease_token + 1,
+             leased_until = now() + make_interval(secs => $2), locked_by = $3
+         FROM picked WHERE j.id = picked.id
+         RETURNING j.id, j.lease_token, j.attempt, j.notification_id, j.payload",
+    )
+    .bind(limit)
+    .bind(lease.as_secs_f64())
+    .bind(worker)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(ClaimedCallback {
+                job_id: r.try_get("id")?,
+                lease_token: r.try_get("lease_token")?,
+                attempt: r.try_get("attempt")?,
+                notification_id: NotificationId::from_uuid(r.try_get("notification_id")?),
+                event: r.try_get::<Option<Value>, _>("payload")?.unwrap_or(Value::Null),
+            })
+        })
+        .collect()
+}
+
+/// Record a callback attempt in the timeline; `retry_in` puts the job back (a failed
+/// delivery with attempts left), `None` ends it (delivered, or given up).
+pub async fn callback_attempted(
+    conn: &mut PgConnection,
+    lease: Lease,
+    retry_in: Option<Duration>,
+    detail: Value,
+) -> StoreResult<Applied> {
+    let n: i64 = sqlx::query_scalar(
+        "WITH j AS (
+             UPDATE jobs SET state = 'available', run_at = now() + make_interval(secs => $3),
+                             leased_until = NULL, locked_by = NULL
+             WHERE $4 AND id = $1 AND lease_token = $2 AND state = 'running'
+             RETURNING id
+         ), d AS (
+             DELETE FROM jobs WHERE NOT $4 AND id = $1 AND lease_token = $2 AND state = 'running'
+             RETURNING id
+         ), ev AS (
+             INSERT INTO notification_events (notification_id, type, detail)
+             SELECT $5, 'callback', $6 WHERE EXISTS (SELECT 1 FROM j) OR EXISTS (SELECT 1 FROM d)
+         )
+         SELECT (SELECT count(*) FROM j) + (SELECT count(*) FROM d)",
+    )
+    .bind(lease.job_id)
+    .bind(lease.token)
+    .bind(retry_in.unwrap_or_default().as_secs_f64())
+    .bind(retry_in.is_some())
+    .bind(lease.notification_id.as_uuid())
+    .bind(detail)
+    .fetch_one(conn)
+    .await?;
+    Ok(applied(n))
+}
+
+/// Where a notification's callbacks go and how they are signed: its own URL or its tenant's,
+/// and the tenant's secret (the caller falls back to `callbacks.signing_secret`).
+pub async fn callback_target(
+    conn: &mut PgConnection,
+    id: NotificationId,
+) -> StoreResult<Option<(String, Option<String>)>> {
+    let row: Option<(Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT coalesce(n.callback_url, t.callback_url), t.signing_secret
+         FROM notifications n JOIN tenants t ON t.id = n.tenant_id WHERE n.id = $1",
+    )
+    .bind(id.as_uuid())
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.and_then(|(url, secret)| url.map(|u| (u, secret))))
 }

@@ -1,0 +1,163 @@
+//! `/v1/suppressions`: a tenant's do-not-send list, per channel.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Serialize;
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use super::AppState;
+use super::auth::require;
+use super::problem::ApiError;
+use crate::domain::recipient::{EmailAddress, PhoneNumber};
+use crate::domain::{Channel, FieldError};
+use crate::store::keys::{Caller, Scope};
+use crate::store::suppressions::{self, Suppression};
+
+#[derive(Serialize)]
+pub struct SuppressionView {
+    channel: Channel,
+    recipient: String,
+    reason: String,
+    source: String,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+}
+
+impl From<Suppression> for SuppressionView {
+    fn from(s: Suppression) -> Self {
+        SuppressionView {
+            channel: s.channel,
+            recipient: s.recipient,
+            reason: s.reason,
+            source: s.source,
+            created_at: s.created_at,
+        }
+    }
+}
+
+/// The stored form of a recipient, the same key notifications use (so a suppression of
+/// `Alice@Example.com` matches sends to `Alice@example.com`).
+fn recipient_key(channel: Channel, raw: &str) -> Result<String, String> {
+    match channel {
+        Channel::Email => EmailAddress::parse(raw).map(|e| e.as_str().to_owned()),
+        Channel::Sms => PhoneNumber::parse(raw).map(|p| p.as_str().to_owned()),
+        // A push token or a Web Push endpoint, as given.
+        Channel::Push if !raw.trim().is_empty() && raw.len() <= 4096 => Ok(raw.trim().to_owned()),
+        Channel::Push => Err("must be a push token or a Web Push endpoint".into()),
+    }
+}
+
+fn channel_param(raw: &str) -> Result<Channel, ApiError> {
+    Channel::parse(raw).ok_or_else(|| ApiError::not_found(format!("no channel {raw}")))
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    require(&caller, Scope::Read)?;
+    let channel = params
+        .get("channel")
+        .map(|c| Channel::parse(c).ok_or_else(|| ApiError::bad_parameter("channel", "must be email, sms or push")))
+        .transpose()?;
+    let limit = match params.get("limit") {
+        None => 100,
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=1000).contains(l))
+            .ok_or_else(|| ApiError::bad_parameter("limit", "must be between 1 and 1000"))?,
+    };
+    let after = params
+        .get("cursor")
+        .map(|c| {
+            URL_SAFE_NO_PAD
+                .decode(c)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .and_then(|s| s.split_once('\n').map(|(a, b)| (a.to_owned(), b.to_owned())))
+                .ok_or_else(|| ApiError::bad_parameter("cursor", "not a cursor returned by this API"))
+        })
+        .transpose()?;
+    let mut conn = state.pool.acquire().await.map_err(crate::store::StoreError::from)?;
+    let mut rows = suppressions::list(&mut conn, caller.tenant_id, channel, after, limit + 1).await?;
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let next = if more {
+        rows.last().map(|s| URL_SAFE_NO_PAD.encode(format!("{}\n{}", s.channel, s.recipient)))
+    } else {
+        None
+    };
+    let items: Vec<SuppressionView> = rows.into_iter().map(Into::into).collect();
+    Ok(Json(serde_json::json!({"items": items, "next_cursor": next})))
+}
+
+pub async fn create(State(state): State<AppState>, caller: Caller, body: Bytes) -> Result<Response, ApiError> {
+    require(&caller, Scope::Send)?;
+    let value: Value =
+        serde_json::from_slice(&body).map_err(|e| ApiError::malformed(format!("the body is not valid JSON: {e}")))?;
+    let mut errors = Vec::new();
+    let channel = match value.get("channel").and_then(Value::as_str).and_then(Channel::parse) {
+        Some(c) => Some(c),
+        None => {
+            errors.push(FieldError::new("/channel", "is required: one of email, sms, push"));
+            None
+        }
+    };
+    let recipient = match (channel, value.get("recipient").and_then(Value::as_str)) {
+        (_, None) => {
+            errors.push(FieldError::new("/recipient", "is required"));
+            None
+        }
+        (None, Some(_)) => None,
+        (Some(ch), Some(r)) => match recipient_key(ch, r) {
+            Ok(k) => Some(k),
+            Err(d) => {
+                errors.push(FieldError::new("/recipient", d));
+                None
+            }
+        },
+    };
+    let reason = match value.get("reason") {
+        None | Some(Value::Null) => "added through the API".to_owned(),
+        Some(Value::String(r)) if r.len() <= 500 => r.clone(),
+        Some(_) => {
+            errors.push(FieldError::new("/reason", "must be a string of at most 500 bytes"));
+            String::new()
+        }
+    };
+    let (Some(channel), Some(recipient), true) = (channel, recipient, errors.is_empty()) else {
+        return Err(ApiError::validation(errors));
+    };
+    let mut conn = state.pool.acquire().await.map_err(crate::store::StoreError::from)?;
+    let created = suppressions::add(&mut conn, caller.tenant_id, channel, &recipient, &reason, "api").await?;
+    let row =
+        suppressions::get(&mut conn, caller.tenant_id, channel, &recipient).await?.ok_or_else(ApiError::internal)?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(SuppressionView::from(row))).into_response())
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((channel, recipient)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    require(&caller, Scope::Send)?;
+    let channel = channel_param(&channel)?;
+    let key = recipient_key(channel, &recipient).unwrap_or(recipient);
+    let mut conn = state.pool.acquire().await.map_err(crate::store::StoreError::from)?;
+    if suppressions::remove(&mut conn, caller.tenant_id, channel, &key).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("{key} is not suppressed on {channel}")))
+    }
+}

@@ -47,6 +47,7 @@ pub struct App {
     pub pool: PgPool,
     pub settings: Arc<Settings>,
     pub registry: Arc<Registry>,
+    pub http: reqwest::Client,
 }
 
 impl App {
@@ -65,11 +66,20 @@ impl App {
         )
         .map_err(|e| ConfigError::Invalid { key: "database.url".into(), message: e.to_string() })?;
         let registry = Arc::new(Registry::from_settings(&settings)?);
-        Ok(App { pool, settings: Arc::new(settings), registry })
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| AppError::Other(format!("http client: {e}")))?;
+        Ok(App { pool, settings: Arc::new(settings), registry, http })
     }
 
     pub fn state(&self) -> AppState {
-        AppState { pool: self.pool.clone(), settings: self.settings.clone(), registry: self.registry.clone() }
+        AppState {
+            pool: self.pool.clone(),
+            settings: self.settings.clone(),
+            registry: self.registry.clone(),
+            http: self.http.clone(),
+        }
     }
 
     pub fn dispatcher(&self) -> Dispatcher {

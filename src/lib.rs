@@ -8,6 +8,7 @@ pub mod dispatch;
 pub mod domain;
 pub mod http;
 pub mod providers;
+pub mod receipts;
 pub mod store;
 pub mod telemetry;
 pub mod views;

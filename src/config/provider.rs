@@ -86,18 +86,28 @@ impl ProviderKind {
             ProviderKind::Smtp => {
                 (&["host", "from"], &["port", "tls", "username", "password", "password_file", "pool_max_size"])
             }
-            ProviderKind::Sendgrid => (&["api_key", "from"], &["api_key_file", "base_url"]),
+            ProviderKind::Sendgrid => (&["api_key", "from"], &["api_key_file", "base_url", "webhook_public_key"]),
             ProviderKind::Ses => (
                 &["region", "access_key_id", "secret_access_key", "from"],
-                &["secret_access_key_file", "session_token", "configuration_set", "base_url"],
+                &[
+                    "secret_access_key_file",
+                    "session_token",
+                    "configuration_set",
+                    "base_url",
+                    "sns_topic_arns",
+                    "sns_cert_hosts",
+                ],
             ),
-            ProviderKind::Mailgun => (&["domain", "api_key", "from"], &["api_key_file", "base_url"]),
+            ProviderKind::Mailgun => (
+                &["domain", "api_key", "from"],
+                &["api_key_file", "base_url", "webhook_signing_key", "webhook_signing_key_file"],
+            ),
             ProviderKind::Twilio => {
                 (&["account_sid", "auth_token"], &["auth_token_file", "from", "messaging_service_sid", "base_url"])
             }
             ProviderKind::Vonage => (
                 &["api_key", "api_secret", "from"],
-                &["api_secret_file", "signature_secret", "signature_secret_file", "base_url"],
+                &["api_secret_file", "signature_secret", "signature_secret_file", "signature_method", "base_url"],
             ),
             // One of service_account_file / service_account_json: checked in `validate`.
             ProviderKind::Fcm => (&[], &["service_account_file", "service_account_json", "base_url"]),
@@ -253,6 +263,25 @@ pub struct ProviderSettings {
     #[serde(default)]
     pub vapid_subject: Option<String>,
 
+    // Receipts.
+    /// SendGrid: the Event Webhook verification key (base64 DER, as the settings page shows).
+    #[serde(default)]
+    pub webhook_public_key: Option<String>,
+    /// Mailgun: the HTTP webhook signing key (falls back to `api_key`).
+    #[serde(default)]
+    pub webhook_signing_key: Option<Secret>,
+    #[serde(default)]
+    pub webhook_signing_key_file: Option<PathBuf>,
+    /// Vonage: how receipts are signed: md5hash (default), md5, sha1, sha256, sha512.
+    #[serde(default)]
+    pub signature_method: Option<String>,
+    /// SES: SNS topics whose messages are accepted.
+    #[serde(default)]
+    pub sns_topic_arns: Vec<String>,
+    /// SES: extra hosts SNS signing certificates may come from (besides sns.<region>.amazonaws.com).
+    #[serde(default)]
+    pub sns_cert_hosts: Vec<String>,
+
     // log and chaos.
     #[serde(default)]
     pub latency_ms: u64,
@@ -316,6 +345,12 @@ impl ProviderSettings {
             vapid_private_key: None,
             vapid_private_key_file: None,
             vapid_subject: None,
+            webhook_public_key: None,
+            webhook_signing_key: None,
+            webhook_signing_key_file: None,
+            signature_method: None,
+            sns_topic_arns: Vec::new(),
+            sns_cert_hosts: Vec::new(),
             latency_ms: 0,
             failure_rate: 0.0,
             error_class: ChaosClass::default(),
@@ -385,6 +420,12 @@ impl ProviderSettings {
             ("vapid_private_key", self.vapid_private_key.is_some()),
             ("vapid_private_key_file", self.vapid_private_key_file.is_some()),
             ("vapid_subject", self.vapid_subject.is_some()),
+            ("webhook_public_key", self.webhook_public_key.is_some()),
+            ("webhook_signing_key", self.webhook_signing_key.is_some()),
+            ("webhook_signing_key_file", self.webhook_signing_key_file.is_some()),
+            ("signature_method", self.signature_method.is_some()),
+            ("sns_topic_arns", !self.sns_topic_arns.is_empty()),
+            ("sns_cert_hosts", !self.sns_cert_hosts.is_empty()),
             ("latency_ms", self.latency_ms != 0),
             ("failure_rate", self.failure_rate != 0.0),
             ("error_class", self.error_class != ChaosClass::default()),
@@ -396,7 +437,8 @@ impl ProviderSettings {
 
     /// Replace each `<secret>_file` by the file's content.
     pub(super) fn resolve_secret_files(&mut self, name: &str) -> Result<(), ConfigError> {
-        let pairs: [(&str, &mut Option<Secret>, &Option<PathBuf>); 7] = [
+        let pairs: [(&str, &mut Option<Secret>, &Option<PathBuf>); 8] = [
+            ("webhook_signing_key", &mut self.webhook_signing_key, &self.webhook_signing_key_file),
             ("service_account_json", &mut self.service_account_json, &self.service_account_file),
             ("vapid_private_key", &mut self.vapid_private_key, &self.vapid_private_key_file),
             ("password", &mut self.password, &self.password_file),
@@ -485,6 +527,16 @@ impl ProviderSettings {
             if self.password.is_some() && self.username.is_none() {
                 return Err(invalid(key("username"), "is required when a password is set"));
             }
+        }
+        if let Some(m) = &self.signature_method
+            && !["md5hash", "md5", "sha1", "sha256", "sha512"].contains(&m.as_str())
+        {
+            return Err(invalid(key("signature_method"), "must be md5hash, md5, sha1, sha256 or sha512"));
+        }
+        if let Some(k) = &self.webhook_public_key
+            && crate::receipts::sendgrid::verifying_key(k).is_none()
+        {
+            return Err(invalid(key("webhook_public_key"), "must be the base64 DER P-256 public key SendGrid shows"));
         }
         if !(0.0..=1.0).contains(&self.failure_rate) {
             return Err(invalid(key("failure_rate"), "must be between 0 and 1"));

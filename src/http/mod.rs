@@ -5,6 +5,7 @@ mod health;
 mod notifications;
 pub mod problem;
 mod suppressions;
+mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +32,8 @@ pub struct AppState {
     pub pool: PgPool,
     pub settings: Arc<Settings>,
     pub registry: Arc<Registry>,
+    /// For fetching SNS signing certificates and confirming subscriptions.
+    pub http: reqwest::Client,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -43,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/notifications/{id}/cancel", post(notifications::cancel))
         .route("/v1/suppressions", get(suppressions::list).post(suppressions::create))
         .route("/v1/suppressions/{channel}/{recipient}", axum::routing::delete(suppressions::delete))
+        .route("/webhooks/{provider}", get(webhooks::receive).post(webhooks::receive))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(|| async { problem::ApiError::not_found("no such resource") })

@@ -8,6 +8,7 @@
 
 pub mod keys;
 pub mod notifications;
+pub mod receipts;
 pub mod suppressions;
 pub mod tracking;
 

@@ -466,6 +466,10 @@ impl Dispatcher {
             let msg = format!("attempts exhausted ({} of {}) after lost leases", job.attempt - 1, job.max_attempts);
             return self.finish(lease, Status::Failed, "attempt", None, &msg, json!({"attempt": job.attempt})).await;
         }
+        if job.suppressed {
+            let msg = "the recipient is on the suppression list";
+            return self.finish(lease, Status::Suppressed, "suppressed", None, msg, json!({})).await;
+        }
         let message = match outbound(&job) {
             Ok(m) => m,
             Err(e) => {

@@ -130,7 +130,8 @@ impl Recipient {
     /// or the Web Push endpoint.
     pub fn key(&self) -> String {
         match self {
-            Recipient::Email(e) => e.as_str().to_owned(),
+            // Mailbox names are case-insensitive in practice: one key for Bob@ and bob@.
+            Recipient::Email(e) => e.as_str().to_lowercase(),
             Recipient::Sms(p) => p.as_str().to_owned(),
             Recipient::Push(PushTarget::Fcm(t) | PushTarget::Apns(t)) => t.clone(),
             Recipient::Push(PushTarget::WebPush(sub)) => sub.endpoint.clone(),

@@ -47,7 +47,7 @@ impl From<Suppression> for SuppressionView {
 /// `Alice@Example.com` matches sends to `Alice@example.com`).
 fn recipient_key(channel: Channel, raw: &str) -> Result<String, String> {
     match channel {
-        Channel::Email => EmailAddress::parse(raw).map(|e| e.as_str().to_owned()),
+        Channel::Email => EmailAddress::parse(raw).map(|e| e.as_str().to_lowercase()),
         Channel::Sms => PhoneNumber::parse(raw).map(|p| p.as_str().to_owned()),
         // A push token or a Web Push endpoint, as given.
         Channel::Push if !raw.trim().is_empty() && raw.len() <= 4096 => Ok(raw.trim().to_owned()),

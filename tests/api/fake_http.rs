@@ -163,6 +163,11 @@ impl FakeHttp {
             .await
     }
 
+    /// A status-callback receiver (or any endpoint): records, answers 200 unless planned otherwise.
+    pub async fn receiver() -> FakeHttp {
+        FakeHttp::start(|_| Ok(()), |_, _| (200, vec![], "ok".into())).await
+    }
+
     pub async fn vonage() -> FakeHttp {
         FakeHttp::start(vonage_check, |r, n| {
             let body = json!({"message-count": "1", "messages": [{

@@ -7,3 +7,4 @@ mod helpers;
 mod notifications;
 mod providers;
 mod push;
+mod receipts;

@@ -7,6 +7,7 @@ pub mod dev;
 pub mod dispatch;
 pub mod domain;
 pub mod http;
+pub mod lambda;
 pub mod providers;
 pub mod receipts;
 pub mod store;

@@ -77,7 +77,6 @@ enum TenantsCmd {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -85,6 +84,22 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Lambda starts a custom runtime with no arguments.
+    if herald::lambda::is_lambda() && std::env::args_os().len() == 1 {
+        let result = runtime.block_on(async {
+            let settings = Settings::load(None)?;
+            herald::telemetry::init(settings.log.format, &settings.log.level);
+            herald::lambda::run(settings).await
+        });
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let cli = Cli::parse();
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {

@@ -182,9 +182,11 @@ impl Dispatcher {
             }
             summary.claimed += jobs.len() as u64;
             let mut set = JoinSet::new();
+            // Leave time after the last send to record its outcome before the deadline.
+            let send_deadline = deadline.checked_sub(margin.min(Duration::from_millis(500))).unwrap_or(deadline);
             for job in jobs {
                 let this = self.clone();
-                set.spawn(async move { this.process_work(job, Some(deadline)).await });
+                set.spawn(async move { this.process_work(job, Some(send_deadline)).await });
             }
             while let Some(res) = set.join_next().await {
                 summary.add(res.unwrap_or(Outcome::Unrecorded));

@@ -5,6 +5,7 @@ mod fake_http;
 mod fake_smtp;
 mod helpers;
 mod notifications;
+mod process;
 mod providers;
 mod push;
 mod receipts;

@@ -1,0 +1,226 @@
+//! The real binary as a process: Lambda mode against a fake Lambda Runtime API, and graceful
+//! shutdown on SIGTERM under load.
+
+use std::collections::VecDeque;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use herald::store::keys::Scope;
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+use crate::helpers::TestApp;
+
+const BIN: &str = env!("CARGO_BIN_EXE_herald");
+
+#[derive(Clone)]
+struct FakeRuntime {
+    events: Arc<Mutex<VecDeque<Value>>>,
+    done: mpsc::UnboundedSender<(String, Value)>,
+}
+
+async fn next(State(f): State<FakeRuntime>) -> impl IntoResponse {
+    // Real Lambda blocks /next until an event arrives.
+    let event = loop {
+        if let Some(ev) = f.events.lock().expect("lock").pop_front() {
+            break ev;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let deadline = SystemTime::now().duration_since(UNIX_EPOCH).expect("time").as_millis() + 20_000;
+    (
+        [
+            ("lambda-runtime-aws-request-id", uuid::Uuid::new_v4().to_string()),
+            ("lambda-runtime-deadline-ms", deadline.to_string()),
+            ("lambda-runtime-invoked-function-arn", "arn:aws:lambda:eu-west-1:123456789012:function:herald".into()),
+            ("content-type", "application/json".into()),
+        ],
+        event.to_string(),
+    )
+}
+
+async fn finish(
+    State(f): State<FakeRuntime>,
+    Path((_id, kind)): Path<(String, String)>,
+    body: Bytes,
+) -> axum::http::StatusCode {
+    let _ = f.done.send((kind, serde_json::from_slice(&body).unwrap_or(Value::Null)));
+    axum::http::StatusCode::ACCEPTED
+}
+
+/// A fake Runtime API on 127.0.0.1; returns its address, the event queue and the results.
+async fn fake_runtime() -> (String, Arc<Mutex<VecDeque<Value>>>, mpsc::UnboundedReceiver<(String, Value)>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let events = Arc::new(Mutex::new(VecDeque::new()));
+    let app = Router::new()
+        .route("/2018-06-01/runtime/invocation/next", get(next))
+        .route("/2018-06-01/runtime/invocation/{id}/{kind}", post(finish))
+        .with_state(FakeRuntime { events: events.clone(), done: tx });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, events, rx)
+}
+
+fn herald_env(cmd: &mut Command, t: &TestApp) {
+    let settings = &t.app.settings;
+    cmd.env("DATABASE_URL", settings.database.url.expose())
+        .env("HERALD__PROVIDERS__MAIL__KIND", "smtp")
+        .env("HERALD__PROVIDERS__MAIL__HOST", "127.0.0.1")
+        .env("HERALD__PROVIDERS__MAIL__PORT", t.smtp.port.to_string())
+        .env("HERALD__PROVIDERS__MAIL__TLS", "none")
+        .env("HERALD__PROVIDERS__MAIL__FROM", "herald@example.test")
+        .env("HERALD__CHANNELS__EMAIL__PROVIDERS", "[\"mail\"]")
+        .env("RUST_LOG", "warn")
+        .env_remove("HERALD_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .kill_on_drop(true);
+}
+
+fn lambda(t: &TestApp, runtime: &str, role: &str) -> Child {
+    let mut cmd = Command::new(BIN);
+    herald_env(&mut cmd, t);
+    cmd.env("AWS_LAMBDA_RUNTIME_API", runtime)
+        .env("AWS_LAMBDA_FUNCTION_NAME", format!("herald-{role}"))
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env("HERALD_LAMBDA_ROLE", role)
+        .spawn()
+        .expect("spawn herald")
+}
+
+fn function_url_event(method: &str, path: &str, key: &str, body: Option<Value>) -> Value {
+    json!({
+        "version": "2.0", "routeKey": "$default", "rawPath": path, "rawQueryString": "",
+        "headers": {"content-type": "application/json", "host": "abc.lambda-url.eu-west-1.on.aws", "authorization": format!("Bearer {key}")},
+        "requestContext": {"accountId": "anonymous", "apiId": "abc", "domainName": "abc.lambda-url.eu-west-1.on.aws", "domainPrefix": "abc",
+            "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1", "userAgent": "test"},
+            "requestId": "req", "routeKey": "$default", "stage": "$default", "time": "26/Nov/2026:00:00:00 +0000", "timeEpoch": 1795000000000u64},
+        "body": body.map(|b| b.to_string()), "isBase64Encoded": false
+    })
+}
+
+async fn result(rx: &mut mpsc::UnboundedReceiver<(String, Value)>) -> (String, Value) {
+    tokio::time::timeout(Duration::from_secs(30), rx.recv())
+        .await
+        .expect("the function answered in time")
+        .expect("result")
+}
+
+#[tokio::test]
+async fn lambda_api_and_worker_roles_serve_events_and_drain_work() {
+    let t = TestApp::spawn().await;
+    let key = t.key("acme", &[Scope::Send, Scope::Read]).await;
+    let (runtime, events, mut results) = fake_runtime().await;
+
+    let mut api = lambda(&t, &runtime, "api");
+    let body =
+        json!({"channel": "email", "to": "lambda@example.com", "content": {"subject": "From Lambda", "text": "hi"}});
+    events.lock().expect("lock").push_back(function_url_event("POST", "/v1/notifications", &key, Some(body)));
+    let (kind, resp) = result(&mut results).await;
+    assert_eq!(kind, "response", "{resp}");
+    assert_eq!(resp["statusCode"], 202, "{resp}");
+    let created: Value = serde_json::from_str(resp["body"].as_str().expect("body")).expect("json");
+    let id = created["id"].as_str().expect("id").to_owned();
+    assert_eq!(created["status"], "queued");
+
+    events.lock().expect("lock").push_back(function_url_event("GET", &format!("/v1/notifications/{id}"), &key, None));
+    let (_, resp) = result(&mut results).await;
+    assert_eq!(resp["statusCode"], 200);
+    // The api role never sends: nothing reached the SMTP server.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(t.smtp.messages().is_empty());
+    api.kill().await.expect("kill");
+
+    let mut worker = lambda(&t, &runtime, "worker");
+    events.lock().expect("lock").push_back(json!({"version": "0", "id": "e1", "detail-type": "Scheduled Event", "source": "aws.events",
+        "account": "123456789012", "time": "2026-11-26T00:00:00Z", "region": "eu-west-1", "resources": [], "detail": {}}));
+    let (kind, summary) = result(&mut results).await;
+    assert_eq!(kind, "response", "{summary}");
+    assert_eq!((summary["claimed"].as_u64(), summary["sent"].as_u64()), (Some(1), Some(1)), "{summary}");
+    assert_eq!(summary["failed"], 0);
+    assert_eq!(t.smtp.to("lambda@example.com").len(), 1);
+    assert_eq!(t.notification(&key, &id).await["status"], "sent");
+
+    // An empty drain answers at once with zeros.
+    events.lock().expect("lock").push_back(json!({"detail-type": "Scheduled Event"}));
+    let (_, summary) = result(&mut results).await;
+    assert_eq!(summary["claimed"], 0);
+    worker.kill().await.expect("kill");
+}
+
+#[tokio::test]
+async fn sigterm_mid_load_loses_nothing_and_leaves_nothing_leased() {
+    let t = TestApp::spawn().await;
+    let key = t.key("acme", &[Scope::Send, Scope::Read]).await;
+    for i in 0..40 {
+        t.post(&key, json!({"channel": "sms", "to": "+14155550100", "content": {"text": format!("message {i}")}}))
+            .await;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let mut cmd = Command::new(BIN);
+    herald_env(&mut cmd, &t);
+    // A slow provider, so that sends are in flight when SIGTERM arrives.
+    cmd.env("HERALD__PROVIDERS__SLOW__KIND", "log")
+        .env("HERALD__PROVIDERS__SLOW__LATENCY_MS", "300")
+        .env("HERALD__CHANNELS__SMS__PROVIDERS", "[\"slow\"]")
+        .env("HERALD__DISPATCH__CONCURRENCY", "4")
+        .env("HERALD__DISPATCH__SHUTDOWN_GRACE_MS", "10000")
+        .env("HERALD__SERVER__LISTEN", format!("127.0.0.1:{port}"));
+    let mut child = cmd.arg("serve").spawn().expect("spawn");
+    let sent = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM notifications WHERE status = 'sent'")
+            .fetch_one(t.pool())
+            .await
+            .expect("count")
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while sent().await < 4 {
+        assert!(tokio::time::Instant::now() < deadline, "nothing was sent");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = child.id().expect("pid").to_string();
+    let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    assert!(status.success());
+    let exit =
+        tokio::time::timeout(Duration::from_secs(20), child.wait()).await.expect("exited in time").expect("wait");
+    assert!(exit.success(), "exit 0 after SIGTERM: {exit}");
+
+    let running: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'running'")
+        .fetch_one(t.pool())
+        .await
+        .expect("count");
+    assert_eq!(running, 0, "in-flight sends finished; nothing is left leased");
+    let (sent_now, waiting): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status = 'sent'), count(*) FILTER (WHERE status = 'queued') FROM notifications",
+    )
+    .fetch_one(t.pool())
+    .await
+    .expect("count");
+    assert!(sent_now < 40, "stopped mid-load");
+    assert_eq!(sent_now + waiting, 40, "nothing lost: every notification is sent or still queued");
+
+    // Another worker finishes the rest, each exactly once.
+    let mut settings = (*t.app.settings).clone();
+    settings.providers.insert("slow".into(), herald::config::ProviderSettings::new(herald::config::ProviderKind::Log));
+    settings.channels.sms.providers = vec!["slow".into()];
+    let registry = std::sync::Arc::new(herald::providers::Registry::from_settings(&settings).expect("registry"));
+    let d = herald::dispatch::Dispatcher::new(t.pool().clone(), registry, &settings);
+    while d.run_once().await.expect("run").claimed > 0 {}
+    let per_message: Vec<i64> = sqlx::query_scalar(
+        "SELECT count(*) FROM notification_events WHERE type = 'attempt' AND status = 'sent' GROUP BY notification_id",
+    )
+    .fetch_all(t.pool())
+    .await
+    .expect("counts");
+    assert_eq!(per_message.len(), 40);
+    assert!(per_message.iter().all(|&c| c == 1));
+}

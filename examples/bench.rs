@@ -27,7 +27,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     herald::dev::ensure_database(&pg.admin_url, &db).await?;
     let mut settings = Settings::from_figment(Settings::figment(None))?;
     settings.database.url = herald::config::Secret::new(pg.url_for(&db));
-    settings.database.max_connections = 20;
+    settings.database.max_connections = 40;
     settings.providers.insert("log".into(), ProviderSettings::new(ProviderKind::Log));
     for ch in [&mut settings.channels.email, &mut settings.channels.sms, &mut settings.channels.push] {
         ch.providers = vec!["log".into()];
@@ -99,7 +99,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .collect();
     loop {
-        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE kind = 'send'").fetch_one(&app.pool).await?;
+        let left: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM jobs WHERE kind = 'send'").fetch_one(&app.pool).await?;
         if left == 0 {
             break;
         }
@@ -110,7 +111,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for h in handles {
         h.await?;
     }
-    let sent: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications WHERE status = 'sent'").fetch_one(&app.pool).await?;
+    let sent: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM notifications WHERE status = 'sent'").fetch_one(&app.pool).await?;
     println!(
         "dispatch: {sent} sent in {:.2} s = {:.0} jobs/s (2 dispatchers x concurrency 64, log provider)",
         dispatch.as_secs_f64(),
@@ -118,6 +120,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     app.pool.close().await;
     let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&pg.admin_url).await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))).execute(&mut conn).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")))
+        .execute(&mut conn)
+        .await?;
     Ok(())
 }

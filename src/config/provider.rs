@@ -528,6 +528,23 @@ impl ProviderSettings {
                 return Err(invalid(key("username"), "is required when a password is set"));
             }
         }
+        for (k, secret) in [
+            ("password", &self.password),
+            ("api_key", &self.api_key),
+            ("secret_access_key", &self.secret_access_key),
+            ("session_token", &self.session_token),
+            ("auth_token", &self.auth_token),
+            ("api_secret", &self.api_secret),
+            ("signature_secret", &self.signature_secret),
+            ("webhook_signing_key", &self.webhook_signing_key),
+            ("service_account_json", &self.service_account_json),
+            ("vapid_private_key", &self.vapid_private_key),
+        ] {
+            if secret.as_ref().is_some_and(Secret::is_empty) {
+                // An empty key would make signatures anyone can compute.
+                return Err(invalid(key(k), "must not be empty"));
+            }
+        }
         if let Some(m) = &self.signature_method
             && !["md5hash", "md5", "sha1", "sha256", "sha512"].contains(&m.as_str())
         {

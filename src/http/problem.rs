@@ -96,6 +96,18 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
+        // SQLSTATE class 22 (data exception): a value PostgreSQL cannot store, such as a NUL
+        // character in text. The client's input, not our failure.
+        if let StoreError::Db(sqlx::Error::Database(db)) = &e
+            && db.code().is_some_and(|c| c.starts_with("22"))
+        {
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "unstorable-value",
+                "Invalid value",
+                "the request contains a value that cannot be stored (for example a NUL character)",
+            );
+        }
         // Logged once here, inside the request span; the client only learns it was internal.
         tracing::error!(error = %e, "request failed");
         if let StoreError::Db(sqlx::Error::PoolTimedOut) = e {

@@ -42,7 +42,7 @@ pub async fn receive(
         .map(Verified::Receipts),
         ProviderKind::Vonage => receipts::vonage::verify(
             &incoming,
-            cfg.signature_secret.as_ref().map(|s| s.expose()),
+            cfg.signature_secret.as_ref().map(|s| s.expose()).filter(|s| !s.is_empty()),
             cfg.signature_method.as_deref().unwrap_or("md5hash"),
             max_age,
         )
@@ -51,7 +51,12 @@ pub async fn receive(
             receipts::sendgrid::verify(&incoming, cfg.webhook_public_key.as_deref(), max_age).map(Verified::Receipts)
         }
         ProviderKind::Mailgun => {
-            let key = cfg.webhook_signing_key.as_ref().or(cfg.api_key.as_ref()).map(|s| s.expose()).unwrap_or_default();
+            let key = [&cfg.webhook_signing_key, &cfg.api_key]
+                .into_iter()
+                .flatten()
+                .map(|s| s.expose())
+                .find(|s| !s.is_empty())
+                .unwrap_or_default();
             receipts::mailgun::verify(&incoming, key, max_age).map(Verified::Receipts)
         }
         ProviderKind::Ses => receipts::sns::verify(&incoming, cfg, &state.http, max_age).await,

@@ -20,6 +20,9 @@ pub fn signature(key: &str, timestamp: &str, token: &str) -> String {
 }
 
 pub fn verify(incoming: &Incoming<'_>, key: &str, max_age: Duration) -> Result<Vec<Receipt>, ReceiptError> {
+    if key.is_empty() {
+        return Err(ReceiptError::Unauthorized("no webhook_signing_key to check signatures with".into()));
+    }
     let body: Value =
         serde_json::from_slice(incoming.body).map_err(|e| ReceiptError::BadRequest(format!("not JSON: {e}")))?;
     let sig = &body["signature"];
@@ -45,7 +48,8 @@ pub fn verify(incoming: &Incoming<'_>, key: &str, max_age: Duration) -> Result<V
     };
     let (status, suppress) = map(&event, e["severity"].as_str());
     Ok(vec![Receipt {
-        dedupe_key: e["id"].as_str().map(|id| format!("{id}:{token}")).unwrap_or_else(|| token.to_owned()),
+        // The event id when there is one (a retry may be signed with a new token).
+        dedupe_key: e["id"].as_str().map(str::to_owned).unwrap_or_else(|| token.to_owned()),
         target,
         provider_message_id: pmid,
         provider_status: event.clone(),

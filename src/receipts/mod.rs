@@ -93,7 +93,7 @@ pub fn same(a: &[u8], b: &[u8]) -> bool {
 /// Whether a signed unix timestamp is within the replay window.
 pub fn fresh(timestamp: i64, max_age: Duration) -> bool {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    (now - timestamp).unsigned_abs() <= max_age.as_secs()
+    now.abs_diff(timestamp) <= max_age.as_secs()
 }
 
 /// A stable key for receipts whose provider gives no event id.

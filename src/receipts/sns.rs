@@ -120,8 +120,11 @@ pub async fn verify(
     if !signature_holds(&msg, &key) {
         return Err(ReceiptError::Unauthorized("the SNS signature does not match".into()));
     }
+    // SNS redelivers with the original Timestamp, for up to an hour under a custom retry
+    // policy: the window is at least that long, and MessageId deduplicates replays within it.
+    let window = max_age.max(Duration::from_secs(3600));
     let at = msg["Timestamp"].as_str().and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok());
-    if !at.is_some_and(|t| fresh(t.unix_timestamp(), max_age)) {
+    if !at.is_some_and(|t| fresh(t.unix_timestamp(), window)) {
         return Err(ReceiptError::Unauthorized("Timestamp outside the replay window".into()));
     }
     match msg["Type"].as_str() {

@@ -48,6 +48,9 @@ pub fn verify(
     public_base_url: &str,
     path: &str,
 ) -> Result<Vec<Receipt>, ReceiptError> {
+    if auth_token.is_empty() {
+        return Err(ReceiptError::Unauthorized("no auth_token to check signatures with".into()));
+    }
     if public_base_url.is_empty() {
         return Err(ReceiptError::Unauthorized(
             "server.public_base_url is not set, so Twilio signatures cannot be checked".into(),

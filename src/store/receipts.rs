@@ -78,7 +78,15 @@ pub async fn apply(pool: &PgPool, provider: &str, r: &Receipt) -> StoreResult<Ap
         .execute(&mut *tx)
         .await?;
 
-    let target = r.status.filter(|st| Status::parse(&current).is_some_and(|cur| cur.can_move_to(*st)));
+    // Receipts speak about messages a provider accepted: they move only statuses from `sent`
+    // on. A receipt for a message still queued, retrying or being sent (an early event echoed
+    // by our id) is recorded without a status change, so it can never end a notification whose
+    // send job is still live.
+    let target = r.status.filter(|st| {
+        Status::parse(&current).is_some_and(|cur| {
+            matches!(cur, Status::Sent | Status::Delivered | Status::Bounced) && cur.can_move_to(*st)
+        })
+    });
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
             "WITH upd AS (

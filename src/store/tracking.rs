@@ -204,9 +204,10 @@ pub async fn mark_sent(
              ), ev AS (
                  INSERT INTO notification_events (notification_id, type, status, provider, detail)
                  SELECT $6, 'attempt', (SELECT 'sent' FROM upd),
-                        $3, CASE WHEN EXISTS (SELECT 1 FROM upd) THEN $7 ELSE $7 || '{\"fenced\": true}' END
+                        $3, CASE WHEN EXISTS (SELECT 1 FROM done) THEN $7 ELSE $7 || '{\"fenced\": true}' END
              )",
-            "SELECT count(*) FROM upd",
+            // The lease decides: a job we still held is ours to finish, whatever the status did.
+            "SELECT count(*) FROM done",
         )
     });
     let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(SQL.as_str()))
@@ -250,9 +251,10 @@ pub async fn mark_retrying(
              SELECT $7, 'attempt', (SELECT 'retrying' FROM upd), $5,
                     CASE WHEN EXISTS (SELECT 1 FROM upd)
                          THEN $8 || jsonb_build_object('next_attempt_at', (SELECT next_attempt_at FROM upd))
+                         WHEN EXISTS (SELECT 1 FROM j) THEN $8
                          ELSE $8 || '{\"fenced\": true}' END
          )
-         SELECT count(*) FROM upd",
+         SELECT count(*) FROM j",
     )
     .bind(lease.job_id)
     .bind(lease.token)
@@ -294,9 +296,9 @@ pub async fn mark_finished(
              ), ev AS (
                  INSERT INTO notification_events (notification_id, type, status, provider, detail)
                  SELECT $7, $8, (SELECT $3 FROM upd), $5,
-                        CASE WHEN EXISTS (SELECT 1 FROM upd) THEN $9 ELSE $9 || '{\"fenced\": true}' END
+                        CASE WHEN EXISTS (SELECT 1 FROM done) THEN $9 ELSE $9 || '{\"fenced\": true}' END
              )",
-            "SELECT count(*) FROM upd",
+            "SELECT count(*) FROM done",
         )
     });
     let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(SQL.as_str()))

@@ -99,6 +99,15 @@ async fn invalid_requests_get_problems_with_pointers() {
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert!(is_problem(&r), "{}", r.body);
 
+    let r = t
+        .post(
+            &key,
+            json!({"channel": "email", "to": "a@example.com", "content": {"subject": "nul \u{0} here", "text": "x"}}),
+        )
+        .await;
+    assert!(r.status.is_client_error(), "a NUL character is the client's problem: {}", r.status);
+    assert!(is_problem(&r), "{}", r.body);
+
     let r = t.request("GET", "/v1/nothing-here", Some(&key), None).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert!(is_problem(&r));

@@ -610,3 +610,36 @@ async fn ses_events_via_sns_are_verified_with_the_topic_certificate() {
     let cert_fetches = sns.requests().iter().filter(|r| r.path.ends_with(".pem")).count();
     assert_eq!(cert_fetches, 1, "the certificate is cached");
 }
+
+#[tokio::test]
+async fn a_receipt_cannot_end_a_notification_that_is_still_waiting_to_be_sent() {
+    let fake = FakeHttp::mailgun().await;
+    let origin = fake.origin.clone();
+    let t = TestApp::spawn_with(move |s| {
+        let mut p = ProviderSettings::new(ProviderKind::Mailgun);
+        p.base_url = Some(origin);
+        p.api_key = Some(Secret::new(fake_http::MAILGUN_KEY));
+        p.domain = Some(fake_http::MAILGUN_DOMAIN.into());
+        p.from = Some("noreply@acme.test".into());
+        p.webhook_signing_key = Some(Secret::new("k"));
+        s.providers.insert("mg".into(), p);
+        s.channels.email.providers = vec!["mg".into()];
+    })
+    .await;
+    let key = t.key("acme", SEND_READ).await;
+    let id = t.post(&key, email("early@example.com", "x")).await.body["id"].as_str().expect("id").to_owned();
+    let ts = time::OffsetDateTime::now_utc().unix_timestamp().to_string();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"k").expect("key");
+    mac.update(format!("{ts}tok").as_bytes());
+    let body = json!({"signature": {"timestamp": ts, "token": "tok", "signature": hex::encode(mac.finalize().into_bytes())},
+        "event-data": {"event": "rejected", "id": "e1", "user-variables": {"herald_id": id}}});
+    assert_eq!(
+        t.client.post(format!("{}/webhooks/mg", t.addr)).json(&body).send().await.expect("post").status(),
+        StatusCode::OK
+    );
+    let n = t.notification(&key, &id).await;
+    assert_eq!(n["status"], "queued", "recorded, not applied, while the send job is live");
+    t.dispatch_until_idle().await;
+    assert_eq!(t.notification(&key, &id).await["status"], "sent");
+    assert_eq!(fake.requests().len(), 1);
+}

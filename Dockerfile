@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # Herald container image: a cargo-chef build (dependencies cached in their own layer) and a
 # distroless, non-root runtime with CA certificates only. rustls throughout: no OpenSSL.
+# SQL is checked at run time (no sqlx macros), so the build needs no database and no .sqlx/.
 
 FROM rust:1.95-slim-bookworm AS chef
 RUN cargo install cargo-chef --locked --version 0.1.78

@@ -10,7 +10,7 @@ use crate::store::{EventRecord, NotificationRecord};
 /// A notification as the API returns it.
 #[derive(Serialize)]
 pub struct NotificationView {
-    id: NotificationId,
+    pub id: NotificationId,
     pub status: Status,
     channel: Channel,
     to: Value,

@@ -138,9 +138,12 @@ pub async fn create(
         settings.dispatch.listen_notify,
     )
     .await?;
-    let (id, status, replayed) = match outcome {
-        Accepted::Created(id) => (id, StatusCode::ACCEPTED, false),
-        Accepted::Replayed(id) => (id, StatusCode::OK, true),
+    let (view, status, replayed) = match outcome {
+        // The statement returned the stored row and its first event: no second read.
+        Accepted::Created(record, event) => {
+            (NotificationView::new(*record, Some(vec![event])), StatusCode::ACCEPTED, false)
+        }
+        Accepted::Replayed(id) => (load(&state, id, &caller).await?, StatusCode::OK, true),
         Accepted::KeyConflict => {
             return Err(ApiError::conflict(
                 "idempotency-conflict",
@@ -149,7 +152,7 @@ pub async fn create(
             ));
         }
     };
-    let view = load(&state, id, &caller).await?;
+    let id = view.id;
     let mut resp = (status, Json(view)).into_response();
     if let Ok(loc) = HeaderValue::from_str(&format!("/v1/notifications/{id}")) {
         resp.headers_mut().insert(header::LOCATION, loc);

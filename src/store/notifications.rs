@@ -10,6 +10,7 @@ use sqlx::{PgConnection, PgPool, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::tracking::QUEUE_CALLBACK;
 use super::{StoreError, StoreResult, WAKE_CHANNEL};
 use crate::domain::{Channel, NewNotification, NotificationId, Priority, Status, TenantId};
 
@@ -79,8 +80,8 @@ fn record(r: &PgRow) -> StoreResult<NotificationRecord> {
 /// The outcome of an accept.
 #[derive(Debug)]
 pub enum Accepted {
-    /// Newly stored.
-    Created(NotificationId),
+    /// Newly stored: the notification and its first timeline event.
+    Created(Box<NotificationRecord>, EventRecord),
     /// The idempotency key was used before with the same request: here is the original.
     Replayed(NotificationId),
     /// The idempotency key was used before with a different request.
@@ -93,8 +94,9 @@ pub struct IdempotencyKey<'a> {
     pub request_hash: &'a [u8],
 }
 
-/// Store a new notification and its job in one transaction. `notify` sends the wake-up
-/// (delivered by PostgreSQL only at commit, and coalesced within a transaction).
+/// Store a new notification. Without an idempotency key this is one statement (atomic on its
+/// own); with one, the key and the notification commit in one transaction. `notify` sends the
+/// wake-up, which PostgreSQL delivers only at commit.
 pub async fn accept(
     pool: &PgPool,
     tenant: TenantId,
@@ -103,137 +105,99 @@ pub async fn accept(
     idempotency: Option<IdempotencyKey<'_>>,
     notify: bool,
 ) -> StoreResult<Accepted> {
-    let mut tx = pool.begin().await?;
     let id = NotificationId::new();
-    if let Some(ik) = idempotency {
-        // A concurrent request with the same key blocks here until the first commits, then
-        // sees the conflict; so exactly one notification is made per key.
-        let inserted = sqlx::query(
-            "INSERT INTO idempotency_keys (tenant_id, key, request_hash, notification_id)
-             VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, key) DO NOTHING",
+    let Some(ik) = idempotency else {
+        let mut conn = pool.acquire().await?;
+        return insert_one(&mut conn, tenant, id, n, max_attempts, notify).await;
+    };
+    let mut tx = pool.begin().await?;
+    // A concurrent request with the same key blocks here until the first commits, then
+    // sees the conflict; so exactly one notification is made per key.
+    let inserted = sqlx::query(
+        "INSERT INTO idempotency_keys (tenant_id, key, request_hash, notification_id)
+         VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, key) DO NOTHING",
+    )
+    .bind(tenant.as_uuid())
+    .bind(ik.key)
+    .bind(ik.request_hash)
+    .bind(id.as_uuid())
+    .execute(&mut *tx)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        let (hash, original): (Vec<u8>, Uuid) = sqlx::query_as(
+            "SELECT request_hash, notification_id FROM idempotency_keys WHERE tenant_id = $1 AND key = $2",
         )
         .bind(tenant.as_uuid())
         .bind(ik.key)
-        .bind(ik.request_hash)
-        .bind(id.as_uuid())
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
-        if inserted.rows_affected() == 0 {
-            let (hash, original): (Vec<u8>, Uuid) = sqlx::query_as(
-                "SELECT request_hash, notification_id FROM idempotency_keys WHERE tenant_id = $1 AND key = $2",
-            )
-            .bind(tenant.as_uuid())
-            .bind(ik.key)
-            .fetch_one(&mut *tx)
-            .await?;
-            tx.rollback().await?;
-            return Ok(if hash == ik.request_hash {
-                Accepted::Replayed(NotificationId::from_uuid(original))
-            } else {
-                Accepted::KeyConflict
-            });
-        }
+        tx.rollback().await?;
+        return Ok(if hash == ik.request_hash {
+            Accepted::Replayed(NotificationId::from_uuid(original))
+        } else {
+            Accepted::KeyConflict
+        });
     }
-    insert_one(&mut tx, tenant, id, n, max_attempts).await?;
-    let due_now = n.send_at.is_none_or(|t| t <= OffsetDateTime::now_utc());
-    if notify && due_now {
-        sqlx::query("SELECT pg_notify($1, '')").bind(WAKE_CHANNEL).execute(&mut *tx).await?;
-    }
+    let created = insert_one(&mut tx, tenant, id, n, max_attempts, notify).await?;
     tx.commit().await?;
-    Ok(Accepted::Created(id))
+    Ok(created)
 }
 
+/// One round trip: the notification, its first timeline event and its job, or, for a
+/// recipient on the tenant's suppression list, the notification as `suppressed` with no job
+/// and its status callback queued; then the wake-up for a job that is due now.
 async fn insert_one(
     conn: &mut PgConnection,
     tenant: TenantId,
     id: NotificationId,
     n: &NewNotification,
     max_attempts: u32,
-) -> StoreResult<()> {
+    notify: bool,
+) -> StoreResult<Accepted> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH sup AS (
+                 SELECT reason FROM suppressions WHERE tenant_id = $2 AND channel = $3 AND recipient = $5
+             ), n AS (
+                 INSERT INTO notifications (id, tenant_id, channel, recipient, recipient_key, content, status, priority,
+                                            tags, metadata, callback_url, send_at, expires_at, created_at, updated_at)
+                 SELECT $1, $2, $3, $4, $5, $6, CASE WHEN EXISTS (SELECT 1 FROM sup) THEN 'suppressed' ELSE $7 END,
+                        $8, $9, $10, $11, $12, $13, $14, $14
+                 RETURNING {COLUMNS}
+             ), e AS (
+                 INSERT INTO notification_events (notification_id, at, type, status, detail)
+                 SELECT n.id, $14, CASE WHEN n.status = 'suppressed' THEN 'suppressed' ELSE $15 END, n.status,
+                        CASE WHEN n.status = 'suppressed' THEN jsonb_build_object('reason', (SELECT reason FROM sup LIMIT 1))
+                             ELSE $16 END
+                 FROM n
+                 RETURNING at, type, status, detail
+             ), j AS (
+                 INSERT INTO jobs (notification_id, queue, priority, run_at, max_attempts)
+                 SELECT n.id, $3, $17, coalesce($12, $14), $18 FROM n WHERE n.status <> 'suppressed'
+                 RETURNING run_at
+             ), upd AS (
+                 SELECT id, tenant_id, status, callback_url FROM n WHERE status = 'suppressed'
+             ){QUEUE_CALLBACK}, wake AS (
+                 SELECT pg_notify($19, '') FROM j WHERE $20 AND j.run_at <= now()
+             )
+             SELECT n.*, e.at AS event_at, e.type AS event_type, e.status AS event_status, e.detail AS event_detail,
+                    (SELECT count(*) FROM wake) AS woke
+             FROM n, e"
+        )
+    });
     let now = OffsetDateTime::now_utc();
-    let suppression: Option<String> =
-        sqlx::query_scalar("SELECT reason FROM suppressions WHERE tenant_id = $1 AND channel = $2 AND recipient = $3")
-            .bind(tenant.as_uuid())
-            .bind(n.channel.as_str())
-            .bind(n.to.key())
-            .fetch_optional(&mut *conn)
-            .await?;
-    if let Some(reason) = suppression {
-        return insert_suppressed(conn, tenant, id, n, now, &reason).await;
-    }
     let scheduled = n.send_at.is_some_and(|t| t > now);
     let status = if scheduled { Status::Scheduled } else { Status::Queued };
     let content = serde_json::to_value(&n.content).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let event_detail = n.send_at.filter(|_| scheduled).map(|t| serde_json::json!({ "send_at": rfc3339(t) }));
-    // One round trip: the notification, its first timeline event and its job.
-    sqlx::query(
-        "WITH n AS (
-             INSERT INTO notifications (id, tenant_id, channel, recipient, recipient_key, content, status, priority,
-                                        tags, metadata, callback_url, send_at, expires_at, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14)
-             RETURNING id
-         ), e AS (
-             INSERT INTO notification_events (notification_id, at, type, status, detail)
-             SELECT id, $14, $15, $7, $16 FROM n
-         )
-         INSERT INTO jobs (notification_id, queue, priority, run_at, max_attempts)
-         SELECT id, $3, $17, coalesce($12, $14), $18 FROM n",
-    )
-    .bind(id.as_uuid())
-    .bind(tenant.as_uuid())
-    .bind(n.channel.as_str())
-    .bind(n.to.to_json())
-    .bind(n.to.key())
-    .bind(content)
-    .bind(status.as_str())
-    .bind(n.priority.as_str())
-    .bind(&n.tags)
-    .bind(Value::Object(n.metadata.clone()))
-    .bind(&n.callback_url)
-    .bind(n.send_at)
-    .bind(n.expires_at)
-    .bind(now)
-    .bind(if scheduled { "scheduled" } else { "accepted" })
-    .bind(event_detail)
-    .bind(n.priority.lane())
-    .bind(i32::try_from(max_attempts).unwrap_or(i32::MAX))
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// A notification to a suppressed recipient: stored (nothing accepted is lost) as
-/// `suppressed`, with no job, and its status callback queued.
-async fn insert_suppressed(
-    conn: &mut PgConnection,
-    tenant: TenantId,
-    id: NotificationId,
-    n: &NewNotification,
-    now: OffsetDateTime,
-    reason: &str,
-) -> StoreResult<()> {
-    static SQL: LazyLock<String> = LazyLock::new(|| {
-        format!(
-            "WITH upd AS (
-                 INSERT INTO notifications (id, tenant_id, channel, recipient, recipient_key, content, status, priority,
-                                            tags, metadata, callback_url, send_at, expires_at, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, 'suppressed', $7, $8, $9, $10, $11, $12, $13, $13)
-                 RETURNING id, tenant_id, status, callback_url
-             ), e AS (
-                 INSERT INTO notification_events (notification_id, at, type, status, detail)
-                 SELECT id, $13, 'suppressed', 'suppressed', jsonb_build_object('reason', $14::text) FROM upd
-             ){} SELECT count(*) FROM upd",
-            super::tracking::QUEUE_CALLBACK
-        )
-    });
-    let content = serde_json::to_value(&n.content).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    sqlx::query(sqlx::AssertSqlSafe(SQL.as_str()))
+    let row = sqlx::query(sqlx::AssertSqlSafe(SQL.as_str()))
         .bind(id.as_uuid())
         .bind(tenant.as_uuid())
         .bind(n.channel.as_str())
         .bind(n.to.to_json())
         .bind(n.to.key())
         .bind(content)
+        .bind(status.as_str())
         .bind(n.priority.as_str())
         .bind(&n.tags)
         .bind(Value::Object(n.metadata.clone()))
@@ -241,10 +205,23 @@ async fn insert_suppressed(
         .bind(n.send_at)
         .bind(n.expires_at)
         .bind(now)
-        .bind(reason)
-        .execute(conn)
+        .bind(if scheduled { "scheduled" } else { "accepted" })
+        .bind(event_detail)
+        .bind(n.priority.lane())
+        .bind(i32::try_from(max_attempts).unwrap_or(i32::MAX))
+        .bind(WAKE_CHANNEL)
+        .bind(notify)
+        .fetch_one(conn)
         .await?;
-    Ok(())
+    let event_status: Option<String> = row.try_get("event_status")?;
+    let event = EventRecord {
+        at: row.try_get("event_at")?,
+        kind: row.try_get("event_type")?,
+        status: event_status.as_deref().and_then(Status::parse),
+        provider: None,
+        detail: row.try_get("event_detail")?,
+    };
+    Ok(Accepted::Created(Box::new(record(&row)?), event))
 }
 
 pub fn rfc3339(t: OffsetDateTime) -> String {

@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::config::{CallbackSettings, DispatchSettings, Settings};
+use crate::config::{CallbackSettings, DispatchSettings, RetentionSettings, Settings};
 use crate::domain::recipient::check_endpoint;
 use crate::domain::retry::{Decision, RetryPolicy};
 use crate::domain::{Content, Recipient, Status};
@@ -108,6 +108,7 @@ struct Inner {
     pool: PgPool,
     registry: Arc<Registry>,
     settings: DispatchSettings,
+    retention: RetentionSettings,
     callbacks: CallbackSettings,
     /// For status callbacks: never follows redirects (a 3xx is a failed delivery).
     http: reqwest::Client,
@@ -133,6 +134,7 @@ impl Dispatcher {
                 pool,
                 registry,
                 settings: settings.dispatch.clone(),
+                retention: settings.retention.clone(),
                 callbacks: settings.callbacks.clone(),
                 http,
                 worker_id,
@@ -170,6 +172,7 @@ impl Dispatcher {
     /// Each send is bounded by the time left before the deadline.
     pub async fn drain(&self, deadline: Instant, margin: Duration) -> Result<Summary, StoreError> {
         let mut summary = Summary { rescued: self.rescue().await?, ..Summary::default() };
+        self.prune().await;
         let limit = self.inner.settings.batch_size.min(self.inner.settings.concurrency);
         loop {
             let stop_claiming_at = deadline.checked_sub(margin).unwrap_or(deadline);
@@ -221,6 +224,7 @@ impl Dispatcher {
                 if let Err(e) = self.rescue().await {
                     warn!(error = %e, "lease rescue failed");
                 }
+                self.prune().await;
                 wake.reconnect_if_lost(&self.inner.pool).await;
                 next_rescue = Instant::now() + rescue_every;
             }
@@ -274,6 +278,18 @@ impl Dispatcher {
             in_flight.abort_all();
         }
         info!("dispatcher stopped");
+    }
+
+    /// Retention: drop finished notifications and old idempotency keys (a batch per call).
+    pub async fn prune(&self) {
+        let r = &self.inner.retention;
+        match crate::store::retention::prune(&self.inner.pool, r.notifications_days, r.idempotency_hours).await {
+            Ok(p) if p != Default::default() => {
+                info!(notifications = p.notifications, idempotency_keys = p.idempotency_keys, "pruned past retention")
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "pruning failed"),
+        }
     }
 
     async fn rescue(&self) -> Result<u64, StoreError> {

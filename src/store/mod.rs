@@ -9,6 +9,7 @@
 pub mod keys;
 pub mod notifications;
 pub mod receipts;
+pub mod retention;
 pub mod suppressions;
 pub mod tracking;
 

@@ -256,3 +256,47 @@ async fn two_dispatchers_racing_on_1000_jobs_send_each_exactly_once() {
             .expect("count");
     assert_eq!(workers, 1, "every send was a first attempt");
 }
+
+#[tokio::test]
+async fn finished_notifications_and_old_idempotency_keys_are_pruned_after_retention() {
+    let t = TestApp::spawn_with(|s| {
+        s.retention.notifications_days = 30;
+        s.retention.idempotency_hours = 24;
+    })
+    .await;
+    let key = t.key("acme", SEND_READ).await;
+    let old_sent =
+        t.post_with_key(&key, "k-old", email("old@example.com", "x")).await.body["id"].as_str().expect("id").to_owned();
+    let recent = t.post(&key, email("recent@example.com", "x")).await.body["id"].as_str().expect("id").to_owned();
+    t.dispatch_until_idle().await;
+    let later = (time::OffsetDateTime::now_utc() + time::Duration::days(60))
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("fmt");
+    let mut scheduled = email("future@example.com", "x");
+    scheduled["send_at"] = json!(later);
+    let waiting = t.post(&key, scheduled).await.body["id"].as_str().expect("id").to_owned();
+    // Age two of them past retention: one finished, one still waiting for its send time.
+    sqlx::query("UPDATE notifications SET updated_at = now() - interval '40 days' WHERE id = ANY($1)")
+        .bind(vec![old_sent.parse::<uuid::Uuid>().expect("id"), waiting.parse::<uuid::Uuid>().expect("id")])
+        .execute(t.pool())
+        .await
+        .expect("age");
+    sqlx::query("UPDATE idempotency_keys SET created_at = now() - interval '2 days'")
+        .execute(t.pool())
+        .await
+        .expect("age");
+
+    t.dispatcher().prune().await;
+    assert_eq!(t.get(&key, &format!("/v1/notifications/{old_sent}")).await.status, reqwest::StatusCode::NOT_FOUND);
+    assert_eq!(t.notification(&key, &recent).await["status"], "sent", "recent history stays");
+    assert_eq!(t.notification(&key, &waiting).await["status"], "scheduled", "live work is never pruned");
+    let keys: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM idempotency_keys").fetch_one(t.pool()).await.expect("count");
+    assert_eq!(keys, 0);
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM notification_events WHERE notification_id = $1")
+        .bind(old_sent.parse::<uuid::Uuid>().expect("id"))
+        .fetch_one(t.pool())
+        .await
+        .expect("count");
+    assert_eq!(events, 0, "the timeline goes with it");
+}

@@ -163,10 +163,10 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
                 herald::domain::recipient::check_endpoint(u, app.settings.callbacks.allow_private_networks)
                     .map_err(|e| AppError::Other(format!("--callback-url: {e}")))?;
             }
-            if let Some(s) = signing_secret.as_deref().filter(|s| !s.starts_with("whsec_")) {
-                let _ = s;
+            // The same rule as callbacks.signing_secret: a key callbacks can actually sign with.
+            if signing_secret.as_deref().is_some_and(|s| herald::dispatch::callbacks::secret_key(s).is_none()) {
                 return Err(AppError::Other(
-                    "--signing-secret: must be a Standard Webhooks secret starting with whsec_".into(),
+                    "--signing-secret: must be a Standard Webhooks secret: whsec_ followed by base64".into(),
                 ));
             }
             let mut conn = app.pool.acquire().await?;

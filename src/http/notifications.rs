@@ -121,7 +121,7 @@ pub async fn create(
         allow_private_callbacks: settings.callbacks.allow_private_networks,
     };
     let n = NewNotification::parse(&value, opts).map_err(ApiError::validation)?;
-    if state.registry.candidates(n.channel, &n.to).is_empty() {
+    if !state.registry.can_deliver(n.channel, &n.to) {
         return Err(ApiError::validation(vec![FieldError::new(
             "/channel",
             format!("no provider in channels.{}.providers can deliver to this recipient", n.channel),

@@ -133,7 +133,6 @@ pub struct Route {
 /// Providers by name, and each channel's routes in failover order.
 #[derive(Clone, Default)]
 pub struct Registry {
-    by_name: BTreeMap<String, Arc<Route>>,
     routes: BTreeMap<&'static str, Vec<Arc<Route>>>,
 }
 
@@ -168,7 +167,12 @@ impl Registry {
                 settings.channels.get(channel).providers.iter().filter_map(|n| by_name.get(n).cloned()).collect();
             routes.insert(channel.as_str(), list);
         }
-        Ok(Registry { by_name, routes })
+        Ok(Registry { routes })
+    }
+
+    /// Whether any provider of `channel` can deliver to `to` (checked when accepting).
+    pub fn can_deliver(&self, channel: Channel, to: &Recipient) -> bool {
+        self.route(channel).iter().any(|r| r.provider.accepts(to))
     }
 
     /// The routes that can deliver to `to` on `channel`, in failover order.
@@ -179,10 +183,6 @@ impl Registry {
     /// Every route of a channel (empty when none is configured).
     pub fn route(&self, channel: Channel) -> &[Arc<Route>] {
         self.routes.get(channel.as_str()).map(Vec::as_slice).unwrap_or(&[])
-    }
-
-    pub fn get(&self, name: &str) -> Option<&Arc<Route>> {
-        self.by_name.get(name)
     }
 }
 

@@ -6,6 +6,7 @@ mod fake_smtp;
 mod helpers;
 mod notifications;
 mod process;
+mod provider_settings;
 mod providers;
 mod push;
 mod receipts;

@@ -3,7 +3,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use herald::config::{ProviderKind, ProviderSettings, Secret};
+use herald::config::Secret;
 use herald::store::keys::Scope;
 use hmac::{Hmac, Mac};
 use reqwest::StatusCode;
@@ -11,19 +11,11 @@ use serde_json::{Value, json};
 
 use crate::fake_http::{self, FakeHttp};
 use crate::helpers::{TestApp, email};
+use crate::provider_settings;
 
 const SEND_READ: &[Scope] = &[Scope::Send, Scope::Read];
 const PUBLIC: &str = "https://herald.acme.test";
 const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-
-fn twilio(origin: &str) -> ProviderSettings {
-    let mut p = ProviderSettings::new(ProviderKind::Twilio);
-    p.base_url = Some(origin.into());
-    p.account_sid = Some(fake_http::TWILIO_SID.into());
-    p.auth_token = Some(Secret::new(fake_http::TWILIO_TOKEN));
-    p.from = Some("+15005550006".into());
-    p
-}
 
 /// An independent X-Twilio-Signature: HMAC-SHA1 over the URL and the sorted parameters.
 fn twilio_signature(url: &str, params: &[(&str, &str)]) -> String {
@@ -69,7 +61,7 @@ async fn twilio_app(callbacks: Option<&FakeHttp>) -> (TestApp, FakeHttp, String)
     let fake = FakeHttp::twilio().await;
     let origin = fake.origin.clone();
     let t = TestApp::spawn_with(move |s| {
-        s.providers.insert("twilio".into(), twilio(&origin));
+        s.providers.insert("twilio".into(), provider_settings::twilio(&origin));
         s.channels.sms.providers = vec!["twilio".into()];
         s.server.public_base_url = PUBLIC.into();
         s.callbacks.signing_secret = Secret::new(WHSEC);
@@ -398,11 +390,7 @@ async fn a_signed_vonage_dlr_by_get_delivers_and_a_stale_one_is_refused() {
     let fake = FakeHttp::vonage().await;
     let origin = fake.origin.clone();
     let t = TestApp::spawn_with(move |s| {
-        let mut p = ProviderSettings::new(ProviderKind::Vonage);
-        p.base_url = Some(origin);
-        p.api_key = Some(Secret::new(fake_http::VONAGE_KEY));
-        p.api_secret = Some(Secret::new(fake_http::VONAGE_SECRET));
-        p.from = Some("Acme".into());
+        let mut p = provider_settings::vonage(&origin);
         p.signature_secret = Some(Secret::new("dlr-secret"));
         s.providers.insert("vonage".into(), p);
         s.channels.sms.providers = vec!["vonage".into()];
@@ -449,10 +437,7 @@ async fn a_sendgrid_bounce_signed_with_ecdsa_bounces_and_suppresses() {
     let fake = FakeHttp::sendgrid().await;
     let origin = fake.origin.clone();
     let t = TestApp::spawn_with(move |s| {
-        let mut p = ProviderSettings::new(ProviderKind::Sendgrid);
-        p.base_url = Some(origin);
-        p.api_key = Some(Secret::new(fake_http::SENDGRID_KEY));
-        p.from = Some("noreply@acme.test".into());
+        let mut p = provider_settings::sendgrid(&origin);
         p.webhook_public_key = Some(public);
         s.providers.insert("sg".into(), p);
         s.channels.email.providers = vec!["sg".into()];
@@ -494,11 +479,7 @@ async fn a_mailgun_complaint_signed_with_hmac_complains_and_suppresses() {
     let fake = FakeHttp::mailgun().await;
     let origin = fake.origin.clone();
     let t = TestApp::spawn_with(move |s| {
-        let mut p = ProviderSettings::new(ProviderKind::Mailgun);
-        p.base_url = Some(origin);
-        p.api_key = Some(Secret::new(fake_http::MAILGUN_KEY));
-        p.domain = Some(fake_http::MAILGUN_DOMAIN.into());
-        p.from = Some("noreply@acme.test".into());
+        let mut p = provider_settings::mailgun(&origin);
         p.webhook_signing_key = Some(Secret::new("mailgun-signing-key"));
         s.providers.insert("mg".into(), p);
         s.channels.email.providers = vec!["mg".into()];
@@ -548,12 +529,7 @@ async fn ses_events_via_sns_are_verified_with_the_topic_certificate() {
     let ses_fake = FakeHttp::ses().await;
     let (ses_origin, host) = (ses_fake.origin.clone(), cert_host.clone());
     let t = TestApp::spawn_with(move |s| {
-        let mut p = ProviderSettings::new(ProviderKind::Ses);
-        p.base_url = Some(ses_origin);
-        p.region = Some("eu-west-1".into());
-        p.access_key_id = Some(fake_http::SES_KEY_ID.into());
-        p.secret_access_key = Some(Secret::new(fake_http::SES_SECRET));
-        p.from = Some("noreply@acme.test".into());
+        let mut p = provider_settings::ses(&ses_origin);
         p.sns_topic_arns = vec![TOPIC.into()];
         p.sns_cert_hosts = vec![host];
         p.allow_private_networks = true;
@@ -616,11 +592,7 @@ async fn a_receipt_cannot_end_a_notification_that_is_still_waiting_to_be_sent() 
     let fake = FakeHttp::mailgun().await;
     let origin = fake.origin.clone();
     let t = TestApp::spawn_with(move |s| {
-        let mut p = ProviderSettings::new(ProviderKind::Mailgun);
-        p.base_url = Some(origin);
-        p.api_key = Some(Secret::new(fake_http::MAILGUN_KEY));
-        p.domain = Some(fake_http::MAILGUN_DOMAIN.into());
-        p.from = Some("noreply@acme.test".into());
+        let mut p = provider_settings::mailgun(&origin);
         p.webhook_signing_key = Some(Secret::new("k"));
         s.providers.insert("mg".into(), p);
         s.channels.email.providers = vec!["mg".into()];

@@ -11,7 +11,7 @@ use tracing::{info, warn};
 
 use crate::config::{ConfigError, Settings};
 use crate::dispatch::Dispatcher;
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, Ingest, KeyCache};
 use crate::providers::{BuildError, Registry};
 use crate::store::{self, StoreError};
 
@@ -44,10 +44,15 @@ pub struct Roles {
 
 #[derive(Clone)]
 pub struct App {
+    /// The API's pool (`database.max_connections`).
     pub pool: PgPool,
+    /// The dispatcher's pool, so a busy API and a busy dispatcher never starve each other.
+    pub dispatch_pool: PgPool,
     pub settings: Arc<Settings>,
     pub registry: Arc<Registry>,
     pub http: reqwest::Client,
+    keys: Arc<KeyCache>,
+    ingest: Ingest,
 }
 
 impl App {
@@ -59,18 +64,20 @@ impl App {
             }
             .into());
         }
-        let pool = store::pool(
-            settings.database.url.expose(),
-            settings.database.max_connections,
-            Duration::from_millis(settings.database.acquire_timeout_ms),
-        )
-        .map_err(|e| ConfigError::Invalid { key: "database.url".into(), message: e.to_string() })?;
+        let db = &settings.database;
+        let acquire_timeout = Duration::from_millis(db.acquire_timeout_ms);
+        let invalid_url = |e: sqlx::Error| ConfigError::Invalid { key: "database.url".into(), message: e.to_string() };
+        let pool = store::pool(db.url.expose(), db.max_connections, acquire_timeout).map_err(invalid_url)?;
+        let dispatch_size = db.dispatch_pool_size(settings.dispatch.concurrency);
+        let dispatch_pool = store::pool(db.url.expose(), dispatch_size, acquire_timeout).map_err(invalid_url)?;
         let registry = Arc::new(Registry::from_settings(&settings)?);
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| AppError::Other(format!("http client: {e}")))?;
-        Ok(App { pool, settings: Arc::new(settings), registry, http })
+        let keys = Arc::new(KeyCache::new(Duration::from_millis(settings.server.key_cache_ms)));
+        let ingest = http::ingest(pool.clone(), &settings);
+        Ok(App { pool, dispatch_pool, settings: Arc::new(settings), registry, http, keys, ingest })
     }
 
     pub fn state(&self) -> AppState {
@@ -79,11 +86,13 @@ impl App {
             settings: self.settings.clone(),
             registry: self.registry.clone(),
             http: self.http.clone(),
+            keys: self.keys.clone(),
+            ingest: self.ingest.clone(),
         }
     }
 
     pub fn dispatcher(&self) -> Dispatcher {
-        Dispatcher::new(self.pool.clone(), self.registry.clone(), &self.settings)
+        Dispatcher::new(self.dispatch_pool.clone(), self.registry.clone(), &self.settings)
     }
 
     /// Run `roles` until `cancel` fires. The API stops accepting at once and finishes in-flight

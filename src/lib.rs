@@ -2,6 +2,7 @@
 //! (`dispatch`) through provider adapters (`providers`). See `app` for how they are wired.
 
 pub mod app;
+pub mod batching;
 pub mod config;
 pub mod dev;
 pub mod dispatch;

@@ -78,6 +78,9 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     pub request_timeout_ms: u64,
     pub shutdown_grace_ms: u64,
+    pub key_cache_ms: u64,
+    pub group_commit_max_items: usize,
+    pub group_commit_linger_us: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -87,6 +90,20 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
     pub migrate_on_start: bool,
     pub acquire_timeout_ms: u64,
+    /// 0: derived from `dispatch.concurrency` (see `dispatch_pool_size`).
+    pub dispatch_max_connections: u32,
+}
+
+impl DatabaseSettings {
+    /// The dispatcher's own pool: the claim, batched completions and the odd lookup need a few
+    /// connections whatever the concurrency (completions are grouped), a few more for very
+    /// wide dispatchers. The `LISTEN` connection is separate from both pools.
+    pub fn dispatch_pool_size(&self, concurrency: usize) -> u32 {
+        if self.dispatch_max_connections > 0 {
+            return self.dispatch_max_connections;
+        }
+        u32::try_from(4 + concurrency / 32).unwrap_or(u32::MAX).min(16)
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -246,6 +263,12 @@ impl Settings {
         }
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be at least 1"));
+        }
+        if srv.group_commit_max_items == 0 || srv.group_commit_max_items > 10_000 {
+            return Err(invalid("server.group_commit_max_items", "must be between 1 and 10000"));
+        }
+        if srv.group_commit_linger_us > 100_000 {
+            return Err(invalid("server.group_commit_linger_us", "must be at most 100000 (0.1 s)"));
         }
         let d = &self.dispatch;
         for (key, v) in [

@@ -1,5 +1,13 @@
 //! `Authorization: Bearer <key>` → `Caller`. A missing or unknown key is a 401 problem;
 //! scopes are checked by the handler (`require`), giving 403.
+//!
+//! Verified keys are cached in memory for `server.key_cache_ms` (by hash, never the key), so
+//! the hot path makes no query for them; revoking a key takes effect on a running server
+//! within that time. Unknown keys are not cached: a guessed key costs a lookup, not memory.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
 use axum::http::header;
@@ -22,10 +30,50 @@ impl FromRequestParts<AppState> for Caller {
             Some((scheme, key)) if scheme.eq_ignore_ascii_case("bearer") && !key.trim().is_empty() => key.trim(),
             _ => return Err(ApiError::unauthorized("use the Bearer scheme: `Authorization: Bearer <key>`")),
         };
+        let hash = keys::hash_key(key);
+        if let Some(caller) = state.keys.get(&hash) {
+            return Ok(caller);
+        }
         let mut conn = state.pool.acquire().await.map_err(crate::store::StoreError::from)?;
-        keys::authenticate(&mut conn, key)
+        let caller = keys::authenticate(&mut conn, key)
             .await?
-            .ok_or_else(|| ApiError::unauthorized("the API key is unknown or revoked"))
+            .ok_or_else(|| ApiError::unauthorized("the API key is unknown or revoked"))?;
+        state.keys.put(hash, caller.clone());
+        Ok(caller)
+    }
+}
+
+/// Recently verified keys, by SHA-256.
+pub struct KeyCache {
+    ttl: Duration,
+    entries: Mutex<HashMap<Vec<u8>, (Caller, Instant)>>,
+}
+
+/// More distinct live keys than this in one TTL is unusual; past it the cache starts afresh.
+const MAX_CACHED_KEYS: usize = 10_000;
+
+impl KeyCache {
+    pub fn new(ttl: Duration) -> Self {
+        KeyCache { ttl, entries: Mutex::new(HashMap::new()) }
+    }
+
+    fn get(&self, hash: &[u8]) -> Option<Caller> {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.get(hash).filter(|(_, at)| at.elapsed() < self.ttl).map(|(c, _)| c.clone())
+    }
+
+    fn put(&self, hash: Vec<u8>, caller: Caller) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= MAX_CACHED_KEYS {
+            entries.retain(|_, (_, at)| at.elapsed() < self.ttl);
+            if entries.len() >= MAX_CACHED_KEYS {
+                entries.clear();
+            }
+        }
+        entries.insert(hash, (caller, Instant::now()));
     }
 }
 

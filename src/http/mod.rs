@@ -1,6 +1,7 @@
 //! The HTTP API. `router(state)` is the one router used by the server, tests and (later) Lambda.
 
 mod auth;
+mod batch;
 mod health;
 mod notifications;
 pub mod problem;
@@ -24,8 +25,15 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
+use crate::batching::{Coalescer, Limits};
 use crate::config::Settings;
 use crate::providers::Registry;
+use crate::store::{self, StoreResult, ingest::Accepted, ingest::Submission};
+
+pub use auth::KeyCache;
+
+/// Single POSTs are accepted through this: many requests, one statement.
+pub type Ingest = Coalescer<Submission, StoreResult<Accepted>>;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -34,6 +42,24 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// For fetching SNS signing certificates and confirming subscriptions.
     pub http: reqwest::Client,
+    pub keys: Arc<KeyCache>,
+    pub ingest: Ingest,
+}
+
+/// The group committer of `POST /v1/notifications` (see `batching`).
+pub fn ingest(pool: PgPool, settings: &Settings) -> Ingest {
+    let notify = settings.dispatch.listen_notify;
+    let limits = Limits {
+        max_items: settings.server.group_commit_max_items,
+        // Two writers: one gathers and writes while the other waits for its commit; more would
+        // only take connections from the rest of the API.
+        max_writers: 2.min(settings.database.max_connections as usize),
+        linger: Duration::from_micros(settings.server.group_commit_linger_us),
+    };
+    Coalescer::new(limits, move |items: Vec<Submission>| {
+        let pool = pool.clone();
+        async move { store::ingest::accept_batch(&pool, &items, notify).await }
+    })
 }
 
 pub fn router(state: AppState) -> Router {
@@ -42,6 +68,10 @@ pub fn router(state: AppState) -> Router {
     let timeout = Duration::from_millis(state.settings.server.request_timeout_ms);
     let api = Router::new()
         .route("/v1/notifications", post(notifications::create).get(notifications::list))
+        .route(
+            "/v1/notifications/batch",
+            post(batch::create).layer(DefaultBodyLimit::max(batch::MAX_BODY_BYTES.max(max_body))),
+        )
         .route("/v1/notifications/{id}", get(notifications::get))
         .route("/v1/notifications/{id}/cancel", post(notifications::cancel))
         .route("/v1/suppressions", get(suppressions::list).post(suppressions::create))

@@ -21,9 +21,11 @@ use super::problem::ApiError;
 use crate::domain::notification::ParseOptions;
 use crate::domain::recipient::EmailAddress;
 use crate::domain::{Channel, FieldError, NewNotification, NotificationId, Status};
+use crate::store::ingest::{Accepted, Submission};
 use crate::store::keys::{Caller, Scope};
-use crate::store::notifications::{self as store, Accepted, IdempotencyKey, ListFilter};
+use crate::store::notifications::{self as store, ListFilter};
 use crate::store::tracking::{self, CancelOutcome};
+use crate::store::{EventRecord, NotificationRecord};
 use crate::views::NotificationView;
 
 const DEFAULT_LIMIT: i64 = 50;
@@ -34,7 +36,7 @@ async fn load(state: &AppState, id: NotificationId, caller: &Caller) -> Result<N
     let record = store::get(&mut conn, id, caller.tenant_filter())
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no notification {id}")))?;
-    let events = store::events(&mut conn, id).await?;
+    let events = store::events(&mut conn, &record).await?;
     Ok(NotificationView::new(record, Some(events)))
 }
 
@@ -45,7 +47,7 @@ fn parse_id(raw: &str) -> Result<NotificationId, ApiError> {
 
 /// SHA-256 of the body in a canonical form (object keys sorted, no whitespace), so the same
 /// request hashes the same whatever key order or spacing the client used.
-fn request_hash(v: &Value) -> Vec<u8> {
+pub(super) fn request_hash(v: &Value) -> Vec<u8> {
     let mut out = Vec::new();
     write_canonical(v, &mut out);
     Sha256::digest(&out).to_vec()
@@ -83,33 +85,33 @@ fn write_canonical(v: &Value, out: &mut Vec<u8>) {
 
 /// Parse the body as JSON whatever Content-Type says: clients that forget the header (curl's
 /// default is a form type) still get a useful answer, and malformed JSON is a 400 problem.
-fn json_body(body: &Bytes) -> Result<Value, ApiError> {
+pub(super) fn json_body(body: &Bytes) -> Result<Value, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::malformed(format!("the body is not valid JSON: {e}")))
 }
 
-pub async fn create(
-    State(state): State<AppState>,
-    caller: Caller,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    require(&caller, Scope::Send)?;
-    let value = json_body(&body)?;
-    let key = match headers.get("idempotency-key") {
-        None => None,
-        Some(v) => {
-            let k = v
-                .to_str()
-                .ok()
-                .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| (0x21..0x7f).contains(&b)));
-            Some(k.ok_or_else(|| {
-                ApiError::validation(vec![FieldError::new(
-                    "",
-                    "the Idempotency-Key header must be 1 to 255 visible ASCII characters",
-                )])
-            })?)
-        }
-    };
+/// Validate the `Idempotency-Key` header: 1 to 255 visible ASCII characters.
+pub(super) fn idempotency_header(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
+    let ok = v.to_str().ok().filter(|k| valid_key(k));
+    ok.map(Some).ok_or_else(|| {
+        ApiError::header_problem(
+            "Idempotency-Key",
+            "the Idempotency-Key header must be 1 to 255 visible ASCII characters",
+        )
+    })
+}
+
+pub(super) fn valid_key(k: &str) -> bool {
+    !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| (0x21..0x7f).contains(&b))
+}
+
+/// Validate one notification (a request body, or an item of a batch) into a submission.
+pub(super) fn prepare(
+    state: &AppState,
+    caller: &Caller,
+    value: &Value,
+    key: Option<String>,
+) -> Result<Submission, Vec<FieldError>> {
     let settings = &state.settings;
     let opts = ParseOptions {
         now: OffsetDateTime::now_utc(),
@@ -120,37 +122,63 @@ pub async fn create(
             .any(|p| p.kind == crate::config::ProviderKind::WebPush && p.allow_private_networks),
         allow_private_callbacks: settings.callbacks.allow_private_networks,
     };
-    let n = NewNotification::parse(&value, opts).map_err(ApiError::validation)?;
+    let n = NewNotification::parse(value, opts)?;
     if !state.registry.can_deliver(n.channel, &n.to) {
-        return Err(ApiError::validation(vec![FieldError::new(
+        return Err(vec![FieldError::new(
             "/channel",
             format!("no provider in channels.{}.providers can deliver to this recipient", n.channel),
-        )]));
+        )]);
     }
-    let hash = request_hash(&value);
-    let idempotency = key.map(|k| IdempotencyKey { key: k, request_hash: &hash });
-    let outcome = store::accept(
-        &state.pool,
-        caller.tenant_id,
-        &n,
-        settings.max_attempts(n.channel),
-        idempotency,
-        settings.dispatch.listen_notify,
+    let max_attempts = settings.max_attempts(n.channel);
+    let idempotency = key.map(|k| (k, request_hash(value)));
+    Ok(Submission::new(caller.tenant_id, n, max_attempts, idempotency))
+}
+
+/// The timeline of a notification just created: its derived first event and, for a
+/// suppressed recipient, the `suppressed` event written with it.
+pub(super) fn created_events(record: &NotificationRecord, suppressed_reason: Option<String>) -> Vec<EventRecord> {
+    let mut events = vec![store::first_event(record)];
+    if record.status == Status::Suppressed {
+        events.push(EventRecord {
+            at: record.created_at,
+            kind: "suppressed".into(),
+            status: Some(Status::Suppressed),
+            provider: None,
+            detail: Some(serde_json::json!({ "reason": suppressed_reason })),
+        });
+    }
+    events
+}
+
+pub(super) fn key_conflict() -> ApiError {
+    ApiError::conflict(
+        "idempotency-conflict",
+        "Idempotency key reused",
+        "this Idempotency-Key was already used with a different request body",
     )
-    .await?;
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    require(&caller, Scope::Send)?;
+    let value = json_body(&body)?;
+    let key = idempotency_header(&headers)?.map(str::to_owned);
+    let submission = prepare(&state, &caller, &value, key).map_err(ApiError::validation)?;
+    // Written with whatever other requests are being accepted at the same moment: one
+    // statement and one commit for the group, and the 202 only after that commit.
+    let outcome = state.ingest.submit(submission).await.map_err(|_| ApiError::internal())??;
     let (view, status, replayed) = match outcome {
-        // The statement returned the stored row and its first event: no second read.
-        Accepted::Created(record, event) => {
-            (NotificationView::new(*record, Some(vec![event])), StatusCode::ACCEPTED, false)
+        // Built from what was written: no second read.
+        Accepted::Created { record, suppressed_reason } => {
+            let events = created_events(&record, suppressed_reason);
+            (NotificationView::new(*record, Some(events)), StatusCode::ACCEPTED, false)
         }
-        Accepted::Replayed(id) => (load(&state, id, &caller).await?, StatusCode::OK, true),
-        Accepted::KeyConflict => {
-            return Err(ApiError::conflict(
-                "idempotency-conflict",
-                "Idempotency key reused",
-                "this Idempotency-Key was already used with a different request body",
-            ));
-        }
+        Accepted::Replayed { id, .. } => (load(&state, id, &caller).await?, StatusCode::OK, true),
+        Accepted::KeyConflict => return Err(key_conflict()),
     };
     let id = view.id;
     let mut resp = (status, Json(view)).into_response();

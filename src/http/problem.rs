@@ -41,6 +41,15 @@ impl ApiError {
         e
     }
 
+    /// A bad request header, named as such rather than as a body pointer.
+    pub fn header_problem(name: &str, detail: impl Into<String>) -> Self {
+        let detail = detail.into();
+        let mut e =
+            Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation", "Invalid request", format!("{name}: {detail}"));
+        e.errors = vec![json!({"header": name, "detail": detail})];
+        e
+    }
+
     /// A problem with a query parameter (RFC 9457 §3.1 uses `parameter` for these).
     pub fn bad_parameter(name: &str, detail: impl Into<String>) -> Self {
         let detail = detail.into();
@@ -80,7 +89,8 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error", "internal error")
     }
 
-    fn body(&self) -> Value {
+    /// The problem document (without `instance` and `request_id`, which the middleware adds).
+    pub fn body(&self) -> Value {
         let mut body = json!({
             "type": format!("/problems/{}", self.kind),
             "title": self.title,
@@ -110,6 +120,9 @@ impl From<StoreError> for ApiError {
         }
         // Logged once here, inside the request span; the client only learns it was internal.
         tracing::error!(error = %e, "request failed");
+        if let StoreError::Unavailable(why) = &e {
+            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", why.clone());
+        }
         if let StoreError::Db(sqlx::Error::PoolTimedOut) = e {
             return ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -6,6 +6,7 @@
 //! Lock order, everywhere: a `jobs` row before its `notifications` row. Claim, completion,
 //! rescue and cancel all follow it, which is what keeps them from deadlocking each other.
 
+pub mod ingest;
 pub mod keys;
 pub mod notifications;
 pub mod receipts;
@@ -33,6 +34,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// Not done, for a reason that passes (a neighbour's failure in a batch, a race): retry.
+    #[error("temporarily unavailable: {0}")]
+    Unavailable(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

@@ -7,8 +7,8 @@ use std::time::Duration;
 use herald::domain::NotificationId;
 use herald::domain::notification::ParseOptions;
 use herald::domain::{NewNotification, Status};
+use herald::store::ingest::{self, Accepted, Submission};
 use herald::store::keys::Scope;
-use herald::store::notifications::{self, Accepted};
 use herald::store::tracking::{self, Applied, Lease};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -214,10 +214,14 @@ async fn two_dispatchers_racing_on_1000_jobs_send_each_exactly_once() {
         allow_private_push: false,
         allow_private_callbacks: false,
     };
-    for i in 0..1000 {
-        let n = NewNotification::parse(&email(&format!("r{i}@example.com"), "race"), opts).expect("valid");
-        let res = notifications::accept(t.pool(), tenant, &n, 5, None, false).await.expect("accept");
-        assert!(matches!(res, Accepted::Created(..)));
+    let batch: Vec<Submission> = (0..1000)
+        .map(|i| {
+            let n = NewNotification::parse(&email(&format!("r{i}@example.com"), "race"), opts).expect("valid");
+            Submission::new(tenant, n, 5, None)
+        })
+        .collect();
+    for res in ingest::accept_batch(t.pool(), &batch, false).await {
+        assert!(matches!(res, Ok(Accepted::Created { .. })));
     }
 
     let cancel = CancellationToken::new();

@@ -4,6 +4,7 @@ mod dispatch;
 mod fake_http;
 mod fake_smtp;
 mod helpers;
+mod ingest;
 mod notifications;
 mod process;
 mod provider_settings;

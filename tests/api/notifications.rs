@@ -1,5 +1,7 @@
 //! The HTTP API: create, read, list, cancel; auth, validation, idempotency, tenant isolation.
 
+use std::time::Duration;
+
 use herald::store::keys::Scope;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -129,7 +131,8 @@ async fn a_channel_without_providers_is_refused_at_request_time() {
 
 #[tokio::test]
 async fn api_keys_are_required_and_scoped() {
-    let t = TestApp::spawn().await;
+    // Verified keys are cached for server.key_cache_ms: a revocation takes effect within it.
+    let t = TestApp::spawn_with(|s| s.server.key_cache_ms = 300).await;
     let r = t.request("POST", "/v1/notifications", None, Some(email("a@example.com", "x"))).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert!(is_problem(&r));
@@ -151,8 +154,9 @@ async fn api_keys_are_required_and_scoped() {
     let keys = herald::store::keys::list_keys(&mut conn, Some("acme")).await.expect("list");
     let ro = keys.iter().find(|k| k.scopes == ["read"]).expect("read-only key");
     assert!(herald::store::keys::revoke_key(&mut conn, ro.id).await.expect("revoke"));
+    tokio::time::sleep(Duration::from_millis(400)).await;
     let r = t.get(&read_only, "/v1/notifications").await;
-    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "a revoked key stops working");
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "a revoked key stops working once its cache entry lapses");
 }
 
 #[tokio::test]

@@ -323,7 +323,8 @@ async fn suppressions_can_be_listed_added_and_removed_per_tenant() {
     ] {
         let r = t.post(&a, body).await;
         assert_eq!((r.status, r.body["status"].as_str()), (StatusCode::ACCEPTED, Some("suppressed")), "{}", r.body);
-        assert_eq!(r.body["events"][0]["type"], "suppressed");
+        assert_eq!(r.body["events"][0]["type"], "accepted");
+        assert_eq!(r.body["events"][1]["type"], "suppressed");
     }
     assert_eq!(
         t.post(&b, email("bob@example.com", "x")).await.body["status"],

@@ -1,0 +1,125 @@
+//! `POST /v1/notifications/batch`: up to `MAX_ITEMS` notifications in one request. Each item is
+//! validated on its own; the valid ones are committed together in one transaction, and the
+//! answer lists, per index, the notification created or the item's problem. An item may carry
+//! its own `idempotency_key`; a batch `Idempotency-Key` header gives every item without one the
+//! key `{header}/{index}`, so a batch retried whole answers with the same notifications.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::auth::require;
+use super::notifications::{idempotency_header, json_body, key_conflict, prepare, valid_key};
+use super::problem::ApiError;
+use crate::domain::FieldError;
+use crate::store::ingest::{self, Accepted, Submission};
+use crate::store::keys::{Caller, Scope};
+
+pub const MAX_ITEMS: usize = 1000;
+/// The body limit of this route: 1,000 items of up to 16 KiB each (a long email is rarely more),
+/// or the server's own limit if that is larger.
+pub const MAX_BODY_BYTES: usize = MAX_ITEMS * 16 * 1024;
+
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    require(&caller, Scope::Send)?;
+    let batch_key = idempotency_header(&headers)?.map(str::to_owned);
+    let mut value = json_body(&body)?;
+    let items = match value.get_mut("notifications").map(Value::take) {
+        Some(Value::Array(items)) => items,
+        _ => {
+            return Err(ApiError::validation(vec![FieldError::new(
+                "/notifications",
+                "required: an array of notifications ({\"notifications\": [...]})",
+            )]));
+        }
+    };
+    if let Some(other) = value.as_object().and_then(|o| o.keys().find(|k| *k != "notifications")) {
+        return Err(ApiError::validation(vec![FieldError::new(format!("/{other}"), "unknown field")]));
+    }
+    if items.is_empty() || items.len() > MAX_ITEMS {
+        let mut e = ApiError::validation(vec![FieldError::new(
+            "/notifications",
+            format!("must hold 1 to {MAX_ITEMS} notifications; this batch has {}", items.len()),
+        )]);
+        if items.len() > MAX_ITEMS {
+            e.status = StatusCode::PAYLOAD_TOO_LARGE;
+            e.kind = "too-many-items";
+            e.title = "Too many items";
+        }
+        return Err(e);
+    }
+
+    // Validate every item; `pending` holds the valid ones with their index.
+    let mut results: Vec<Option<Value>> = vec![None; items.len()];
+    let mut pending: Vec<(usize, Submission)> = Vec::with_capacity(items.len());
+    for (index, mut item) in items.into_iter().enumerate() {
+        match item_submission(&state, &caller, index, &mut item, batch_key.as_deref()) {
+            Ok(s) => pending.push((index, s)),
+            Err(problem) => results[index] = Some(item_problem(index, &problem)),
+        }
+    }
+    let submissions: Vec<Submission> = pending.iter().map(|(_, s)| s.clone()).collect();
+    let outcomes = ingest::accept_batch(&state.pool, &submissions, state.settings.dispatch.listen_notify).await;
+    for ((index, _), outcome) in pending.iter().zip(outcomes) {
+        let index = *index;
+        results[index] = Some(match outcome {
+            Ok(Accepted::Created { record, .. }) => json!({"index": index, "id": record.id, "status": record.status}),
+            Ok(Accepted::Replayed { id, status }) => {
+                json!({"index": index, "id": id, "status": status, "replayed": true})
+            }
+            Ok(Accepted::KeyConflict) => item_problem(index, &key_conflict()),
+            Err(e) => item_problem(index, &ApiError::from(e)),
+        });
+    }
+    let results: Vec<Value> = results.into_iter().flatten().collect();
+    Ok((StatusCode::OK, Json(json!({ "results": results }))))
+}
+
+/// One item: take out its `idempotency_key`, then validate the rest as a notification. Field
+/// pointers are into the whole request (`/notifications/3/to`).
+fn item_submission(
+    state: &AppState,
+    caller: &Caller,
+    index: usize,
+    item: &mut Value,
+    batch_key: Option<&str>,
+) -> Result<Submission, ApiError> {
+    let at = |e: FieldError| FieldError::new(format!("/notifications/{index}{}", e.pointer), e.detail);
+    let own_key = match item.as_object_mut().and_then(|o| o.remove("idempotency_key")) {
+        None => None,
+        Some(Value::String(k)) if valid_key(&k) => Some(k),
+        Some(_) => {
+            return Err(ApiError::validation(vec![at(FieldError::new(
+                "/idempotency_key",
+                "must be 1 to 255 visible ASCII characters",
+            ))]));
+        }
+    };
+    let key = match (own_key, batch_key) {
+        (Some(k), _) => Some(k),
+        (None, Some(b)) => {
+            let k = format!("{b}/{index}");
+            if !valid_key(&k) {
+                return Err(ApiError::header_problem(
+                    "Idempotency-Key",
+                    "too long to key 1,000 items; use at most 250 characters",
+                ));
+            }
+            Some(k)
+        }
+        (None, None) => None,
+    };
+    prepare(state, caller, item, key).map_err(|errs| ApiError::validation(errs.into_iter().map(at).collect()))
+}
+
+fn item_problem(index: usize, problem: &ApiError) -> Value {
+    json!({ "index": index, "problem": problem.body() })
+}

@@ -1,0 +1,454 @@
+//! Accepting notifications, many at a time. A batch (a group of concurrent single POSTs, or one
+//! `POST /v1/notifications/batch`) is written in one transaction with multi-row statements: the
+//! idempotency keys, the notifications, their jobs and one wake-up. Per notification that is two
+//! rows (notification and job; a third, the key, when one was given): the `accepted` timeline
+//! event is not stored but derived from `created_at` (`notifications::first_event`).
+//!
+//! Idempotency is exact inside a batch and across concurrent batches: repeated keys inside a
+//! batch are resolved here (the first is written, the rest answer with it), and across batches
+//! the key's unique index decides, with keys inserted in index order so that two batches
+//! sharing keys wait on each other instead of deadlocking.
+//!
+//! One item's failure does not fail its neighbours: if the batch statement fails on the data,
+//! every item is written again on its own, and only the culprit gets the error.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool, Row};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::notifications::NotificationRecord;
+use super::tracking::QUEUE_CALLBACK;
+use super::{StoreError, StoreResult, WAKE_CHANNEL};
+use crate::domain::{NewNotification, NotificationId, Status, TenantId};
+
+/// One notification to accept.
+#[derive(Clone, Debug)]
+pub struct Submission {
+    pub id: NotificationId,
+    pub tenant: TenantId,
+    pub notification: NewNotification,
+    pub max_attempts: u32,
+    /// The idempotency key and the hash of the request it came with.
+    pub idempotency: Option<(String, Vec<u8>)>,
+    pub received_at: OffsetDateTime,
+}
+
+impl Submission {
+    pub fn new(
+        tenant: TenantId,
+        notification: NewNotification,
+        max_attempts: u32,
+        idempotency: Option<(String, Vec<u8>)>,
+    ) -> Self {
+        Submission {
+            id: NotificationId::new(),
+            tenant,
+            notification,
+            max_attempts,
+            idempotency,
+            received_at: OffsetDateTime::now_utc(),
+        }
+    }
+
+    fn scheduled(&self) -> bool {
+        self.notification.send_at.is_some_and(|t| t > self.received_at)
+    }
+
+    fn record(&self, status: Status) -> StoreResult<NotificationRecord> {
+        let n = &self.notification;
+        Ok(NotificationRecord {
+            id: self.id,
+            tenant_id: self.tenant,
+            channel: n.channel,
+            to: n.to.to_json(),
+            content: content_json(n)?,
+            status,
+            priority: n.priority,
+            tags: n.tags.clone(),
+            metadata: Value::Object(n.metadata.clone()),
+            callback_url: n.callback_url.clone(),
+            attempts: 0,
+            provider: None,
+            provider_message_id: None,
+            last_error: None,
+            send_at: n.send_at,
+            expires_at: n.expires_at,
+            next_attempt_at: None,
+            created_at: self.received_at,
+            updated_at: self.received_at,
+        })
+    }
+}
+
+fn content_json(n: &NewNotification) -> StoreResult<Value> {
+    serde_json::to_value(&n.content).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// The outcome of one submission.
+#[derive(Debug)]
+pub enum Accepted {
+    /// Newly stored (`status` is `queued`, `scheduled` or, for a suppressed recipient,
+    /// `suppressed`; `suppressed_reason` says why).
+    Created { record: Box<NotificationRecord>, suppressed_reason: Option<String> },
+    /// The idempotency key was used before with the same request: the original.
+    Replayed { id: NotificationId, status: Option<Status> },
+    /// The idempotency key was used before with a different request.
+    KeyConflict,
+}
+
+/// What a key stands for: the request hash stored with it, its notification and that
+/// notification's status.
+type KeyUse = (Vec<u8>, NotificationId, Option<Status>);
+
+/// Where a submission's answer comes from.
+enum Plan {
+    /// Written in this batch (new, or its key's first use in the batch).
+    Write,
+    /// Its key was used by an earlier item of this batch: answered like that item.
+    SameKeyAs(usize),
+}
+
+/// Accept `items`, all in one transaction. One result per item, in order. `notify` sends a
+/// wake-up (one per commit, whatever the batch size) when any new job is due now.
+pub async fn accept_batch(pool: &PgPool, items: &[Submission], notify: bool) -> Vec<StoreResult<Accepted>> {
+    match try_batch(pool, items, notify).await {
+        Ok(results) => results,
+        // The data of some item was refused: find it by writing each on its own.
+        Err(StoreError::Db(sqlx::Error::Database(_))) if items.len() > 1 => {
+            let mut results = Vec::with_capacity(items.len());
+            for item in items {
+                let one = try_batch(pool, std::slice::from_ref(item), notify).await;
+                results.push(one.and_then(|mut r| r.pop().unwrap_or_else(|| Err(lost()))));
+            }
+            results
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            tracing::error!(error = %msg, items = items.len(), "accepting a batch failed");
+            let mut results: Vec<StoreResult<Accepted>> = vec![Err(e)];
+            results.extend(items.iter().skip(1).map(|_| Err(StoreError::Unavailable(msg.clone()))));
+            results
+        }
+    }
+}
+
+fn lost() -> StoreError {
+    StoreError::Corrupt("a batch result is missing".into())
+}
+
+async fn try_batch(pool: &PgPool, items: &[Submission], notify: bool) -> StoreResult<Vec<StoreResult<Accepted>>> {
+    // Repeated keys inside the batch: the first use is written, the others follow it.
+    let mut first_use: HashMap<(Uuid, &str), usize> = HashMap::new();
+    let plans: Vec<Plan> = items
+        .iter()
+        .enumerate()
+        .map(|(i, s)| match &s.idempotency {
+            Some((key, _)) => match first_use.entry((s.tenant.as_uuid(), key.as_str())) {
+                std::collections::hash_map::Entry::Occupied(e) => Plan::SameKeyAs(*e.get()),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(i);
+                    Plan::Write
+                }
+            },
+            None => Plan::Write,
+        })
+        .collect();
+    let keyed: Vec<usize> = items
+        .iter()
+        .enumerate()
+        .filter(|(i, s)| s.idempotency.is_some() && matches!(plans[*i], Plan::Write))
+        .map(|(i, _)| i)
+        .collect();
+
+    // Items to write: first uses of keys not taken before, and items without a key.
+    let to_write = |earlier: &HashMap<usize, _>| -> Vec<&Submission> {
+        items
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| matches!(plans[*i], Plan::Write) && !earlier.contains_key(i))
+            .map(|(_, s)| s)
+            .collect()
+    };
+    // For keys used before (by another request): (stored hash, original id, its status).
+    let (earlier, written) = if keyed.is_empty() {
+        // One statement is atomic on its own: no transaction needed.
+        let mut conn = pool.acquire().await?;
+        let earlier = HashMap::new();
+        let written = insert(&mut conn, &to_write(&earlier), notify).await?;
+        (earlier, written)
+    } else {
+        let mut tx = pool.begin().await?;
+        let earlier = claim_keys(&mut tx, items, &keyed).await?;
+        let written = insert(&mut tx, &to_write(&earlier), notify).await?;
+        tx.commit().await?;
+        (earlier, written)
+    };
+
+    // Answers, in item order. A later use of a key answers like its first use: with the same
+    // notification when the body is the same, else a conflict.
+    let mut results: Vec<StoreResult<Accepted>> = Vec::with_capacity(items.len());
+    // The hash a key now stands for, and its notification, by first-use index.
+    let mut stands_for: HashMap<usize, KeyUse> = HashMap::new();
+    for (i, s) in items.iter().enumerate() {
+        let hash = s.idempotency.as_ref().map(|(_, h)| h.as_slice()).unwrap_or_default();
+        let result = match plans[i] {
+            Plan::Write => match earlier.get(&i) {
+                Some((stored, id, status)) => {
+                    stands_for.insert(i, (stored.clone(), *id, *status));
+                    Ok(if stored.as_slice() == hash {
+                        Accepted::Replayed { id: *id, status: *status }
+                    } else {
+                        Accepted::KeyConflict
+                    })
+                }
+                None => match written.get(&s.id) {
+                    Some((status, reason)) => {
+                        stands_for.insert(i, (hash.to_vec(), s.id, Some(*status)));
+                        s.record(*status)
+                            .map(|r| Accepted::Created { record: Box::new(r), suppressed_reason: reason.clone() })
+                    }
+                    None => Err(lost()),
+                },
+            },
+            Plan::SameKeyAs(first) => match stands_for.get(&first) {
+                Some((stored, id, status)) if stored.as_slice() == hash => {
+                    Ok(Accepted::Replayed { id: *id, status: *status })
+                }
+                Some(_) => Ok(Accepted::KeyConflict),
+                None => Err(lost()),
+            },
+        };
+        results.push(result);
+    }
+    Ok(results)
+}
+
+/// Insert the batch's first uses of keys, in index order; return, by item index, the keys
+/// that were taken already (by a committed request, or one that committed while we waited).
+async fn claim_keys(
+    conn: &mut PgConnection,
+    items: &[Submission],
+    keyed: &[usize],
+) -> StoreResult<HashMap<usize, KeyUse>> {
+    let (mut tenants, mut keys, mut hashes, mut ids) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for &i in keyed {
+        let s = &items[i];
+        let (key, hash) = s.idempotency.as_ref().ok_or_else(lost)?;
+        tenants.push(s.tenant.as_uuid());
+        keys.push(key.as_str());
+        hashes.push(hash.as_slice());
+        ids.push(s.id.as_uuid());
+    }
+    let inserted: Vec<(Uuid, String)> = sqlx::query_as(
+        "INSERT INTO idempotency_keys (tenant_id, key, request_hash, notification_id)
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::uuid[]) AS k(t, key, h, n)
+         ORDER BY t, key
+         ON CONFLICT (tenant_id, key) DO NOTHING
+         RETURNING tenant_id, key",
+    )
+    .bind(&tenants)
+    .bind(&keys)
+    .bind(&hashes)
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    if inserted.len() == keyed.len() {
+        return Ok(HashMap::new());
+    }
+    let inserted: std::collections::HashSet<(Uuid, &str)> = inserted.iter().map(|(t, k)| (*t, k.as_str())).collect();
+    let taken: Vec<usize> =
+        keyed.iter().copied().filter(|&i| !inserted.contains(&(tenants_of(items, i), key_of(items, i)))).collect();
+    // A new statement, so a new snapshot: it sees the rows that made our inserts conflict.
+    let rows = sqlx::query(
+        "SELECT k.tenant_id, k.key, k.request_hash, k.notification_id, n.status
+         FROM unnest($1::uuid[], $2::text[]) AS q(t, key)
+         JOIN idempotency_keys k ON k.tenant_id = q.t AND k.key = q.key
+         LEFT JOIN notifications n ON n.id = k.notification_id",
+    )
+    .bind(taken.iter().map(|&i| tenants_of(items, i)).collect::<Vec<_>>())
+    .bind(taken.iter().map(|&i| key_of(items, i)).collect::<Vec<_>>())
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut found: HashMap<(Uuid, String), KeyUse> = HashMap::new();
+    for r in rows {
+        let status: Option<String> = r.try_get("status")?;
+        found.insert(
+            (r.try_get("tenant_id")?, r.try_get("key")?),
+            (
+                r.try_get("request_hash")?,
+                NotificationId::from_uuid(r.try_get("notification_id")?),
+                status.as_deref().and_then(Status::parse),
+            ),
+        );
+    }
+    taken
+        .into_iter()
+        .map(|i| {
+            let k = (tenants_of(items, i), key_of(items, i).to_owned());
+            // Gone between the two statements (pruned): rare; the client may simply retry.
+            let v = found.remove(&k).ok_or_else(|| {
+                StoreError::Unavailable("an idempotency key changed while it was being used; retry".into())
+            })?;
+            Ok((i, v))
+        })
+        .collect()
+}
+
+fn tenants_of(items: &[Submission], i: usize) -> Uuid {
+    items[i].tenant.as_uuid()
+}
+
+fn key_of(items: &[Submission], i: usize) -> &str {
+    items[i].idempotency.as_ref().map(|(k, _)| k.as_str()).unwrap_or_default()
+}
+
+/// The multi-row write: notifications, jobs (none for suppressed recipients, whose `suppressed`
+/// event and status callback are written instead), and one wake-up. Returns, by id, the
+/// status each was stored with and, when suppressed, why.
+async fn insert(
+    conn: &mut PgConnection,
+    items: &[&Submission],
+    notify: bool,
+) -> StoreResult<HashMap<NotificationId, (Status, Option<String>)>> {
+    if items.is_empty() {
+        return Ok(HashMap::new());
+    }
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH input AS (
+                 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[], $5::text[], $6::jsonb[],
+                                      $7::text[], $8::text[], $9::jsonb[], $10::jsonb[], $11::text[],
+                                      $12::timestamptz[], $13::timestamptz[], $14::timestamptz[], $15::smallint[],
+                                      $16::int[])
+                     AS i(id, tenant_id, channel, recipient, recipient_key, content, status, priority, tags,
+                          metadata, callback_url, send_at, expires_at, created_at, lane, max_attempts)
+             ), sup AS MATERIALIZED (
+                 SELECT i.id, s.reason FROM input i
+                 JOIN suppressions s ON s.tenant_id = i.tenant_id AND s.channel = i.channel
+                                    AND s.recipient = i.recipient_key
+             ), n AS (
+                 INSERT INTO notifications (id, tenant_id, channel, recipient, recipient_key, content, status,
+                                            priority, tags, metadata, callback_url, send_at, expires_at,
+                                            created_at, updated_at)
+                 SELECT i.id, i.tenant_id, i.channel, i.recipient, i.recipient_key, i.content,
+                        CASE WHEN sup.id IS NULL THEN i.status ELSE 'suppressed' END, i.priority,
+                        CASE WHEN i.tags = '[]' THEN '{{}}'::text[]
+                             ELSE ARRAY(SELECT jsonb_array_elements_text(i.tags)) END,
+                        i.metadata, i.callback_url, i.send_at, i.expires_at, i.created_at, i.created_at
+                 FROM input i LEFT JOIN sup ON sup.id = i.id
+                 RETURNING id, tenant_id, status, callback_url
+             ), ev AS (
+                 INSERT INTO notification_events (notification_id, at, type, status, detail)
+                 SELECT i.id, i.created_at, 'suppressed', 'suppressed', jsonb_build_object('reason', sup.reason)
+                 FROM sup JOIN input i ON i.id = sup.id
+             ), j AS (
+                 INSERT INTO jobs (notification_id, queue, priority, run_at, max_attempts)
+                 SELECT i.id, i.channel, i.lane, coalesce(i.send_at, i.created_at), i.max_attempts
+                 FROM input i WHERE NOT EXISTS (SELECT 1 FROM sup WHERE sup.id = i.id)
+                 RETURNING run_at
+             ), upd AS (
+                 SELECT id, tenant_id, status, callback_url FROM n WHERE status = 'suppressed'
+             ){QUEUE_CALLBACK}, wake AS (
+                 SELECT pg_notify($17, '') WHERE $18 AND EXISTS (SELECT 1 FROM j WHERE run_at <= now())
+             )
+             SELECT n.id, n.status, sup.reason, (SELECT count(*) FROM wake) AS woke
+             FROM n LEFT JOIN sup ON sup.id = n.id"
+        )
+    });
+    let len = items.len();
+    let mut cols = Columns::with_capacity(len);
+    for s in items {
+        let n = &s.notification;
+        cols.id.push(s.id.as_uuid());
+        cols.tenant.push(s.tenant.as_uuid());
+        cols.channel.push(n.channel.as_str());
+        cols.recipient.push(n.to.to_json());
+        cols.recipient_key.push(n.to.key());
+        cols.content.push(content_json(n)?);
+        cols.status.push(if s.scheduled() { Status::Scheduled } else { Status::Queued }.as_str());
+        cols.priority.push(n.priority.as_str());
+        cols.tags.push(Value::from(n.tags.clone()));
+        cols.metadata.push(Value::Object(n.metadata.clone()));
+        cols.callback_url.push(n.callback_url.clone());
+        cols.send_at.push(n.send_at);
+        cols.expires_at.push(n.expires_at);
+        cols.created_at.push(s.received_at);
+        cols.lane.push(n.priority.lane());
+        cols.max_attempts.push(i32::try_from(s.max_attempts).unwrap_or(i32::MAX));
+    }
+    let rows = sqlx::query(sqlx::AssertSqlSafe(SQL.as_str()))
+        .bind(cols.id)
+        .bind(cols.tenant)
+        .bind(cols.channel)
+        .bind(cols.recipient)
+        .bind(cols.recipient_key)
+        .bind(cols.content)
+        .bind(cols.status)
+        .bind(cols.priority)
+        .bind(cols.tags)
+        .bind(cols.metadata)
+        .bind(cols.callback_url)
+        .bind(cols.send_at)
+        .bind(cols.expires_at)
+        .bind(cols.created_at)
+        .bind(cols.lane)
+        .bind(cols.max_attempts)
+        .bind(WAKE_CHANNEL)
+        .bind(notify)
+        .fetch_all(conn)
+        .await?;
+    let mut out = HashMap::with_capacity(len);
+    for r in rows {
+        let status: String = r.try_get("status")?;
+        let status = Status::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("status {status}")))?;
+        out.insert(NotificationId::from_uuid(r.try_get("id")?), (status, r.try_get("reason")?));
+    }
+    Ok(out)
+}
+
+/// The batch as columns, for `unnest`.
+struct Columns {
+    id: Vec<Uuid>,
+    tenant: Vec<Uuid>,
+    channel: Vec<&'static str>,
+    recipient: Vec<Value>,
+    recipient_key: Vec<String>,
+    content: Vec<Value>,
+    status: Vec<&'static str>,
+    priority: Vec<&'static str>,
+    tags: Vec<Value>,
+    metadata: Vec<Value>,
+    callback_url: Vec<Option<String>>,
+    send_at: Vec<Option<OffsetDateTime>>,
+    expires_at: Vec<Option<OffsetDateTime>>,
+    created_at: Vec<OffsetDateTime>,
+    lane: Vec<i16>,
+    max_attempts: Vec<i32>,
+}
+
+impl Columns {
+    fn with_capacity(n: usize) -> Self {
+        Columns {
+            id: Vec::with_capacity(n),
+            tenant: Vec::with_capacity(n),
+            channel: Vec::with_capacity(n),
+            recipient: Vec::with_capacity(n),
+            recipient_key: Vec::with_capacity(n),
+            content: Vec::with_capacity(n),
+            status: Vec::with_capacity(n),
+            priority: Vec::with_capacity(n),
+            tags: Vec::with_capacity(n),
+            metadata: Vec::with_capacity(n),
+            callback_url: Vec::with_capacity(n),
+            send_at: Vec::with_capacity(n),
+            expires_at: Vec::with_capacity(n),
+            created_at: Vec::with_capacity(n),
+            lane: Vec::with_capacity(n),
+            max_attempts: Vec::with_capacity(n),
+        }
+    }
+}

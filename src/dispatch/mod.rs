@@ -14,13 +14,14 @@ pub mod callbacks;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::FutureExt;
 use serde::Serialize;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
+use sqlx::postgres::{PgListener, PgPoolOptions};
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -28,14 +29,16 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use crate::batching::{Coalescer, Limits};
 use crate::config::{CallbackSettings, DispatchSettings, RetentionSettings, Settings};
+use crate::domain::Channel;
 use crate::domain::recipient::check_endpoint;
 use crate::domain::retry::{Decision, RetryPolicy};
-use crate::domain::{Content, Recipient, Status};
+use crate::domain::{Content, Priority, Recipient, Status};
 use crate::providers::http::ensure_public;
 use crate::providers::resilience::{Admit, Health};
 use crate::providers::{OutboundMessage, ProviderError, Registry};
-use crate::store::tracking::{self, Applied, ClaimedCallback, ClaimedJob, Lease};
+use crate::store::tracking::{self, Applied, Claimed, ClaimedCallback, ClaimedJob, Completion, Lane, Lease};
 use crate::store::{StoreError, WAKE_CHANNEL};
 use crate::store::{notifications, suppressions};
 use crate::views::NotificationView;
@@ -106,6 +109,11 @@ pub struct Dispatcher {
 
 struct Inner {
     pool: PgPool,
+    /// Outcomes of concurrent sends, written together (`tracking::complete`).
+    completions: Coalescer<Completion, Result<Applied, StoreError>>,
+    /// Sends claimed and not yet finished, by channel (`Channel::index`): a paced channel is
+    /// not handed more than its providers admit within a lease.
+    in_flight: [AtomicUsize; 3],
     registry: Arc<Registry>,
     settings: DispatchSettings,
     retention: RetentionSettings,
@@ -113,12 +121,6 @@ struct Inner {
     /// For status callbacks: never follows redirects (a 3xx is a failed delivery).
     http: reqwest::Client,
     worker_id: String,
-}
-
-/// One unit of claimed work.
-enum Work {
-    Send(ClaimedJob),
-    Callback(ClaimedCallback),
 }
 
 impl Dispatcher {
@@ -129,9 +131,34 @@ impl Dispatcher {
             .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
             .build()
             .unwrap_or_default();
+        let writer_pool = pool.clone();
+        let completions = Coalescer::new(
+            // Two writers: one gathers outcomes while the other's statement runs.
+            Limits { max_items: 500, max_writers: 2, linger: Duration::ZERO },
+            move |items: Vec<Completion>| {
+                let pool = writer_pool.clone();
+                async move {
+                    let res = async {
+                        let mut conn = pool.acquire().await?;
+                        tracking::complete(&mut conn, &items).await
+                    }
+                    .await;
+                    match res {
+                        Ok(applied) => applied.into_iter().map(Ok).collect(),
+                        // Each caller retries on its own (`with_retries`), in a later batch.
+                        Err(e) => {
+                            let msg = e.to_string();
+                            items.iter().map(|_| Err(StoreError::Unavailable(msg.clone()))).collect()
+                        }
+                    }
+                }
+            },
+        );
         Self {
             inner: Arc::new(Inner {
                 pool,
+                completions,
+                in_flight: Default::default(),
                 registry,
                 settings: settings.dispatch.clone(),
                 retention: settings.retention.clone(),
@@ -225,7 +252,7 @@ impl Dispatcher {
                     warn!(error = %e, "lease rescue failed");
                 }
                 self.prune().await;
-                wake.reconnect_if_lost(&self.inner.pool).await;
+                wake.reconnect_if_lost().await;
                 next_rescue = Instant::now() + rescue_every;
             }
 
@@ -300,18 +327,32 @@ impl Dispatcher {
         Ok(n)
     }
 
-    /// Claim sends, then status callbacks with the slots left.
-    async fn claim_batch(&self, limit: usize) -> Result<Vec<Work>, StoreError> {
-        let mut conn = self.inner.pool.acquire().await?;
+    /// Claim up to `limit` jobs, shared fairly between the lanes (`tracking::claim`). A channel
+    /// whose every provider is paced gets no more than they admit within a lease, less what
+    /// it already has in flight.
+    async fn claim_batch(&self, limit: usize) -> Result<Vec<Claimed>, StoreError> {
         let lease = self.inner.settings.lease();
-        let worker = &self.inner.worker_id;
-        let mut work: Vec<Work> =
-            tracking::claim(&mut conn, limit as i64, lease, worker).await?.into_iter().map(Work::Send).collect();
-        if work.len() < limit {
-            let left = (limit - work.len()) as i64;
-            work.extend(
-                tracking::claim_callbacks(&mut conn, left, lease, worker).await?.into_iter().map(Work::Callback),
-            );
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut lanes = Vec::with_capacity(10);
+        for p in Priority::ALL {
+            for c in Channel::ALL {
+                let cap = match self.inner.registry.admits_within(c, lease) {
+                    Some(admits) => {
+                        let busy = self.inner.in_flight[c.index()].load(Ordering::Relaxed);
+                        i64::try_from(admits.saturating_sub(busy)).unwrap_or(0).min(limit)
+                    }
+                    None => limit,
+                };
+                lanes.push(Lane::send(c, p, cap));
+            }
+        }
+        lanes.push(Lane::callbacks(limit));
+        let mut conn = self.inner.pool.acquire().await?;
+        let work = tracking::claim(&mut conn, &lanes, limit, lease, &self.inner.worker_id).await?;
+        for w in &work {
+            if let Claimed::Send(job) = w {
+                self.inner.in_flight[job.channel.index()].fetch_add(1, Ordering::Relaxed);
+            }
         }
         if !work.is_empty() {
             debug!(claimed = work.len(), "claimed jobs");
@@ -319,10 +360,15 @@ impl Dispatcher {
         Ok(work)
     }
 
-    async fn process_work(&self, work: Work, deadline: Option<Instant>) -> Outcome {
+    async fn process_work(&self, work: Claimed, deadline: Option<Instant>) -> Outcome {
         match work {
-            Work::Send(job) => self.process(job, deadline).await,
-            Work::Callback(cb) => {
+            Claimed::Send(job) => {
+                let channel = job.channel;
+                let outcome = self.process(job, deadline).await;
+                self.inner.in_flight[channel.index()].fetch_sub(1, Ordering::Relaxed);
+                outcome
+            }
+            Claimed::Callback(cb) => {
                 let span = info_span!("callback", notification.id = %cb.notification_id, attempt = cb.attempt);
                 self.deliver_callback(cb, deadline).instrument(span).await
             }
@@ -555,14 +601,11 @@ impl Dispatcher {
                 if let Some(id) = &accepted.provider_message_id {
                     detail.insert("provider_message_id".into(), json!(id));
                 }
-                let pmid = accepted.provider_message_id.as_deref();
-                let res = self
-                    .with_retries(|| async {
-                        let mut conn = self.inner.pool.acquire().await?;
-                        tracking::mark_sent(&mut conn, lease, provider.name(), pmid, Value::Object(detail.clone()))
-                            .await
-                    })
-                    .await;
+                let outcome = tracking::Outcome::Sent {
+                    provider: provider.name().to_owned(),
+                    provider_message_id: accepted.provider_message_id,
+                };
+                let res = self.complete(Completion { lease, outcome, detail: Value::Object(detail) }).await;
                 match res {
                     Ok(Applied::Yes) => {
                         info!(provider = provider.name(), "sent");
@@ -642,14 +685,13 @@ impl Dispatcher {
                     return self.finish(lease, Status::Expired, "attempt", provider, &msg, detail).await;
                 }
                 info!(provider, class = failure.class(), error = %failure, delay_ms = delay.as_millis() as u64, "will retry");
-                let res = self
-                    .with_retries(|| async {
-                        let mut conn = self.inner.pool.acquire().await?;
-                        let error = failure.to_string();
-                        tracking::mark_retrying(&mut conn, lease, provider, delay, next_route, &error, detail.clone())
-                            .await
-                    })
-                    .await;
+                let outcome = tracking::Outcome::Retrying {
+                    provider: provider.map(str::to_owned),
+                    delay,
+                    next_route,
+                    error: failure.to_string(),
+                };
+                let res = self.complete(Completion { lease, outcome, detail }).await;
                 match res {
                     Ok(Applied::Yes) => Outcome::Retried,
                     Ok(Applied::Fenced) => fenced(),
@@ -668,18 +710,28 @@ impl Dispatcher {
         error: &str,
         detail: Value,
     ) -> Outcome {
-        let res = self
-            .with_retries(|| async {
-                let mut conn = self.inner.pool.acquire().await?;
-                tracking::mark_finished(&mut conn, lease, status, event, provider, error, detail.clone()).await
-            })
-            .await;
+        debug_assert!(matches!(status, Status::Failed | Status::Expired | Status::Suppressed));
+        let outcome = tracking::Outcome::Finished {
+            status,
+            event: event.to_owned(),
+            provider: provider.map(str::to_owned),
+            error: error.to_owned(),
+        };
+        let res = self.complete(Completion { lease, outcome, detail }).await;
         match res {
             Ok(Applied::Yes) if status == Status::Expired => Outcome::Expired,
             Ok(Applied::Yes) => Outcome::Failed,
             Ok(Applied::Fenced) => fenced(),
             Err(e) => unrecorded(&e),
         }
+    }
+
+    /// Record an outcome, written together with the outcomes of concurrent sends.
+    async fn complete(&self, c: Completion) -> Result<Applied, StoreError> {
+        self.with_retries(|| async {
+            self.inner.completions.submit(c.clone()).await.map_err(|e| StoreError::Unavailable(e.to_string()))?
+        })
+        .await
     }
 
     /// Recording an outcome is worth a few tries: giving up means the job is rescued and sent
@@ -740,23 +792,27 @@ fn hostname() -> String {
 }
 
 /// Wake-ups from `LISTEN`. Only a hint: when the listener is off or lost, polling carries on.
+/// The listener has a connection of its own (a one-connection pool), so it never holds one of
+/// the connections that claims and completions need.
 struct Wake {
     listener: Option<PgListener>,
+    pool: PgPool,
     enabled: bool,
 }
 
 impl Wake {
     async fn new(pool: &PgPool, enabled: bool) -> Self {
-        let mut w = Wake { listener: None, enabled };
-        w.reconnect_if_lost(pool).await;
+        let own = PgPoolOptions::new().max_connections(1).connect_lazy_with((*pool.connect_options()).clone());
+        let mut w = Wake { listener: None, pool: own, enabled };
+        w.reconnect_if_lost().await;
         w
     }
 
-    async fn reconnect_if_lost(&mut self, pool: &PgPool) {
+    async fn reconnect_if_lost(&mut self) {
         if !self.enabled || self.listener.is_some() {
             return;
         }
-        match PgListener::connect_with(pool).await {
+        match PgListener::connect_with(&self.pool).await {
             Ok(mut l) => match l.listen(WAKE_CHANNEL).await {
                 Ok(()) => self.listener = Some(l),
                 Err(e) => warn!(error = %e, "LISTEN failed; polling only"),
@@ -765,13 +821,17 @@ impl Wake {
         }
     }
 
+    /// Wait for a wake-up, then take every other one already received: one claim answers
+    /// them all (accepting sends at most one per commit, but many commits may be waiting).
     async fn notified(&mut self) {
         match &mut self.listener {
             Some(l) => {
                 if let Err(e) = l.recv().await {
                     warn!(error = %e, "LISTEN connection lost; polling until it is back");
                     self.listener = None;
+                    return;
                 }
+                while l.next_buffered().is_some() {}
             }
             None => std::future::pending().await,
         }

@@ -33,6 +33,15 @@ impl Channel {
     pub fn parse(s: &str) -> Option<Channel> {
         Channel::ALL.into_iter().find(|c| c.as_str() == s)
     }
+
+    /// The position in `ALL`, for per-channel arrays.
+    pub fn index(self) -> usize {
+        match self {
+            Channel::Email => 0,
+            Channel::Sms => 1,
+            Channel::Push => 2,
+        }
+    }
 }
 
 impl std::fmt::Display for Channel {

@@ -180,6 +180,17 @@ impl Registry {
         self.route(channel).iter().filter(|r| r.provider.accepts(to)).cloned().collect()
     }
 
+    /// How many sends a channel's providers admit within most of `lease` (sends must finish
+    /// inside it) when every one of them is paced by a rate; `None` when any is unpaced.
+    pub fn admits_within(&self, channel: Channel, lease: Duration) -> Option<usize> {
+        let window = lease.mul_f64(0.8);
+        let routes = self.route(channel);
+        if routes.is_empty() {
+            return None;
+        }
+        routes.iter().map(|r| r.pacer.admits_within(window)).sum()
+    }
+
     /// Every route of a channel (empty when none is configured).
     pub fn route(&self, channel: Channel) -> &[Arc<Route>] {
         self.routes.get(channel.as_str()).map(Vec::as_slice).unwrap_or(&[])

@@ -128,6 +128,11 @@ impl Pacer {
         }
     }
 
+    /// How many sends this pacer lets through in `window` when it has a rate (`None`: no rate).
+    pub fn admits_within(&self, window: Duration) -> Option<usize> {
+        self.interval.map(|i| (window.as_secs_f64() / i.as_secs_f64()).floor() as usize)
+    }
+
     pub fn is_limited(&self) -> bool {
         self.in_flight.is_some() || self.interval.is_some()
     }

@@ -9,7 +9,7 @@ use herald::domain::notification::ParseOptions;
 use herald::domain::{NewNotification, Status};
 use herald::store::ingest::{self, Accepted, Submission};
 use herald::store::keys::Scope;
-use herald::store::tracking::{self, Applied, Lease};
+use herald::store::tracking::{self, Applied, Completion, Lane, Lease, Outcome};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -169,7 +169,7 @@ async fn a_fenced_retry_cannot_requeue_a_newer_claim() {
     let id: NotificationId =
         t.post(&key, email("x@example.com", "x")).await.body["id"].as_str().expect("id").parse().expect("id");
     let mut conn = t.pool().acquire().await.expect("conn");
-    let first = tracking::claim(&mut conn, 10, Duration::from_secs(60), "a").await.expect("claim");
+    let first = tracking::claim(&mut conn, &Lane::all(10), 10, Duration::from_secs(60), "a").await.expect("claim");
     assert_eq!(first.len(), 1);
     // Force the lease to lapse, rescue, and claim again with a new token.
     sqlx::query("UPDATE jobs SET leased_until = now() - interval '1 second'")
@@ -177,8 +177,8 @@ async fn a_fenced_retry_cannot_requeue_a_newer_claim() {
         .await
         .expect("expire");
     assert_eq!(tracking::rescue_expired(t.pool(), 100).await.expect("rescue"), 1);
-    let second = tracking::claim(&mut conn, 10, Duration::from_secs(60), "b").await.expect("claim");
-    assert_eq!(second[0].lease_token, first[0].lease_token + 1);
+    let second = tracking::claim(&mut conn, &Lane::all(10), 10, Duration::from_secs(60), "b").await.expect("claim");
+    assert_eq!(second[0].lease().token, first[0].lease().token + 1);
     let stale = first[0].lease();
     let r = tracking::mark_retrying(&mut conn, stale, Some("mail"), Duration::from_millis(1), 0, "late", json!({}))
         .await
@@ -190,10 +190,80 @@ async fn a_fenced_retry_cannot_requeue_a_newer_claim() {
     assert_eq!(r, Applied::Fenced);
     let (state, token): (String, i64) =
         sqlx::query_as("SELECT state, lease_token FROM jobs").fetch_one(&mut *conn).await.expect("job");
-    assert_eq!((state.as_str(), token), ("running", second[0].lease_token));
+    assert_eq!((state.as_str(), token), ("running", second[0].lease().token));
     let current = tracking::mark_sent(&mut conn, second[0].lease(), "mail", None, json!({})).await.expect("sent");
     assert_eq!(current, Applied::Yes);
     assert_eq!(t.notification(&key, &id.to_string()).await["status"], "sent");
+}
+
+/// One statement records many outcomes, each fenced on its own row: a stale lease in the batch
+/// changes nothing of its job while its neighbours are applied.
+#[tokio::test]
+async fn batched_completions_are_fenced_row_by_row() {
+    let t = TestApp::spawn().await;
+    let key = t.key("acme", SEND_READ).await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(
+            t.post(&key, email(&format!("b{i}@example.com"), "x")).await.body["id"].as_str().expect("id").to_owned(),
+        );
+    }
+    let mut conn = t.pool().acquire().await.expect("conn");
+    let claimed = tracking::claim(&mut conn, &Lane::all(10), 10, Duration::from_secs(60), "a").await.expect("claim");
+    assert_eq!(claimed.len(), 4);
+    let leases: Vec<Lease> = claimed.iter().map(|c| c.lease()).collect();
+    let stale = Lease { token: leases[3].token - 1, ..leases[3] };
+    let batch = vec![
+        Completion {
+            lease: leases[0],
+            outcome: Outcome::Sent { provider: "mail".into(), provider_message_id: Some("<m0>".into()) },
+            detail: json!({"attempt": 1}),
+        },
+        Completion {
+            lease: leases[1],
+            outcome: Outcome::Retrying {
+                provider: Some("mail".into()),
+                delay: Duration::from_secs(30),
+                next_route: 0,
+                error: "busy".into(),
+            },
+            detail: json!({"attempt": 1, "error_class": "transient"}),
+        },
+        Completion {
+            lease: leases[2],
+            outcome: Outcome::Finished {
+                status: Status::Failed,
+                event: "attempt".into(),
+                provider: Some("mail".into()),
+                error: "550".into(),
+            },
+            detail: json!({"attempt": 1, "error_class": "permanent"}),
+        },
+        Completion {
+            lease: stale,
+            outcome: Outcome::Sent { provider: "mail".into(), provider_message_id: None },
+            detail: json!({"attempt": 1}),
+        },
+    ];
+    let applied = tracking::complete(&mut conn, &batch).await.expect("complete");
+    assert_eq!(applied, vec![Applied::Yes, Applied::Yes, Applied::Yes, Applied::Fenced]);
+    // Claim order is not post order: name each notification by its lease.
+    let by_id = |i: usize| leases[i].notification_id.to_string();
+    assert!((0..4).all(|i| ids.contains(&by_id(i))));
+    let n0 = t.notification(&key, &by_id(0)).await;
+    assert_eq!((n0["status"].as_str(), n0["provider_message_id"].as_str()), (Some("sent"), Some("<m0>")));
+    let n1 = t.notification(&key, &by_id(1)).await;
+    assert_eq!(n1["status"], "retrying");
+    assert!(n1["next_attempt_at"].is_string());
+    assert!(n1["events"][1]["detail"]["next_attempt_at"].is_string(), "{n1}");
+    assert_eq!(t.notification(&key, &by_id(2)).await["status"], "failed");
+    let n3 = t.notification(&key, &by_id(3)).await;
+    assert_eq!(n3["status"], "sending", "the stale lease changed nothing");
+    assert_eq!(n3["events"][1]["detail"]["fenced"], true);
+    // Jobs: the sent and failed ones are gone, the retrying one waits, the fenced one is held.
+    let jobs: Vec<(String,)> =
+        sqlx::query_as("SELECT state FROM jobs ORDER BY id").fetch_all(&mut *conn).await.expect("jobs");
+    assert_eq!(jobs, vec![("available".to_owned(),), ("running".to_owned(),)]);
 }
 
 #[tokio::test]

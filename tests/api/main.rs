@@ -1,6 +1,7 @@
 //! Integration tests: one binary (link once), real PostgreSQL, real sockets.
 
 mod dispatch;
+mod fairness;
 mod fake_http;
 mod fake_smtp;
 mod helpers;

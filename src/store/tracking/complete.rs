@@ -1,0 +1,214 @@
+//! Recording the outcomes of sends, many in one statement. Each outcome is fenced on its own
+//! row: it applies only while its job is still `running` under the lease token it was claimed
+//! with, and its status change only from the statuses the status machine allows. A fenced
+//! outcome changes nothing but is still kept in the timeline, marked `fenced`.
+//!
+//! The dispatcher gathers the outcomes of concurrent sends (`batching`) and writes them with
+//! `complete`; `mark_sent`, `mark_retrying` and `mark_finished` are the one-outcome forms.
+
+use std::collections::HashSet;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::PgConnection;
+
+use super::{Applied, Lease, QUEUE_CALLBACK};
+use crate::domain::Status;
+use crate::store::StoreResult;
+
+/// What became of one claimed send.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    /// The provider accepted the message.
+    Sent { provider: String, provider_message_id: Option<String> },
+    /// A transient failure: due again after `delay`, the next attempt starting from provider
+    /// `next_route` of the channel's list (failover).
+    Retrying { provider: Option<String>, delay: Duration, next_route: i32, error: String },
+    /// The end without a send: `failed`, `expired` or `suppressed`; `event` is the timeline
+    /// entry (`attempt` when a provider was called).
+    Finished { status: Status, event: String, provider: Option<String>, error: String },
+}
+
+/// One outcome with its lease and the detail of its timeline event.
+#[derive(Clone, Debug)]
+pub struct Completion {
+    pub lease: Lease,
+    pub outcome: Outcome,
+    pub detail: Value,
+}
+
+/// Write `items` in one statement; one `Applied` per item, in order.
+pub async fn complete(conn: &mut PgConnection, items: &[Completion]) -> StoreResult<Vec<Applied>> {
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH input AS (
+                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::uuid[], $4::text[], $5::text[], $6::text[],
+                                      $7::text[], $8::text[], $9::float8[], $10::int[], $11::jsonb[], $12::text[])
+                     AS i(job_id, token, nid, status, event, provider, pmid, error, delay, next_route, detail, sources)
+             ), done AS (
+                 DELETE FROM jobs j USING input i
+                 WHERE i.status <> 'retrying' AND j.id = i.job_id AND j.lease_token = i.token AND j.state = 'running'
+                 RETURNING j.id, j.notification_id, j.attempt, NULL::timestamptz AS run_at
+             ), again AS (
+                 UPDATE jobs j
+                 SET state = 'available', run_at = now() + make_interval(secs => i.delay), leased_until = NULL,
+                     locked_by = NULL, route_index = i.next_route
+                 FROM input i
+                 WHERE i.status = 'retrying' AND j.id = i.job_id AND j.lease_token = i.token AND j.state = 'running'
+                 RETURNING j.id, j.notification_id, j.attempt, j.run_at
+             ), ended AS (
+                 SELECT * FROM done UNION ALL SELECT * FROM again
+             ), upd AS (
+                 UPDATE notifications n
+                 SET status = i.status, provider = coalesce(i.provider, n.provider),
+                     provider_message_id = CASE WHEN i.status = 'sent' THEN i.pmid ELSE n.provider_message_id END,
+                     attempts = e.attempt, last_error = i.error, next_attempt_at = e.run_at, updated_at = now()
+                 FROM ended e JOIN input i ON i.job_id = e.id
+                 WHERE n.id = e.notification_id AND n.status = ANY(string_to_array(i.sources, ','))
+                 RETURNING n.id, n.tenant_id, n.status, n.callback_url, n.next_attempt_at
+             ), ev AS (
+                 INSERT INTO notification_events (notification_id, type, status, provider, detail)
+                 SELECT i.nid, i.event, u.status, i.provider,
+                        CASE WHEN u.id IS NOT NULL AND i.status = 'retrying'
+                                 THEN i.detail || jsonb_build_object('next_attempt_at', u.next_attempt_at)
+                             WHEN e.id IS NOT NULL THEN i.detail
+                             ELSE i.detail || '{{\"fenced\": true}}' END
+                 FROM input i LEFT JOIN ended e ON e.id = i.job_id LEFT JOIN upd u ON u.id = i.nid
+                 ORDER BY i.job_id
+             ){QUEUE_CALLBACK}
+             SELECT id FROM ended"
+        )
+    });
+    // Rows are locked in job order, so two writers never wait on each other in a cycle.
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by_key(|&i| items[i].lease.job_id);
+    let mut cols = Columns::default();
+    for &i in &order {
+        cols.push(&items[i]);
+    }
+    let ended: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(SQL.as_str()))
+        .bind(cols.job_id)
+        .bind(cols.token)
+        .bind(cols.nid)
+        .bind(cols.status)
+        .bind(cols.event)
+        .bind(cols.provider)
+        .bind(cols.pmid)
+        .bind(cols.error)
+        .bind(cols.delay)
+        .bind(cols.next_route)
+        .bind(cols.detail)
+        .bind(cols.sources)
+        .fetch_all(conn)
+        .await?;
+    // The lease decides: a job we still held is ours to finish, whatever the status did.
+    let ended: HashSet<i64> = ended.into_iter().collect();
+    Ok(items.iter().map(|c| if ended.contains(&c.lease.job_id) { Applied::Yes } else { Applied::Fenced }).collect())
+}
+
+#[derive(Default)]
+struct Columns {
+    job_id: Vec<i64>,
+    token: Vec<i64>,
+    nid: Vec<uuid::Uuid>,
+    status: Vec<&'static str>,
+    event: Vec<String>,
+    provider: Vec<Option<String>>,
+    pmid: Vec<Option<String>>,
+    error: Vec<Option<String>>,
+    delay: Vec<f64>,
+    next_route: Vec<i32>,
+    detail: Vec<Value>,
+    sources: Vec<String>,
+}
+
+impl Columns {
+    fn push(&mut self, c: &Completion) {
+        let (status, event, provider, pmid, error, delay, next_route) = match &c.outcome {
+            Outcome::Sent { provider, provider_message_id } => {
+                (Status::Sent, "attempt", Some(provider.clone()), provider_message_id.clone(), None, 0.0, 0)
+            }
+            Outcome::Retrying { provider, delay, next_route, error } => (
+                Status::Retrying,
+                "attempt",
+                provider.clone(),
+                None,
+                Some(error.clone()),
+                delay.as_secs_f64(),
+                *next_route,
+            ),
+            Outcome::Finished { status, event, provider, error } => {
+                (*status, event.as_str(), provider.clone(), None, Some(error.clone()), 0.0, 0)
+            }
+        };
+        self.job_id.push(c.lease.job_id);
+        self.token.push(c.lease.token);
+        self.nid.push(c.lease.notification_id.as_uuid());
+        self.status.push(status.as_str());
+        self.event.push(event.to_owned());
+        self.provider.push(provider);
+        self.pmid.push(pmid);
+        self.error.push(error);
+        self.delay.push(delay);
+        self.next_route.push(next_route);
+        self.detail.push(c.detail.clone());
+        self.sources.push(Status::sources_of(status).iter().map(|s| s.as_str()).collect::<Vec<_>>().join(","));
+    }
+}
+
+async fn one(conn: &mut PgConnection, lease: Lease, outcome: Outcome, detail: Value) -> StoreResult<Applied> {
+    let applied = complete(conn, &[Completion { lease, outcome, detail }]).await?;
+    Ok(applied.into_iter().next().unwrap_or(Applied::Fenced))
+}
+
+/// The provider accepted the message.
+pub async fn mark_sent(
+    conn: &mut PgConnection,
+    lease: Lease,
+    provider: &str,
+    provider_message_id: Option<&str>,
+    detail: Value,
+) -> StoreResult<Applied> {
+    let outcome =
+        Outcome::Sent { provider: provider.to_owned(), provider_message_id: provider_message_id.map(str::to_owned) };
+    one(conn, lease, outcome, detail).await
+}
+
+/// A transient failure: see `Outcome::Retrying`.
+pub async fn mark_retrying(
+    conn: &mut PgConnection,
+    lease: Lease,
+    provider: Option<&str>,
+    delay: Duration,
+    next_route: i32,
+    error: &str,
+    detail: Value,
+) -> StoreResult<Applied> {
+    let outcome =
+        Outcome::Retrying { provider: provider.map(str::to_owned), delay, next_route, error: error.to_owned() };
+    one(conn, lease, outcome, detail).await
+}
+
+/// The end without a send: see `Outcome::Finished`.
+pub async fn mark_finished(
+    conn: &mut PgConnection,
+    lease: Lease,
+    status: Status,
+    event: &str,
+    provider: Option<&str>,
+    error: &str,
+    detail: Value,
+) -> StoreResult<Applied> {
+    debug_assert!(matches!(status, Status::Failed | Status::Expired | Status::Suppressed));
+    let outcome = Outcome::Finished {
+        status,
+        event: event.to_owned(),
+        provider: provider.map(str::to_owned),
+        error: error.to_owned(),
+    };
+    one(conn, lease, outcome, detail).await
+}

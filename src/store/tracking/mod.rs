@@ -1,0 +1,274 @@
+//! The one writer of delivery status. Every status change after acceptance — claim (`sending`),
+//! a provider's answer (`sent`, `retrying`, `failed`), expiry, cancel and lease rescue — is a
+//! statement here, guarded twice:
+//!
+//! * by the job's fencing token: a worker may finish a job only while it holds the lease it was
+//!   given (`lease_token` matches and the row is still `running`), so a worker that stalled past
+//!   its lease cannot overwrite the work of the worker that took the job back;
+//! * by the status machine: the `UPDATE notifications` only applies from the statuses that
+//!   `Status::sources_of` allows, so nothing moves backwards.
+//!
+//! Each statement is one round trip: job row, notification row and timeline event change
+//! together, jobs row first (see the lock order in `store`).
+
+pub mod claim;
+pub mod complete;
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sqlx::{PgConnection, PgPool, Row};
+
+use super::StoreResult;
+use crate::domain::{NotificationId, Status, TenantId};
+
+pub use claim::{Claimed, ClaimedCallback, ClaimedJob, Lane, claim};
+pub use complete::{Completion, Outcome, complete, mark_finished, mark_retrying, mark_sent};
+
+/// Statuses that send a status callback to the caller.
+pub const CALLBACK_STATUSES: [Status; 8] = [
+    Status::Sent,
+    Status::Delivered,
+    Status::Bounced,
+    Status::Complained,
+    Status::Failed,
+    Status::Expired,
+    Status::Cancelled,
+    Status::Suppressed,
+];
+
+/// A CTE appended to statements whose `upd` CTE returns `(id, tenant_id, status, callback_url)`
+/// for notifications whose status just changed: it queues a status callback (a `callback`
+/// job) for each that has a callback URL, its own or its tenant's. Queued in the same
+/// statement as the change, so a callback is never lost nor sent for a change that rolled back.
+pub(crate) const QUEUE_CALLBACK: &str = ", cb AS (
+             INSERT INTO jobs (notification_id, kind, queue, priority, run_at, max_attempts, payload)
+             SELECT u.id, 'callback', 'callback', 1, now(), 0,
+                    jsonb_build_object('type', 'notification.' || u.status, 'status', u.status,
+                                       'at', to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'))
+             FROM upd u JOIN tenants t ON t.id = u.tenant_id
+             WHERE coalesce(u.callback_url, t.callback_url) IS NOT NULL
+               AND u.status IN ('sent', 'delivered', 'bounced', 'complained', 'failed', 'expired', 'cancelled', 'suppressed')
+         )";
+
+/// `WITH {body}{QUEUE_CALLBACK} {tail}`, built once per statement.
+fn with_callback(body: &str, tail: &str) -> String {
+    format!("WITH {body}{QUEUE_CALLBACK} {tail}")
+}
+
+/// A fenced handle on a claimed job: what every completion needs.
+#[derive(Clone, Copy, Debug)]
+pub struct Lease {
+    pub job_id: i64,
+    pub token: i64,
+    pub notification_id: NotificationId,
+}
+
+/// The result of a fenced completion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// The lease was still ours and the status changed.
+    Yes,
+    /// The lease was lost (the job was rescued and maybe re-claimed): nothing changed but the
+    /// attempt was recorded in the timeline, marked `fenced`.
+    Fenced,
+}
+
+fn applied(n: i64) -> Applied {
+    if n > 0 { Applied::Yes } else { Applied::Fenced }
+}
+
+/// Give back a job that was claimed but not sent (shutdown, an open circuit on every
+/// provider, pacing): it is due again after `delay`, and the claim does not count as an attempt.
+pub async fn release(
+    conn: &mut PgConnection,
+    lease: Lease,
+    delay: Duration,
+    reason: Option<&str>,
+) -> StoreResult<Applied> {
+    let n: i64 = sqlx::query_scalar(
+        "WITH j AS (
+             UPDATE jobs SET state = 'available', attempt = attempt - 1, leased_until = NULL, locked_by = NULL,
+                             run_at = now() + make_interval(secs => $3)
+             WHERE id = $1 AND lease_token = $2 AND state = 'running'
+             RETURNING notification_id, run_at
+         ), upd AS (
+             UPDATE notifications n
+             SET status = 'queued', updated_at = now(), last_error = coalesce($5, n.last_error),
+                 next_attempt_at = CASE WHEN $3 > 0 THEN j.run_at END
+             FROM j WHERE n.id = j.notification_id AND n.status = ANY($4)
+             RETURNING n.id
+         )
+         SELECT count(*) FROM upd",
+    )
+    .bind(lease.job_id)
+    .bind(lease.token)
+    .bind(delay.as_secs_f64())
+    .bind(Status::sources_of(Status::Queued))
+    .bind(reason)
+    .fetch_one(conn)
+    .await?;
+    Ok(applied(n))
+}
+
+/// Take back jobs whose lease expired (their worker died or stalled). Runs under a
+/// transaction-scoped advisory lock so that many replicas do not rescue at once; returns how
+/// many jobs were rescued. The rescued row gets a new claim (and token) before anyone sends.
+pub async fn rescue_expired(pool: &PgPool, limit: i64) -> StoreResult<u64> {
+    let mut tx = pool.begin().await?;
+    let got: bool =
+        sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext('herald:rescue'))").fetch_one(&mut *tx).await?;
+    if !got {
+        return Ok(0);
+    }
+    // The UPDATE re-checks state and lease on the locked row version, so a job completed or
+    // re-claimed since the scan is left alone (River #1302).
+    let n: i64 = sqlx::query_scalar(
+        "WITH stale AS MATERIALIZED (
+             SELECT id FROM jobs WHERE state = 'running' AND leased_until < now()
+             ORDER BY id LIMIT $1
+             FOR NO KEY UPDATE SKIP LOCKED
+         ), r AS (
+             UPDATE jobs j SET state = 'available', run_at = now(), leased_until = NULL, locked_by = NULL
+             FROM stale WHERE j.id = stale.id AND j.state = 'running' AND j.leased_until < now()
+             RETURNING j.notification_id, j.attempt, j.kind
+         ), upd AS (
+             UPDATE notifications n SET status = 'queued', updated_at = now()
+             FROM r WHERE r.kind = 'send' AND n.id = r.notification_id AND n.status = ANY($2)
+             RETURNING n.id
+         ), ev AS (
+             INSERT INTO notification_events (notification_id, type, status, detail)
+             SELECT r.notification_id, 'rescued', CASE WHEN r.kind = 'send' THEN 'queued' END,
+                    jsonb_build_object('attempt', r.attempt, 'job', r.kind,
+                                       'reason', 'lease expired: the worker stopped mid-attempt, outcome unknown')
+             FROM r
+         )
+         SELECT count(*) FROM r",
+    )
+    .bind(limit)
+    .bind(Status::sources_of(Status::Queued))
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// The result of a cancel request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CancelOutcome {
+    Cancelled,
+    /// Not cancellable from its current status (sending, or finished).
+    NotCancellable(Status),
+    NotFound,
+}
+
+/// Cancel a notification that has not been handed to a provider yet.
+pub async fn cancel(
+    pool: &PgPool,
+    id: NotificationId,
+    tenant: Option<TenantId>,
+    by: &str,
+) -> StoreResult<CancelOutcome> {
+    let mut tx = pool.begin().await?;
+    // Jobs row first (lock order). A job being sent is `running` and is not deleted; the
+    // re-check of `state` after a concurrent claim makes this race-free.
+    let deleted = sqlx::query(
+        "DELETE FROM jobs j USING notifications n
+         WHERE j.notification_id = $1 AND j.kind = 'send' AND j.state = 'available'
+           AND n.id = j.notification_id AND ($2::uuid IS NULL OR n.tenant_id = $2)",
+    )
+    .bind(id.as_uuid())
+    .bind(tenant.map(|t| t.as_uuid()))
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        with_callback(
+            "upd AS (
+                 UPDATE notifications SET status = 'cancelled', next_attempt_at = NULL, updated_at = now()
+                 WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2) AND status = ANY($3) AND $4
+                 RETURNING id, tenant_id, status, callback_url
+             ), ev AS (
+                 INSERT INTO notification_events (notification_id, type, status, detail)
+                 SELECT id, 'cancelled', 'cancelled', jsonb_build_object('by', $5::text) FROM upd
+             )",
+            "SELECT (SELECT count(*) FROM upd) AS cancelled,
+                    (SELECT status FROM notifications WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2)) AS status",
+        )
+    });
+    let row = sqlx::query(sqlx::AssertSqlSafe(SQL.as_str()))
+        .bind(id.as_uuid())
+        .bind(tenant.map(|t| t.as_uuid()))
+        .bind(Status::sources_of(Status::Cancelled))
+        .bind(deleted == 1)
+        .bind(by)
+        .fetch_one(&mut *tx)
+        .await?;
+    let cancelled: i64 = row.try_get("cancelled")?;
+    let status: Option<String> = row.try_get("status")?;
+    if cancelled == 1 {
+        tx.commit().await?;
+        return Ok(CancelOutcome::Cancelled);
+    }
+    // Nothing is changed on refusal: if a job row was deleted, the rollback puts it back.
+    tx.rollback().await?;
+    Ok(match status.as_deref().and_then(Status::parse) {
+        Some(st) => CancelOutcome::NotCancellable(st),
+        None => CancelOutcome::NotFound,
+    })
+}
+
+pub fn error_detail(class: &str, message: &str, attempt: i32) -> Value {
+    json!({ "attempt": attempt, "error_class": class, "error": message })
+}
+
+/// Record a callback attempt in the timeline; `retry_in` puts the job back (a failed
+/// delivery with attempts left), `None` ends it (delivered, or given up).
+pub async fn callback_attempted(
+    conn: &mut PgConnection,
+    lease: Lease,
+    retry_in: Option<Duration>,
+    detail: Value,
+) -> StoreResult<Applied> {
+    let n: i64 = sqlx::query_scalar(
+        "WITH j AS (
+             UPDATE jobs SET state = 'available', run_at = now() + make_interval(secs => $3),
+                             leased_until = NULL, locked_by = NULL
+             WHERE $4 AND id = $1 AND lease_token = $2 AND state = 'running'
+             RETURNING id
+         ), d AS (
+             DELETE FROM jobs WHERE NOT $4 AND id = $1 AND lease_token = $2 AND state = 'running'
+             RETURNING id
+         ), ev AS (
+             INSERT INTO notification_events (notification_id, type, detail)
+             SELECT $5, 'callback', $6 WHERE EXISTS (SELECT 1 FROM j) OR EXISTS (SELECT 1 FROM d)
+         )
+         SELECT (SELECT count(*) FROM j) + (SELECT count(*) FROM d)",
+    )
+    .bind(lease.job_id)
+    .bind(lease.token)
+    .bind(retry_in.unwrap_or_default().as_secs_f64())
+    .bind(retry_in.is_some())
+    .bind(lease.notification_id.as_uuid())
+    .bind(detail)
+    .fetch_one(conn)
+    .await?;
+    Ok(applied(n))
+}
+
+/// Where a notification's callbacks go and how they are signed: its own URL or its tenant's,
+/// and the tenant's secret (the caller falls back to `callbacks.signing_secret`).
+pub async fn callback_target(
+    conn: &mut PgConnection,
+    id: NotificationId,
+) -> StoreResult<Option<(String, Option<String>)>> {
+    let row: Option<(Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT coalesce(n.callback_url, t.callback_url), t.signing_secret
+         FROM notifications n JOIN tenants t ON t.id = n.tenant_id WHERE n.id = $1",
+    )
+    .bind(id.as_uuid())
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.and_then(|(url, secret)| url.map(|u| (u, secret))))
+}

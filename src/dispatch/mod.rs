@@ -11,6 +11,11 @@
 //!   delivery is at-least-once, never at-most-once by accident.
 
 pub mod callbacks;
+mod record;
+mod wake;
+
+use record::{fenced, unrecorded};
+use wake::Wake;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -21,7 +26,6 @@ use futures::FutureExt;
 use serde::Serialize;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use sqlx::postgres::{PgListener, PgPoolOptions};
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -32,16 +36,12 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use crate::batching::{Coalescer, Limits};
 use crate::config::{CallbackSettings, DispatchSettings, RetentionSettings, Settings};
 use crate::domain::Channel;
-use crate::domain::recipient::check_endpoint;
-use crate::domain::retry::{Decision, RetryPolicy};
+use crate::domain::retry::RetryPolicy;
 use crate::domain::{Content, Priority, Recipient, Status};
-use crate::providers::http::ensure_public;
 use crate::providers::resilience::{Admit, Health};
 use crate::providers::{OutboundMessage, ProviderError, Registry};
-use crate::store::tracking::{self, Applied, Claimed, ClaimedCallback, ClaimedJob, Completion, Lane, Lease};
-use crate::store::{StoreError, WAKE_CHANNEL};
-use crate::store::{notifications, suppressions};
-use crate::views::NotificationView;
+use crate::store::StoreError;
+use crate::store::tracking::{self, Applied, Claimed, ClaimedJob, Completion, Lane, Lease};
 
 /// What a run did, by outcome. Also the JSON summary of a Lambda worker invocation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -375,127 +375,6 @@ impl Dispatcher {
         }
     }
 
-    /// Deliver one status callback. Success and failures are both recorded in the timeline.
-    async fn deliver_callback(&self, cb: ClaimedCallback, deadline: Option<Instant>) -> Outcome {
-        let lease = cb.lease();
-        let cfg = &self.inner.callbacks;
-        let attempt = cb.attempt;
-        let event_type = cb.event["type"].as_str().unwrap_or("notification.updated").to_owned();
-        let (result, url) = match self.send_callback(&cb, deadline).await {
-            Ok((url, status, _)) if (200..300).contains(&status) => {
-                let detail = json!({"url": url, "response_status": status, "attempt": attempt, "event": event_type});
-                return self.callback_recorded(lease, None, detail, Outcome::CallbackDelivered).await;
-            }
-            Ok((url, status, retry_after)) => {
-                ((Some(status), format!("answered {status}"), retry_after, status == 410), url)
-            }
-            Err((url, e, permanent)) => ((None, e, None, permanent), url),
-        };
-        let (status, error, retry_after, permanent) = result;
-        let mut detail = json!({"url": url, "attempt": attempt, "event": event_type, "error": error});
-        if let Some(st) = status {
-            detail["response_status"] = json!(st);
-        }
-        let policy = RetryPolicy { max_attempts: cfg.max_attempts, ..self.policy(1) };
-        let decision = if permanent {
-            Decision::GiveUp
-        } else {
-            policy.decide(u32::try_from(attempt).unwrap_or(u32::MAX), retry_after, rand::random::<f64>())
-        };
-        match decision {
-            Decision::Retry(delay) => {
-                info!(error = %error, delay_ms = delay.as_millis() as u64, "status callback failed; will retry");
-                self.callback_recorded(lease, Some(delay), detail, Outcome::CallbackRetried).await
-            }
-            Decision::GiveUp => {
-                warn!(error = %error, "status callback given up");
-                detail["gave_up"] = json!(true);
-                self.callback_recorded(lease, None, detail, Outcome::CallbackFailed).await
-            }
-        }
-    }
-
-    async fn callback_recorded(
-        &self,
-        lease: Lease,
-        retry_in: Option<Duration>,
-        detail: Value,
-        outcome: Outcome,
-    ) -> Outcome {
-        let res = self
-            .with_retries(|| async {
-                let mut conn = self.inner.pool.acquire().await?;
-                tracking::callback_attempted(&mut conn, lease, retry_in, detail.clone()).await
-            })
-            .await;
-        match res {
-            Ok(Applied::Yes) => outcome,
-            Ok(Applied::Fenced) => fenced(),
-            Err(e) => unrecorded(&e),
-        }
-    }
-
-    /// POST the event; `Ok((url, status, retry_after))` for any HTTP answer, `Err((url, error,
-    /// permanent))` when none could be had.
-    async fn send_callback(
-        &self,
-        cb: &ClaimedCallback,
-        deadline: Option<Instant>,
-    ) -> Result<(String, u16, Option<Duration>), (String, String, bool)> {
-        let cfg = &self.inner.callbacks;
-        let mut conn = self.inner.pool.acquire().await.map_err(|e| (String::new(), e.to_string(), false))?;
-        let Some((url, tenant_secret)) = tracking::callback_target(&mut conn, cb.notification_id)
-            .await
-            .map_err(|e| (String::new(), e.to_string(), false))?
-        else {
-            return Err((String::new(), "the notification has no callback URL any more".into(), true));
-        };
-        let record = notifications::get(&mut conn, cb.notification_id, None)
-            .await
-            .map_err(|e| (url.clone(), e.to_string(), false))?
-            .ok_or_else(|| (url.clone(), "the notification is gone".to_string(), true))?;
-        drop(conn);
-        let secret = tenant_secret.unwrap_or_else(|| cfg.signing_secret.expose().to_owned());
-        let Some(key) = callbacks::secret_key(&secret) else {
-            return Err((
-                url,
-                "no signing secret: set callbacks.signing_secret or `herald tenants set --signing-secret`".into(),
-                true,
-            ));
-        };
-        let parsed = check_endpoint(&url, cfg.allow_private_networks).map_err(|e| (url.clone(), e, true))?;
-        ensure_public(&parsed, cfg.allow_private_networks).await.map_err(|e| (url.clone(), e, true))?;
-
-        // The data is the notification as the API returns it (without events), with the
-        // status this event announces; `timestamp` orders events of one notification.
-        let mut view = NotificationView::new(record, None);
-        if let Some(st) = cb.event["status"].as_str().and_then(Status::parse) {
-            view.status = st;
-        }
-        let body = json!({"type": cb.event["type"], "timestamp": cb.event["at"], "data": view}).to_string();
-        let msg_id = format!("msg_{}_{}", cb.notification_id.as_uuid().simple(), cb.job_id);
-        let ts = OffsetDateTime::now_utc().unix_timestamp();
-        let mut timeout = Duration::from_millis(cfg.timeout_ms);
-        if let Some(d) = deadline {
-            timeout = timeout.min(d.saturating_duration_since(Instant::now()));
-        }
-        let resp = self
-            .inner
-            .http
-            .post(parsed.as_str())
-            .header("content-type", "application/json")
-            .header("webhook-id", &msg_id)
-            .header("webhook-timestamp", ts.to_string())
-            .header("webhook-signature", callbacks::sign(&key, &msg_id, ts, body.as_bytes()))
-            .body(body)
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(|e| (url.clone(), format!("no answer: {}", e.without_url()), false))?;
-        let retry_after = crate::providers::http::retry_after(resp.headers());
-        Ok((url, resp.status().as_u16(), retry_after))
-    }
-
     /// One job: decide, send, record. Never panics out: a panic in a provider is caught and the
     /// job is retried like a transient failure.
     async fn process(&self, job: ClaimedJob, deadline: Option<Instant>) -> Outcome {
@@ -626,148 +505,6 @@ impl Dispatcher {
             }
         }
     }
-
-    /// A provider said the recipient cannot receive: stop sending to it (hard bounce, opt-out,
-    /// dead push token). Best effort: the failure itself is recorded either way.
-    async fn suppress(&self, job: &ClaimedJob, recipient: &str, reason: &str, provider: &str) {
-        let res = async {
-            let mut conn = self.inner.pool.acquire().await?;
-            suppressions::add(&mut conn, job.tenant_id, job.channel, recipient, reason, provider).await
-        }
-        .await;
-        match res {
-            Ok(true) => info!(provider, "recipient added to the suppression list"),
-            Ok(false) => {}
-            Err(e) => warn!(error = %e, "could not add the recipient to the suppression list"),
-        }
-    }
-
-    /// Put a claimed job back without counting an attempt (no provider was called).
-    async fn put_back(&self, lease: Lease, delay: Duration, reason: &str) -> Outcome {
-        debug!(delay_ms = delay.as_millis() as u64, reason, "putting the job back");
-        let res = self
-            .with_retries(|| async {
-                let mut conn = self.inner.pool.acquire().await?;
-                tracking::release(&mut conn, lease, delay, Some(reason)).await
-            })
-            .await;
-        match res {
-            Ok(Applied::Yes) => Outcome::Deferred,
-            Ok(Applied::Fenced) => fenced(),
-            Err(e) => unrecorded(&e),
-        }
-    }
-
-    async fn record_failure(
-        &self,
-        at: Attempt,
-        provider: Option<&str>,
-        next_route: i32,
-        failure: &ProviderError,
-    ) -> Outcome {
-        let Attempt { lease, number: attempt, max: max_attempts, expires_at } = at;
-        let detail = tracking::error_detail(failure.class(), &failure.to_string(), attempt);
-        if !failure.is_retryable() {
-            warn!(provider, class = failure.class(), error = %failure, "send failed permanently");
-            return self.finish(lease, Status::Failed, "attempt", provider, &failure.to_string(), detail).await;
-        }
-        let attempt_u = u32::try_from(attempt).unwrap_or(u32::MAX);
-        match self.policy(max_attempts).decide(attempt_u, failure.retry_after(), rand::random::<f64>()) {
-            Decision::GiveUp => {
-                let msg = format!("attempts exhausted ({attempt} of {max_attempts}); last error: {failure}");
-                warn!(provider, error = %failure, "giving up");
-                self.finish(lease, Status::Failed, "attempt", provider, &msg, detail).await
-            }
-            Decision::Retry(delay) => {
-                let due = OffsetDateTime::now_utc() + delay;
-                if expires_at.is_some_and(|t| due >= t) {
-                    let msg = format!("expires before the next attempt; last error: {failure}");
-                    return self.finish(lease, Status::Expired, "attempt", provider, &msg, detail).await;
-                }
-                info!(provider, class = failure.class(), error = %failure, delay_ms = delay.as_millis() as u64, "will retry");
-                let outcome = tracking::Outcome::Retrying {
-                    provider: provider.map(str::to_owned),
-                    delay,
-                    next_route,
-                    error: failure.to_string(),
-                };
-                let res = self.complete(Completion { lease, outcome, detail }).await;
-                match res {
-                    Ok(Applied::Yes) => Outcome::Retried,
-                    Ok(Applied::Fenced) => fenced(),
-                    Err(e) => unrecorded(&e),
-                }
-            }
-        }
-    }
-
-    async fn finish(
-        &self,
-        lease: Lease,
-        status: Status,
-        event: &str,
-        provider: Option<&str>,
-        error: &str,
-        detail: Value,
-    ) -> Outcome {
-        debug_assert!(matches!(status, Status::Failed | Status::Expired | Status::Suppressed));
-        let outcome = tracking::Outcome::Finished {
-            status,
-            event: event.to_owned(),
-            provider: provider.map(str::to_owned),
-            error: error.to_owned(),
-        };
-        let res = self.complete(Completion { lease, outcome, detail }).await;
-        match res {
-            Ok(Applied::Yes) if status == Status::Expired => Outcome::Expired,
-            Ok(Applied::Yes) => Outcome::Failed,
-            Ok(Applied::Fenced) => fenced(),
-            Err(e) => unrecorded(&e),
-        }
-    }
-
-    /// Record an outcome, written together with the outcomes of concurrent sends.
-    async fn complete(&self, c: Completion) -> Result<Applied, StoreError> {
-        self.with_retries(|| async {
-            self.inner.completions.submit(c.clone()).await.map_err(|e| StoreError::Unavailable(e.to_string()))?
-        })
-        .await
-    }
-
-    /// Recording an outcome is worth a few tries: giving up means the job is rescued and sent
-    /// again after its lease expires.
-    async fn with_retries<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
-    where
-        F: Fn() -> Fut,
-        Fut: Future<Output = Result<T, StoreError>>,
-    {
-        let mut delay = Duration::from_millis(50);
-        let mut tries = 0;
-        loop {
-            match f().await {
-                Ok(v) => return Ok(v),
-                Err(e) if tries < 3 => {
-                    warn!(error = %e, "recording the outcome failed; trying again");
-                    tries += 1;
-                    tokio::time::sleep(delay).await;
-                    delay *= 4;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-}
-
-fn fenced() -> Outcome {
-    warn!(
-        "lease lost before the outcome was recorded (another worker took the job back); attempt kept in the timeline"
-    );
-    Outcome::Fenced
-}
-
-fn unrecorded(e: &StoreError) -> Outcome {
-    error!(error = %e, "could not record the outcome; the job will be retried after its lease expires");
-    Outcome::Unrecorded
 }
 
 /// Rebuild the message from what was stored at acceptance (and validated then).
@@ -789,51 +526,4 @@ fn outbound(job: &ClaimedJob) -> Result<OutboundMessage, String> {
 
 fn hostname() -> String {
     std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "herald".into())
-}
-
-/// Wake-ups from `LISTEN`. Only a hint: when the listener is off or lost, polling carries on.
-/// The listener has a connection of its own (a one-connection pool), so it never holds one of
-/// the connections that claims and completions need.
-struct Wake {
-    listener: Option<PgListener>,
-    pool: PgPool,
-    enabled: bool,
-}
-
-impl Wake {
-    async fn new(pool: &PgPool, enabled: bool) -> Self {
-        let own = PgPoolOptions::new().max_connections(1).connect_lazy_with((*pool.connect_options()).clone());
-        let mut w = Wake { listener: None, pool: own, enabled };
-        w.reconnect_if_lost().await;
-        w
-    }
-
-    async fn reconnect_if_lost(&mut self) {
-        if !self.enabled || self.listener.is_some() {
-            return;
-        }
-        match PgListener::connect_with(&self.pool).await {
-            Ok(mut l) => match l.listen(WAKE_CHANNEL).await {
-                Ok(()) => self.listener = Some(l),
-                Err(e) => warn!(error = %e, "LISTEN failed; polling only"),
-            },
-            Err(e) => warn!(error = %e, "LISTEN connection failed; polling only"),
-        }
-    }
-
-    /// Wait for a wake-up, then take every other one already received: one claim answers
-    /// them all (accepting sends at most one per commit, but many commits may be waiting).
-    async fn notified(&mut self) {
-        match &mut self.listener {
-            Some(l) => {
-                if let Err(e) = l.recv().await {
-                    warn!(error = %e, "LISTEN connection lost; polling until it is back");
-                    self.listener = None;
-                    return;
-                }
-                while l.next_buffered().is_some() {}
-            }
-            None => std::future::pending().await,
-        }
-    }
 }

@@ -1,0 +1,160 @@
+//! Recording what became of a claimed job: every outcome goes through `complete` (gathered
+//! with the outcomes of concurrent sends into one statement), retried a few times, because
+//! an outcome that cannot be written means the job is sent again after its lease expires.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use time::OffsetDateTime;
+use tracing::{debug, error, info, warn};
+
+use super::{Attempt, Dispatcher, Outcome};
+use crate::domain::Status;
+use crate::domain::retry::Decision;
+use crate::providers::ProviderError;
+use crate::store::tracking::{self, Applied, ClaimedJob, Completion, Lease};
+use crate::store::{StoreError, suppressions};
+
+impl Dispatcher {
+    /// A provider said the recipient cannot receive: stop sending to it (hard bounce, opt-out,
+    /// dead push token). Best effort: the failure itself is recorded either way.
+    pub(super) async fn suppress(&self, job: &ClaimedJob, recipient: &str, reason: &str, provider: &str) {
+        let res = async {
+            let mut conn = self.inner.pool.acquire().await?;
+            suppressions::add(&mut conn, job.tenant_id, job.channel, recipient, reason, provider).await
+        }
+        .await;
+        match res {
+            Ok(true) => info!(provider, "recipient added to the suppression list"),
+            Ok(false) => {}
+            Err(e) => warn!(error = %e, "could not add the recipient to the suppression list"),
+        }
+    }
+
+    /// Put a claimed job back without counting an attempt (no provider was called).
+    pub(super) async fn put_back(&self, lease: Lease, delay: Duration, reason: &str) -> Outcome {
+        debug!(delay_ms = delay.as_millis() as u64, reason, "putting the job back");
+        let res = self
+            .with_retries(|| async {
+                let mut conn = self.inner.pool.acquire().await?;
+                tracking::release(&mut conn, lease, delay, Some(reason)).await
+            })
+            .await;
+        match res {
+            Ok(Applied::Yes) => Outcome::Deferred,
+            Ok(Applied::Fenced) => fenced(),
+            Err(e) => unrecorded(&e),
+        }
+    }
+
+    pub(super) async fn record_failure(
+        &self,
+        at: Attempt,
+        provider: Option<&str>,
+        next_route: i32,
+        failure: &ProviderError,
+    ) -> Outcome {
+        let Attempt { lease, number: attempt, max: max_attempts, expires_at } = at;
+        let detail = tracking::error_detail(failure.class(), &failure.to_string(), attempt);
+        if !failure.is_retryable() {
+            warn!(provider, class = failure.class(), error = %failure, "send failed permanently");
+            return self.finish(lease, Status::Failed, "attempt", provider, &failure.to_string(), detail).await;
+        }
+        let attempt_u = u32::try_from(attempt).unwrap_or(u32::MAX);
+        match self.policy(max_attempts).decide(attempt_u, failure.retry_after(), rand::random::<f64>()) {
+            Decision::GiveUp => {
+                let msg = format!("attempts exhausted ({attempt} of {max_attempts}); last error: {failure}");
+                warn!(provider, error = %failure, "giving up");
+                self.finish(lease, Status::Failed, "attempt", provider, &msg, detail).await
+            }
+            Decision::Retry(delay) => {
+                let due = OffsetDateTime::now_utc() + delay;
+                if expires_at.is_some_and(|t| due >= t) {
+                    let msg = format!("expires before the next attempt; last error: {failure}");
+                    return self.finish(lease, Status::Expired, "attempt", provider, &msg, detail).await;
+                }
+                info!(provider, class = failure.class(), error = %failure, delay_ms = delay.as_millis() as u64, "will retry");
+                let outcome = tracking::Outcome::Retrying {
+                    provider: provider.map(str::to_owned),
+                    delay,
+                    next_route,
+                    error: failure.to_string(),
+                };
+                let res = self.complete(Completion { lease, outcome, detail }).await;
+                match res {
+                    Ok(Applied::Yes) => Outcome::Retried,
+                    Ok(Applied::Fenced) => fenced(),
+                    Err(e) => unrecorded(&e),
+                }
+            }
+        }
+    }
+
+    pub(super) async fn finish(
+        &self,
+        lease: Lease,
+        status: Status,
+        event: &str,
+        provider: Option<&str>,
+        error: &str,
+        detail: Value,
+    ) -> Outcome {
+        debug_assert!(matches!(status, Status::Failed | Status::Expired | Status::Suppressed));
+        let outcome = tracking::Outcome::Finished {
+            status,
+            event: event.to_owned(),
+            provider: provider.map(str::to_owned),
+            error: error.to_owned(),
+        };
+        let res = self.complete(Completion { lease, outcome, detail }).await;
+        match res {
+            Ok(Applied::Yes) if status == Status::Expired => Outcome::Expired,
+            Ok(Applied::Yes) => Outcome::Failed,
+            Ok(Applied::Fenced) => fenced(),
+            Err(e) => unrecorded(&e),
+        }
+    }
+
+    /// Record an outcome, written together with the outcomes of concurrent sends.
+    pub(super) async fn complete(&self, c: Completion) -> Result<Applied, StoreError> {
+        self.with_retries(|| async {
+            self.inner.completions.submit(c.clone()).await.map_err(|e| StoreError::Unavailable(e.to_string()))?
+        })
+        .await
+    }
+
+    /// Recording an outcome is worth a few tries: giving up means the job is rescued and sent
+    /// again after its lease expires.
+    pub(super) async fn with_retries<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let mut delay = Duration::from_millis(50);
+        let mut tries = 0;
+        loop {
+            match f().await {
+                Ok(v) => return Ok(v),
+                Err(e) if tries < 3 => {
+                    warn!(error = %e, "recording the outcome failed; trying again");
+                    tries += 1;
+                    tokio::time::sleep(delay).await;
+                    delay *= 4;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+pub(super) fn fenced() -> Outcome {
+    warn!(
+        "lease lost before the outcome was recorded (another worker took the job back); attempt kept in the timeline"
+    );
+    Outcome::Fenced
+}
+
+pub(super) fn unrecorded(e: &StoreError) -> Outcome {
+    error!(error = %e, "could not record the outcome; the job will be retried after its lease expires");
+    Outcome::Unrecorded
+}

@@ -351,7 +351,7 @@ mod tests {
     fn defaults_load() {
         Jail::expect_with(|_| {
             let s = Settings::from_figment(Settings::figment(None)).expect("defaults are valid");
-            assert_eq!(s.dispatch.concurrency, 32);
+            assert_eq!(s.dispatch.concurrency, 256);
             assert!(s.providers.is_empty());
             Ok(())
         });

@@ -236,6 +236,7 @@ impl Dispatcher {
         let rescue_every = Duration::from_millis(s.rescue_interval_ms);
         let mut next_rescue = Instant::now();
         let poll = Duration::from_millis(s.poll_interval_ms);
+        let refill_at = (s.batch_size.min(s.concurrency) / 4).max(1);
         info!(worker = %self.inner.worker_id, concurrency = s.concurrency, "dispatcher started");
 
         loop {
@@ -256,7 +257,10 @@ impl Dispatcher {
                 next_rescue = Instant::now() + rescue_every;
             }
 
-            let free = slots.available_permits().min(s.batch_size);
+            // Claim in batches: with every slot busy, wait until a quarter of a batch is free
+            // rather than claiming one job each time one send ends.
+            let available = slots.available_permits();
+            let free = if available >= refill_at || in_flight.is_empty() { available.min(s.batch_size) } else { 0 };
             let mut claimed = 0;
             if free > 0 {
                 match self.claim_batch(free).await {

@@ -34,6 +34,9 @@ pub async fn prune(pool: &PgPool, notifications_days: u32, idempotency_hours: u3
              ORDER BY n.id LIMIT $2
          ), r AS (
              DELETE FROM receipts WHERE notification_id IN (SELECT id FROM old)
+         ), e AS (
+             -- No foreign key cascades here (migration 0004): the timeline goes with its notification.
+             DELETE FROM notification_events WHERE notification_id IN (SELECT id FROM old)
          ), d AS (
              DELETE FROM notifications WHERE id IN (SELECT id FROM old) RETURNING 1
          )

@@ -51,14 +51,16 @@ pub async fn complete(conn: &mut PgConnection, items: &[Completion]) -> StoreRes
                      AS i(job_id, token, nid, status, event, provider, pmid, error, delay, next_route, detail, sources)
              ), done AS (
                  DELETE FROM jobs j USING input i
-                 WHERE i.status <> 'retrying' AND j.id = i.job_id AND j.lease_token = i.token AND j.state = 'running'
+                 WHERE j.id = ANY(ARRAY(SELECT job_id FROM input WHERE status <> 'retrying'))
+                   AND i.status <> 'retrying' AND j.id = i.job_id AND j.lease_token = i.token AND j.state = 'running'
                  RETURNING j.id, j.notification_id, j.attempt, NULL::timestamptz AS run_at
              ), again AS (
                  UPDATE jobs j
                  SET state = 'available', run_at = now() + make_interval(secs => i.delay), leased_until = NULL,
                      locked_by = NULL, route_index = i.next_route
                  FROM input i
-                 WHERE i.status = 'retrying' AND j.id = i.job_id AND j.lease_token = i.token AND j.state = 'running'
+                 WHERE j.id = ANY(ARRAY(SELECT job_id FROM input WHERE status = 'retrying'))
+                   AND i.status = 'retrying' AND j.id = i.job_id AND j.lease_token = i.token AND j.state = 'running'
                  RETURNING j.id, j.notification_id, j.attempt, j.run_at
              ), ended AS (
                  SELECT * FROM done UNION ALL SELECT * FROM again
@@ -83,7 +85,9 @@ pub async fn complete(conn: &mut PgConnection, items: &[Completion]) -> StoreRes
              SELECT id FROM ended"
         )
     });
-    // Rows are locked in job order, so two writers never wait on each other in a cycle.
+    // The `= ANY(ARRAY(…))` conditions drive each job statement by the primary key from just
+    // its own rows (a plain join walked every running job once per input row). Rows are
+    // locked in job order, so two writers never wait on each other in a cycle.
     let mut order: Vec<usize> = (0..items.len()).collect();
     order.sort_by_key(|&i| items[i].lease.job_id);
     let mut cols = Columns::default();
@@ -91,6 +95,9 @@ pub async fn complete(conn: &mut PgConnection, items: &[Completion]) -> StoreRes
         cols.push(&items[i]);
     }
     let ended: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(SQL.as_str()))
+        // Planned for each batch's size: a cached generic plan joined the batch to the jobs by
+        // nested loops (36 ms for 256 outcomes where a custom plan takes 7 ms).
+        .persistent(false)
         .bind(cols.job_id)
         .bind(cols.token)
         .bind(cols.nid)

@@ -1,0 +1,386 @@
+//! The measured scenarios. Each runs on a fresh database with Herald (or the naive server)
+//! started as its own process with default settings, the channel `sms` routed to the
+//! `console` (`log`) provider or to the fake Twilio.
+
+use std::time::{Duration, Instant};
+
+use reqwest::header::CONTENT_TYPE;
+use sqlx::PgPool;
+
+use crate::load::{self, OpenStats, Plan, Stats};
+use crate::procs::{self, Herald, Proc};
+use crate::{Ctx, Result};
+
+pub const SINGLE_CONNECTIONS: usize = 64;
+pub const BATCH_CONNECTIONS: usize = 4;
+pub const BATCH_SIZE: u64 = 1000;
+pub const LATENCY_RATE: f64 = 2000.0;
+const JSON: &str = "application/json";
+
+const JOBS_LEFT: &str = "SELECT count(*) FROM jobs WHERE kind = 'send'";
+const SENT: &str = "SELECT count(*) FROM notifications WHERE status = 'sent'";
+
+/// Which provider the `sms` channel uses.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Sms {
+    /// `kind = "log"`: no I/O, so dispatch figures are Herald's own cost.
+    Console,
+    /// `kind = "twilio"` pointed at the fake in this process.
+    Fake,
+}
+
+/// A fresh database, migrated, with an API key, and the Herald that runs on it.
+struct Setup {
+    db: String,
+    url: String,
+    herald: Herald,
+    key: String,
+}
+
+impl Ctx {
+    async fn setup(&self, scenario: &str, sms: Sms) -> Result<Setup> {
+        let (db, url) = self.dbs.create(scenario).await?;
+        let config = self.tmp.join(format!("{scenario}.toml"));
+        let provider = if sms == Sms::Fake { "fake" } else { "console" };
+        std::fs::write(&config, config_toml(&self.fake.base_url, provider))?;
+        let herald = Herald { bin: self.bins.herald.clone(), db_url: url.clone(), config, logs: self.tmp.clone() };
+        let key = herald.prepare().await?;
+        Ok(Setup { db, url, herald, key })
+    }
+}
+
+fn config_toml(fake_base_url: &str, sms_provider: &str) -> String {
+    format!(
+        r#"# Written by examples/bench: everything else is Herald's default.
+[providers.console]
+kind = "log"
+
+[providers.fake]
+kind = "twilio"
+base_url = "{fake_base_url}"
+account_sid = "AC00000000000000000000000000000000"
+auth_token = "bench-token"
+from = "+14155550100"
+
+[channels.sms]
+providers = ["{sms_provider}"]
+"#
+    )
+}
+
+/// Single POSTs from `SINGLE_CONNECTIONS` connections for the run's duration.
+fn single_plan(ctx: &Ctx) -> Plan {
+    Plan { connections: SINGLE_CONNECTIONS, warmup: ctx.sizes.warmup, duration: ctx.sizes.run, max_requests: None }
+}
+
+/// The naive server: one INSERT per request.
+pub async fn naive(ctx: &Ctx) -> Result<Stats> {
+    let (db, url) = ctx.dbs.create("naive").await?;
+    let (proc, base) = procs::start_naive(&ctx.bins.naive, &url, &ctx.tmp).await?;
+    ctx.dbs.checkpoint().await;
+    let url = format!("{base}/v1/notifications");
+    let stats = load::closed_loop(single_plan(ctx), move |client, i| {
+        let req = client.post(&url).header(CONTENT_TYPE, JSON).body(load::notification(&format!("bench {i}")));
+        load::send_single(req)
+    })
+    .await?;
+    proc.stop().await?;
+    ctx.dbs.drop_database(&db).await?;
+    Ok(stats)
+}
+
+/// `POST /v1/notifications` on `herald api`: plain, then with an `Idempotency-Key` each.
+pub async fn single(ctx: &Ctx) -> Result<(Stats, Stats)> {
+    let s = ctx.setup("single", Sms::Console).await?;
+    let api = s.herald.start("api").await?;
+    ctx.dbs.checkpoint().await;
+    let job = |idempotent: bool| {
+        let (url, key) = (format!("{}/v1/notifications", api.base), s.key.clone());
+        move |client: reqwest::Client, i: u64| {
+            let mut req = client
+                .post(&url)
+                .bearer_auth(&key)
+                .header(CONTENT_TYPE, JSON)
+                .body(load::notification(&format!("bench {i}")));
+            if idempotent {
+                req = req.header("Idempotency-Key", format!("bench-{i}"));
+            }
+            load::send_single(req)
+        }
+    };
+    let plain = load::closed_loop(single_plan(ctx), job(false)).await?;
+    let idempotent = load::closed_loop(single_plan(ctx), job(true)).await?;
+    api.proc.stop().await?;
+    ctx.dbs.drop_database(&s.db).await?;
+    Ok((plain, idempotent))
+}
+
+/// `items` notifications through `POST /v1/notifications/batch`, `BATCH_SIZE` per request,
+/// from `BATCH_CONNECTIONS` connections.
+async fn ingest_batches(base: &str, key: &str, items: u64) -> Result<Stats> {
+    let url = format!("{base}/v1/notifications/batch");
+    let key = key.to_owned();
+    let plan = Plan {
+        connections: BATCH_CONNECTIONS,
+        warmup: Duration::ZERO,
+        duration: Duration::from_secs(900),
+        max_requests: Some(items.div_ceil(BATCH_SIZE)),
+    };
+    load::closed_loop(plan, move |client, i| {
+        let first = i * BATCH_SIZE;
+        let count = BATCH_SIZE.min(items - first);
+        let req = client.post(&url).bearer_auth(&key).header(CONTENT_TYPE, JSON).body(load::batch_body(first, count));
+        load::send_batch(req, count)
+    })
+    .await
+}
+
+/// Queue `n` notifications through the batch API; every one must be accepted.
+async fn preload(base: &str, key: &str, n: u64) -> Result<()> {
+    eprintln!("bench:   queueing {} notifications through the batch API", crate::report::int(n as f64));
+    let stats = ingest_batches(base, key, n).await?;
+    if stats.ok != n {
+        return Err(format!("preload: {} of {n} accepted{}", stats.ok, stats.errors_note()).into());
+    }
+    Ok(())
+}
+
+pub async fn batch(ctx: &Ctx) -> Result<Stats> {
+    let s = ctx.setup("batch", Sms::Console).await?;
+    let api = s.herald.start("api").await?;
+    ctx.dbs.checkpoint().await;
+    let stats = ingest_batches(&api.base, &s.key, ctx.sizes.batch_items).await?;
+    api.proc.stop().await?;
+    ctx.dbs.drop_database(&s.db).await?;
+    Ok(stats)
+}
+
+/// A drain timed between the first poll (every 20 ms) that saw progress and the one that saw
+/// the target reached, so process start-up is not counted. A drain that runs out of time
+/// still has a rate: the progress made until then.
+pub struct Timing {
+    pub rate: f64,
+    pub secs: f64,
+    pub done: i64,
+    pub timed_out: bool,
+}
+
+impl Timing {
+    /// "10,000 in 2.31 s", or "timed out: 7,500 of 10,000 in 60 s".
+    pub fn progress(&self, target: u64) -> String {
+        if self.timed_out {
+            format!(
+                "timed out: {} of {} in {:.0} s",
+                crate::report::int(self.done as f64),
+                crate::report::int(target as f64),
+                self.secs
+            )
+        } else {
+            format!("{} in {:.2} s", crate::report::int(target as f64), self.secs)
+        }
+    }
+}
+
+async fn time_progress(
+    pool: &PgPool,
+    proc: &mut Proc,
+    sql: &'static str,
+    done: impl Fn(i64) -> i64,
+    target: i64,
+    timeout: Duration,
+) -> Result<Timing> {
+    let started = Instant::now();
+    let mut first: Option<(Instant, i64)> = None;
+    loop {
+        proc.check_alive()?;
+        let d = done(crate::db::count(pool, sql).await?);
+        let now = Instant::now();
+        let timed_out = now - started > timeout;
+        if d >= target || timed_out {
+            return Ok(match first {
+                Some((t1, d1)) if now > t1 && d > d1 => {
+                    let secs = (now - t1).as_secs_f64();
+                    Timing { rate: (d - d1) as f64 / secs, secs, done: d, timed_out: d < target }
+                }
+                _ => {
+                    let secs = (now - started).as_secs_f64();
+                    Timing { rate: d as f64 / secs, secs, done: d, timed_out: d < target }
+                }
+            });
+        }
+        if first.is_none() && d > 0 {
+            first = Some((now, d));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub struct Dispatch {
+    pub jobs: u64,
+    pub timing: Timing,
+    pub sent: i64,
+    /// Messages the fake provider received (fake only).
+    pub received: Option<u64>,
+}
+
+/// Queue N notifications with `herald api`, stop it, then time one `herald worker` until no
+/// send job is left.
+pub async fn dispatch(ctx: &Ctx, sms: Sms) -> Result<Dispatch> {
+    let n = ctx.sizes.dispatch_jobs;
+    let s = ctx.setup(if sms == Sms::Fake { "dispatch_fake" } else { "dispatch_log" }, sms).await?;
+    let api = s.herald.start("api").await?;
+    preload(&api.base, &s.key, n).await?;
+    api.proc.stop().await?;
+    let pool = crate::db::pool(&s.url).await?;
+    let queued = crate::db::count(&pool, JOBS_LEFT).await?;
+    if queued != n as i64 {
+        return Err(format!("{queued} send jobs queued, expected {n}").into());
+    }
+    ctx.dbs.checkpoint().await;
+    ctx.fake.reset();
+    let mut worker = s.herald.start("worker").await?;
+    let timing =
+        time_progress(&pool, &mut worker.proc, JOBS_LEFT, |left| n as i64 - left, n as i64, ctx.sizes.drain_timeout)
+            .await?;
+    worker.proc.stop().await?;
+    let sent = crate::db::count(&pool, SENT).await?;
+    pool.close().await;
+    ctx.dbs.drop_database(&s.db).await?;
+    Ok(Dispatch { jobs: n, timing, sent, received: (sms == Sms::Fake).then(|| ctx.fake.received()) })
+}
+
+pub struct Drain {
+    pub backlog: u64,
+    pub measured: u64,
+    pub timing: Timing,
+}
+
+/// Queue `backlog` notifications, then time the `log` dispatch of the first
+/// `sizes.drain_measured` by one `herald worker`. The backlog is vacuumed and analyzed first
+/// (both sizes alike), so the figure is the claim path's scaling, not autovacuum's timing.
+pub async fn drain(ctx: &Ctx, backlog: u64) -> Result<Drain> {
+    let measured = ctx.sizes.drain_measured.min(backlog);
+    let s = ctx.setup(&format!("drain_{backlog}"), Sms::Console).await?;
+    let api = s.herald.start("api").await?;
+    preload(&api.base, &s.key, backlog).await?;
+    api.proc.stop().await?;
+    let pool = crate::db::pool(&s.url).await?;
+    eprintln!("bench:   VACUUM ANALYZE");
+    sqlx::raw_sql("VACUUM (ANALYZE)").execute(&pool).await?;
+    ctx.dbs.checkpoint().await;
+    let mut worker = s.herald.start("worker").await?;
+    let timing =
+        time_progress(&pool, &mut worker.proc, SENT, |sent| sent, measured as i64, ctx.sizes.drain_timeout).await?;
+    worker.proc.stop().await?;
+    pool.close().await;
+    ctx.dbs.drop_database(&s.db).await?;
+    Ok(Drain { backlog, measured, timing })
+}
+
+pub struct Latency {
+    pub http: OpenStats,
+    /// Accept → provider received, microseconds, sorted.
+    pub delivered_us: Vec<u64>,
+}
+
+pub struct Memory {
+    pub idle_kib: u64,
+    pub peak_kib: u64,
+    pub load: String,
+}
+
+/// `herald serve` with sms → fake: idle RSS, then open-loop latency at `LATENCY_RATE`, then
+/// a burst of single and batch ingest (dispatched as it arrives), then the peak RSS.
+pub async fn serve(ctx: &Ctx) -> Result<(std::result::Result<Latency, String>, std::result::Result<Memory, String>)> {
+    let s = ctx.setup("serve", Sms::Fake).await?;
+    let mut serve = s.herald.start("serve").await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pid = serve.proc.pid();
+    let idle_kib = procs::proc_status_kib(pid, "VmRSS").ok_or("cannot read VmRSS of herald serve")?;
+
+    ctx.dbs.checkpoint().await;
+    ctx.fake.reset();
+    eprintln!("bench:   open loop at {LATENCY_RATE}/s for {} s", ctx.sizes.latency.as_secs());
+    let latency = latency(ctx, &serve.base, &s.key, &mut serve.proc).await.map_err(|e| e.to_string());
+
+    let stress = ctx.sizes.stress;
+    eprintln!(
+        "bench:   load burst: single POSTs for {} s, then {} in batches",
+        stress.as_secs(),
+        ctx.sizes.stress_items
+    );
+    let url = format!("{}/v1/notifications", serve.base);
+    let key = s.key.clone();
+    let plan = Plan { connections: SINGLE_CONNECTIONS, warmup: Duration::ZERO, duration: stress, max_requests: None };
+    let singles = load::closed_loop(plan, move |client, i| {
+        let req = client
+            .post(&url)
+            .bearer_auth(&key)
+            .header(CONTENT_TYPE, JSON)
+            .body(load::notification(&format!("bench {i}")));
+        load::send_single(req)
+    })
+    .await?;
+    let batches = ingest_batches(&serve.base, &s.key, ctx.sizes.stress_items).await?;
+    let memory = match procs::proc_status_kib(pid, "VmHWM") {
+        Some(peak_kib) => Ok(Memory {
+            idle_kib,
+            peak_kib,
+            load: format!(
+                "after the latency run, {} single POSTs from {SINGLE_CONNECTIONS} connections and {} batched{}{}",
+                crate::report::int(singles.ok as f64),
+                crate::report::int(batches.ok as f64),
+                singles.errors_note(),
+                batches.errors_note()
+            ),
+        }),
+        None => Err("cannot read VmHWM of herald serve".to_owned()),
+    };
+    serve.proc.stop().await?;
+    ctx.dbs.drop_database(&s.db).await?;
+    Ok((latency, memory))
+}
+
+async fn latency(ctx: &Ctx, base: &str, key: &str, proc: &mut Proc) -> Result<Latency> {
+    let client = reqwest::Client::builder().http1_only().no_proxy().timeout(Duration::from_secs(30)).build()?;
+    let (url, key) = (format!("{base}/v1/notifications"), key.to_owned());
+    let run = |duration: Duration| {
+        load::open_loop(LATENCY_RATE, duration, |_, scheduled_us| {
+            let req = client
+                .post(&url)
+                .bearer_auth(&key)
+                .header(CONTENT_TYPE, JSON)
+                .body(load::notification(&format!("bench t={scheduled_us}")));
+            load::send_single(req)
+        })
+    };
+    // Warm up at the same rate first (connections to Herald and from Herald to PostgreSQL and
+    // the provider are opened on demand): a steady state is what is measured.
+    let warm = run(Duration::from_secs(1)).await?;
+    wait_delivered(ctx, warm.ok, proc).await?;
+    ctx.fake.take_latencies();
+    let before = ctx.fake.received();
+    let http = run(ctx.sizes.latency).await?;
+    wait_delivered(ctx, before + http.ok, proc).await?;
+    Ok(Latency { http, delivered_us: ctx.fake.take_latencies() })
+}
+
+/// Wait until the fake provider has received `total` messages in all.
+async fn wait_delivered(ctx: &Ctx, total: u64, proc: &mut Proc) -> Result<()> {
+    let http_ok = total;
+    // Every accepted notification must reach the provider; wait for the last ones.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ctx.fake.received() < http_ok {
+        proc.check_alive()?;
+        if Instant::now() > deadline {
+            return Err(format!(
+                "only {} of {} accepted reached the provider within 30 s",
+                ctx.fake.received(),
+                http_ok
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}

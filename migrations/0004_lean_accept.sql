@@ -21,3 +21,8 @@ ALTER TABLE notification_events DROP CONSTRAINT notification_events_notification
 -- Likewise the notification's key to its tenant, checked once per accepted row: the tenant is
 -- the one of the API key that was just verified, and tenants are never deleted.
 ALTER TABLE notifications DROP CONSTRAINT notifications_tenant_id_fkey;
+
+-- Jobs were indexed twice by notification: the unique index of send jobs answers every lookup
+-- (cancel, retention), so the general one was an index entry per accept and per claim for
+-- nothing.
+DROP INDEX jobs_notification_idx;

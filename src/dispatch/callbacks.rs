@@ -149,6 +149,9 @@ impl Dispatcher {
         if let Some(d) = deadline {
             timeout = timeout.min(d.saturating_duration_since(Instant::now()));
         }
+        let Ok(_sending) = self.inner.sends.acquire().await else {
+            return Err((url, "the dispatcher is stopping".into(), false));
+        };
         let resp = self
             .inner
             .http

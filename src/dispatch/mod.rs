@@ -43,6 +43,10 @@ use crate::providers::{OutboundMessage, ProviderError, Registry};
 use crate::store::StoreError;
 use crate::store::tracking::{self, Applied, Claimed, ClaimedJob, Completion, Lane, Lease};
 
+/// Claimed jobs a dispatcher holds per send slot (`dispatch.concurrency`): measured with the
+/// `log` provider, 4 gave about a quarter more throughput than 1 (claims overlap completions).
+const HELD_PER_SEND_SLOT: usize = 4;
+
 /// What a run did, by outcome. Also the JSON summary of a Lambda worker invocation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Summary {
@@ -109,6 +113,8 @@ pub struct Dispatcher {
 
 struct Inner {
     pool: PgPool,
+    /// Provider calls (and status callback requests) in flight: `dispatch.concurrency`.
+    sends: Semaphore,
     /// Outcomes of concurrent sends, written together (`tracking::complete`).
     completions: Coalescer<Completion, Result<Applied, StoreError>>,
     /// Sends claimed and not yet finished, by channel (`Channel::index`): a paced channel is
@@ -158,6 +164,7 @@ impl Dispatcher {
             inner: Arc::new(Inner {
                 pool,
                 completions,
+                sends: Semaphore::new(settings.dispatch.concurrency),
                 in_flight: Default::default(),
                 registry,
                 settings: settings.dispatch.clone(),
@@ -230,7 +237,10 @@ impl Dispatcher {
     /// sends `shutdown_grace_ms` to finish.
     pub async fn run(&self, cancel: CancellationToken) {
         let s = &self.inner.settings;
-        let slots = Arc::new(Semaphore::new(s.concurrency));
+        // Jobs held at once: sending, waiting for a turn to send, or having their outcome
+        // written. More than `concurrency`, so the next batch is claimed while the last one's
+        // outcomes are still being written (claim and completion statements overlap).
+        let slots = Arc::new(Semaphore::new(s.concurrency * HELD_PER_SEND_SLOT));
         let mut in_flight: JoinSet<Outcome> = JoinSet::new();
         let mut wake = Wake::new(&self.inner.pool, s.listen_notify).await;
         let rescue_every = Duration::from_millis(s.rescue_interval_ms);
@@ -468,11 +478,17 @@ impl Dispatcher {
         } else {
             None
         };
+        // `dispatch.concurrency` bounds the provider calls in flight; waiting for a turn counts
+        // against the send's budget like pacing does.
+        let Ok(_sending) = self.inner.sends.acquire().await else {
+            return self.put_back(lease, Duration::ZERO, "the dispatcher is stopping").await;
+        };
         let limit = provider.timeout().min(budget_end.saturating_duration_since(Instant::now()));
         let result = match tokio::time::timeout(limit, provider.send(&message)).await {
             Ok(r) => r,
             Err(_) => Err(ProviderError::Transient(format!("timed out after {} ms", limit.as_millis()))),
         };
+        drop(_sending);
         route.breaker.record(match &result {
             Ok(_) => Health::Answered,
             Err(e) => e.health(),

@@ -25,12 +25,14 @@ pub async fn prune(pool: &PgPool, notifications_days: u32, idempotency_hours: u3
         return Ok(Pruned::default());
     }
     // Only finished notifications: anything with live work (a send job) stays, whatever its age.
+    // (A status callback still being retried past retention finds its notification gone and
+    // gives up; `jobs_send_notification_uq` answers this check.)
     let notifications: i64 = sqlx::query_scalar(
         "WITH old AS (
              SELECT n.id FROM notifications n
              WHERE n.updated_at < now() - make_interval(days => $1)
                AND n.status IN ('sent', 'delivered', 'failed', 'bounced', 'complained', 'cancelled', 'expired', 'suppressed')
-               AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.notification_id = n.id)
+               AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.notification_id = n.id AND j.kind = 'send')
              ORDER BY n.id LIMIT $2
          ), r AS (
              DELETE FROM receipts WHERE notification_id IN (SELECT id FROM old)

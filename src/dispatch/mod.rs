@@ -47,6 +47,16 @@ use crate::store::tracking::{self, Applied, Claimed, ClaimedJob, Completion, Lan
 /// `log` provider, 4 gave about a quarter more throughput than 1 (claims overlap completions).
 const HELD_PER_SEND_SLOT: usize = 4;
 
+/// The part of a lease a send may use (from claim to the provider's answer), so a live send is
+/// never rescued; a paced send may spend half of it waiting for its turn.
+const SEND_BUDGET_OF_LEASE: f64 = 0.8;
+
+/// How long a claimed job may wait for its provider's pacer: what the claim of a paced
+/// channel is sized to.
+fn pacing_window(lease: Duration) -> Duration {
+    lease.mul_f64(SEND_BUDGET_OF_LEASE / 2.0)
+}
+
 /// What a run did, by outcome. Also the JSON summary of a Lambda worker invocation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Summary {
@@ -350,7 +360,7 @@ impl Dispatcher {
         let mut lanes = Vec::with_capacity(10);
         for p in Priority::ALL {
             for c in Channel::ALL {
-                let cap = match self.inner.registry.admits_within(c, lease) {
+                let cap = match self.inner.registry.admits_within(c, pacing_window(lease)) {
                     Some(admits) => {
                         let busy = self.inner.in_flight[c.index()].load(Ordering::Relaxed);
                         i64::try_from(admits.saturating_sub(busy)).unwrap_or(0).min(limit)
@@ -462,7 +472,7 @@ impl Dispatcher {
         // Sends are bounded well inside the lease (so nobody rescues a live send) and, in
         // Lambda, by the time left before the deadline. Pacing may use part of that budget;
         // a job that cannot get its turn in time is put back, not failed.
-        let mut budget_end = started + self.inner.settings.lease().mul_f64(0.8);
+        let mut budget_end = started + self.inner.settings.lease().mul_f64(SEND_BUDGET_OF_LEASE);
         if let Some(d) = deadline {
             budget_end = budget_end.min(d);
         }

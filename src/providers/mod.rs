@@ -180,10 +180,9 @@ impl Registry {
         self.route(channel).iter().filter(|r| r.provider.accepts(to)).cloned().collect()
     }
 
-    /// How many sends a channel's providers admit within most of `lease` (sends must finish
-    /// inside it) when every one of them is paced by a rate; `None` when any is unpaced.
-    pub fn admits_within(&self, channel: Channel, lease: Duration) -> Option<usize> {
-        let window = lease.mul_f64(0.8);
+    /// How many sends a channel's providers admit within `window` when every one of them is
+    /// paced by a rate; `None` when any is unpaced.
+    pub fn admits_within(&self, channel: Channel, window: Duration) -> Option<usize> {
         let routes = self.route(channel);
         if routes.is_empty() {
             return None;

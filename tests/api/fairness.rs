@@ -126,3 +126,27 @@ async fn status_callbacks_are_delivered_while_a_send_backlog_drains() {
     worker.await.expect("worker");
     assert!(left as usize > BACKLOG / 2, "callbacks went out while {left} of {BACKLOG} sends were still queued");
 }
+
+/// A channel whose provider is paced is not handed more jobs than the pacer admits within a
+/// lease: the rest stay queued for other workers (or later claims) instead of lapsing.
+#[tokio::test]
+async fn a_paced_channel_is_claimed_no_faster_than_its_provider_admits() {
+    let t = TestApp::spawn_with(|s| {
+        // 20 sends/s and a 1 s lease: 8 fit in the 0.4 s a send may wait for its turn (half of
+        // the 0.8 s it may use of a lease).
+        let mut paced = herald::config::ProviderSettings::new(herald::config::ProviderKind::Log);
+        paced.max_per_second = Some(20.0);
+        s.providers.insert("paced".into(), paced);
+        s.channels.sms.providers = vec!["paced".into()];
+        s.dispatch.lease_secs = 1;
+    })
+    .await;
+    let key = t.key("acme", SEND_READ).await;
+    let tenant = tenant_of(&t, &key).await;
+    queue(&t, tenant, 50, &json!({"channel": "sms", "to": "+14155550100", "content": {"text": "hi"}})).await;
+    let s = t.dispatcher().run_once().await.expect("run");
+    assert_eq!(s.claimed, 8, "{s:?}");
+    // Each was sent, or (on a slow machine, past its turn) put back without an attempt.
+    assert_eq!((s.sent + s.deferred, s.failed, s.retried), (8, 0, 0), "{s:?}");
+    assert_eq!(t.job_count().await as u64, 50 - s.sent);
+}

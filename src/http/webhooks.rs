@@ -78,6 +78,14 @@ pub async fn receive(
     };
     let (mut applied, mut duplicates, mut unmatched) = (0, 0, 0);
     for r in &receipts {
+        if let Some(token) = &r.replay_token
+            && !store::bind_token(&state.pool, &name, token, &r.dedupe_key).await?
+        {
+            warn!(provider = %name, "receipt refused: its signed token was already used for another event");
+            return Err(ApiError::unauthorized(
+                "this signature's token was already used for another event (a replayed signature)",
+            ));
+        }
         match store::apply(&state.pool, &name, r).await? {
             Applied::Duplicate => duplicates += 1,
             Applied::Unmatched => {

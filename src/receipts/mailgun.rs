@@ -1,7 +1,8 @@
 //! Mailgun webhooks: JSON `{"signature": {"timestamp", "token", "signature"}, "event-data"}`;
 //! the signature is hex HMAC-SHA256(webhook signing key, timestamp ‖ token), inside the body.
-//! Stale timestamps are refused; a replayed token is a duplicate (the token is the dedupe key
-//! when the event has no id).
+//! Stale timestamps are refused. The signature does not cover the event data, so a captured
+//! signature could carry a forged event: each token is bound to the first event it came with
+//! (`store::receipts::bind_token`), and the same token with another event is refused.
 
 use std::time::Duration;
 
@@ -57,6 +58,8 @@ pub fn verify(incoming: &Incoming<'_>, key: &str, max_age: Duration) -> Result<V
         suppress,
         detail: json!({"provider_status": event, "severity": e["severity"], "reason": e["reason"],
                        "delivery_status": e["delivery-status"]["message"]}),
+        // The HMAC covers only timestamp and token, not the event: a token is good for one event.
+        replay_token: Some(token.to_owned()),
     }])
 }
 

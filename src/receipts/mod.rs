@@ -42,6 +42,9 @@ pub struct Receipt {
     pub suppress: Option<String>,
     /// Kept in the timeline event and the inbox.
     pub detail: Value,
+    /// For schemes whose signature does not cover the event (Mailgun signs only a timestamp
+    /// and a token): the signed token, which may be used for this one event only.
+    pub replay_token: Option<String>,
 }
 
 /// A verified request that is not a receipt (an SNS subscription confirmation).

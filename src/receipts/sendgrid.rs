@@ -75,6 +75,7 @@ fn receipt(e: &Value) -> Option<Receipt> {
         status,
         suppress,
         detail: json!({"provider_status": event, "reason": e["reason"], "response": e["response"], "type": e["type"]}),
+        replay_token: None,
     })
 }
 

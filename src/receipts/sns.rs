@@ -172,6 +172,7 @@ fn ses_receipt(sns_id: &str, e: &Value) -> Option<Receipt> {
         suppress,
         detail: json!({"provider_status": kind, "bounce_type": bounce_type, "bounce_sub_type": e["bounce"]["bounceSubType"],
                        "complaint_type": e["complaint"]["complaintFeedbackType"]}),
+        replay_token: None,
     })
 }
 

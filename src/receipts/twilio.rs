@@ -84,6 +84,7 @@ pub fn verify(
         status,
         suppress,
         detail: json!({"provider_status": state, "error_code": error_code}),
+        replay_token: None,
     }])
 }
 

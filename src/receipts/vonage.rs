@@ -97,6 +97,7 @@ pub fn verify(
         status,
         suppress,
         detail: json!({"provider_status": state, "err_code": err_code, "message_id": message_id}),
+        replay_token: None,
     }])
 }
 

@@ -23,6 +23,28 @@ pub enum Applied {
     Recorded { changed: bool },
 }
 
+/// Bind a signed token to the receipt it came with. `false`: the token was used before with
+/// another receipt (a replayed signature carrying forged event data). The same receipt again
+/// (a provider's redelivery) is fine: the inbox dedupes it.
+pub async fn bind_token(pool: &PgPool, provider: &str, token: &str, dedupe_key: &str) -> StoreResult<bool> {
+    let bound: String = sqlx::query_scalar(
+        "WITH ins AS (
+             INSERT INTO receipt_tokens (provider, token, dedupe_key) VALUES ($1, $2, $3)
+             ON CONFLICT (provider, token) DO NOTHING
+             RETURNING dedupe_key
+         )
+         SELECT dedupe_key FROM ins
+         UNION ALL
+         SELECT dedupe_key FROM receipt_tokens WHERE provider = $1 AND token = $2 AND NOT EXISTS (SELECT 1 FROM ins)",
+    )
+    .bind(provider)
+    .bind(token)
+    .bind(dedupe_key)
+    .fetch_one(pool)
+    .await?;
+    Ok(bound == dedupe_key)
+}
+
 pub async fn apply(pool: &PgPool, provider: &str, r: &Receipt) -> StoreResult<Applied> {
     let mut tx = pool.begin().await?;
     let payload = json!({"status": r.status.map(Status::as_str), "detail": r.detail});

@@ -61,6 +61,14 @@ pub async fn prune(pool: &PgPool, notifications_days: u32, idempotency_hours: u3
     .bind(BATCH)
     .fetch_one(&mut *tx)
     .await?;
+    // Signed receipt tokens are kept a week: far past any replay window (`receipts.max_age_secs`).
+    sqlx::query(
+        "DELETE FROM receipt_tokens WHERE (provider, token) IN (
+             SELECT provider, token FROM receipt_tokens WHERE seen_at < now() - interval '7 days' LIMIT $1)",
+    )
+    .bind(BATCH)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(Pruned {
         notifications: u64::try_from(notifications).unwrap_or(0),

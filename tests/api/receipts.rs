@@ -506,6 +506,49 @@ async fn a_mailgun_complaint_signed_with_hmac_complains_and_suppresses() {
     assert_eq!(t.get(&key, "/v1/suppressions").await.body["items"][0]["reason"], "spam complaint");
 }
 
+/// Mailgun's signature covers only timestamp and token: a captured signature replayed with
+/// forged event data must be refused, while a redelivery of the same event is acknowledged.
+#[tokio::test]
+async fn a_replayed_mailgun_signature_with_other_event_data_is_refused() {
+    let fake = FakeHttp::mailgun().await;
+    let origin = fake.origin.clone();
+    let t = TestApp::spawn_with(move |s| {
+        let mut p = provider_settings::mailgun(&origin);
+        p.webhook_signing_key = Some(Secret::new("mailgun-signing-key"));
+        s.providers.insert("mg".into(), p);
+        s.channels.email.providers = vec!["mg".into()];
+    })
+    .await;
+    let key = t.key("acme", SEND_READ).await;
+    let id = t.post(&key, email("dave@example.com", "x")).await.body["id"].as_str().expect("id").to_owned();
+    t.dispatch_until_idle().await;
+    // One captured signature (timestamp, token, HMAC), sent with two different events.
+    let ts = time::OffsetDateTime::now_utc().unix_timestamp().to_string();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"mailgun-signing-key").expect("key");
+    mac.update(format!("{ts}tok-captured").as_bytes());
+    let signature =
+        json!({"timestamp": ts, "token": "tok-captured", "signature": hex::encode(mac.finalize().into_bytes())});
+    let body = |event: &str, event_id: &str| {
+        json!({"signature": signature, "event-data": {"event": event, "id": event_id, "recipient": "dave@example.com",
+                                                      "user-variables": {"herald_id": id}}})
+    };
+    let post = |b: Value| t.client.post(format!("{}/webhooks/mg", t.addr)).json(&b).send();
+    let genuine = body("delivered", "evt-genuine");
+    assert_eq!(post(genuine.clone()).await.expect("post").status(), StatusCode::OK);
+    assert_eq!(t.notification(&key, &id).await["status"], "delivered");
+
+    let forged = post(body("complained", "evt-forged")).await.expect("post");
+    assert_eq!(forged.status(), StatusCode::UNAUTHORIZED, "the token was used for another event");
+    assert_eq!(t.notification(&key, &id).await["status"], "delivered", "the forged complaint changed nothing");
+    let suppressions = t.get(&key, "/v1/suppressions").await;
+    assert_eq!(suppressions.body["items"].as_array().map(Vec::len), Some(0), "{}", suppressions.body);
+
+    // Mailgun redelivering the genuine event (same token, same event) is acknowledged once.
+    let again = post(genuine).await.expect("post");
+    assert_eq!(again.status(), StatusCode::OK);
+    assert_eq!(again.json::<Value>().await.expect("json")["duplicates"], 1);
+}
+
 fn sns_sign(msg: &mut Value) {
     let key = aws_lc_rs::rsa::KeyPair::from_pkcs8(include_bytes!("../fixtures/sns-test-key.pk8")).expect("key");
     let to_sign = herald::receipts::sns::string_to_sign(msg);

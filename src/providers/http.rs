@@ -36,14 +36,43 @@ impl HttpReply {
     }
 }
 
-/// Send `req`. Only transport failures are errors here; any HTTP answer is returned for the
-/// adapter's own table to classify.
+/// The most of a provider's answer that is read: their answers are a few hundred bytes, and a
+/// hostile or broken endpoint must not stream gigabytes into memory.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// Send `req`. Only transport failures (and an answer over `MAX_ANSWER_BYTES`) are errors
+/// here; any HTTP answer is returned for the adapter's own table to classify.
 pub async fn execute(req: RequestBuilder) -> Result<HttpReply, ProviderError> {
     let resp = req.send().await.map_err(transport_error)?;
     let status = resp.status();
     let headers = resp.headers().clone();
-    let body = resp.bytes().await.map_err(transport_error)?;
+    let body = read_capped(resp, MAX_ANSWER_BYTES).await.map_err(|e| match e {
+        ReadError::Transport(e) => transport_error(e),
+        ReadError::TooLong => {
+            ProviderError::Transient(format!("the answer ({status}) is over {} KiB", MAX_ANSWER_BYTES / 1024))
+        }
+    })?;
     Ok(HttpReply { status, headers, body })
+}
+
+pub enum ReadError {
+    Transport(reqwest::Error),
+    TooLong,
+}
+
+/// Read a response body of at most `cap` bytes; stop as soon as it is longer.
+pub async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<bytes::Bytes, ReadError> {
+    if resp.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(ReadError::TooLong);
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = resp.chunk().await.map_err(ReadError::Transport)? {
+        if body.len() + chunk.len() > cap {
+            return Err(ReadError::TooLong);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 fn transport_error(e: reqwest::Error) -> ProviderError {

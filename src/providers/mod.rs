@@ -136,24 +136,42 @@ pub struct Registry {
     routes: BTreeMap<&'static str, Vec<Arc<Route>>>,
 }
 
-/// One HTTP client for every HTTP provider: shared connection pools, rustls.
-fn http_client() -> Result<reqwest::Client, BuildError> {
+/// One HTTP client for every provider with a fixed origin: shared connection pools, rustls.
+/// It follows a redirect only within the origin it was sent to (and at most 5): a provider's
+/// answer cannot send Herald, with its credentials, anywhere else.
+fn http_client(redirects: reqwest::redirect::Policy) -> Result<reqwest::Client, BuildError> {
     reqwest::Client::builder()
         .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(5))
         .pool_idle_timeout(Duration::from_secs(60))
+        .redirect(redirects)
         .build()
         .map_err(|e| BuildError { name: "http client".into(), message: e.to_string() })
 }
 
+fn same_origin_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let first = attempt.previous().first().map(|u| u.origin());
+        if attempt.previous().len() <= 5 && first.as_ref() == Some(&attempt.url().origin()) {
+            attempt.follow()
+        } else {
+            attempt.stop()
+        }
+    })
+}
+
 impl Registry {
     pub fn from_settings(settings: &Settings) -> Result<Registry, BuildError> {
-        let client = http_client()?;
+        let client = http_client(same_origin_redirects())?;
+        // Web Push endpoints come from callers: a redirect there is never followed (the
+        // private-network guard checked only the first URL).
+        let push_client = http_client(reqwest::redirect::Policy::none())?;
         let base = settings.server.public_base_url.as_str();
         let mut by_name: BTreeMap<String, Arc<Route>> = BTreeMap::new();
         for (name, cfg) in &settings.providers {
             let provider =
-                build(name, cfg, &client, base).map_err(|message| BuildError { name: name.clone(), message })?;
+                build(name, cfg, if cfg.kind == ProviderKind::WebPush { &push_client } else { &client }, base)
+                    .map_err(|message| BuildError { name: name.clone(), message })?;
             let route = Route {
                 provider,
                 breaker: Breaker::new(name, cfg.breaker_failures, Duration::from_millis(cfg.breaker_cooldown_ms)),

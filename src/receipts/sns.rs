@@ -67,7 +67,11 @@ async fn cert_key(url: &url::Url, client: &reqwest::Client) -> Result<Vec<u8>, R
     if !resp.status().is_success() {
         return Err(fail(format!("answered {}", resp.status())));
     }
-    let pem = resp.bytes().await.map_err(|e| fail(e.to_string()))?;
+    // A certificate is a couple of KiB: read no more than 16.
+    let pem = crate::providers::http::read_capped(resp, 16 * 1024).await.map_err(|e| match e {
+        crate::providers::http::ReadError::Transport(e) => fail(e.without_url().to_string()),
+        crate::providers::http::ReadError::TooLong => fail("over 16 KiB: not a certificate".into()),
+    })?;
     let key = public_key_of(&pem).map_err(fail)?;
     CERT_KEYS.lock().unwrap_or_else(|e| e.into_inner()).insert(url.to_string(), key.clone());
     Ok(key)

@@ -348,3 +348,38 @@ async fn the_chaos_provider_injects_the_configured_failure() {
     assert_eq!(n["status"], "failed");
     assert!(n["error"].as_str().expect("error").contains("chaos"));
 }
+
+/// Providers with a fixed origin may redirect within it, never to another origin (which would
+/// get the request, credentials aside, and whatever it answers in `last_error`).
+#[tokio::test]
+async fn provider_redirects_are_followed_only_within_the_origin() {
+    let fake = FakeHttp::sendgrid().await;
+    let elsewhere = FakeHttp::receiver().await;
+    let origin = fake.origin.clone();
+    let t = TestApp::spawn_with(move |s| route(s, "email", vec![("sg", sendgrid(&origin))])).await;
+    let key = t.key("acme", SEND_READ).await;
+    fake.plan(vec![(307, vec![("location", format!("{}/v3/mail/send", fake.origin))], String::new())]);
+    let n = send_and_dispatch(&t, &key, rich_email("a@example.com")).await;
+    assert_eq!(n["status"], "sent", "{n}");
+    assert_eq!(fake.requests().len(), 2, "the same-origin redirect was followed");
+
+    fake.plan(vec![(307, vec![("location", format!("{}/v3/mail/send", elsewhere.origin))], String::new()); 8]);
+    let n = send_and_dispatch(&t, &key, rich_email("b@example.com")).await;
+    assert_ne!(n["status"], "sent", "{n}");
+    assert!(elsewhere.requests().is_empty(), "a redirect to another origin was followed");
+}
+
+/// A provider's answer is read up to 64 KiB: a longer one fails the attempt instead of being
+/// read into memory whole.
+#[tokio::test]
+async fn an_over_long_provider_answer_fails_the_attempt() {
+    let fake = FakeHttp::sendgrid().await;
+    let origin = fake.origin.clone();
+    let t = TestApp::spawn_with(move |s| route(s, "email", vec![("sg", sendgrid(&origin))])).await;
+    let key = t.key("acme", SEND_READ).await;
+    fake.plan(vec![(202, vec![("x-message-id", "big".into())], "x".repeat(1 << 20)); 8]);
+    let n = send_and_dispatch(&t, &key, rich_email("a@example.com")).await;
+    assert_ne!(n["status"], "sent", "{n}");
+    let error = n["events"][1]["detail"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("over 64 KiB"), "{n}");
+}

@@ -219,3 +219,17 @@ async fn the_fake_apns_refuses_a_token_from_another_team() {
     assert_eq!(n["status"], "failed");
     assert!(n["error"].as_str().expect("error").contains("InvalidProviderToken"), "{n}");
 }
+
+/// A Web Push endpoint comes from the caller: a redirect it answers is never followed (it
+/// could point anywhere, a private address included, past the guard that checked the first).
+#[tokio::test]
+async fn a_web_push_redirect_is_not_followed() {
+    let fake = FakeHttp::push_service().await;
+    let elsewhere = FakeHttp::receiver().await;
+    fake.plan(vec![(307, vec![("location", format!("{}/steal", elsewhere.origin))], "moved".into()); 8]);
+    let t = spawn(vec![("webpush", web_push())]).await;
+    let key = t.key("acme", SEND_READ).await;
+    let n = send(&t, &key, json!({"web_push": subscription(&format!("{}/push/x", fake.origin))})).await;
+    assert_ne!(n["status"], "sent", "{n}");
+    assert!(elsewhere.requests().is_empty(), "the redirect was followed");
+}

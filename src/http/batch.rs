@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::auth::require;
-use super::notifications::{idempotency_header, json_body, key_conflict, prepare, valid_key};
+use super::notifications::{idempotency_header, json_body, key_conflict, prepare, request_hash, valid_key};
 use super::problem::ApiError;
 use crate::domain::FieldError;
 use crate::store::ingest::{self, Accepted, Submission};
@@ -61,9 +61,26 @@ pub async fn create(
     let mut results: Vec<Option<Value>> = vec![None; items.len()];
     let mut pending: Vec<(usize, Submission)> = Vec::with_capacity(items.len());
     for (index, mut item) in items.into_iter().enumerate() {
-        match item_submission(&state, &caller, index, &mut item, batch_key.as_deref()) {
-            Ok(s) => pending.push((index, s)),
-            Err(problem) => results[index] = Some(item_problem(index, &problem)),
+        let refused = match item_submission(&state, &caller, index, &mut item, batch_key.as_deref()) {
+            Ok(s) => {
+                pending.push((index, s));
+                continue;
+            }
+            Err(refused) => *refused,
+        };
+        match refused {
+            // A retried item that no longer validates still gets its original answer.
+            (problem, Some(key)) => {
+                let earlier = ingest::earlier_use(&state.pool, caller.tenant_id, &key, &request_hash(&item)).await?;
+                results[index] = Some(match earlier {
+                    Some(Accepted::Replayed { id, status }) => {
+                        json!({"index": index, "id": id, "status": status, "replayed": true})
+                    }
+                    Some(_) => item_problem(index, &key_conflict()),
+                    None => item_problem(index, &problem),
+                });
+            }
+            (problem, None) => results[index] = Some(item_problem(index, &problem)),
         }
     }
     let submissions: Vec<Submission> = pending.iter().map(|(_, s)| s.clone()).collect();
@@ -84,23 +101,22 @@ pub async fn create(
 }
 
 /// One item: take out its `idempotency_key`, then validate the rest as a notification. Field
-/// pointers are into the whole request (`/notifications/3/to`).
+/// pointers are into the whole request (`/notifications/3/to`). A refused item comes back with
+/// its key, if it has one.
 fn item_submission(
     state: &AppState,
     caller: &Caller,
     index: usize,
     item: &mut Value,
     batch_key: Option<&str>,
-) -> Result<Submission, ApiError> {
+) -> Result<Submission, Box<(ApiError, Option<String>)>> {
     let at = |e: FieldError| FieldError::new(format!("/notifications/{index}{}", e.pointer), e.detail);
     let own_key = match item.as_object_mut().and_then(|o| o.remove("idempotency_key")) {
         None => None,
         Some(Value::String(k)) if valid_key(&k) => Some(k),
         Some(_) => {
-            return Err(ApiError::validation(vec![at(FieldError::new(
-                "/idempotency_key",
-                "must be 1 to 255 visible ASCII characters",
-            ))]));
+            let e = FieldError::new("/idempotency_key", "must be 1 to 255 visible ASCII characters");
+            return Err(Box::new((ApiError::validation(vec![at(e)]), None)));
         }
     };
     let key = match (own_key, batch_key) {
@@ -108,16 +124,18 @@ fn item_submission(
         (None, Some(b)) => {
             let k = format!("{b}/{index}");
             if !valid_key(&k) {
-                return Err(ApiError::header_problem(
+                let e = ApiError::header_problem(
                     "Idempotency-Key",
                     "too long to key 1,000 items; use at most 250 characters",
-                ));
+                );
+                return Err(Box::new((e, None)));
             }
             Some(k)
         }
         (None, None) => None,
     };
-    prepare(state, caller, item, key).map_err(|errs| ApiError::validation(errs.into_iter().map(at).collect()))
+    prepare(state, caller, item, key.clone())
+        .map_err(|errs| Box::new((ApiError::validation(errs.into_iter().map(at).collect()), key)))
 }
 
 fn item_problem(index: usize, problem: &ApiError) -> Value {

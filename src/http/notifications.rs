@@ -21,7 +21,7 @@ use super::problem::ApiError;
 use crate::domain::notification::ParseOptions;
 use crate::domain::recipient::EmailAddress;
 use crate::domain::{Channel, FieldError, NewNotification, NotificationId, Status};
-use crate::store::ingest::{Accepted, Submission};
+use crate::store::ingest::{self, Accepted, Submission};
 use crate::store::keys::{Caller, Scope};
 use crate::store::notifications::{self as store, ListFilter};
 use crate::store::tracking::{self, CancelOutcome};
@@ -167,17 +167,32 @@ pub async fn create(
     require(&caller, Scope::Send)?;
     let value = json_body(&body)?;
     let key = idempotency_header(&headers)?.map(str::to_owned);
-    let submission = prepare(&state, &caller, &value, key).map_err(ApiError::validation)?;
+    let submission = match prepare(&state, &caller, &value, key.clone()) {
+        Ok(s) => s,
+        // A retry of a request that no longer validates still gets its original answer.
+        Err(errors) => match key {
+            Some(k) => match ingest::earlier_use(&state.pool, caller.tenant_id, &k, &request_hash(&value)).await? {
+                Some(earlier) => return answer(&state, &caller, earlier).await,
+                None => return Err(ApiError::validation(errors)),
+            },
+            None => return Err(ApiError::validation(errors)),
+        },
+    };
     // Written with whatever other requests are being accepted at the same moment: one
     // statement and one commit for the group, and the 202 only after that commit.
     let outcome = state.ingest.submit(submission).await.map_err(|_| ApiError::internal())??;
+    answer(&state, &caller, outcome).await
+}
+
+/// The response to an accept: 202 with the new notification, or 200 with the original one.
+async fn answer(state: &AppState, caller: &Caller, outcome: Accepted) -> Result<Response, ApiError> {
     let (view, status, replayed) = match outcome {
         // Built from what was written: no second read.
         Accepted::Created { record, suppressed_reason } => {
             let events = created_events(&record, suppressed_reason);
             (NotificationView::new(*record, Some(events)), StatusCode::ACCEPTED, false)
         }
-        Accepted::Replayed { id, .. } => (load(&state, id, &caller).await?, StatusCode::OK, true),
+        Accepted::Replayed { id, .. } => (load(state, id, caller).await?, StatusCode::OK, true),
         Accepted::KeyConflict => return Err(key_conflict()),
     };
     let id = view.id;

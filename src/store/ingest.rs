@@ -227,6 +227,34 @@ async fn try_batch(pool: &PgPool, items: &[Submission], notify: bool) -> StoreRe
     Ok(results)
 }
 
+/// What an idempotency key was used for before, if it was: the original notification when
+/// `request_hash` matches, else a conflict. For requests that no longer validate (their
+/// `expires_at` has passed, a provider left the configuration): a retry still gets its
+/// original answer.
+pub async fn earlier_use(
+    pool: &PgPool,
+    tenant: TenantId,
+    key: &str,
+    request_hash: &[u8],
+) -> StoreResult<Option<Accepted>> {
+    let row: Option<(Vec<u8>, Uuid, Option<String>)> = sqlx::query_as(
+        "SELECT k.request_hash, k.notification_id, n.status FROM idempotency_keys k
+         LEFT JOIN notifications n ON n.id = k.notification_id
+         WHERE k.tenant_id = $1 AND k.key = $2",
+    )
+    .bind(tenant.as_uuid())
+    .bind(key)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(hash, id, status)| {
+        if hash == request_hash {
+            Accepted::Replayed { id: NotificationId::from_uuid(id), status: status.as_deref().and_then(Status::parse) }
+        } else {
+            Accepted::KeyConflict
+        }
+    }))
+}
+
 /// Insert the batch's first uses of keys, in index order; return, by item index, the keys
 /// that were taken already (by a committed request, or one that committed while we waited).
 async fn claim_keys(

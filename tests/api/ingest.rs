@@ -207,3 +207,37 @@ async fn batch_limits_are_problems() {
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
 }
+
+/// A retried request whose body no longer validates (its `expires_at` has passed since)
+/// still gets the original notification, single and in a batch; a changed body is a 409.
+#[tokio::test]
+async fn a_retry_that_no_longer_validates_gets_its_original_answer() {
+    let t = TestApp::spawn().await;
+    let key = t.key("acme", SEND_READ).await;
+    let soon = (time::OffsetDateTime::now_utc() + time::Duration::seconds(2))
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("time");
+    let body = json!({"channel": "sms", "to": "+14155550100", "content": {"text": "soon"}, "expires_at": soon});
+    let first = t.post_with_key(&key, "k-expiring", body.clone()).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.body);
+    let mut item = body.clone();
+    item["idempotency_key"] = json!("item-expiring");
+    let batch = json!({"notifications": [item]});
+    let first_batch = t.request("POST", "/v1/notifications/batch", Some(&key), Some(batch.clone())).await;
+    let first_item = first_batch.body["results"][0]["id"].clone();
+    assert!(first_item.is_string(), "{}", first_batch.body);
+
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    // Without the key, the same body is now invalid: expires_at is in the past.
+    assert_eq!(t.post(&key, body.clone()).await.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let retry = t.post_with_key(&key, "k-expiring", body.clone()).await;
+    assert_eq!(retry.status, StatusCode::OK, "{}", retry.body);
+    assert_eq!(retry.body["id"], first.body["id"]);
+    let mut changed = body.clone();
+    changed["content"]["text"] = json!("other");
+    assert_eq!(t.post_with_key(&key, "k-expiring", changed).await.status, StatusCode::CONFLICT);
+
+    let again = t.request("POST", "/v1/notifications/batch", Some(&key), Some(batch)).await;
+    assert_eq!(again.body["results"][0]["id"], first_item, "{}", again.body);
+    assert_eq!(again.body["results"][0]["replayed"], true);
+}

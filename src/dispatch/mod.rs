@@ -125,6 +125,8 @@ struct Inner {
     pool: PgPool,
     /// Provider calls (and status callback requests) in flight: `dispatch.concurrency`.
     sends: Semaphore,
+    /// Cancelled when `run` stops: jobs not yet handed to a provider are given back.
+    stopping: CancellationToken,
     /// Outcomes of concurrent sends, written together (`tracking::complete`).
     completions: Coalescer<Completion, Result<Applied, StoreError>>,
     /// Sends claimed and not yet finished, by channel (`Channel::index`): a paced channel is
@@ -175,6 +177,7 @@ impl Dispatcher {
                 pool,
                 completions,
                 sends: Semaphore::new(settings.dispatch.concurrency),
+                stopping: CancellationToken::new(),
                 in_flight: Default::default(),
                 registry,
                 settings: settings.dispatch.clone(),
@@ -320,6 +323,8 @@ impl Dispatcher {
         }
 
         while in_flight.try_join_next().is_some() {}
+        // Jobs still waiting for their turn are given back now; sends under way get the grace.
+        self.inner.stopping.cancel();
         let grace = Duration::from_millis(s.shutdown_grace_ms);
         info!(in_flight = in_flight.len(), grace_ms = s.shutdown_grace_ms, "dispatcher stopping");
         let finished = tokio::time::timeout(grace, async { while in_flight.join_next().await.is_some() {} }).await;
@@ -476,29 +481,38 @@ impl Dispatcher {
         if let Some(d) = deadline {
             budget_end = budget_end.min(d);
         }
-        let _permit = if route.pacer.is_limited() {
-            let pace_budget = budget_end.saturating_duration_since(Instant::now()) / 2;
-            match route.pacer.acquire(pace_budget).await {
-                Some(p) => Some(p),
-                None => {
-                    let reason = format!("provider {} is at its pacing limit; waiting", provider.name());
-                    return self.put_back(lease, Duration::ZERO, &reason).await;
+        // Until the provider is called, a stopping dispatcher gives the job back at once (no
+        // attempt counted) rather than leaving it leased until a rescue.
+        let stopping = self.inner.stopping.cancelled();
+        let waits = async {
+            let paced = if route.pacer.is_limited() {
+                let pace_budget = budget_end.saturating_duration_since(Instant::now()) / 2;
+                match route.pacer.acquire(pace_budget).await {
+                    Some(p) => Some(p),
+                    None => return Err(format!("provider {} is at its pacing limit; waiting", provider.name())),
                 }
-            }
-        } else {
-            None
+            } else {
+                None
+            };
+            // `dispatch.concurrency` bounds the provider calls in flight; waiting for a turn
+            // counts against the send's budget like pacing does.
+            let sending = self.inner.sends.acquire().await.map_err(|_| "the dispatcher is stopping".to_owned())?;
+            Ok((paced, sending))
         };
-        // `dispatch.concurrency` bounds the provider calls in flight; waiting for a turn counts
-        // against the send's budget like pacing does.
-        let Ok(_sending) = self.inner.sends.acquire().await else {
-            return self.put_back(lease, Duration::ZERO, "the dispatcher is stopping").await;
+        let (_paced, _sending) = tokio::select! {
+            biased;
+            _ = stopping => return self.put_back(lease, Duration::ZERO, "the dispatcher is stopping").await,
+            turn = waits => match turn {
+                Ok(permits) => permits,
+                Err(reason) => return self.put_back(lease, Duration::ZERO, &reason).await,
+            },
         };
         let limit = provider.timeout().min(budget_end.saturating_duration_since(Instant::now()));
         let result = match tokio::time::timeout(limit, provider.send(&message)).await {
             Ok(r) => r,
             Err(_) => Err(ProviderError::Transient(format!("timed out after {} ms", limit.as_millis()))),
         };
-        drop(_sending);
+        drop((_paced, _sending));
         route.breaker.record(match &result {
             Ok(_) => Health::Answered,
             Err(e) => e.health(),

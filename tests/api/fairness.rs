@@ -150,3 +150,38 @@ async fn a_paced_channel_is_claimed_no_faster_than_its_provider_admits() {
     assert_eq!((s.sent + s.deferred, s.failed, s.retried), (8, 0, 0), "{s:?}");
     assert_eq!(t.job_count().await as u64, 50 - s.sent);
 }
+
+/// On shutdown, jobs not yet handed to a provider (here: waiting for a slow pacer) are given
+/// back at once, without an attempt counted, instead of staying leased until a rescue.
+#[tokio::test]
+async fn stopping_gives_back_jobs_not_yet_handed_to_a_provider() {
+    let t = TestApp::spawn_with(|s| {
+        let mut paced = herald::config::ProviderSettings::new(herald::config::ProviderKind::Log);
+        paced.max_per_second = Some(1.0);
+        s.providers.insert("slow".into(), paced);
+        s.channels.sms.providers = vec!["slow".into()];
+        s.dispatch.lease_secs = 60;
+        s.dispatch.shutdown_grace_ms = 500;
+    })
+    .await;
+    let key = t.key("acme", SEND_READ).await;
+    let tenant = tenant_of(&t, &key).await;
+    queue(&t, tenant, 10, &json!({"channel": "sms", "to": "+14155550100", "content": {"text": "hi"}})).await;
+    let cancel = CancellationToken::new();
+    let d = t.dispatcher();
+    let c = cancel.clone();
+    let worker = tokio::spawn(async move { d.run(c).await });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    cancel.cancel();
+    worker.await.expect("worker");
+
+    let jobs: Vec<(String, i32)> =
+        sqlx::query_as("SELECT state, attempt FROM jobs").fetch_all(t.pool()).await.expect("jobs");
+    assert!(!jobs.is_empty() && jobs.len() < 10, "some were sent before the stop: {jobs:?}");
+    assert!(jobs.iter().all(|(state, attempt)| state == "available" && *attempt == 0), "{jobs:?}");
+    let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications WHERE status = 'queued'")
+        .fetch_one(t.pool())
+        .await
+        .expect("count");
+    assert_eq!(queued as usize, jobs.len());
+}

@@ -367,18 +367,14 @@ async fn latency(ctx: &Ctx, base: &str, key: &str, proc: &mut Proc) -> Result<La
 
 /// Wait until the fake provider has received `total` messages in all.
 async fn wait_delivered(ctx: &Ctx, total: u64, proc: &mut Proc) -> Result<()> {
-    let http_ok = total;
     // Every accepted notification must reach the provider; wait for the last ones.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while ctx.fake.received() < http_ok {
+    while ctx.fake.received() < total {
         proc.check_alive()?;
         if Instant::now() > deadline {
-            return Err(format!(
-                "only {} of {} accepted reached the provider within 30 s",
-                ctx.fake.received(),
-                http_ok
-            )
-            .into());
+            return Err(
+                format!("only {} of {} accepted reached the provider within 30 s", ctx.fake.received(), total).into()
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -99,13 +99,7 @@ impl Dispatcher {
         error: &str,
         detail: Value,
     ) -> Outcome {
-        debug_assert!(matches!(status, Status::Failed | Status::Expired | Status::Suppressed));
-        let outcome = tracking::Outcome::Finished {
-            status,
-            event: event.to_owned(),
-            provider: provider.map(str::to_owned),
-            error: error.to_owned(),
-        };
+        let outcome = tracking::Outcome::finished(status, event, provider, error);
         let res = self.complete(Completion { lease, outcome, detail }).await;
         match res {
             Ok(Applied::Yes) if status == Status::Expired => Outcome::Expired,

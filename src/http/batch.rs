@@ -57,44 +57,32 @@ pub async fn create(
         return Err(e);
     }
 
-    // Validate every item; `pending` holds the valid ones with their index.
+    // Validate every item; `submissions` holds the valid ones, `indices` where they came from.
     let mut results: Vec<Option<Value>> = vec![None; items.len()];
-    let mut pending: Vec<(usize, Submission)> = Vec::with_capacity(items.len());
+    let (mut indices, mut submissions) = (Vec::with_capacity(items.len()), Vec::with_capacity(items.len()));
     for (index, mut item) in items.into_iter().enumerate() {
         let refused = match item_submission(&state, &caller, index, &mut item, batch_key.as_deref()) {
             Ok(s) => {
-                pending.push((index, s));
+                indices.push(index);
+                submissions.push(s);
                 continue;
             }
             Err(refused) => *refused,
         };
-        match refused {
+        results[index] = Some(match refused {
             // A retried item that no longer validates still gets its original answer.
             (problem, Some(key)) => {
-                let earlier = ingest::earlier_use(&state.pool, caller.tenant_id, &key, &request_hash(&item)).await?;
-                results[index] = Some(match earlier {
-                    Some(Accepted::Replayed { id, status }) => {
-                        json!({"index": index, "id": id, "status": status, "replayed": true})
-                    }
-                    Some(_) => item_problem(index, &key_conflict()),
+                match ingest::earlier_use(&state.pool, caller.tenant_id, &key, &request_hash(&item)).await? {
+                    Some(earlier) => item_result(index, Ok(earlier)),
                     None => item_problem(index, &problem),
-                });
+                }
             }
-            (problem, None) => results[index] = Some(item_problem(index, &problem)),
-        }
-    }
-    let submissions: Vec<Submission> = pending.iter().map(|(_, s)| s.clone()).collect();
-    let outcomes = ingest::accept_batch(&state.pool, &submissions, state.settings.dispatch.listen_notify).await;
-    for ((index, _), outcome) in pending.iter().zip(outcomes) {
-        let index = *index;
-        results[index] = Some(match outcome {
-            Ok(Accepted::Created { record, .. }) => json!({"index": index, "id": record.id, "status": record.status}),
-            Ok(Accepted::Replayed { id, status }) => {
-                json!({"index": index, "id": id, "status": status, "replayed": true})
-            }
-            Ok(Accepted::KeyConflict) => item_problem(index, &key_conflict()),
-            Err(e) => item_problem(index, &ApiError::from(e)),
+            (problem, None) => item_problem(index, &problem),
         });
+    }
+    let outcomes = ingest::accept_batch(&state.pool, &submissions, state.settings.dispatch.listen_notify).await;
+    for (index, outcome) in indices.into_iter().zip(outcomes) {
+        results[index] = Some(item_result(index, outcome.map_err(ApiError::from)));
     }
     let results: Vec<Value> = results.into_iter().flatten().collect();
     Ok((StatusCode::OK, Json(json!({ "results": results }))))
@@ -136,6 +124,17 @@ fn item_submission(
     };
     prepare(state, caller, item, key.clone())
         .map_err(|errs| Box::new((ApiError::validation(errs.into_iter().map(at).collect()), key)))
+}
+
+/// One item's entry in the answer: its notification (new, or the original of a replay), or
+/// its problem.
+fn item_result(index: usize, outcome: Result<Accepted, ApiError>) -> Value {
+    match outcome {
+        Ok(Accepted::Created { record, .. }) => json!({"index": index, "id": record.id, "status": record.status}),
+        Ok(Accepted::Replayed { id, status }) => json!({"index": index, "id": id, "status": status, "replayed": true}),
+        Ok(Accepted::KeyConflict) => item_problem(index, &key_conflict()),
+        Err(e) => item_problem(index, &e),
+    }
 }
 
 fn item_problem(index: usize, problem: &ApiError) -> Value {

@@ -475,8 +475,8 @@ async fn a_sendgrid_bounce_signed_with_ecdsa_bounces_and_suppresses() {
     assert_eq!(t.get(&key, "/v1/suppressions").await.body["items"][0]["recipient"], "bounce@example.com");
 }
 
-#[tokio::test]
-async fn a_mailgun_complaint_signed_with_hmac_complains_and_suppresses() {
+/// Email through a fake Mailgun whose receipts are signed with `mailgun-signing-key`.
+async fn mailgun_app() -> (TestApp, FakeHttp) {
     let fake = FakeHttp::mailgun().await;
     let origin = fake.origin.clone();
     let t = TestApp::spawn_with(move |s| {
@@ -486,6 +486,12 @@ async fn a_mailgun_complaint_signed_with_hmac_complains_and_suppresses() {
         s.channels.email.providers = vec!["mg".into()];
     })
     .await;
+    (t, fake)
+}
+
+#[tokio::test]
+async fn a_mailgun_complaint_signed_with_hmac_complains_and_suppresses() {
+    let (t, _fake) = mailgun_app().await;
     let key = t.key("acme", SEND_READ).await;
     let id = t.post(&key, email("carol@example.com", "x")).await.body["id"].as_str().expect("id").to_owned();
     t.dispatch_until_idle().await;
@@ -510,15 +516,7 @@ async fn a_mailgun_complaint_signed_with_hmac_complains_and_suppresses() {
 /// forged event data must be refused, while a redelivery of the same event is acknowledged.
 #[tokio::test]
 async fn a_replayed_mailgun_signature_with_other_event_data_is_refused() {
-    let fake = FakeHttp::mailgun().await;
-    let origin = fake.origin.clone();
-    let t = TestApp::spawn_with(move |s| {
-        let mut p = provider_settings::mailgun(&origin);
-        p.webhook_signing_key = Some(Secret::new("mailgun-signing-key"));
-        s.providers.insert("mg".into(), p);
-        s.channels.email.providers = vec!["mg".into()];
-    })
-    .await;
+    let (t, _fake) = mailgun_app().await;
     let key = t.key("acme", SEND_READ).await;
     let id = t.post(&key, email("dave@example.com", "x")).await.body["id"].as_str().expect("id").to_owned();
     t.dispatch_until_idle().await;

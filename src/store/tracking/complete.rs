@@ -30,6 +30,19 @@ pub enum Outcome {
     Finished { status: Status, event: String, provider: Option<String>, error: String },
 }
 
+impl Outcome {
+    /// `Finished` with `status` (`failed`, `expired` or `suppressed`).
+    pub fn finished(status: Status, event: &str, provider: Option<&str>, error: &str) -> Outcome {
+        debug_assert!(matches!(status, Status::Failed | Status::Expired | Status::Suppressed));
+        Outcome::Finished {
+            status,
+            event: event.to_owned(),
+            provider: provider.map(str::to_owned),
+            error: error.to_owned(),
+        }
+    }
+}
+
 /// One outcome with its lease and the detail of its timeline event.
 #[derive(Clone, Debug)]
 pub struct Completion {
@@ -210,12 +223,6 @@ pub async fn mark_finished(
     error: &str,
     detail: Value,
 ) -> StoreResult<Applied> {
-    debug_assert!(matches!(status, Status::Failed | Status::Expired | Status::Suppressed));
-    let outcome = Outcome::Finished {
-        status,
-        event: event.to_owned(),
-        provider: provider.map(str::to_owned),
-        error: error.to_owned(),
-    };
+    let outcome = Outcome::finished(status, event, provider, error);
     one(conn, lease, outcome, detail).await
 }

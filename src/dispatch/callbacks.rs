@@ -93,7 +93,7 @@ impl Dispatcher {
         outcome: Outcome,
     ) -> Outcome {
         let res = self
-            .with_retries(|| async {
+            .with_retries(lease, || async {
                 let mut conn = self.inner.pool.acquire().await?;
                 tracking::callback_attempted(&mut conn, lease, retry_in, detail.clone()).await
             })

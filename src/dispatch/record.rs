@@ -2,7 +2,7 @@
 //! with the outcomes of concurrent sends into one statement), retried a few times, because
 //! an outcome that cannot be written means the job is sent again after its lease expires.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -35,7 +35,7 @@ impl Dispatcher {
     pub(super) async fn put_back(&self, lease: Lease, delay: Duration, reason: &str) -> Outcome {
         debug!(delay_ms = delay.as_millis() as u64, reason, "putting the job back");
         let res = self
-            .with_retries(|| async {
+            .with_retries(lease, || async {
                 let mut conn = self.inner.pool.acquire().await?;
                 tracking::release(&mut conn, lease, delay, Some(reason)).await
             })
@@ -111,35 +111,41 @@ impl Dispatcher {
 
     /// Record an outcome, written together with the outcomes of concurrent sends.
     pub(super) async fn complete(&self, c: Completion) -> Result<Applied, StoreError> {
-        self.with_retries(|| async {
+        self.with_retries(c.lease, || async {
             self.inner.completions.submit(c.clone()).await.map_err(|e| StoreError::Unavailable(e.to_string()))?
         })
         .await
     }
 
-    /// Recording an outcome is worth a few tries: giving up means the job is rescued and sent
-    /// again after its lease expires.
-    pub(super) async fn with_retries<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    /// Recording an outcome is worth trying until shortly before the lease ends: giving up
+    /// means the job is rescued and sent again once the lease expires, and after that a record
+    /// would be fenced anyway. Waits grow from 50 ms to 2 s between tries (a database failover
+    /// takes seconds).
+    pub(super) async fn with_retries<T, F, Fut>(&self, lease: Lease, f: F) -> Result<T, StoreError>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
     {
+        let margin = (self.inner.settings.lease() / 10).min(RECORD_MARGIN);
+        let give_up_at = lease.until.checked_sub(margin).unwrap_or(lease.until);
         let mut delay = Duration::from_millis(50);
-        let mut tries = 0;
         loop {
             match f().await {
                 Ok(v) => return Ok(v),
-                Err(e) if tries < 3 => {
-                    warn!(error = %e, "recording the outcome failed; trying again");
-                    tries += 1;
+                Err(e) if Instant::now() + delay < give_up_at => {
+                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "recording the outcome failed; trying again");
                     tokio::time::sleep(delay).await;
-                    delay *= 4;
+                    delay = (delay * 2).min(Duration::from_secs(2));
                 }
                 Err(e) => return Err(e),
             }
         }
     }
 }
+
+/// How long before its lease ends a worker stops trying to record an outcome (at most a tenth
+/// of the lease): the rest is left for the clock difference with the database.
+const RECORD_MARGIN: Duration = Duration::from_secs(2);
 
 pub(super) fn fenced() -> Outcome {
     warn!(

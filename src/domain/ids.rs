@@ -48,5 +48,32 @@ macro_rules! typed_id {
 }
 
 typed_id!(NotificationId);
+
+impl NotificationId {
+    /// The smallest notification id minted at `t` (to the millisecond): UUIDv7 ids sort by
+    /// creation time, so a time bound becomes a range of the primary key (or of any index that
+    /// ends in `id`), which an index answers without reading the rows outside it.
+    pub fn floor_at(t: time::OffsetDateTime) -> uuid::Uuid {
+        let ms = u64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+        uuid::Builder::from_unix_timestamp_millis(ms, &[0; 10]).into_uuid()
+    }
+}
 typed_id!(TenantId);
 typed_id!(ApiKeyId);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::{Duration, OffsetDateTime};
+
+    #[test]
+    fn ids_sort_between_the_floors_of_their_time() {
+        let before = OffsetDateTime::now_utc();
+        let id = NotificationId::new().as_uuid();
+        let after = OffsetDateTime::now_utc() + Duration::milliseconds(1);
+        assert!(NotificationId::floor_at(before - Duration::milliseconds(1)) <= id);
+        assert!(id < NotificationId::floor_at(after + Duration::milliseconds(1)));
+        assert!(NotificationId::floor_at(before) < NotificationId::floor_at(before + Duration::seconds(1)));
+        assert_eq!(NotificationId::floor_at(before).get_version_num(), 7);
+    }
+}

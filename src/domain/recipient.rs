@@ -126,21 +126,51 @@ impl Recipient {
         }
     }
 
-    /// A flat key for the `to` filter and for suppressions: the address, the number, the token
-    /// or the Web Push endpoint.
+    /// Its flat key (see `recipient_key`): what is stored beside it, and matched by the `to`
+    /// filter and the suppression list.
     pub fn key(&self) -> String {
-        match self {
-            // Mailbox names are case-insensitive in practice: one key for Bob@ and bob@.
-            Recipient::Email(e) => e.as_str().to_lowercase(),
-            Recipient::Sms(p) => p.as_str().to_owned(),
-            Recipient::Push(PushTarget::Fcm(t) | PushTarget::Apns(t)) => t.clone(),
-            Recipient::Push(PushTarget::WebPush(sub)) => sub.endpoint.clone(),
-        }
+        let (channel, raw) = match self {
+            Recipient::Email(e) => (Channel::Email, e.as_str()),
+            Recipient::Sms(p) => (Channel::Sms, p.as_str()),
+            Recipient::Push(PushTarget::Fcm(t) | PushTarget::Apns(t)) => (Channel::Push, t.as_str()),
+            Recipient::Push(PushTarget::WebPush(sub)) => (Channel::Push, sub.endpoint.as_str()),
+        };
+        recipient_key(Some(channel), raw).unwrap_or_else(|_| raw.to_owned())
     }
 
     /// A form safe for logs: enough to correlate, not enough to identify a person.
     pub fn masked(&self) -> String {
         mask(&self.key())
+    }
+}
+
+/// The one flat key of a recipient, computed here only: the `recipient_key` stored with a
+/// notification, the `to` filter of the list, and the suppression list all compare it, so
+/// `Alice@Example.com` given to any of them meets `alice@example.com` in the others.
+///
+/// * email: the whole address lower-cased (mailbox names are case-insensitive in practice);
+/// * SMS: the E.164 number;
+/// * push: a hex device token (APNs) lower-cased, other tokens (FCM) and Web Push endpoints as
+///   given, since they are case-sensitive.
+///
+/// Without a channel (the list's `to` filter), the form of `raw` says which it is.
+pub fn recipient_key(channel: Option<Channel>, raw: &str) -> Result<String, String> {
+    let raw = raw.trim();
+    let channel = channel.unwrap_or(if raw.contains('@') && !raw.contains("://") {
+        Channel::Email
+    } else if raw.starts_with('+') {
+        Channel::Sms
+    } else {
+        Channel::Push
+    });
+    match channel {
+        Channel::Email => EmailAddress::parse(raw).map(|e| e.as_str().to_lowercase()),
+        Channel::Sms => PhoneNumber::parse(raw).map(|p| p.as_str().to_owned()),
+        Channel::Push if raw.is_empty() || raw.len() > 4096 => {
+            Err("must be a push token or a Web Push endpoint".into())
+        }
+        Channel::Push if raw.len() >= 64 && raw.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(raw.to_ascii_lowercase()),
+        Channel::Push => Ok(raw.to_owned()),
     }
 }
 

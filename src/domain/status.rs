@@ -7,6 +7,7 @@
 //! queued ────┴─> sending ──> sent ──> delivered
 //!     ^             │  │        └──> bounced / complained / failed (late receipts)
 //!     └─ rescued ───┘  └──> retrying ──> sending …
+//! queued ──> sent / retrying: a rescued worker's attempt, recorded before any re-claim
 //! side exits: failed, cancelled, expired, suppressed
 //! ```
 
@@ -81,9 +82,11 @@ impl Status {
     pub fn can_move_to(self, next: Status) -> bool {
         use Status::*;
         match self {
-            Scheduled | Queued => {
-                matches!(next, Sending | Cancelled | Expired | Suppressed | Failed)
-            }
+            Scheduled => matches!(next, Sending | Cancelled | Expired | Suppressed | Failed),
+            // `Sent` and `Retrying` from `Queued`: the worker whose lease was rescued finished
+            // after all, before anyone claimed the job again (its fencing token still holds),
+            // and its attempt is recorded rather than repeated.
+            Queued => matches!(next, Sending | Cancelled | Expired | Suppressed | Failed | Sent | Retrying),
             // `Queued` from `Sending` is the lease rescue: the worker died mid-attempt.
             Sending => matches!(next, Sent | Retrying | Failed | Expired | Queued | Suppressed),
             Retrying => matches!(next, Sending | Cancelled | Expired | Failed | Suppressed),

@@ -19,7 +19,7 @@ use super::AppState;
 use super::auth::require;
 use super::problem::ApiError;
 use crate::domain::notification::ParseOptions;
-use crate::domain::recipient::EmailAddress;
+use crate::domain::recipient::recipient_key;
 use crate::domain::{Channel, FieldError, NewNotification, NotificationId, Status};
 use crate::store::ingest::{self, Accepted, Submission};
 use crate::store::keys::{Caller, Scope};
@@ -269,9 +269,8 @@ pub async fn list(
                 .ok_or_else(|| ApiError::bad_parameter("cursor", "not a cursor returned by this API"))
         })
         .transpose()?;
-    // Emails are stored with a lower-cased domain: normalise the filter the same way.
-    let to =
-        params.get("to").map(|t| EmailAddress::parse(t).map(|e| e.as_str().to_owned()).unwrap_or_else(|_| t.clone()));
+    // The same key as stored (a value that is no recipient of any channel matches nothing).
+    let to = params.get("to").map(|t| recipient_key(channel, t).unwrap_or_else(|_| t.clone()));
     let filter = ListFilter {
         tenant: caller.tenant_filter(),
         status,

@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 use super::AppState;
 use super::auth::require;
 use super::problem::ApiError;
-use crate::domain::recipient::{EmailAddress, PhoneNumber};
+use crate::domain::recipient::recipient_key;
 use crate::domain::{Channel, FieldError};
 use crate::store::keys::{Caller, Scope};
 use crate::store::suppressions::{self, Suppression};
@@ -40,18 +40,6 @@ impl From<Suppression> for SuppressionView {
             source: s.source,
             created_at: s.created_at,
         }
-    }
-}
-
-/// The stored form of a recipient, the same key notifications use (so a suppression of
-/// `Alice@Example.com` matches sends to `Alice@example.com`).
-fn recipient_key(channel: Channel, raw: &str) -> Result<String, String> {
-    match channel {
-        Channel::Email => EmailAddress::parse(raw).map(|e| e.as_str().to_lowercase()),
-        Channel::Sms => PhoneNumber::parse(raw).map(|p| p.as_str().to_owned()),
-        // A push token or a Web Push endpoint, as given.
-        Channel::Push if !raw.trim().is_empty() && raw.len() <= 4096 => Ok(raw.trim().to_owned()),
-        Channel::Push => Err("must be a push token or a Web Push endpoint".into()),
     }
 }
 
@@ -119,7 +107,7 @@ pub async fn create(State(state): State<AppState>, caller: Caller, body: Bytes) 
             None
         }
         (None, Some(_)) => None,
-        (Some(ch), Some(r)) => match recipient_key(ch, r) {
+        (Some(ch), Some(r)) => match recipient_key(Some(ch), r) {
             Ok(k) => Some(k),
             Err(d) => {
                 errors.push(FieldError::new("/recipient", d));
@@ -153,7 +141,7 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     require(&caller, Scope::Send)?;
     let channel = channel_param(&channel)?;
-    let key = recipient_key(channel, &recipient).unwrap_or(recipient);
+    let key = recipient_key(Some(channel), &recipient).unwrap_or(recipient);
     let mut conn = state.pool.acquire().await.map_err(crate::store::StoreError::from)?;
     if suppressions::remove(&mut conn, caller.tenant_id, channel, &key).await? {
         Ok(StatusCode::NO_CONTENT)

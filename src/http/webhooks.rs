@@ -92,7 +92,7 @@ pub async fn receive(
                 warn!(provider = %name, provider_status = %r.provider_status, "receipt matches no notification; kept as unmatched");
                 unmatched += 1;
             }
-            Applied::Recorded { .. } => applied += 1,
+            Applied::Recorded { .. } | Applied::Held => applied += 1,
         }
     }
     Ok((

@@ -1,16 +1,16 @@
 //! Applying verified provider receipts: each distinct receipt is recorded once in the inbox,
 //! then in the notification's timeline, and moves its status only where the status machine
 //! allows (a late `sent` never undoes `delivered`; `delivered` after `bounced` is recorded but
-//! does not resurrect). Receipts that match no notification are kept as unmatched.
-
-use std::sync::LazyLock;
+//! does not resurrect); the status write is `tracking::receipt`'s. Receipts that match no
+//! notification are kept as unmatched, and receipts that come before their send is recorded
+//! are applied when it is.
 
 use serde_json::{Value, json};
-use sqlx::{PgPool, Row};
+use sqlx::{PgConnection, PgPool, Row};
 
 use super::StoreResult;
-use super::tracking::QUEUE_CALLBACK;
-use crate::domain::{Channel, NotificationId, Status, TenantId};
+use super::tracking::receipt;
+use crate::domain::{NotificationId, Status};
 use crate::receipts::{Receipt, Target};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,6 +21,8 @@ pub enum Applied {
     Unmatched,
     /// Recorded in the timeline; `changed` when it moved the status.
     Recorded { changed: bool },
+    /// Its notification's send is not recorded yet: kept, and applied when it is.
+    Held,
 }
 
 /// Bind a signed token to the receipt it came with. `false`: the token was used before with
@@ -47,7 +49,9 @@ pub async fn bind_token(pool: &PgPool, provider: &str, token: &str, dedupe_key: 
 
 pub async fn apply(pool: &PgPool, provider: &str, r: &Receipt) -> StoreResult<Applied> {
     let mut tx = pool.begin().await?;
-    let payload = json!({"status": r.status.map(Status::as_str), "detail": r.detail});
+    // `suppress` is kept so that a receipt applied later (see `tracking::receipt`) still adds
+    // its suppression.
+    let payload = json!({"status": r.status.map(Status::as_str), "detail": r.detail, "suppress": r.suppress});
     let inserted = sqlx::query(
         "INSERT INTO receipts (provider, dedupe_key, provider_message_id, provider_status, payload)
          VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
@@ -64,83 +68,58 @@ pub async fn apply(pool: &PgPool, provider: &str, r: &Receipt) -> StoreResult<Ap
         return Ok(Applied::Duplicate);
     }
     // Lock the notification so concurrent receipts for it apply one after the other.
-    let row = match &r.target {
-        Target::Notification(id) => {
-            sqlx::query(
-                "SELECT id, tenant_id, channel, recipient_key, status FROM notifications WHERE id = $1 FOR UPDATE",
-            )
-            .bind(id.as_uuid())
-            .fetch_optional(&mut *tx)
-            .await?
-        }
-        Target::ProviderMessageId(pmid) => {
-            sqlx::query(
-                "SELECT id, tenant_id, channel, recipient_key, status FROM notifications
-             WHERE provider = $1 AND provider_message_id = $2 FOR UPDATE",
-            )
-            .bind(provider)
-            .bind(pmid)
-            .fetch_optional(&mut *tx)
-            .await?
-        }
+    let id = match &r.target {
+        Target::Notification(id) => Some(*id),
+        Target::ProviderMessageId(pmid) => by_message_id(&mut tx, provider, pmid).await?,
     };
-    let Some(row) = row else {
+    let locked = match id {
+        Some(id) => receipt::lock(&mut tx, id).await?,
+        None => None,
+    };
+    let Some(n) = locked else {
         tx.commit().await?;
+        // The send may have been recorded since the lookup: if so, apply the receipt now (it
+        // is taken by one of this and the record of the send, never both).
+        if let Target::ProviderMessageId(pmid) = &r.target {
+            let mut conn = pool.acquire().await?;
+            if let Some(id) = by_message_id(&mut conn, provider, pmid).await? {
+                let sent = receipt::Recorded {
+                    notification_id: id,
+                    provider: provider.to_owned(),
+                    provider_message_id: Some(pmid.clone()),
+                };
+                if receipt::apply_early(&mut conn, &[sent]).await? > 0 {
+                    return Ok(Applied::Recorded { changed: true });
+                }
+            }
+        }
         return Ok(Applied::Unmatched);
     };
-    let id = NotificationId::from_uuid(row.try_get("id")?);
-    let tenant = TenantId::from_uuid(row.try_get("tenant_id")?);
-    let channel: String = row.try_get("channel")?;
-    let recipient: String = row.try_get("recipient_key")?;
-    let current: String = row.try_get("status")?;
-    sqlx::query("UPDATE receipts SET notification_id = $3 WHERE provider = $1 AND dedupe_key = $2")
+    // Before its send is recorded, a receipt waits in the inbox, applied by the record.
+    let held = receipt::must_wait(&n, r.status);
+    sqlx::query("UPDATE receipts SET notification_id = $3, held = $4 WHERE provider = $1 AND dedupe_key = $2")
         .bind(provider)
         .bind(&r.dedupe_key)
-        .bind(id.as_uuid())
+        .bind(n.id.as_uuid())
+        .bind(held)
         .execute(&mut *tx)
         .await?;
-
-    // Receipts speak about messages a provider accepted: they move only statuses from `sent`
-    // on. A receipt for a message still queued, retrying or being sent (an early event echoed
-    // by our id) is recorded without a status change, so it can never end a notification whose
-    // send job is still live.
-    let target = r.status.filter(|st| {
-        Status::parse(&current).is_some_and(|cur| {
-            matches!(cur, Status::Sent | Status::Delivered | Status::Bounced) && cur.can_move_to(*st)
-        })
-    });
-    static SQL: LazyLock<String> = LazyLock::new(|| {
-        format!(
-            "WITH upd AS (
-                 UPDATE notifications SET status = $2, updated_at = now()
-                 WHERE id = $1 AND $2::text IS NOT NULL AND status = ANY($3)
-                 RETURNING id, tenant_id, status, callback_url
-             ), ev AS (
-                 INSERT INTO notification_events (notification_id, type, status, provider, detail)
-                 SELECT $1, 'receipt', (SELECT status FROM upd), $4, $5
-             ){QUEUE_CALLBACK}
-             SELECT count(*) FROM upd"
-        )
-    });
-    let mut detail = r.detail.clone();
-    if r.status.is_some() && target.is_none() {
-        // Recorded for the record; the status machine keeps the later status.
-        detail["status_unchanged"] = json!(true);
-    }
-    let sources = target.map(Status::sources_of).unwrap_or_default();
-    let changed: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(SQL.as_str()))
-        .bind(id.as_uuid())
-        .bind(target.map(Status::as_str))
-        .bind(&sources)
-        .bind(provider)
-        .bind(&detail)
-        .fetch_one(&mut *tx)
-        .await?;
-    if let (Some(reason), Some(channel)) = (&r.suppress, Channel::parse(&channel)) {
-        super::suppressions::add(&mut tx, tenant, channel, &recipient, reason, provider).await?;
+    let changed = if held { false } else { receipt::record(&mut tx, &n, provider, r.status, r.detail.clone()).await? };
+    if let (Some(reason), Some(channel)) = (&r.suppress, n.channel) {
+        super::suppressions::add(&mut tx, n.tenant, channel, &n.recipient_key, reason, provider).await?;
     }
     tx.commit().await?;
-    Ok(Applied::Recorded { changed: changed > 0 })
+    Ok(if held { Applied::Held } else { Applied::Recorded { changed } })
+}
+
+async fn by_message_id(conn: &mut PgConnection, provider: &str, pmid: &str) -> StoreResult<Option<NotificationId>> {
+    let id: Option<uuid::Uuid> =
+        sqlx::query_scalar("SELECT id FROM notifications WHERE provider = $1 AND provider_message_id = $2")
+            .bind(provider)
+            .bind(pmid)
+            .fetch_optional(conn)
+            .await?;
+    Ok(id.map(NotificationId::from_uuid))
 }
 
 /// For tests and operators: unmatched receipts kept in the inbox.

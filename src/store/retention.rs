@@ -1,77 +1,160 @@
 //! Pruning: finished notifications (with their events and receipts) after
-//! `retention.notifications_days`, idempotency keys after `retention.idempotency_hours`.
-//! Deletes run in small batches under a transaction-scoped advisory lock, so any number of
-//! replicas can call this and only one works at a time, without long locks on hot rows.
+//! `retention.notifications_days`, unmatched receipts after the same time, idempotency keys
+//! after `retention.idempotency_hours`, and signed receipt tokens after a week.
+//!
+//! Every statement walks an index range, so a pass with nothing to prune reads a few pages
+//! whatever the size of the tables: notifications by id (UUIDv7 ids sort by creation time, and
+//! a notification last updated before the cutoff was created before it), their events and
+//! receipts by notification, the rest by their time columns. Deletes run in batches of 1,000,
+//! each in its own transaction under a transaction-scoped advisory lock (any number of
+//! replicas can call this and one works at a time, without long locks on hot rows), and a pass
+//! goes on while batches come back full, up to `MAX_BATCHES` per kind.
 
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
+use time::OffsetDateTime;
 
 use super::StoreResult;
+use crate::domain::NotificationId;
 
 /// Rows removed by one pruning pass.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Pruned {
     pub notifications: u64,
     pub idempotency_keys: u64,
+    pub unmatched_receipts: u64,
 }
 
 const BATCH: i64 = 1000;
 
+/// At most this many batches of each kind per pass (a pass is bounded; the next one goes on).
+const MAX_BATCHES: usize = 20;
+
+/// Finished notifications created and last updated before the cutoff, oldest first from a
+/// cursor, with their receipts and timeline. `$1` cursor id, `$2` cutoff id
+/// (`NotificationId::floor_at`), `$3` cutoff time, `$4` batch size. Public for the scale test,
+/// which EXPLAINs it.
+///
+/// * Only finished notifications: anything with live work (a send job) stays, whatever its
+///   age. A status callback still being retried past retention finds its notification gone
+///   and gives up.
+/// * `FOR UPDATE SKIP LOCKED`: a notification that a receipt is changing right now (and
+///   queueing a callback for) is skipped, not deleted under it; a receipt that comes after the
+///   lock finds the notification gone and is kept as unmatched.
+/// * No foreign key cascades (migration 0004): the timeline goes with its notification.
+pub const PRUNE_NOTIFICATIONS: &str = "WITH old AS (
+         SELECT n.id FROM notifications n
+         WHERE n.id > $1 AND n.id < $2 AND n.updated_at < $3
+           AND n.status IN ('sent', 'delivered', 'failed', 'bounced', 'complained', 'cancelled', 'expired', 'suppressed')
+           AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.notification_id = n.id AND j.kind = 'send')
+         ORDER BY n.id LIMIT $4
+         FOR UPDATE OF n SKIP LOCKED
+     ), r AS (
+         DELETE FROM receipts WHERE notification_id = ANY(ARRAY(SELECT id FROM old))
+     ), e AS (
+         DELETE FROM notification_events WHERE notification_id = ANY(ARRAY(SELECT id FROM old))
+     ), d AS (
+         DELETE FROM notifications WHERE id = ANY(ARRAY(SELECT id FROM old)) RETURNING id
+     )
+     SELECT count(*), (SELECT id FROM d ORDER BY id DESC LIMIT 1) FROM d";
+
+/// Receipts that matched no notification, received before `$1`.
+pub const PRUNE_UNMATCHED_RECEIPTS: &str = "WITH old AS (
+         SELECT provider, dedupe_key FROM receipts
+         WHERE notification_id IS NULL AND received_at < $1 ORDER BY received_at LIMIT $2
+     ), d AS (
+         DELETE FROM receipts r USING old WHERE r.provider = old.provider AND r.dedupe_key = old.dedupe_key
+         RETURNING 1
+     )
+     SELECT count(*) FROM d";
+
+const PRUNE_IDEMPOTENCY_KEYS: &str = "WITH old AS (
+         SELECT tenant_id, key FROM idempotency_keys WHERE created_at < $1 ORDER BY created_at LIMIT $2
+     ), d AS (
+         DELETE FROM idempotency_keys k USING old WHERE k.tenant_id = old.tenant_id AND k.key = old.key RETURNING 1
+     )
+     SELECT count(*) FROM d";
+
+/// Signed receipt tokens are kept a week: far past any replay window (`receipts.max_age_secs`).
+const PRUNE_RECEIPT_TOKENS: &str = "WITH old AS (
+         SELECT provider, token FROM receipt_tokens WHERE seen_at < $1 ORDER BY seen_at LIMIT $2
+     ), d AS (
+         DELETE FROM receipt_tokens t USING old WHERE t.provider = old.provider AND t.token = old.token RETURNING 1
+     )
+     SELECT count(*) FROM d";
+
+/// One batch of one kind.
+enum Step {
+    Notifications { cursor: uuid::Uuid },
+    UnmatchedReceipts,
+    IdempotencyKeys,
+    ReceiptTokens,
+}
+
 pub async fn prune(pool: &PgPool, notifications_days: u32, idempotency_hours: u32) -> StoreResult<Pruned> {
-    let mut tx = pool.begin().await?;
-    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext('herald:retention'))")
-        .fetch_one(&mut *tx)
-        .await?;
-    if !got {
-        return Ok(Pruned::default());
+    let now = OffsetDateTime::now_utc();
+    let cutoff = now - time::Duration::days(i64::from(notifications_days));
+    let keys_cutoff = now - time::Duration::hours(i64::from(idempotency_hours));
+    let tokens_cutoff = now - time::Duration::days(7);
+    let mut pruned = Pruned::default();
+    for kind in 0..4 {
+        let mut step = match kind {
+            0 => Step::Notifications { cursor: uuid::Uuid::nil() },
+            1 => Step::UnmatchedReceipts,
+            2 => Step::IdempotencyKeys,
+            _ => Step::ReceiptTokens,
+        };
+        for _ in 0..MAX_BATCHES {
+            let mut tx = pool.begin().await?;
+            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext('herald:retention'))")
+                .fetch_one(&mut *tx)
+                .await?;
+            if !got {
+                return Ok(pruned); // another replica is pruning
+            }
+            let n = match &mut step {
+                Step::Notifications { cursor } => {
+                    let (n, last) = notifications(&mut tx, *cursor, cutoff).await?;
+                    *cursor = last.unwrap_or(*cursor);
+                    pruned.notifications += n;
+                    n
+                }
+                Step::UnmatchedReceipts => {
+                    let n = count(&mut tx, PRUNE_UNMATCHED_RECEIPTS, cutoff).await?;
+                    pruned.unmatched_receipts += n;
+                    n
+                }
+                Step::IdempotencyKeys => {
+                    let n = count(&mut tx, PRUNE_IDEMPOTENCY_KEYS, keys_cutoff).await?;
+                    pruned.idempotency_keys += n;
+                    n
+                }
+                Step::ReceiptTokens => count(&mut tx, PRUNE_RECEIPT_TOKENS, tokens_cutoff).await?,
+            };
+            tx.commit().await?;
+            if n < BATCH as u64 {
+                break;
+            }
+        }
     }
-    // Only finished notifications: anything with live work (a send job) stays, whatever its age.
-    // (A status callback still being retried past retention finds its notification gone and
-    // gives up; `jobs_send_notification_uq` answers this check.)
-    let notifications: i64 = sqlx::query_scalar(
-        "WITH old AS (
-             SELECT n.id FROM notifications n
-             WHERE n.updated_at < now() - make_interval(days => $1)
-               AND n.status IN ('sent', 'delivered', 'failed', 'bounced', 'complained', 'cancelled', 'expired', 'suppressed')
-               AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.notification_id = n.id AND j.kind = 'send')
-             ORDER BY n.id LIMIT $2
-         ), r AS (
-             DELETE FROM receipts WHERE notification_id IN (SELECT id FROM old)
-         ), e AS (
-             -- No foreign key cascades here (migration 0004): the timeline goes with its notification.
-             DELETE FROM notification_events WHERE notification_id IN (SELECT id FROM old)
-         ), d AS (
-             DELETE FROM notifications WHERE id IN (SELECT id FROM old) RETURNING 1
-         )
-         SELECT count(*) FROM d",
-    )
-    .bind(i32::try_from(notifications_days).unwrap_or(i32::MAX))
-    .bind(BATCH)
-    .fetch_one(&mut *tx)
-    .await?;
-    let keys: i64 = sqlx::query_scalar(
-        "WITH old AS (
-             SELECT tenant_id, key FROM idempotency_keys
-             WHERE created_at < now() - make_interval(hours => $1) LIMIT $2
-         ), d AS (
-             DELETE FROM idempotency_keys k USING old WHERE k.tenant_id = old.tenant_id AND k.key = old.key RETURNING 1
-         )
-         SELECT count(*) FROM d",
-    )
-    .bind(i32::try_from(idempotency_hours).unwrap_or(i32::MAX))
-    .bind(BATCH)
-    .fetch_one(&mut *tx)
-    .await?;
-    // Signed receipt tokens are kept a week: far past any replay window (`receipts.max_age_secs`).
-    sqlx::query(
-        "DELETE FROM receipt_tokens WHERE (provider, token) IN (
-             SELECT provider, token FROM receipt_tokens WHERE seen_at < now() - interval '7 days' LIMIT $1)",
-    )
-    .bind(BATCH)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(Pruned {
-        notifications: u64::try_from(notifications).unwrap_or(0),
-        idempotency_keys: u64::try_from(keys).unwrap_or(0),
-    })
+    Ok(pruned)
+}
+
+async fn notifications(
+    conn: &mut PgConnection,
+    cursor: uuid::Uuid,
+    cutoff: OffsetDateTime,
+) -> StoreResult<(u64, Option<uuid::Uuid>)> {
+    let (n, last): (i64, Option<uuid::Uuid>) = sqlx::query_as(PRUNE_NOTIFICATIONS)
+        .bind(cursor)
+        .bind(NotificationId::floor_at(cutoff))
+        .bind(cutoff)
+        .bind(BATCH)
+        .fetch_one(conn)
+        .await?;
+    Ok((u64::try_from(n).unwrap_or(0), last))
+}
+
+async fn count(conn: &mut PgConnection, sql: &'static str, before: OffsetDateTime) -> StoreResult<u64> {
+    let n: i64 = sqlx::query_scalar(sql).bind(before).bind(BATCH).fetch_one(conn).await?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }

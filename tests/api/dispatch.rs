@@ -152,7 +152,7 @@ async fn a_worker_killed_mid_send_is_rescued_after_its_lease_and_its_late_comple
 
     // Worker A's completion arrives late with its old lease: refused, recorded as fenced.
     let nid: NotificationId = id.parse().expect("id");
-    let stale = Lease { job_id, token, notification_id: nid };
+    let stale = Lease { job_id, token, notification_id: nid, until: std::time::Instant::now() };
     let mut conn = t.pool().acquire().await.expect("conn");
     let applied = tracking::mark_sent(&mut conn, stale, "mail", Some("<late>"), json!({})).await.expect("mark");
     assert_eq!(applied, Applied::Fenced);
@@ -350,11 +350,18 @@ async fn finished_notifications_and_old_idempotency_keys_are_pruned_after_retent
     scheduled["send_at"] = json!(later);
     let waiting = t.post(&key, scheduled).await.body["id"].as_str().expect("id").to_owned();
     // Age two of them past retention: one finished, one still waiting for its send time.
-    sqlx::query("UPDATE notifications SET updated_at = now() - interval '40 days' WHERE id = ANY($1)")
-        .bind(vec![old_sent.parse::<uuid::Uuid>().expect("id"), waiting.parse::<uuid::Uuid>().expect("id")])
+    let old_sent = t.age(&old_sent, 40).await;
+    let waiting = t.age(&waiting, 40).await;
+    // Retention goes by the time of the last update: a recent receipt keeps an old one.
+    let old_but_updated =
+        t.post(&key, email("bounced@example.com", "x")).await.body["id"].as_str().expect("id").to_owned();
+    t.dispatch_until_idle().await;
+    let old_but_updated = t.age(&old_but_updated, 40).await;
+    sqlx::query("UPDATE notifications SET updated_at = now() WHERE id = $1::uuid")
+        .bind(&old_but_updated)
         .execute(t.pool())
         .await
-        .expect("age");
+        .expect("touch");
     sqlx::query("UPDATE idempotency_keys SET created_at = now() - interval '2 days'")
         .execute(t.pool())
         .await
@@ -364,6 +371,7 @@ async fn finished_notifications_and_old_idempotency_keys_are_pruned_after_retent
     assert_eq!(t.get(&key, &format!("/v1/notifications/{old_sent}")).await.status, reqwest::StatusCode::NOT_FOUND);
     assert_eq!(t.notification(&key, &recent).await["status"], "sent", "recent history stays");
     assert_eq!(t.notification(&key, &waiting).await["status"], "scheduled", "live work is never pruned");
+    assert_eq!(t.notification(&key, &old_but_updated).await["status"], "sent");
     let keys: i64 =
         sqlx::query_scalar("SELECT count(*) FROM idempotency_keys").fetch_one(t.pool()).await.expect("count");
     assert_eq!(keys, 0);

@@ -164,6 +164,30 @@ impl TestApp {
         }
     }
 
+    /// Make notification `id` look `days` old: created then (a new UUIDv7 id of that time,
+    /// carried over to its events and jobs) and last updated then. Returns the new id.
+    pub async fn age(&self, id: &str, days: u64) -> String {
+        let old: uuid::Uuid = id.parse().expect("id");
+        let then = std::time::SystemTime::now() - Duration::from_secs(days * 86_400);
+        let secs = then.duration_since(std::time::UNIX_EPOCH).expect("time").as_secs();
+        let new = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, secs, 0));
+        for sql in [
+            "UPDATE notifications SET id = $2, created_at = now() - make_interval(days => $3),
+                                      updated_at = now() - make_interval(days => $3) WHERE id = $1",
+            "UPDATE notification_events SET notification_id = $2 WHERE notification_id = $1 AND $3 >= 0",
+            "UPDATE jobs SET notification_id = $2 WHERE notification_id = $1 AND $3 >= 0",
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(old)
+                .bind(new)
+                .bind(i32::try_from(days).expect("days"))
+                .execute(self.pool())
+                .await
+                .expect("age");
+        }
+        new.to_string()
+    }
+
     pub async fn job_count(&self) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM jobs").fetch_one(self.pool()).await.expect("count")
     }

@@ -11,4 +11,6 @@ mod process;
 mod provider_settings;
 mod providers;
 mod push;
+mod queue;
 mod receipts;
+mod scale;

@@ -364,3 +364,44 @@ async fn health_and_readiness() {
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(is_problem(&r));
 }
+
+/// One recipient key everywhere: the stored key, the list's `to` filter and the suppression
+/// list agree on case, whichever form each was given in.
+#[tokio::test]
+async fn the_to_filter_and_suppressions_use_the_stored_recipient_key() {
+    let t = TestApp::spawn().await;
+    let key = t.key("acme", SEND_READ).await;
+    let id = t.post(&key, email("alice@example.com", "x")).await.body["id"].as_str().expect("id").to_owned();
+    for filter in ["Alice@Example.com", "alice@EXAMPLE.com", "alice@example.com"] {
+        let page = t.get(&key, &format!("/v1/notifications?to={filter}")).await;
+        assert_eq!(page.body["items"].as_array().map(Vec::len), Some(1), "{filter}: {}", page.body);
+        assert_eq!(page.body["items"][0]["id"], id.as_str());
+    }
+    let page = t.get(&key, "/v1/notifications?channel=email&to=ALICE@example.com").await;
+    assert_eq!(page.body["items"].as_array().map(Vec::len), Some(1), "{}", page.body);
+
+    // An APNs token suppressed in upper case stops sends to it in lower case, and back.
+    let token = "AB".repeat(32);
+    let r =
+        t.request("POST", "/v1/suppressions", Some(&key), Some(json!({"channel": "push", "recipient": token}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let push = json!({"channel": "push", "to": {"apns": token.to_lowercase()}, "content": {"title": "t", "body": "b"}});
+    let r = t.post(&key, push).await;
+    assert_eq!(r.body["status"], "suppressed", "{}", r.body);
+    let page = t.get(&key, &format!("/v1/notifications?to={token}")).await;
+    assert_eq!(page.body["items"].as_array().map(Vec::len), Some(1), "{}", page.body);
+    let r = t.request("DELETE", &format!("/v1/suppressions/push/{}", token.to_lowercase()), Some(&key), None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+
+    // The same for an email suppressed with another case than it is sent with.
+    let r = t
+        .request(
+            "POST",
+            "/v1/suppressions",
+            Some(&key),
+            Some(json!({"channel": "email", "recipient": "Bob@Example.COM"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(t.post(&key, email("bob@example.com", "x")).await.body["status"], "suppressed");
+}

@@ -9,14 +9,14 @@
 //! One statement: count each lane's due work (up to its cap, without locking), choose the
 //! shares, then lock that many rows per lane with `SKIP LOCKED` and lease them.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sqlx::{PgConnection, Row};
 use time::OffsetDateTime;
 
 use super::Lease;
-use crate::domain::{Channel, NotificationId, Priority, TenantId};
+use crate::domain::{Channel, NotificationId, Priority, Status, TenantId};
 use crate::store::{StoreError, StoreResult};
 
 /// The queue name and priority of the status-callback lane.
@@ -82,11 +82,18 @@ pub struct ClaimedJob {
     pub priority: Priority,
     /// The recipient is on the tenant's suppression list: do not send.
     pub suppressed: bool,
+    /// When the lease ends (see `Lease::until`).
+    pub leased_until: Instant,
 }
 
 impl ClaimedJob {
     pub fn lease(&self) -> Lease {
-        Lease { job_id: self.job_id, token: self.lease_token, notification_id: self.notification_id }
+        Lease {
+            job_id: self.job_id,
+            token: self.lease_token,
+            notification_id: self.notification_id,
+            until: self.leased_until,
+        }
     }
 }
 
@@ -99,11 +106,18 @@ pub struct ClaimedCallback {
     pub notification_id: NotificationId,
     /// `{"type", "status", "at"}` as queued.
     pub event: Value,
+    /// When the lease ends (see `Lease::until`).
+    pub leased_until: Instant,
 }
 
 impl ClaimedCallback {
     pub fn lease(&self) -> Lease {
-        Lease { job_id: self.job_id, token: self.lease_token, notification_id: self.notification_id }
+        Lease {
+            job_id: self.job_id,
+            token: self.lease_token,
+            notification_id: self.notification_id,
+            until: self.leased_until,
+        }
     }
 }
 
@@ -141,6 +155,12 @@ pub async fn claim(
     // joins it chose sequential scans of `jobs` and `notifications`, and a claim took a
     // second). The state literal matches the partial index `jobs_claim_idx`; each lane's
     // `run_at <= now()` is an index range, so future rows are never walked.
+    //
+    // A send job is claimed only with a notification that may be sent (the status machine's
+    // sources of `sending`); one whose notification is gone (deleted by hand, or by retention
+    // racing a late receipt) or may not be sent any more is deleted instead (`dead`), so it
+    // neither loops through claims and rescues nor resurrects a finished notification.
+    let leased_until = Instant::now() + lease;
     let rows = sqlx::query(
         "WITH lanes AS (
              SELECT * FROM unnest($1::text[], $2::smallint[], $3::float8[], $4::bigint[]) AS l(q, p, w, cap)
@@ -157,25 +177,29 @@ pub async fn claim(
          ), share AS (
              SELECT q, p, count(*) AS n FROM (SELECT q, p FROM due ORDER BY rn / w, w DESC LIMIT $5) s GROUP BY q, p
          ), picked AS MATERIALIZED (
-             SELECT j.id FROM share CROSS JOIN LATERAL (
-                 SELECT id FROM jobs
+             SELECT j.id, j.kind = 'callback' OR EXISTS (
+                        SELECT 1 FROM notifications n WHERE n.id = j.notification_id AND n.status = ANY($8)) AS live
+             FROM share CROSS JOIN LATERAL (
+                 SELECT id, kind, notification_id FROM jobs
                  WHERE state = 'available' AND queue = share.q AND priority = share.p AND run_at <= now()
                  ORDER BY run_at, id
                  LIMIT share.n
                  FOR NO KEY UPDATE SKIP LOCKED
              ) j
              LIMIT $5
+         ), dead AS (
+             DELETE FROM jobs WHERE id = ANY(ARRAY(SELECT id FROM picked WHERE NOT live))
          ), claimed AS (
              UPDATE jobs j
              SET state = 'running', attempt = j.attempt + 1, lease_token = j.lease_token + 1,
                  leased_until = now() + make_interval(secs => $6), locked_by = $7
-             WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
+             WHERE j.id = ANY(ARRAY(SELECT id FROM picked WHERE live))
              RETURNING j.id, j.kind, j.notification_id, j.attempt, j.max_attempts, j.lease_token, j.route_index,
                        j.payload
          ), marked AS (
              UPDATE notifications n
              SET status = 'sending', next_attempt_at = NULL, updated_at = now()
-             WHERE n.id = ANY(ARRAY(SELECT notification_id FROM claimed WHERE kind = 'send'))
+             WHERE n.id = ANY(ARRAY(SELECT notification_id FROM claimed WHERE kind = 'send')) AND n.status = ANY($8)
              RETURNING n.id, n.tenant_id, n.channel, n.recipient, n.recipient_key, n.content, n.expires_at, n.priority
          )
          SELECT c.id AS job_id, c.kind, c.lease_token, c.attempt, c.max_attempts, c.route_index, c.payload,
@@ -196,6 +220,7 @@ pub async fn claim(
     .bind(limit)
     .bind(lease.as_secs_f64())
     .bind(worker)
+    .bind(Status::sources_of(Status::Sending))
     .fetch_all(conn)
     .await?;
     rows.iter()
@@ -209,6 +234,7 @@ pub async fn claim(
                     attempt: r.try_get("attempt")?,
                     notification_id,
                     event: r.try_get::<Option<Value>, _>("payload")?.unwrap_or(Value::Null),
+                    leased_until,
                 }));
             }
             let channel: String = r.try_get("channel")?;
@@ -227,6 +253,7 @@ pub async fn claim(
                 expires_at: r.try_get("expires_at")?,
                 priority: Priority::parse(&priority).ok_or_else(|| StoreError::Corrupt(priority.clone()))?,
                 suppressed: r.try_get("suppressed")?,
+                leased_until,
             }))
         })
         .collect()

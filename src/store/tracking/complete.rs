@@ -1,7 +1,11 @@
 //! Recording the outcomes of sends, many in one statement. Each outcome is fenced on its own
-//! row: it applies only while its job is still `running` under the lease token it was claimed
-//! with, and its status change only from the statuses the status machine allows. A fenced
+//! row: it applies only while its job still carries the lease token it was claimed with (every
+//! claim bumps the token; a rescue does not, so a worker that finishes after its lease was
+//! rescued but before anyone claimed the job again still records its send instead of having it
+//! repeated), and its status change only from the statuses the status machine allows. A fenced
 //! outcome changes nothing but is still kept in the timeline, marked `fenced`.
+//!
+//! Recording a send also applies the receipts that came before it (`receipt::apply_early`).
 //!
 //! The dispatcher gathers the outcomes of concurrent sends (`batching`) and writes them with
 //! `complete`; `mark_sent`, `mark_retrying` and `mark_finished` are the one-outcome forms.
@@ -12,7 +16,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sqlx::PgConnection;
+use tracing::warn;
 
+use super::receipt::{self, Recorded};
 use super::{Applied, Lease, QUEUE_CALLBACK};
 use crate::domain::Status;
 use crate::store::StoreResult;
@@ -65,7 +71,7 @@ pub async fn complete(conn: &mut PgConnection, items: &[Completion]) -> StoreRes
              ), done AS (
                  DELETE FROM jobs j USING input i
                  WHERE j.id = ANY(ARRAY(SELECT job_id FROM input WHERE status <> 'retrying'))
-                   AND i.status <> 'retrying' AND j.id = i.job_id AND j.lease_token = i.token AND j.state = 'running'
+                   AND i.status <> 'retrying' AND j.id = i.job_id AND j.lease_token = i.token
                  RETURNING j.id, j.notification_id, j.attempt, NULL::timestamptz AS run_at
              ), again AS (
                  UPDATE jobs j
@@ -73,7 +79,7 @@ pub async fn complete(conn: &mut PgConnection, items: &[Completion]) -> StoreRes
                      locked_by = NULL, route_index = i.next_route
                  FROM input i
                  WHERE j.id = ANY(ARRAY(SELECT job_id FROM input WHERE status = 'retrying'))
-                   AND i.status = 'retrying' AND j.id = i.job_id AND j.lease_token = i.token AND j.state = 'running'
+                   AND i.status = 'retrying' AND j.id = i.job_id AND j.lease_token = i.token
                  RETURNING j.id, j.notification_id, j.attempt, j.run_at
              ), ended AS (
                  SELECT * FROM done UNION ALL SELECT * FROM again
@@ -123,10 +129,27 @@ pub async fn complete(conn: &mut PgConnection, items: &[Completion]) -> StoreRes
         .bind(cols.next_route)
         .bind(cols.detail)
         .bind(cols.sources)
-        .fetch_all(conn)
+        .fetch_all(&mut *conn)
         .await?;
     // The lease decides: a job we still held is ours to finish, whatever the status did.
     let ended: HashSet<i64> = ended.into_iter().collect();
+    let sent: Vec<Recorded> = items
+        .iter()
+        .filter(|c| ended.contains(&c.lease.job_id))
+        .filter_map(|c| match &c.outcome {
+            Outcome::Sent { provider, provider_message_id } => Some(Recorded {
+                notification_id: c.lease.notification_id,
+                provider: provider.clone(),
+                provider_message_id: provider_message_id.clone(),
+            }),
+            _ => None,
+        })
+        .collect();
+    // The outcomes are written: failing here must not fail them (a retry would be fenced).
+    // The receipts stay in the inbox, held or unmatched.
+    if let Err(e) = receipt::apply_early(conn, &sent).await {
+        warn!(error = %e, "could not apply receipts that came before their send was recorded");
+    }
     Ok(items.iter().map(|c| if ended.contains(&c.lease.job_id) { Applied::Yes } else { Applied::Fenced }).collect())
 }
 

@@ -1,10 +1,10 @@
 //! The one writer of delivery status. Every status change after acceptance — claim (`sending`),
-//! a provider's answer (`sent`, `retrying`, `failed`), expiry, cancel and lease rescue — is a
-//! statement here, guarded twice:
+//! a provider's answer (`sent`, `retrying`, `failed`), expiry, cancel, lease rescue and
+//! provider receipts (`receipt`) — is a statement here, guarded twice:
 //!
-//! * by the job's fencing token: a worker may finish a job only while it holds the lease it was
-//!   given (`lease_token` matches and the row is still `running`), so a worker that stalled past
-//!   its lease cannot overwrite the work of the worker that took the job back;
+//! * by the job's fencing token: a worker may finish a job only while the job carries the token
+//!   of its claim (every claim bumps it), so a worker that stalled past its lease cannot
+//!   overwrite the work of the worker that claimed the job again;
 //! * by the status machine: the `UPDATE notifications` only applies from the statuses that
 //!   `Status::sources_of` allows, so nothing moves backwards.
 //!
@@ -13,6 +13,7 @@
 
 pub mod claim;
 pub mod complete;
+pub mod receipt;
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -63,6 +64,10 @@ pub struct Lease {
     pub job_id: i64,
     pub token: i64,
     pub notification_id: NotificationId,
+    /// When the lease ends, by this process's clock (taken before the claim, so never late):
+    /// past it the job may be rescued and claimed again, and an outcome is no longer ours to
+    /// record.
+    pub until: std::time::Instant,
 }
 
 /// The result of a fenced completion.
@@ -123,15 +128,21 @@ pub async fn rescue_expired(pool: &PgPool, limit: i64) -> StoreResult<u64> {
         return Ok(0);
     }
     // The UPDATE re-checks state and lease on the locked row version, so a job completed or
-    // re-claimed since the scan is left alone (River #1302).
+    // re-claimed since the scan is left alone (River #1302). A job whose notification is gone
+    // (deleted by hand, or by retention racing a late receipt) is deleted, not rescued: there
+    // is nothing to send nor a timeline to explain it in.
     let n: i64 = sqlx::query_scalar(
         "WITH stale AS MATERIALIZED (
-             SELECT id FROM jobs WHERE state = 'running' AND leased_until < now()
-             ORDER BY id LIMIT $1
-             FOR NO KEY UPDATE SKIP LOCKED
+             SELECT j.id, EXISTS (SELECT 1 FROM notifications n WHERE n.id = j.notification_id) AS live
+             FROM (SELECT id, notification_id FROM jobs WHERE state = 'running' AND leased_until < now()
+                   ORDER BY id LIMIT $1
+                   FOR NO KEY UPDATE SKIP LOCKED) j
+         ), gone AS (
+             DELETE FROM jobs j USING stale
+             WHERE j.id = stale.id AND NOT stale.live AND j.state = 'running' AND j.leased_until < now()
          ), r AS (
              UPDATE jobs j SET state = 'available', run_at = now(), leased_until = NULL, locked_by = NULL
-             FROM stale WHERE j.id = stale.id AND j.state = 'running' AND j.leased_until < now()
+             FROM stale WHERE j.id = stale.id AND stale.live AND j.state = 'running' AND j.leased_until < now()
              RETURNING j.notification_id, j.attempt, j.kind
          ), upd AS (
              UPDATE notifications n SET status = 'queued', updated_at = now()
@@ -235,10 +246,10 @@ pub async fn callback_attempted(
         "WITH j AS (
              UPDATE jobs SET state = 'available', run_at = now() + make_interval(secs => $3),
                              leased_until = NULL, locked_by = NULL
-             WHERE $4 AND id = $1 AND lease_token = $2 AND state = 'running'
+             WHERE $4 AND id = $1 AND lease_token = $2
              RETURNING id
          ), d AS (
-             DELETE FROM jobs WHERE NOT $4 AND id = $1 AND lease_token = $2 AND state = 'running'
+             DELETE FROM jobs WHERE NOT $4 AND id = $1 AND lease_token = $2
              RETURNING id
          ), ev AS (
              INSERT INTO notification_events (notification_id, type, detail)

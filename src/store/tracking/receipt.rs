@@ -1,0 +1,159 @@
+//! What receipts do to a notification's status. A receipt speaks about a message a provider
+//! accepted, so it moves only statuses from `sent` on, and only where the status machine
+//! allows (a late `sent` never undoes `delivered`).
+//!
+//! A receipt can also come before Herald has recorded the send it is about (Twilio calls back
+//! within milliseconds of accepting a message): it then finds its notification still `sending`
+//! (it is `held`), or finds none because the provider's message id is not stored yet (it stays
+//! unmatched). Recording the send (`complete`) applies such receipts, oldest first.
+
+use serde_json::{Value, json};
+use sqlx::{PgConnection, Row};
+use std::sync::LazyLock;
+
+use super::QUEUE_CALLBACK;
+use crate::domain::{Channel, NotificationId, Status, TenantId};
+use crate::store::{StoreResult, suppressions};
+
+/// A notification locked (`FOR UPDATE`) for a receipt, as the receipt needs it.
+#[derive(Clone, Debug)]
+pub struct Locked {
+    pub id: NotificationId,
+    pub tenant: TenantId,
+    pub channel: Option<Channel>,
+    pub recipient_key: String,
+    pub status: Option<Status>,
+}
+
+/// Lock notification `id` for a receipt; `None` if it does not exist.
+pub async fn lock(conn: &mut PgConnection, id: NotificationId) -> StoreResult<Option<Locked>> {
+    let row =
+        sqlx::query("SELECT tenant_id, channel, recipient_key, status FROM notifications WHERE id = $1 FOR UPDATE")
+            .bind(id.as_uuid())
+            .fetch_optional(conn)
+            .await?;
+    row.map(|r| {
+        Ok(Locked {
+            id,
+            tenant: TenantId::from_uuid(r.try_get("tenant_id")?),
+            channel: Channel::parse(r.try_get::<&str, _>("channel")?),
+            recipient_key: r.try_get("recipient_key")?,
+            status: Status::parse(r.try_get::<&str, _>("status")?),
+        })
+    })
+    .transpose()
+}
+
+/// Whether a receipt leading to `status` must wait for the send to be recorded: the
+/// notification is still queued, being sent or retrying.
+pub fn must_wait(n: &Locked, status: Option<Status>) -> bool {
+    status.is_some() && n.status.is_some_and(Status::is_pending)
+}
+
+/// Record a receipt on a locked notification: a `receipt` event in its timeline and, where the
+/// status machine allows, the status it leads to (with its status callback). Returns whether
+/// the status changed.
+pub async fn record(
+    conn: &mut PgConnection,
+    n: &Locked,
+    provider: &str,
+    status: Option<Status>,
+    mut detail: Value,
+) -> StoreResult<bool> {
+    let target = status.filter(|st| {
+        n.status.is_some_and(|cur| {
+            matches!(cur, Status::Sent | Status::Delivered | Status::Bounced) && cur.can_move_to(*st)
+        })
+    });
+    if status.is_some() && target.is_none() {
+        // Recorded for the record; the status machine keeps the later status.
+        detail["status_unchanged"] = json!(true);
+    }
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH upd AS (
+                 UPDATE notifications SET status = $2, updated_at = now()
+                 WHERE id = $1 AND $2::text IS NOT NULL AND status = ANY($3)
+                 RETURNING id, tenant_id, status, callback_url
+             ), ev AS (
+                 INSERT INTO notification_events (notification_id, type, status, provider, detail)
+                 SELECT $1, 'receipt', (SELECT status FROM upd), $4, $5
+             ){QUEUE_CALLBACK}
+             SELECT count(*) FROM upd"
+        )
+    });
+    let sources = target.map(Status::sources_of).unwrap_or_default();
+    let changed: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(SQL.as_str()))
+        .bind(n.id.as_uuid())
+        .bind(target.map(Status::as_str))
+        .bind(&sources)
+        .bind(provider)
+        .bind(&detail)
+        .fetch_one(conn)
+        .await?;
+    Ok(changed > 0)
+}
+
+/// A send just recorded, whose early receipts are to be applied.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub notification_id: NotificationId,
+    pub provider: String,
+    pub provider_message_id: Option<String>,
+}
+
+/// Apply the receipts that came before these sends were recorded: those held for the
+/// notification, and unmatched ones carrying the provider's message id. Each is taken (linked,
+/// no longer held) by a conditional update, so when a receipt races the record of its send,
+/// exactly one of the two applies it. Returns how many were applied.
+pub async fn apply_early(conn: &mut PgConnection, sent: &[Recorded]) -> StoreResult<usize> {
+    if sent.is_empty() {
+        return Ok(0);
+    }
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    // Both branches walk small indexes: by notification (held), and the unmatched receipts'.
+    let rows = sqlx::query(
+        "WITH input AS (
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]) AS i(id, provider, pmid)
+         ), held AS (
+             UPDATE receipts r SET held = false
+             FROM input i WHERE r.notification_id = i.id AND r.held AND r.provider = i.provider
+             RETURNING r.notification_id, r.provider, r.payload, r.received_at, false AS was_unmatched
+         ), unmatched AS (
+             UPDATE receipts r SET notification_id = i.id
+             FROM input i
+             WHERE r.notification_id IS NULL AND r.provider = i.provider AND r.provider_message_id = i.pmid
+             RETURNING r.notification_id, r.provider, r.payload, r.received_at, true AS was_unmatched
+         )
+         SELECT * FROM held UNION ALL SELECT * FROM unmatched ORDER BY notification_id, received_at",
+    )
+    .bind(sent.iter().map(|s| s.notification_id.as_uuid()).collect::<Vec<_>>())
+    .bind(sent.iter().map(|s| s.provider.as_str()).collect::<Vec<_>>())
+    .bind(sent.iter().map(|s| s.provider_message_id.as_deref()).collect::<Vec<_>>())
+    .fetch_all(&mut *tx)
+    .await?;
+    if rows.is_empty() {
+        tx.commit().await?;
+        return Ok(0);
+    }
+    // Rows come ordered by notification, so notifications are locked in one order.
+    for row in &rows {
+        let id = NotificationId::from_uuid(row.try_get("notification_id")?);
+        let provider: String = row.try_get("provider")?;
+        let payload: Value = row.try_get("payload")?;
+        let Some(n) = lock(&mut tx, id).await? else { continue };
+        let status = payload["status"].as_str().and_then(Status::parse);
+        let mut detail = payload["detail"].clone();
+        detail["early"] = json!(true);
+        record(&mut tx, &n, &provider, status, detail).await?;
+        // A held receipt's suppression was added when it came; an unmatched one's tenant was
+        // not known until now.
+        if row.try_get::<bool, _>("was_unmatched")?
+            && let (Some(reason), Some(channel)) = (payload["suppress"].as_str(), n.channel)
+        {
+            suppressions::add(&mut tx, n.tenant, channel, &n.recipient_key, reason, &provider).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(rows.len())
+}

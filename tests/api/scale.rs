@@ -1,0 +1,144 @@
+//! Queries that must stay cheap on a big table, checked on 1,000,000 notifications with
+//! EXPLAIN (ANALYZE, BUFFERS): a retention pass with nothing to prune, and list pages bounded
+//! by creation time. Pages read, not times, so the machine's noise does not matter.
+
+use herald::domain::NotificationId;
+use herald::store::keys::Scope;
+use herald::store::{notifications, retention};
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::helpers::TestApp;
+
+const ROWS: i64 = 1_000_000;
+
+/// Two tenants' notifications, evenly spread over the last 29 days (UUIDv7 ids of their time),
+/// one in fifty failed, with a receipt for one in five.
+async fn seed(t: &TestApp) -> (uuid::Uuid, uuid::Uuid) {
+    t.key("acme", &[Scope::Read]).await;
+    t.key("globex", &[Scope::Read]).await;
+    let tenants: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT id FROM tenants ORDER BY name").fetch_all(t.pool()).await.expect("tenants");
+    sqlx::query(
+        "INSERT INTO notifications (id, tenant_id, channel, recipient, recipient_key, content, status, priority,
+                                    attempts, provider, provider_message_id, created_at, updated_at)
+         SELECT (lpad(to_hex((extract(epoch FROM ts) * 1000)::bigint), 12, '0') || '7' || substr(h, 1, 3) || '8'
+                 || substr(h, 4, 15))::uuid,
+                CASE WHEN i % 2 = 0 THEN $1 ELSE $2 END, 'email', to_jsonb('u' || i || '@example.com'),
+                'u' || i || '@example.com', '{\"subject\": \"s\", \"text\": \"t\"}',
+                CASE WHEN i % 50 = 0 THEN 'failed' ELSE 'delivered' END, 'normal', 1, 'mail', 'm' || i,
+                ts, ts + interval '1 minute'
+         FROM (SELECT i, now() - interval '29 days' + i * (interval '29 days' / $3) AS ts, md5(i::text) AS h
+               FROM generate_series(1, $3) AS i) s",
+    )
+    .bind(tenants[0])
+    .bind(tenants[1])
+    .bind(ROWS)
+    .execute(t.pool())
+    .await
+    .expect("seed notifications");
+    sqlx::query(
+        "INSERT INTO receipts (provider, dedupe_key, notification_id, provider_message_id, provider_status, payload)
+         SELECT 'mail', 'r' || n.id, n.id, n.provider_message_id, 'delivered', '{}'
+         FROM notifications n WHERE n.attempts = 1 AND right(n.provider_message_id, 1) IN ('0', '5')",
+    )
+    .execute(t.pool())
+    .await
+    .expect("seed receipts");
+    sqlx::query("VACUUM ANALYZE notifications").execute(t.pool()).await.expect("analyze");
+    sqlx::query("VACUUM ANALYZE receipts").execute(t.pool()).await.expect("analyze");
+    (tenants[0], tenants[1])
+}
+
+/// Shared pages read or hit by the whole plan, and every sequential scan in it.
+struct Cost {
+    pages: i64,
+    seq_scans: Vec<String>,
+    rows_removed: i64,
+}
+
+fn cost(plan: &Value) -> Cost {
+    fn walk(node: &Value, c: &mut Cost) {
+        if node["Node Type"] == "Seq Scan" {
+            c.seq_scans.push(node["Relation Name"].as_str().unwrap_or("?").to_owned());
+        }
+        c.rows_removed += node["Rows Removed by Filter"].as_i64().unwrap_or(0);
+        for child in node["Plans"].as_array().into_iter().flatten() {
+            walk(child, c);
+        }
+    }
+    let top = &plan[0]["Plan"];
+    let mut c = Cost {
+        pages: top["Shared Hit Blocks"].as_i64().unwrap_or(0) + top["Shared Read Blocks"].as_i64().unwrap_or(0),
+        seq_scans: Vec::new(),
+        rows_removed: 0,
+    };
+    walk(top, &mut c);
+    c
+}
+
+fn explain(sql: &str) -> String {
+    format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}")
+}
+
+#[tokio::test]
+async fn retention_and_time_bounded_lists_read_few_pages_of_a_million_rows() {
+    let t = TestApp::spawn().await;
+    let (acme, _) = seed(&t).await;
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications").fetch_one(t.pool()).await.expect("n");
+    assert_eq!(count, ROWS);
+
+    // A retention pass with nothing to prune (everything is younger than 30 days).
+    let cutoff = OffsetDateTime::now_utc() - time::Duration::days(30);
+    let plan: Value = sqlx::query_scalar(sqlx::AssertSqlSafe(explain(retention::PRUNE_NOTIFICATIONS)))
+        .bind(uuid::Uuid::nil())
+        .bind(NotificationId::floor_at(cutoff))
+        .bind(cutoff)
+        .bind(1000_i64)
+        .fetch_one(t.pool())
+        .await
+        .expect("explain");
+    let c = cost(&plan);
+    println!("retention, nothing to prune: {} pages, seq scans {:?}", c.pages, c.seq_scans);
+    assert!(c.seq_scans.is_empty(), "{:?}\n{plan:#}", c.seq_scans);
+    assert!(c.pages < 50, "{} pages\n{plan:#}", c.pages);
+    let plan: Value = sqlx::query_scalar(sqlx::AssertSqlSafe(explain(retention::PRUNE_UNMATCHED_RECEIPTS)))
+        .bind(cutoff)
+        .bind(1000_i64)
+        .fetch_one(t.pool())
+        .await
+        .expect("explain");
+    let c = cost(&plan);
+    assert!(c.seq_scans.is_empty() && c.pages < 50, "{} pages, {:?}\n{plan:#}", c.pages, c.seq_scans);
+    // The whole pass, for real.
+    let pruned = retention::prune(t.pool(), 30, 24).await.expect("prune");
+    assert_eq!(pruned, retention::Pruned::default());
+
+    // One tenant's page of 50 created before a time 19 days back, with and without a status.
+    let before = OffsetDateTime::now_utc() - time::Duration::days(19);
+    for status in [None, Some("failed")] {
+        let (from_id, to_id) = notifications::id_bounds(None, Some(before));
+        let plan: Value = sqlx::query_scalar(sqlx::AssertSqlSafe(explain(&notifications::list_sql())))
+            .bind(acme)
+            .bind(status)
+            .bind(None::<&str>)
+            .bind(None::<&str>)
+            .bind(None::<&str>)
+            .bind(None::<OffsetDateTime>)
+            .bind(Some(before))
+            .bind(None::<uuid::Uuid>)
+            .bind(51_i64)
+            .bind(from_id)
+            .bind(to_id)
+            .fetch_one(t.pool())
+            .await
+            .expect("explain");
+        let c = cost(&plan);
+        let rows = plan[0]["Plan"]["Actual Rows"].as_i64().unwrap_or(0);
+        println!("list {status:?} created_before: {} pages, {} rows removed, {rows} rows", c.pages, c.rows_removed);
+        assert_eq!(rows, 51);
+        assert!(c.seq_scans.is_empty(), "{:?}\n{plan:#}", c.seq_scans);
+        assert!(c.rows_removed < 1000, "{} rows removed\n{plan:#}", c.rows_removed);
+        assert!(c.pages < 500, "{} pages\n{plan:#}", c.pages);
+    }
+}

@@ -1,7 +1,8 @@
 //! Status callbacks to callers, as Standard Webhooks 1.0: `webhook-id` (stable across retries),
 //! `webhook-timestamp`, `webhook-signature: v1,<base64 HMAC-SHA256(key, id.timestamp.body)>`,
 //! body `{"type": "notification.<status>", "timestamp", "data": <the notification>}`.
-//! The callback URL is checked again at delivery time (DNS can change since acceptance).
+//! The callback URL is checked again at delivery time, and the client connects only to
+//! public addresses (`providers::public_net`; DNS can change since acceptance).
 
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use super::{Dispatcher, Outcome};
 use crate::domain::Status;
 use crate::domain::recipient::check_endpoint;
 use crate::domain::retry::{Decision, RetryPolicy};
-use crate::providers::http::ensure_public;
+use crate::providers::public_net;
 use crate::store::notifications;
 use crate::store::tracking::{self, Applied, ClaimedCallback, Lease};
 use crate::views::NotificationView;
@@ -134,7 +135,6 @@ impl Dispatcher {
             ));
         };
         let parsed = check_endpoint(&url, cfg.allow_private_networks).map_err(|e| (url.clone(), e, true))?;
-        ensure_public(&parsed, cfg.allow_private_networks).await.map_err(|e| (url.clone(), e, true))?;
 
         // The data is the notification as the API returns it (without events), with the
         // status this event announces; `timestamp` orders events of one notification.
@@ -164,7 +164,11 @@ impl Dispatcher {
             .timeout(timeout)
             .send()
             .await
-            .map_err(|e| (url.clone(), format!("no answer: {}", e.without_url()), false))?;
+            .map_err(|e| match public_net::refusal(&e) {
+                // Not tried, so nothing about the address is learnt: refused, for good.
+                Some(refused) => (url.clone(), refused.to_string(), true),
+                None => (url.clone(), format!("no answer: {}", e.without_url()), false),
+            })?;
         let retry_after = crate::providers::http::retry_after(resp.headers());
         Ok((url, resp.status().as_u16(), retry_after))
     }

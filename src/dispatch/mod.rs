@@ -136,19 +136,31 @@ struct Inner {
     settings: DispatchSettings,
     retention: RetentionSettings,
     callbacks: CallbackSettings,
-    /// For status callbacks: never follows redirects (a 3xx is a failed delivery).
+    /// For status callbacks: never follows redirects (a 3xx is a failed delivery), and connects
+    /// only to public addresses unless `callbacks.allow_private_networks`.
     http: reqwest::Client,
     worker_id: String,
 }
 
 impl Dispatcher {
     pub fn new(pool: PgPool, registry: Arc<Registry>, settings: &Settings) -> Self {
+        // Building fails only when TLS cannot be set up at all, which the provider clients built
+        // before this (`Registry::from_settings`) would have reported; a default client would
+        // follow redirects and call private addresses.
+        let http = crate::providers::public_net::client(settings.callbacks.allow_private_networks)
+            .expect("an HTTP client for status callbacks");
+        Self::with_callback_client(pool, registry, settings, http)
+    }
+
+    /// `new` with the client status callbacks are sent with (tests give one whose resolver
+    /// answers with addresses of their choosing: `public_net::client_with`).
+    pub fn with_callback_client(
+        pool: PgPool,
+        registry: Arc<Registry>,
+        settings: &Settings,
+        http: reqwest::Client,
+    ) -> Self {
         let worker_id = format!("{}:{}", hostname(), uuid::Uuid::new_v4().simple());
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_default();
         let writer_pool = pool.clone();
         let completions = Coalescer::new(
             // Two writers: one gathers outcomes while the other's statement runs.

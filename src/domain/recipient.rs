@@ -226,8 +226,9 @@ fn parse_push(to: &Value, allow_private: bool) -> Result<PushTarget, RecipientEr
 }
 
 /// A user-supplied URL we will later call (Web Push endpoint, callback URL): https, and not a
-/// literal private, loopback or link-local address, unless private networks are allowed.
-/// Names that resolve to private addresses are checked again at delivery time.
+/// literal non-public address (`is_private_ip`), unless private networks are allowed. Names
+/// are checked where they are used: the resolver of `providers::public_net` connects only to
+/// their public addresses.
 pub fn check_endpoint(raw: &str, allow_private: bool) -> Result<Url, String> {
     let url = Url::parse(raw).map_err(|e| format!("not a URL: {e}"))?;
     match url.scheme() {
@@ -240,7 +241,11 @@ pub fn check_endpoint(raw: &str, allow_private: bool) -> Result<Url, String> {
         let private = match host {
             url::Host::Ipv4(ip) => is_private_ip(ip.into()),
             url::Host::Ipv6(ip) => is_private_ip(ip.into()),
-            url::Host::Domain(d) => d.eq_ignore_ascii_case("localhost") || d.ends_with(".localhost"),
+            url::Host::Domain(d) => {
+                // `localhost.` is `localhost` too.
+                let d = d.trim_end_matches('.').to_ascii_lowercase();
+                d == "localhost" || d.ends_with(".localhost")
+            }
         };
         if private {
             return Err("must not point at a private, loopback or link-local address".into());
@@ -249,21 +254,40 @@ pub fn check_endpoint(raw: &str, allow_private: bool) -> Result<Url, String> {
     Ok(url)
 }
 
-/// Loopback, private, link-local, unspecified or broadcast: addresses a user-supplied URL must
-/// not make us call (SSRF), checked again after DNS resolution at delivery time.
+/// Whether a user-supplied URL may make us call `ip` (SSRF): only globally routable unicast
+/// addresses may be called. Refused: IPv4 "this network" 0/8, private 10/8, 172.16/12 and
+/// 192.168/16, shared (carrier-grade NAT, some clouds' metadata) 100.64/10, loopback 127/8,
+/// link-local 169.254/16 (cloud metadata), IETF protocol 192.0.0/24, benchmarking 198.18/15,
+/// multicast 224/4, reserved 240/4 and broadcast; IPv6 outside global unicast 2000::/3 (which
+/// leaves out loopback, unspecified, unique-local fc00::/7, link-local fe80::/10, site-local
+/// fec0::/10, multicast ff00::/8 and NAT64 64:ff9b::/96), 6to4 2002::/16 and Teredo 2001::/32
+/// (both carry an IPv4 address of any kind), and IPv4-mapped or -compatible addresses of a
+/// refused IPv4 address.
 pub fn is_private_ip(ip: std::net::IpAddr) -> bool {
     match ip {
         std::net::IpAddr::V4(ip) => {
-            ip.is_private() || ip.is_loopback() || ip.is_link_local() || ip.is_unspecified() || ip.is_broadcast()
+            let [a, b, c, _] = ip.octets();
+            a == 0
+                || a == 10
+                || a == 127
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 169 && b == 254)
+                || (a == 172 && (16..32).contains(&b))
+                || (a == 192 && b == 0 && c == 0)
+                || (a == 192 && b == 168)
+                || (a == 198 && (b == 18 || b == 19))
+                || a >= 224
         }
         std::net::IpAddr::V6(ip) => {
             if let Some(v4) = ip.to_ipv4_mapped() {
                 return is_private_ip(v4.into());
             }
-            ip.is_loopback()
-                || ip.is_unspecified()
-                || (ip.segments()[0] & 0xfe00) == 0xfc00
-                || (ip.segments()[0] & 0xffc0) == 0xfe80
+            let s = ip.segments();
+            if s[..6] == [0; 6] {
+                // ::/96, IPv4-compatible (deprecated), including :: and ::1.
+                return true;
+            }
+            (s[0] & 0xe000) != 0x2000 || s[0] == 0x2002 || (s[0] == 0x2001 && s[1] == 0)
         }
     }
 }
@@ -314,6 +338,70 @@ mod tests {
         assert_eq!(err.0, "/web_push/endpoint");
         assert!(Recipient::parse(Channel::Push, &sub("http://127.0.0.1:9/x"), true).is_ok());
         assert!(Recipient::parse(Channel::Push, &sub("https://10.0.0.8/x"), false).is_err());
+    }
+
+    #[test]
+    fn only_global_unicast_addresses_may_be_called() {
+        let refused = [
+            "0.1.2.3",
+            "10.0.0.5",
+            "100.64.0.1",
+            "100.127.255.254",
+            "127.0.0.1",
+            "169.254.169.254",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.0.0.8",
+            "192.168.1.1",
+            "198.18.0.1",
+            "198.19.255.255",
+            "224.0.0.1",
+            "239.1.2.3",
+            "240.0.0.1",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "::127.0.0.1",
+            "::ffff:10.0.0.5",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a00:5",
+            "2002:a00:5::1",
+            "2001:0:4136:e378::1",
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "fec0::1",
+            "ff02::1",
+        ];
+        for ip in refused {
+            assert!(is_private_ip(ip.parse().unwrap()), "{ip} must be refused");
+        }
+        let allowed = [
+            "93.184.215.14",
+            "100.63.255.255",
+            "100.128.0.1",
+            "172.32.0.1",
+            "198.20.0.1",
+            "192.0.1.1",
+            "223.255.255.255",
+            "::ffff:93.184.215.14",
+            "2606:4700::1111",
+            "2a00:1450:4001::200e",
+        ];
+        for ip in allowed {
+            assert!(!is_private_ip(ip.parse().unwrap()), "{ip} must be allowed");
+        }
+        for url in [
+            "https://localhost./x",
+            "https://LOCALHOST/x",
+            "https://a.localhost./x",
+            "https://[::ffff:7f00:1]/x",
+            "https://2130706433/x",
+            "https://100.100.100.200/x",
+        ] {
+            assert!(check_endpoint(url, false).is_err(), "{url} must be refused");
+        }
+        assert!(check_endpoint("https://push.example.com/x", false).is_ok());
     }
 
     #[test]

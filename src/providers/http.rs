@@ -78,6 +78,9 @@ pub async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<byte
 fn transport_error(e: reqwest::Error) -> ProviderError {
     // Without the URL: it can carry account ids, and it adds nothing the provider name doesn't.
     let e = e.without_url();
+    if let Some(refused) = super::public_net::refusal(&e) {
+        return ProviderError::Permanent(refused.to_string());
+    }
     if e.is_timeout() {
         ProviderError::Transient(format!("timed out: {e}"))
     } else {
@@ -105,25 +108,6 @@ pub fn generic(status: StatusCode, retry_after: Option<Duration>, what: String) 
         401 | 403 => ProviderError::Transient(format!("provider refused our credentials: {what}")),
         _ => ProviderError::Permanent(what),
     }
-}
-
-/// Refuse a user-supplied URL whose host resolves to a private, loopback or link-local
-/// address (SSRF), unless private networks are allowed. Checked at call time because DNS can
-/// change after the URL was accepted.
-pub async fn ensure_public(url: &url::Url, allow_private: bool) -> Result<(), String> {
-    if allow_private {
-        return Ok(());
-    }
-    let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']).to_owned();
-    let port = url.port_or_known_default().unwrap_or(443);
-    let addrs =
-        tokio::net::lookup_host((host.as_str(), port)).await.map_err(|e| format!("cannot resolve {host}: {e}"))?;
-    for addr in addrs {
-        if crate::domain::recipient::is_private_ip(addr.ip()) {
-            return Err(format!("{host} resolves to a private address"));
-        }
-    }
-    Ok(())
 }
 
 /// Split `Name <addr>` into (name, addr).

@@ -11,6 +11,7 @@ pub mod fcm;
 pub mod http;
 pub mod log;
 pub mod mailgun;
+pub mod public_net;
 pub mod resilience;
 pub mod sendgrid;
 pub mod ses;
@@ -163,15 +164,20 @@ fn same_origin_redirects() -> reqwest::redirect::Policy {
 impl Registry {
     pub fn from_settings(settings: &Settings) -> Result<Registry, BuildError> {
         let client = http_client(same_origin_redirects())?;
-        // Web Push endpoints come from callers: a redirect there is never followed (the
-        // private-network guard checked only the first URL).
-        let push_client = http_client(reqwest::redirect::Policy::none())?;
         let base = settings.server.public_base_url.as_str();
         let mut by_name: BTreeMap<String, Arc<Route>> = BTreeMap::new();
         for (name, cfg) in &settings.providers {
+            // Web Push endpoints come from callers: no redirects, public addresses only.
+            let push_client;
+            let client = if cfg.kind == ProviderKind::WebPush {
+                push_client = public_net::client(cfg.allow_private_networks)
+                    .map_err(|e| BuildError { name: name.clone(), message: format!("http client: {e}") })?;
+                &push_client
+            } else {
+                &client
+            };
             let provider =
-                build(name, cfg, if cfg.kind == ProviderKind::WebPush { &push_client } else { &client }, base)
-                    .map_err(|message| BuildError { name: name.clone(), message })?;
+                build(name, cfg, client, base).map_err(|message| BuildError { name: name.clone(), message })?;
             let route = Route {
                 provider,
                 breaker: Breaker::new(name, cfg.breaker_failures, Duration::from_millis(cfg.breaker_cooldown_ms)),

@@ -3,9 +3,9 @@
 //! because its `aud` must be the endpoint's origin *including* a non-default port, which the
 //! crate's own VAPID helper drops.
 //!
-//! Endpoints are user-supplied: https only and no private, loopback or link-local address
-//! (checked on the URL at request time and on the resolved addresses here) unless
-//! `allow_private_networks` is on.
+//! Endpoints are user-supplied: https only, no redirects, and no private, loopback, link-local
+//! or reserved address (checked on the URL at request time, and on every address connected to
+//! by `public_net`'s resolver) unless `allow_private_networks` is on.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -16,7 +16,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use p256::pkcs8::EncodePrivateKey;
 use serde_json::json;
 
-use super::http::{HttpReply, ensure_public, execute, generic};
+use super::http::{HttpReply, execute, generic};
 use super::{Accepted, OutboundMessage, Provider, ProviderError, push_parts};
 use crate::config::ProviderSettings;
 use crate::domain::recipient::{PushTarget, check_endpoint};
@@ -92,7 +92,6 @@ impl Provider for WebPush {
         };
         let url = check_endpoint(&sub.endpoint, self.allow_private)
             .map_err(|e| ProviderError::Permanent(format!("web push endpoint: {e}")))?;
-        ensure_public(&url, self.allow_private).await.map_err(ProviderError::Permanent)?;
         let key = |s: &str| URL_SAFE_NO_PAD.decode(s.trim_end_matches('=')).ok();
         let ua_public = key(&sub.keys.p256dh)
             .and_then(|b| p256::PublicKey::from_sec1_bytes(&b).ok())

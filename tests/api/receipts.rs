@@ -279,6 +279,38 @@ async fn a_private_callback_url_is_refused_at_request_time_and_again_at_delivery
     assert_eq!(r.body["errors"][0]["pointer"], "/callback_url");
 }
 
+/// A callback URL whose name resolves only to private addresses at delivery time (DNS changed,
+/// or a rebinding name) is refused by the resolver the connection uses: no connection is
+/// tried, so the timeline says "refused" and tells nothing about the address.
+#[tokio::test]
+async fn a_callback_to_a_name_that_resolves_to_a_private_address_is_refused_unprobed() {
+    use herald::providers::public_net::{PublicOnly, client_with};
+    let receiver = FakeHttp::receiver().await;
+    let port = receiver.origin.rsplit(':').next().expect("port").to_owned();
+    let t = TestApp::spawn_with(|s| s.callbacks.signing_secret = Secret::new(WHSEC)).await;
+    let key = t.key("acme", SEND_READ).await;
+    let mut body = email("z@example.com", "x");
+    body["callback_url"] = json!(format!("https://hooks.example.test:{port}/hook"));
+    let id = t.post(&key, body).await.body["id"].as_str().expect("id").to_owned();
+    let mut strict = (*t.app.settings).clone();
+    strict.callbacks.allow_private_networks = false;
+    // The name answers with the receiver's own address, 127.0.0.1.
+    let resolver = PublicOnly::with_lookup(|_| Box::pin(async { Ok(vec!["127.0.0.1".parse().expect("ip")]) }));
+    let http = client_with(Some(resolver)).expect("client");
+    let worker =
+        herald::dispatch::Dispatcher::with_callback_client(t.pool().clone(), t.app.registry.clone(), &strict, http);
+    for _ in 0..3 {
+        worker.run_once().await.expect("run");
+    }
+    assert!(receiver.requests().is_empty(), "nothing reached the address");
+    let n = t.notification(&key, &id).await;
+    let cb = n["events"].as_array().expect("events").iter().find(|e| e["type"] == "callback").expect("callback event");
+    let error = cb["detail"]["error"].as_str().expect("error");
+    assert!(error.starts_with("refused: hooks.example.test resolves only to private"), "{cb}");
+    assert!(cb["detail"].get("response_status").is_none(), "{cb}");
+    assert_eq!(cb["detail"]["gave_up"], true, "refused for good, not retried: {cb}");
+}
+
 #[tokio::test]
 async fn suppressions_can_be_listed_added_and_removed_per_tenant() {
     let t = TestApp::spawn().await;

@@ -71,8 +71,12 @@ enum TenantsCmd {
         tenant: String,
         #[arg(long)]
         callback_url: Option<String>,
-        #[arg(long)]
+        /// A Standard Webhooks secret (`whsec_…`) to sign this tenant's callbacks with.
+        #[arg(long, conflicts_with = "rotate_signing_secret")]
         signing_secret: Option<String>,
+        /// Replace the tenant's signing secret with a new one, printed once.
+        #[arg(long)]
+        rotate_signing_secret: bool,
     },
 }
 
@@ -137,6 +141,10 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
                             "--scopes `{scopes}`: use a comma-separated list of send, read, admin"
                         )));
                     };
+                    if let Some(secret) = new_tenant(&mut conn, &app.settings, tenant).await? {
+                        println!("created tenant {tenant}; its callback signing secret is shown only once:");
+                        println!("{secret}");
+                    }
                     let (id, key) = keys::create_key(&mut conn, tenant, &parsed).await?;
                     println!("created key {id} for tenant {tenant} with scopes {scopes}; it is shown only once:");
                     println!("{key}");
@@ -157,7 +165,7 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Tenants(TenantsCmd::Set { tenant, callback_url, signing_secret }) => {
+        Cmd::Tenants(TenantsCmd::Set { tenant, callback_url, signing_secret, rotate_signing_secret }) => {
             let app = App::build(load(&cli)?)?;
             if let Some(u) = callback_url {
                 herald::domain::recipient::check_endpoint(u, app.settings.callbacks.allow_private_networks)
@@ -170,8 +178,21 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
                 ));
             }
             let mut conn = app.pool.acquire().await?;
-            let id = keys::set_tenant(&mut conn, tenant, callback_url.as_deref(), signing_secret.as_deref()).await?;
+            // A new tenant gets a secret of its own (unless one is given or shared); a rotation
+            // replaces it. Either is printed once: only Herald and the tenant hold it.
+            let rotated = rotate_signing_secret.then(herald::dispatch::callbacks::new_secret);
+            let created = match (signing_secret, &rotated) {
+                (None, None) => new_tenant(&mut conn, &app.settings, tenant).await?,
+                _ => None,
+            };
+            let secret = signing_secret.as_deref().or(rotated.as_deref());
+            let id = keys::set_tenant(&mut conn, tenant, callback_url.as_deref(), secret).await?;
+            let shown = rotated.or(created);
             println!("tenant {tenant} ({id}) updated");
+            if let Some(s) = shown {
+                println!("its callback signing secret is shown only once:");
+                println!("{s}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Dev { throwaway_db } => dev(&cli, *throwaway_db).await,
@@ -195,6 +216,19 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
             }
         }
     }
+}
+
+/// Create `tenant` if it does not exist, with a callback signing secret of its own unless
+/// `callbacks.signing_secret` is set (the operator's choice of one secret shared by every
+/// tenant without its own). Returns the new secret, to show once.
+async fn new_tenant(
+    conn: &mut sqlx::PgConnection,
+    settings: &Settings,
+    tenant: &str,
+) -> Result<Option<String>, AppError> {
+    let secret = settings.callbacks.signing_secret.is_empty().then(herald::dispatch::callbacks::new_secret);
+    let created = keys::create_tenant(conn, tenant, secret.as_deref()).await?;
+    Ok(secret.filter(|_| created))
 }
 
 async fn serve(cli: &Cli, roles: Roles) -> Result<ExitCode, AppError> {

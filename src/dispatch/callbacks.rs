@@ -35,6 +35,14 @@ pub fn secret_key(secret: &str) -> Option<Vec<u8>> {
     (!key.is_empty()).then_some(key)
 }
 
+/// A new Standard Webhooks secret: `whsec_` and 32 random bytes in base64 (a tenant's own,
+/// generated when the tenant is created or its secret rotated).
+pub fn new_secret() -> String {
+    let mut key = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut key);
+    format!("whsec_{}", STANDARD.encode(key))
+}
+
 /// The `webhook-signature` header value for one delivery attempt.
 pub fn sign(key: &[u8], msg_id: &str, timestamp: i64, body: &[u8]) -> String {
     let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else {

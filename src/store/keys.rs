@@ -88,6 +88,20 @@ pub async fn ensure_tenant(conn: &mut PgConnection, name: &str) -> StoreResult<T
     Ok(TenantId::from_uuid(id))
 }
 
+/// Create tenant `name` with its own callback signing secret, unless it exists. Returns
+/// whether it was created now (an existing tenant keeps its secret, or its lack of one).
+pub async fn create_tenant(conn: &mut PgConnection, name: &str, signing_secret: Option<&str>) -> StoreResult<bool> {
+    let created: Option<uuid::Uuid> = sqlx::query_scalar(
+        "INSERT INTO tenants (id, name, signing_secret) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING RETURNING id",
+    )
+    .bind(TenantId::new().as_uuid())
+    .bind(name)
+    .bind(signing_secret)
+    .fetch_optional(conn)
+    .await?;
+    Ok(created.is_some())
+}
+
 /// Set a tenant's default callback URL and signing secret (creating the tenant if missing).
 pub async fn set_tenant(
     conn: &mut PgConnection,

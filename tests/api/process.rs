@@ -224,3 +224,55 @@ async fn sigterm_mid_load_loses_nothing_and_leaves_nothing_leased() {
     assert_eq!(per_message.len(), 40);
     assert!(per_message.iter().all(|&c| c == 1));
 }
+
+/// Run `herald ARGS` against the test database; its stdout lines.
+async fn cli(t: &TestApp, env: &[(&str, &str)], args: &[&str]) -> Vec<String> {
+    let mut cmd = Command::new(BIN);
+    herald_env(&mut cmd, t);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).envs(env.iter().copied()).args(args);
+    let out = cmd.output().await.expect("run herald");
+    assert!(out.status.success(), "herald {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+}
+
+async fn tenant_secret(t: &TestApp, tenant: &str) -> Option<String> {
+    sqlx::query_scalar("SELECT signing_secret FROM tenants WHERE name = $1")
+        .bind(tenant)
+        .fetch_one(t.pool())
+        .await
+        .expect("tenant")
+}
+
+/// Every tenant signs its callbacks with a secret of its own, generated when the tenant is
+/// created, shown once, and rotatable; unless the operator configured one shared secret.
+#[tokio::test]
+async fn each_tenant_gets_its_own_callback_secret_shown_once_and_rotatable() {
+    let t = TestApp::spawn().await;
+    let out = cli(&t, &[], &["keys", "create", "--tenant", "acme", "--scopes", "send,read"]).await;
+    let secret = out.iter().find(|l| l.starts_with("whsec_")).expect("a secret is shown").clone();
+    assert!(herald::dispatch::callbacks::secret_key(&secret).is_some_and(|k| k.len() == 32), "{secret}");
+    assert!(out.last().expect("line").starts_with("hrld_"), "the key stays the last line: {out:?}");
+    assert_eq!(tenant_secret(&t, "acme").await.as_deref(), Some(secret.as_str()));
+
+    // Another tenant's is another secret; a second key for acme shows none and keeps it.
+    let other = cli(&t, &[], &["keys", "create", "--tenant", "globex", "--scopes", "send"]).await;
+    let other_secret = other.iter().find(|l| l.starts_with("whsec_")).expect("secret").clone();
+    assert_ne!(other_secret, secret);
+    let again = cli(&t, &[], &["keys", "create", "--tenant", "acme", "--scopes", "read"]).await;
+    assert!(!again.iter().any(|l| l.contains("whsec_")), "{again:?}");
+    assert_eq!(tenant_secret(&t, "acme").await.as_deref(), Some(secret.as_str()));
+
+    // Rotation prints the new secret once, and it is the one used from then on.
+    let rotated = cli(&t, &[], &["tenants", "set", "acme", "--rotate-signing-secret"]).await;
+    let new_secret = rotated.iter().find(|l| l.starts_with("whsec_")).expect("rotated").clone();
+    assert_ne!(new_secret, secret);
+    assert_eq!(tenant_secret(&t, "acme").await.as_deref(), Some(new_secret.as_str()));
+    let new_tenant = cli(&t, &[], &["tenants", "set", "initech"]).await;
+    assert!(new_tenant.iter().any(|l| l.starts_with("whsec_")), "a tenant made by `tenants set` gets one too");
+
+    // With a shared secret configured, new tenants get none of their own: they sign with it.
+    let shared = [("HERALD__CALLBACKS__SIGNING_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")];
+    let out = cli(&t, &shared, &["keys", "create", "--tenant", "umbrella", "--scopes", "send"]).await;
+    assert!(!out.iter().any(|l| l.contains("whsec_")), "{out:?}");
+    assert_eq!(tenant_secret(&t, "umbrella").await, None);
+}

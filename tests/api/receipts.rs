@@ -48,8 +48,12 @@ async fn post_twilio(t: &TestApp, name: &str, params: &[(&str, &str)], signature
 
 /// A Standard Webhooks verification written from the spec, independent of Herald's signer.
 fn verify_standard_webhook(headers: &reqwest::header::HeaderMap, body: &[u8]) -> bool {
+    verify_with(WHSEC, headers, body)
+}
+
+fn verify_with(secret: &str, headers: &reqwest::header::HeaderMap, body: &[u8]) -> bool {
     let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-    let key = STANDARD.decode(WHSEC.trim_start_matches("whsec_")).expect("secret");
+    let key = STANDARD.decode(secret.trim_start_matches("whsec_")).expect("secret");
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).expect("key");
     mac.update(format!("{}.{}.", h("webhook-id"), h("webhook-timestamp")).as_bytes());
     mac.update(body);
@@ -748,4 +752,33 @@ async fn a_twilio_receipt_that_beats_the_record_of_its_send_is_applied_by_it() {
         receiver.requests().iter().map(|c| c.json()["type"].as_str().unwrap_or("").to_owned()).collect();
     types.sort();
     assert_eq!(types, ["notification.failed", "notification.sent"]);
+}
+
+/// Tenants with secrets of their own: each tenant's callbacks verify with its secret only, so
+/// no tenant can forge another's.
+#[tokio::test]
+async fn each_tenant_signs_its_callbacks_with_its_own_secret() {
+    use herald::dispatch::callbacks::new_secret;
+    let receiver = FakeHttp::receiver().await;
+    let t = TestApp::spawn().await; // no shared callbacks.signing_secret
+    let mut secrets = Vec::new();
+    for tenant in ["acme", "globex"] {
+        let secret = new_secret();
+        let mut conn = t.pool().acquire().await.expect("conn");
+        assert!(herald::store::keys::create_tenant(&mut conn, tenant, Some(&secret)).await.expect("tenant"));
+        let key = t.key(tenant, SEND_READ).await;
+        let mut body = email(&format!("{tenant}@example.com"), "x");
+        body["callback_url"] = json!(format!("{}/hook/{tenant}", receiver.origin));
+        assert_eq!(t.post(&key, body).await.status, StatusCode::ACCEPTED);
+        secrets.push((tenant, secret));
+    }
+    t.dispatch_until_idle().await;
+    let calls = receiver.requests();
+    assert_eq!(calls.len(), 2);
+    for c in &calls {
+        let (tenant, own) = secrets.iter().find(|(t, _)| c.path.ends_with(t)).expect("tenant");
+        let (_, other) = secrets.iter().find(|(t, _)| t != tenant).expect("other");
+        assert!(verify_with(own, &c.headers, &c.body), "{tenant}'s callback verifies with its secret");
+        assert!(!verify_with(other, &c.headers, &c.body), "and not with another tenant's");
+    }
 }

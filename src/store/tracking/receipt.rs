@@ -110,8 +110,24 @@ pub async fn apply_early(conn: &mut PgConnection, sent: &[Recorded]) -> StoreRes
     if sent.is_empty() {
         return Ok(0);
     }
+    // Almost always there are none: one read, without a transaction, says so. Both branches
+    // walk small indexes: by notification (held), and the unmatched receipts' partial one.
+    let waiting: bool = sqlx::query_scalar(
+        "SELECT EXISTS (
+             SELECT 1 FROM unnest($1::uuid[], $2::text[], $3::text[]) AS i(id, provider, pmid)
+             WHERE EXISTS (SELECT 1 FROM receipts r WHERE r.notification_id = i.id AND r.held)
+                OR EXISTS (SELECT 1 FROM receipts r WHERE r.notification_id IS NULL AND r.provider = i.provider
+                                                      AND r.provider_message_id = i.pmid))",
+    )
+    .bind(sent.iter().map(|s| s.notification_id.as_uuid()).collect::<Vec<_>>())
+    .bind(sent.iter().map(|s| s.provider.as_str()).collect::<Vec<_>>())
+    .bind(sent.iter().map(|s| s.provider_message_id.as_deref()).collect::<Vec<_>>())
+    .fetch_one(&mut *conn)
+    .await?;
+    if !waiting {
+        return Ok(0);
+    }
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    // Both branches walk small indexes: by notification (held), and the unmatched receipts'.
     let rows = sqlx::query(
         "WITH input AS (
              SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]) AS i(id, provider, pmid)

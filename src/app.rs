@@ -98,14 +98,59 @@ impl App {
     /// Run `roles` until `cancel` fires. The API stops accepting at once and finishes in-flight
     /// requests; the dispatcher stops claiming and finishes in-flight sends within its grace.
     pub async fn run(&self, roles: Roles, cancel: CancellationToken) -> Result<(), AppError> {
+        let listener = if roles.api { Some(self.bind().await?) } else { None };
+        self.run_on(listener, roles, cancel).await
+    }
+
+    /// Bind `server.listen`, saying what to do when the address is taken.
+    pub async fn bind(&self) -> Result<tokio::net::TcpListener, AppError> {
+        let addr = &self.settings.server.listen;
+        tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+                "; another process listens there: pick another address with --listen 127.0.0.1:8081 \
+                 (or server.listen, HERALD__SERVER__LISTEN), or stop the other process"
+            } else {
+                ""
+            };
+            AppError::Other(format!("cannot listen on {addr} (server.listen): {e}{hint}"))
+        })
+    }
+
+    /// Check that the database answers, before doing anything with it: a failure names the
+    /// server, database and role that were tried (never the password) and what to do.
+    pub async fn check_database(&self) -> Result<(), AppError> {
+        // One connection of its own rather than the pool's: a pool that cannot connect says
+        // only that it timed out, where a connection says why (refused, no such role, …).
+        let url = self.settings.database.url.expose();
+        let timeout = Duration::from_millis(self.settings.database.acquire_timeout_ms);
+        let attempt = tokio::time::timeout(timeout, <sqlx::PgConnection as sqlx::Connection>::connect(url)).await;
+        let e = match attempt {
+            Ok(Ok(conn)) => {
+                let _ = sqlx::Connection::close(conn).await;
+                return Ok(());
+            }
+            Ok(Err(e)) => e,
+            Err(_) => sqlx::Error::PoolTimedOut,
+        };
+        Err(match store::connect_problem(url, &e) {
+            Some(why) => AppError::Other(why),
+            None => e.into(),
+        })
+    }
+
+    /// `run` with the API on `listener` (bound by `bind`, so a caller can print the address
+    /// only once it is really listening).
+    pub async fn run_on(
+        &self,
+        listener: Option<tokio::net::TcpListener>,
+        roles: Roles,
+        cancel: CancellationToken,
+    ) -> Result<(), AppError> {
         if self.settings.database.migrate_on_start {
+            self.check_database().await?;
             store::migrate(&self.pool).await?;
         }
-        let api = if roles.api {
-            let addr = self.settings.server.listen.clone();
-            let listener = tokio::net::TcpListener::bind(&addr)
-                .await
-                .map_err(|e| AppError::Other(format!("cannot bind server.listen {addr}: {e}")))?;
+        let api = if let Some(listener) = listener.filter(|_| roles.api) {
             info!(addr = %local_addr(&listener), "api listening");
             let router = http::router(self.state());
             let grace = Duration::from_millis(self.settings.server.shutdown_grace_ms);

@@ -1,6 +1,9 @@
 //! `herald dev`: zero set-up. Finds a PostgreSQL (DATABASE_URL, else one on localhost:5432,
-//! else a throwaway cluster started with the local `initdb`/`pg_ctl`), and sends everything
-//! through the `log` provider. `local_postgres` is also what the test suite uses.
+//! else a throwaway cluster started with the local `initdb`/`pg_ctl`), sends everything
+//! through the `log` provider (`config/dev.toml`), and prints what the other commands and a
+//! first request need: the DATABASE_URL, a dev API key that works (the same one on every start
+//! against the same database), and the dev tenant's callback signing secret.
+//! `local_postgres` is also what the test suite uses.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,9 +12,10 @@ use std::time::Duration;
 use sqlx::{Connection, PgConnection};
 use tracing::{info, warn};
 
-use crate::app::AppError;
-use crate::config::{ProviderKind, ProviderSettings, Settings};
-use crate::domain::Channel;
+use crate::app::{App, AppError, Roles};
+use crate::config::{Secret, Settings};
+use crate::domain::{ApiKeyId, Channel};
+use crate::store::keys::{self, Scope};
 
 pub const INSTALL_HINT: &str = "no PostgreSQL found: set DATABASE_URL, run one on localhost:5432, \
      or install PostgreSQL so that `initdb` and `pg_ctl` exist \
@@ -102,7 +106,7 @@ impl Cluster {
         // the folder.
         let as_postgres_user = is_root();
         if as_postgres_user {
-            run(Command::new("chown").arg("postgres:").arg(&dir), "chown")?;
+            run_tool(Command::new("chown").arg("postgres:").arg(&dir), "chown")?;
         }
         let port = free_port()?;
         let cluster = Cluster { dir, bin, port, as_postgres_user };
@@ -132,7 +136,7 @@ impl Cluster {
             Command::new(&exe)
         };
         cmd.args(args);
-        run(&mut cmd, tool)
+        run_tool(&mut cmd, tool)
     }
 }
 
@@ -146,7 +150,7 @@ impl Drop for Cluster {
     }
 }
 
-fn run(cmd: &mut Command, what: &str) -> Result<(), AppError> {
+fn run_tool(cmd: &mut Command, what: &str) -> Result<(), AppError> {
     let out = cmd.output().map_err(|e| AppError::Other(format!("{what}: {e}")))?;
     if out.status.success() {
         Ok(())
@@ -186,35 +190,181 @@ fn find_pg_bin() -> Option<PathBuf> {
     candidates.into_iter().find(|d| has_tools(d))
 }
 
-/// Route every channel without providers to a `log` provider, and keep the API on loopback.
-pub fn dev_settings(mut settings: Settings) -> Settings {
-    const LOG: &str = "log";
-    settings.providers.entry(LOG.into()).or_insert_with(|| ProviderSettings::new(ProviderKind::Log));
-    for channel in Channel::ALL {
-        let ch = settings.channels.get_mut(channel);
-        if ch.providers.is_empty() {
-            ch.providers.push(LOG.into());
+/// Run `herald dev` with `settings` (from `Settings::load_dev`) until ctrl-c.
+pub async fn run(mut settings: Settings, throwaway_db: bool) -> Result<(), AppError> {
+    // Keep the throwaway cluster (if any) alive until we return: dropping it stops it.
+    let (pg, source) = if settings.database.url.is_empty() || throwaway_db {
+        let pg = local_postgres(throwaway_db).await?;
+        let (url, source) = if pg.is_throwaway() {
+            (pg.admin_url.clone(), DbSource::Throwaway)
+        } else {
+            ensure_database(&pg.admin_url, "herald_dev").await?;
+            (pg.url_for("herald_dev"), DbSource::Local)
+        };
+        settings.database.url = Secret::new(url);
+        (Some(pg), source)
+    } else {
+        (None, DbSource::Configured)
+    };
+    // Migrated here, before the key is made; not again when the roles start.
+    settings.database.migrate_on_start = false;
+    let app = App::build(settings)?;
+    app.check_database().await?;
+    crate::store::migrate(&app.pool).await?;
+    // Bound before anything is printed: a taken port is an error, not a banner and then one.
+    let listener = app.bind().await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let mut conn = app.pool.acquire().await?;
+    let shared = !app.settings.callbacks.signing_secret.is_empty();
+    keys::create_tenant_for(&mut conn, DEV_TENANT, shared).await?;
+    let secret = match keys::tenant_secret(&mut conn, DEV_TENANT).await? {
+        Some(s) => Some(s),
+        // A dev tenant from before per-tenant secrets: give it one.
+        None if !shared => {
+            let s = crate::domain::tenant::new_signing_secret();
+            keys::set_tenant(&mut conn, DEV_TENANT, None, Some(&s)).await?;
+            Some(s)
         }
-    }
-    if settings.server.listen == "0.0.0.0:8080" {
-        settings.server.listen = "127.0.0.1:8080".into();
-    }
-    settings
+        None => None,
+    };
+    let keep = (!pg.as_ref().is_some_and(LocalPostgres::is_throwaway))
+        .then(|| key_file(app.settings.database.url.expose()))
+        .flatten();
+    let key = dev_key(&mut conn, keep.as_deref()).await?;
+    drop(conn);
+    let database_url = redacted(app.settings.database.url.expose());
+    let routes = Channel::ALL.map(|c| (c, app.settings.channels.get(c).providers.clone()));
+    println!("{}", banner(&Banner { base: &base, key: &key, database_url: &database_url, source, secret, routes }));
+    app.run_on(Some(listener), Roles { api: true, worker: true }, crate::app::shutdown_token()).await?;
+    drop(pg);
+    Ok(())
 }
 
-/// The banner `herald dev` prints once ready: the key and a request to paste.
-pub fn banner(listen: &str, key: &str) -> String {
-    let base = format!("http://{}", listen.replace("0.0.0.0", "127.0.0.1"));
+const DEV_TENANT: &str = "dev";
+
+/// Where dev's database came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DbSource {
+    /// DATABASE_URL or database.url.
+    Configured,
+    /// The `herald_dev` database of a server on localhost:5432.
+    Local,
+    /// A cluster started for this run, removed on exit.
+    Throwaway,
+}
+
+/// The dev key, reused across starts against the same database: it is kept in `keep` (only
+/// its hash is in the database), and used again while it still authenticates. Otherwise a
+/// new one is made, the one kept before (if any) revoked, and the new one kept.
+async fn dev_key(conn: &mut PgConnection, keep: Option<&Path>) -> Result<String, AppError> {
+    let kept = keep.and_then(|p| std::fs::read_to_string(p).ok());
+    let kept: Option<(String, String)> =
+        kept.as_deref().and_then(|s| s.trim().split_once('\n')).map(|(id, key)| (id.trim().into(), key.trim().into()));
+    if let Some((_, key)) = &kept
+        && keys::authenticate(conn, key).await?.is_some()
+    {
+        return Ok(key.clone());
+    }
+    if let Some(id) = kept.as_ref().and_then(|(id, _)| id.parse::<ApiKeyId>().ok()) {
+        keys::revoke_key(conn, id).await?;
+    }
+    let (id, key) = keys::create_key(conn, DEV_TENANT, &[Scope::Send, Scope::Read, Scope::Admin]).await?;
+    if let Some(path) = keep
+        && let Err(e) = write_private(path, &format!("{id}\n{key}\n"))
+    {
+        warn!(path = %path.display(), error = %e, "could not keep the dev key; the next start makes another");
+    }
+    Ok(key)
+}
+
+/// `$XDG_DATA_HOME/herald` (else `~/.local/share/herald`): one file per database, named by a
+/// hash of its URL, holding the dev key for it.
+fn key_file(database_url: &str) -> Option<PathBuf> {
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))?;
+    let digest = crate::store::keys::hash_key(database_url);
+    let name: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    Some(data.join("herald").join(format!("dev-key-{name}")))
+}
+
+fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    std::io::Write::write_all(&mut opts.open(path)?, content.as_bytes())
+}
+
+/// `url` with its password, if any, replaced by `***`.
+pub fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// What the banner shows.
+pub struct Banner<'a> {
+    /// `http://127.0.0.1:8080`, the address really bound.
+    pub base: &'a str,
+    pub key: &'a str,
+    pub database_url: &'a str,
+    pub source: DbSource,
+    /// The dev tenant's callback signing secret (`None`: the shared `callbacks.signing_secret`).
+    pub secret: Option<String>,
+    /// Each channel's providers, in failover order.
+    pub routes: [(Channel, Vec<String>); 3],
+}
+
+/// The banner `herald dev` prints once it listens: where everything is, a key, and requests to
+/// paste, one per channel.
+pub fn banner(b: &Banner<'_>) -> String {
+    let Banner { base, key, database_url, .. } = b;
+    let db = match b.source {
+        DbSource::Configured => format!("  DATABASE_URL={database_url}   (from your configuration)"),
+        DbSource::Local => format!("  export DATABASE_URL='{database_url}'"),
+        DbSource::Throwaway => format!(
+            "  export DATABASE_URL='{database_url}'\n  (a throwaway PostgreSQL started for this run: its data is lost when dev stops)"
+        ),
+    };
+    let routes: Vec<String> = b
+        .routes
+        .iter()
+        .map(|(c, p)| format!("  {:<5} -> {}", c.as_str(), if p.is_empty() { "(none)".into() } else { p.join(", ") }))
+        .collect();
+    let secret = match &b.secret {
+        Some(s) => format!("  {s}   (tenant `dev`; verify callbacks with it)"),
+        None => "  callbacks.signing_secret (shared by tenants without their own)".to_owned(),
+    };
+    let auth = format!("-H 'Authorization: Bearer {key}' -H 'Content-Type: application/json'");
     format!(
-        "Herald dev is running on {base} (ctrl-c stops it). Every send goes to the `log` provider: watch this terminal.\n\
+        "Herald dev is running on {base} (ctrl-c stops it).\n\
          \n\
-         Dev API key (tenant `dev`, scopes send,read,admin):\n  {key}\n\
+         Providers by channel (`log` writes each message to this terminal and reports it sent):\n{routes}\n\
          \n\
-         Send a notification:\n  \
-         curl -s -X POST {base}/v1/notifications -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n    \
-         -d '{{\"channel\": \"email\", \"to\": \"alice@example.com\", \"content\": {{\"subject\": \"Hello\", \"text\": \"Hi from Herald\"}}}}'\n\
+         For the other commands (herald keys create, keys list, tenants set, …):\n{db}\n\
          \n\
-         Then see what happened to it (use the id from the answer):\n  \
-         curl -s {base}/v1/notifications/ID -H 'Authorization: Bearer {key}'\n"
+         Dev API key (tenant `dev`, scopes send,read,admin; the same on every start):\n  {key}\n\
+         \n\
+         Status callback signing secret:\n{secret}\n\
+         \n\
+         Send an email, an SMS, a push notification:\n  \
+         curl -s -X POST {base}/v1/notifications {auth} \\\n    \
+         -d '{{\"channel\": \"email\", \"to\": \"alice@example.com\", \"content\": {{\"subject\": \"Hello\", \"text\": \"Hi from Herald\"}}}}'\n  \
+         curl -s -X POST {base}/v1/notifications {auth} \\\n    \
+         -d '{{\"channel\": \"sms\", \"to\": \"+14155550100\", \"content\": {{\"text\": \"Your code is 123456\"}}}}'\n  \
+         curl -s -X POST {base}/v1/notifications {auth} \\\n    \
+         -d '{{\"channel\": \"push\", \"to\": {{\"fcm\": \"device-token\"}}, \"content\": {{\"title\": \"Hello\", \"body\": \"Hi from Herald\", \"data\": {{\"screen\": \"inbox\"}}}}}}'\n\
+         \n\
+         Then see what happened to one (the id is in the answer):\n  \
+         curl -s {base}/v1/notifications/ID -H 'Authorization: Bearer {key}'\n",
+        routes = routes.join("\n"),
     )
 }

@@ -14,3 +14,8 @@ pub mod receipts;
 pub mod store;
 pub mod telemetry;
 pub mod views;
+
+/// The version, with the git revision it was built from when known: `0.1.0 (abc123def456)`.
+pub const VERSION: &str = env!("HERALD_VERSION");
+/// The git revision alone, or empty.
+pub const GIT_REV: &str = env!("HERALD_GIT_REV");

@@ -3,14 +3,25 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use herald::app::{self, App, AppError, Roles};
-use herald::config::{LogFormat, Settings};
-use herald::domain::ApiKeyId;
+use herald::config::Settings;
+use herald::domain::{ApiKeyId, tenant};
 use herald::store::{self, keys};
 
+const AFTER_HELP: &str = "Every command but `dev` and `healthcheck` needs the database: DATABASE_URL \
+     (e.g. postgres://herald@127.0.0.1:5432/herald) or database.url in the config. `herald dev` \
+     prints the DATABASE_URL it uses.\n\
+     Configuration: config/default.toml (built in), then --config FILE or HERALD_CONFIG, then \
+     HERALD__SECTION__KEY variables (e.g. HERALD__SERVER__LISTEN=0.0.0.0:9000).";
+
 #[derive(Parser)]
-#[command(name = "herald", version, about = "Notifications over HTTP: PostgreSQL queue, email/SMS/push providers")]
+#[command(
+    name = "herald",
+    version = herald::VERSION,
+    about = "Notifications over HTTP: PostgreSQL queue, email/SMS/push providers",
+    after_help = AFTER_HELP
+)]
 struct Cli {
     /// Config file overlaid on the defaults (also HERALD_CONFIG).
     #[arg(long, global = true, value_name = "FILE")]
@@ -19,12 +30,19 @@ struct Cli {
     command: Cmd,
 }
 
+#[derive(Args)]
+struct Listen {
+    /// Address the API listens on, e.g. 127.0.0.1:8081 (overrides server.listen).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// API and dispatch workers in one process.
-    Serve,
+    Serve(Listen),
     /// The HTTP API only.
-    Api,
+    Api(Listen),
     /// Dispatch workers only (binds no port).
     Worker,
     /// Apply database migrations.
@@ -35,11 +53,14 @@ enum Cmd {
     /// Manage tenants.
     #[command(subcommand)]
     Tenants(TenantsCmd),
-    /// Zero-setup local run with the `log` provider and a printed API key.
+    /// Zero-setup local run: finds or starts a PostgreSQL, sends everything to the `log`
+    /// provider, prints a dev API key and the DATABASE_URL the other commands need.
     Dev {
-        /// Always start a throwaway PostgreSQL, even if one is reachable.
+        /// Always start a throwaway PostgreSQL (its data is lost on exit), even if one is reachable.
         #[arg(long)]
         throwaway_db: bool,
+        #[command(flatten)]
+        listen: Listen,
     },
     /// Exit 0 when the local server answers /readyz (for container health checks).
     Healthcheck,
@@ -49,7 +70,8 @@ enum Cmd {
 enum KeysCmd {
     /// Create a key (and the tenant if missing); prints the key once, as the last line.
     Create {
-        #[arg(long)]
+        /// The tenant the key acts for (created if missing, with its own callback signing secret).
+        #[arg(long, value_name = "TENANT")]
         tenant: String,
         /// Comma-separated: send, read, admin.
         #[arg(long, default_value = "send,read")]
@@ -57,22 +79,30 @@ enum KeysCmd {
     },
     /// List keys (never their secrets).
     List {
-        #[arg(long)]
+        /// Only this tenant's keys.
+        #[arg(long, value_name = "TENANT")]
         tenant: Option<String>,
     },
     /// Revoke a key by id.
-    Revoke { id: String },
+    Revoke {
+        /// The key's id, as `keys list` shows it (not the key itself).
+        #[arg(value_name = "ID")]
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
 enum TenantsCmd {
     /// Create or update a tenant's defaults.
     Set {
+        /// The tenant's name (created if missing).
+        #[arg(value_name = "TENANT")]
         tenant: String,
-        #[arg(long)]
+        /// Where the tenant's status callbacks go when a notification names no callback_url.
+        #[arg(long, value_name = "URL")]
         callback_url: Option<String>,
         /// A Standard Webhooks secret (`whsec_…`) to sign this tenant's callbacks with.
-        #[arg(long, conflicts_with = "rotate_signing_secret")]
+        #[arg(long, value_name = "SECRET", conflicts_with = "rotate_signing_secret")]
         signing_secret: Option<String>,
         /// Replace the tenant's signing secret with a new one, printed once.
         #[arg(long)]
@@ -119,22 +149,35 @@ fn load(cli: &Cli) -> Result<Settings, AppError> {
     Ok(settings)
 }
 
+/// The app, with its database reachable (or an error that says which one, as whom, and what
+/// to do).
+async fn connected(cli: &Cli) -> Result<App, AppError> {
+    let app = App::build(load(cli)?)?;
+    app.check_database().await?;
+    Ok(app)
+}
+
+fn name_arg(name: &str) -> Result<(), AppError> {
+    tenant::check_name(name).map_err(AppError::Other)
+}
+
 async fn run(cli: Cli) -> Result<ExitCode, AppError> {
     match &cli.command {
-        Cmd::Serve => serve(&cli, Roles { api: true, worker: true }).await,
-        Cmd::Api => serve(&cli, Roles { api: true, worker: false }).await,
-        Cmd::Worker => serve(&cli, Roles { api: false, worker: true }).await,
+        Cmd::Serve(l) => serve(&cli, l, Roles { api: true, worker: true }).await,
+        Cmd::Api(l) => serve(&cli, l, Roles { api: true, worker: false }).await,
+        Cmd::Worker => serve(&cli, &Listen { listen: None }, Roles { api: false, worker: true }).await,
         Cmd::Migrate => {
-            let app = App::build(load(&cli)?)?;
+            let app = connected(&cli).await?;
             store::migrate(&app.pool).await?;
             println!("migrations applied");
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Keys(cmd) => {
-            let app = App::build(load(&cli)?)?;
+            let app = connected(&cli).await?;
             let mut conn = app.pool.acquire().await?;
             match cmd {
                 KeysCmd::Create { tenant, scopes } => {
+                    name_arg(tenant)?;
                     let parsed: Option<Vec<keys::Scope>> = scopes.split(',').map(keys::Scope::parse).collect();
                     let Some(parsed) = parsed.filter(|s| !s.is_empty()) else {
                         return Err(AppError::Other(format!(
@@ -150,13 +193,16 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
                     println!("{key}");
                 }
                 KeysCmd::List { tenant } => {
+                    println!("id\ttenant\tprefix\tscopes\tstate");
                     for k in keys::list_keys(&mut conn, tenant.as_deref()).await? {
                         let state = if k.revoked_at.is_some() { "revoked" } else { "active" };
                         println!("{}\t{}\t{}…\t{}\t{}", k.id, k.tenant, k.prefix, k.scopes.join(","), state);
                     }
                 }
                 KeysCmd::Revoke { id } => {
-                    let id: ApiKeyId = id.parse().map_err(|_| AppError::Other(format!("`{id}` is not a key id")))?;
+                    let id: ApiKeyId = id.parse().map_err(|_| {
+                        AppError::Other(format!("`{id}` is not a key id: use an id from `herald keys list`"))
+                    })?;
                     if !keys::revoke_key(&mut conn, id).await? {
                         return Err(AppError::Other(format!("no active key {id}")));
                     }
@@ -166,21 +212,19 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Tenants(TenantsCmd::Set { tenant, callback_url, signing_secret, rotate_signing_secret }) => {
-            let app = App::build(load(&cli)?)?;
+            name_arg(tenant)?;
+            let app = connected(&cli).await?;
             if let Some(u) = callback_url {
                 herald::domain::recipient::check_endpoint(u, app.settings.callbacks.allow_private_networks)
                     .map_err(|e| AppError::Other(format!("--callback-url: {e}")))?;
             }
-            // The same rule as callbacks.signing_secret: a key callbacks can actually sign with.
-            if signing_secret.as_deref().is_some_and(|s| herald::dispatch::callbacks::secret_key(s).is_none()) {
-                return Err(AppError::Other(
-                    "--signing-secret: must be a Standard Webhooks secret: whsec_ followed by base64".into(),
-                ));
+            if let Some(s) = signing_secret {
+                tenant::signing_key(s).map_err(|e| AppError::Other(format!("--signing-secret: {e}")))?;
             }
             let mut conn = app.pool.acquire().await?;
             // A new tenant gets a secret of its own (unless one is given or shared); a rotation
             // replaces it. Either is printed once: only Herald and the tenant hold it.
-            let rotated = rotate_signing_secret.then(herald::dispatch::callbacks::new_secret);
+            let rotated = rotate_signing_secret.then(tenant::new_signing_secret);
             let created = match (signing_secret, &rotated) {
                 (None, None) => new_tenant(&mut conn, &app.settings, tenant).await?,
                 _ => None,
@@ -195,7 +239,15 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Dev { throwaway_db } => dev(&cli, *throwaway_db).await,
+        Cmd::Dev { throwaway_db, listen } => {
+            let mut settings = Settings::load_dev(cli.config.as_deref())?;
+            if let Some(addr) = &listen.listen {
+                settings.server.listen = addr.clone();
+            }
+            herald::telemetry::init(settings.log.format, &settings.log.level);
+            herald::dev::run(settings, *throwaway_db).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Healthcheck => {
             let settings = Settings::load(cli.config.as_deref())?;
             let addr = settings.server.listen.replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]");
@@ -218,55 +270,23 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
     }
 }
 
-/// Create `tenant` if it does not exist, with a callback signing secret of its own unless
-/// `callbacks.signing_secret` is set (the operator's choice of one secret shared by every
-/// tenant without its own). Returns the new secret, to show once.
+/// Create `tenant` if it does not exist (see `keys::create_tenant_for`); the new secret, to
+/// show once.
 async fn new_tenant(
     conn: &mut sqlx::PgConnection,
     settings: &Settings,
     tenant: &str,
 ) -> Result<Option<String>, AppError> {
-    let secret = settings.callbacks.signing_secret.is_empty().then(herald::dispatch::callbacks::new_secret);
-    let created = keys::create_tenant(conn, tenant, secret.as_deref()).await?;
-    Ok(secret.filter(|_| created))
+    Ok(keys::create_tenant_for(conn, tenant, !settings.callbacks.signing_secret.is_empty()).await?)
 }
 
-async fn serve(cli: &Cli, roles: Roles) -> Result<ExitCode, AppError> {
-    let app = App::build(load(cli)?)?;
-    app.run(roles, app::shutdown_token()).await?;
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn dev(cli: &Cli, throwaway_db: bool) -> Result<ExitCode, AppError> {
-    let mut settings = Settings::load(cli.config.as_deref())?;
-    if settings.log.format == LogFormat::Json {
-        settings.log.format = LogFormat::Pretty;
+async fn serve(cli: &Cli, listen: &Listen, roles: Roles) -> Result<ExitCode, AppError> {
+    let mut settings = load(cli)?;
+    if let Some(addr) = &listen.listen {
+        settings.server.listen = addr.clone();
     }
-    herald::telemetry::init(settings.log.format, &settings.log.level);
-    // Keep the throwaway cluster (if any) alive until we return: dropping it stops it.
-    let _pg = if settings.database.url.is_empty() || throwaway_db {
-        let pg = herald::dev::local_postgres(throwaway_db).await?;
-        let url = if pg.is_throwaway() {
-            pg.admin_url.clone()
-        } else {
-            herald::dev::ensure_database(&pg.admin_url, "herald_dev").await?;
-            pg.url_for("herald_dev")
-        };
-        settings.database.url = herald::config::Secret::new(url);
-        Some(pg)
-    } else {
-        None
-    };
-    let mut settings = herald::dev::dev_settings(settings);
-    // Migrated here, before the key is made; not again when the roles start.
-    settings.database.migrate_on_start = false;
     let app = App::build(settings)?;
-    store::migrate(&app.pool).await?;
-    let (_, key) = {
-        let mut conn = app.pool.acquire().await?;
-        keys::create_key(&mut conn, "dev", &[keys::Scope::Send, keys::Scope::Read, keys::Scope::Admin]).await?
-    };
-    println!("{}", herald::dev::banner(&app.settings.server.listen, &key));
-    app.run(Roles { api: true, worker: true }, app::shutdown_token()).await?;
+    let listener = if roles.api { Some(app.bind().await?) } else { None };
+    app.run_on(listener, roles, app::shutdown_token()).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -11,6 +11,9 @@ use crate::store::{EventRecord, NotificationRecord};
 #[derive(Serialize)]
 pub struct NotificationView {
     pub id: NotificationId,
+    /// The tenant's name (what `herald keys create --tenant` was given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     pub status: Status,
     channel: Channel,
     to: Value,
@@ -55,6 +58,7 @@ impl NotificationView {
     pub fn new(r: NotificationRecord, events: Option<Vec<EventRecord>>) -> Self {
         NotificationView {
             id: r.id,
+            tenant: None,
             status: r.status,
             channel: r.channel,
             to: r.to,

@@ -18,6 +18,8 @@ mod provider;
 pub use provider::{ApnsEnvironment, ChaosClass, ProviderKind, ProviderSettings, SmtpTls};
 
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
+/// What `herald dev` changes (see `Settings::load_dev`).
+pub const DEV_TOML: &str = include_str!("../../config/dev.toml");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -206,15 +208,29 @@ pub enum LogFormat {
     Json,
 }
 
+/// `--config FILE`, else `HERALD_CONFIG`.
+fn config_file(file: Option<&Path>) -> Option<PathBuf> {
+    file.map(Path::to_path_buf).or_else(|| std::env::var_os("HERALD_CONFIG").map(PathBuf::from))
+}
+
 impl Settings {
     /// Load and check settings. `file` comes from `--config`; `HERALD_CONFIG` is its fallback.
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
-        let file = file.map(Path::to_path_buf).or_else(|| std::env::var_os("HERALD_CONFIG").map(PathBuf::from));
-        Self::from_figment(Self::figment(file.as_deref()))
+        Self::from_figment(Self::figment(config_file(file).as_deref()))
     }
 
     pub fn figment(file: Option<&Path>) -> Figment {
-        let mut fig = Figment::from(Toml::string(DEFAULT_TOML));
+        Self::figment_over(Figment::from(Toml::string(DEFAULT_TOML)), file)
+    }
+
+    /// `herald dev`'s settings: `config/dev.toml` laid over the defaults, then the usual file
+    /// and environment layers, so an overlay can use (or replace) what dev sets up.
+    pub fn load_dev(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let base = Figment::from(Toml::string(DEFAULT_TOML)).merge(Toml::string(DEV_TOML));
+        Self::from_figment(Self::figment_over(base, config_file(file).as_deref()))
+    }
+
+    fn figment_over(mut fig: Figment, file: Option<&Path>) -> Figment {
         if let Some(path) = file {
             fig = fig.merge(Toml::file_exact(path));
         }
@@ -318,11 +334,10 @@ impl Settings {
             }
         }
         let secret = self.callbacks.signing_secret.expose();
-        if !secret.is_empty() && crate::dispatch::callbacks::secret_key(secret).is_none() {
-            return Err(invalid(
-                "callbacks.signing_secret",
-                "must be a Standard Webhooks secret: whsec_ followed by base64 of 24 to 64 random bytes",
-            ));
+        if !secret.is_empty()
+            && let Err(e) = crate::domain::tenant::signing_key(secret)
+        {
+            return Err(invalid("callbacks.signing_secret", e));
         }
         if self.callbacks.max_attempts == 0 {
             return Err(invalid("callbacks.max_attempts", "must be at least 1"));

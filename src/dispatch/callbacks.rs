@@ -17,31 +17,13 @@ use tracing::{info, warn};
 
 use super::record::{fenced, unrecorded};
 use super::{Dispatcher, Outcome};
-use crate::domain::Status;
 use crate::domain::recipient::check_endpoint;
 use crate::domain::retry::{Decision, RetryPolicy};
+use crate::domain::{Status, tenant};
 use crate::providers::public_net;
 use crate::store::notifications;
 use crate::store::tracking::{self, Applied, ClaimedCallback, Lease};
 use crate::views::NotificationView;
-
-/// The HMAC key of a `whsec_…` secret (the prefix is optional; padded or unpadded base64).
-pub fn secret_key(secret: &str) -> Option<Vec<u8>> {
-    let b64 = secret.strip_prefix("whsec_").unwrap_or(secret);
-    let key = STANDARD
-        .decode(b64)
-        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(b64.trim_end_matches('=')))
-        .ok()?;
-    (!key.is_empty()).then_some(key)
-}
-
-/// A new Standard Webhooks secret: `whsec_` and 32 random bytes in base64 (a tenant's own,
-/// generated when the tenant is created or its secret rotated).
-pub fn new_secret() -> String {
-    let mut key = [0u8; 32];
-    rand::RngCore::fill_bytes(&mut rand::rng(), &mut key);
-    format!("whsec_{}", STANDARD.encode(key))
-}
 
 /// The `webhook-signature` header value for one delivery attempt.
 pub fn sign(key: &[u8], msg_id: &str, timestamp: i64, body: &[u8]) -> String {
@@ -135,7 +117,7 @@ impl Dispatcher {
             .ok_or_else(|| (url.clone(), "the notification is gone".to_string(), true))?;
         drop(conn);
         let secret = tenant_secret.unwrap_or_else(|| cfg.signing_secret.expose().to_owned());
-        let Some(key) = secret_key(&secret) else {
+        let Ok(key) = tenant::signing_key(&secret) else {
             return Err((
                 url,
                 "no signing secret: set callbacks.signing_secret or `herald tenants set --signing-secret`".into(),
@@ -189,18 +171,16 @@ mod tests {
     /// The Standard Webhooks libraries' own test vectors.
     #[test]
     fn signs_like_the_spec_vectors() {
-        let key = secret_key("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").expect("key");
+        let key = tenant::signing_key("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").expect("key");
         let body = br#"{"email":"test@example.com","username":"test_user"}"#;
         assert_eq!(
             sign(&key, "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk", 1649367553, body),
             "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw="
         );
-        let key = secret_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").expect("key");
+        let key = tenant::signing_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").expect("key");
         assert_eq!(
             sign(&key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, br#"{"test": 2432232314}"#),
             "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
         );
-        assert!(secret_key("whsec_").is_none());
-        assert!(secret_key("whsec_***").is_none());
     }
 }

@@ -7,6 +7,7 @@ pub mod notification;
 pub mod recipient;
 pub mod retry;
 pub mod status;
+pub mod tenant;
 
 pub use ids::{ApiKeyId, NotificationId, TenantId};
 pub use notification::{Channel, Content, NewNotification, Priority};

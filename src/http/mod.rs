@@ -3,6 +3,7 @@
 mod auth;
 mod batch;
 mod health;
+mod meta;
 mod notifications;
 pub mod problem;
 mod suppressions;
@@ -79,6 +80,9 @@ pub fn router(state: AppState) -> Router {
         .route("/webhooks/{provider}", get(webhooks::receive).post(webhooks::receive))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/", get(meta::index))
+        .route("/version", get(meta::version))
+        .route("/problems/{kind}", get(meta::problem_page))
         .fallback(|| async { problem::ApiError::not_found("no such resource") })
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state);
@@ -99,6 +103,7 @@ pub fn router(state: AppState) -> Router {
                     .on_response(DefaultOnResponse::new().level(Level::DEBUG)),
             )
             .layer(middleware::from_fn(problem::problem_context))
+            .layer(middleware::from_fn(meta::json_only))
             .layer(CatchPanicLayer::new())
             .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout)),
     )

@@ -20,7 +20,7 @@ use super::auth::require;
 use super::problem::ApiError;
 use crate::domain::notification::ParseOptions;
 use crate::domain::recipient::recipient_key;
-use crate::domain::{Channel, FieldError, NewNotification, NotificationId, Status};
+use crate::domain::{Channel, FieldError, NewNotification, NotificationId, Status, TenantId};
 use crate::store::ingest::{self, Accepted, Submission};
 use crate::store::keys::{Caller, Scope};
 use crate::store::notifications::{self as store, ListFilter};
@@ -37,7 +37,26 @@ async fn load(state: &AppState, id: NotificationId, caller: &Caller) -> Result<N
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no notification {id}")))?;
     let events = store::events(&mut conn, &record).await?;
-    Ok(NotificationView::new(record, Some(events)))
+    let names = tenant_names(&mut conn, caller, &[record.tenant_id]).await?;
+    let mut view = NotificationView::new(record, Some(events));
+    view.tenant = names.into_values().next();
+    Ok(view)
+}
+
+/// The names of the tenants of `ids`: the caller's own, or, for an admin key (which sees every
+/// tenant's notifications), looked up.
+async fn tenant_names(
+    conn: &mut sqlx::PgConnection,
+    caller: &Caller,
+    ids: &[TenantId],
+) -> Result<HashMap<TenantId, String>, ApiError> {
+    if !caller.is_admin() || ids.iter().all(|t| *t == caller.tenant_id) {
+        return Ok(HashMap::from([(caller.tenant_id, caller.tenant.clone())]));
+    }
+    let mut unique = ids.to_vec();
+    unique.sort();
+    unique.dedup();
+    Ok(store::tenant_names(conn, &unique).await?)
 }
 
 fn parse_id(raw: &str) -> Result<NotificationId, ApiError> {
@@ -123,6 +142,20 @@ pub(super) fn prepare(
         allow_private_callbacks: settings.callbacks.allow_private_networks,
     };
     let n = NewNotification::parse(value, opts)?;
+    // A callback that cannot be signed would fail on its first attempt, seen only in the
+    // timeline: refuse the notification now instead.
+    let calls_back = n.callback_url.is_some() || caller.tenant_callback;
+    if calls_back && !caller.tenant_signs && settings.callbacks.signing_secret.is_empty() {
+        let whose = if n.callback_url.is_some() { "this callback_url" } else { "the tenant's default callback URL" };
+        return Err(vec![FieldError::new(
+            "/callback_url",
+            format!(
+                "{whose} cannot be signed: tenant `{}` has no callback signing secret and callbacks.signing_secret \
+                 is unset; give it one with `herald tenants set {} --rotate-signing-secret`",
+                caller.tenant, caller.tenant
+            ),
+        )]);
+    }
     if !state.registry.can_deliver(n.channel, &n.to) {
         return Err(vec![FieldError::new(
             "/channel",
@@ -190,7 +223,9 @@ async fn answer(state: &AppState, caller: &Caller, outcome: Accepted) -> Result<
         // Built from what was written: no second read.
         Accepted::Created { record, suppressed_reason } => {
             let events = created_events(&record, suppressed_reason);
-            (NotificationView::new(*record, Some(events)), StatusCode::ACCEPTED, false)
+            let mut view = NotificationView::new(*record, Some(events));
+            view.tenant = Some(caller.tenant.clone());
+            (view, StatusCode::ACCEPTED, false)
         }
         Accepted::Replayed { id, .. } => (load(state, id, caller).await?, StatusCode::OK, true),
         Accepted::KeyConflict => return Err(key_conflict()),
@@ -238,7 +273,8 @@ pub async fn list(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Page>, ApiError> {
     require(&caller, Scope::Read)?;
-    const KNOWN: [&str; 8] = ["status", "channel", "to", "tag", "created_after", "created_before", "limit", "cursor"];
+    const KNOWN: [&str; 9] =
+        ["status", "channel", "to", "tag", "tenant", "created_after", "created_before", "limit", "cursor"];
     if let Some(unknown) = params.keys().find(|k| !KNOWN.contains(&k.as_str())) {
         return Err(ApiError::bad_parameter(unknown, format!("unknown parameter; known: {}", KNOWN.join(", "))));
     }
@@ -271,8 +307,25 @@ pub async fn list(
         .transpose()?;
     // The same key as stored (a value that is no recipient of any channel matches nothing).
     let to = params.get("to").map(|t| recipient_key(channel, t).unwrap_or_else(|_| t.clone()));
+    let mut conn = state.pool.acquire().await.map_err(crate::store::StoreError::from)?;
+    // `tenant` narrows an admin's view to one tenant; any other key sees only its own.
+    let tenant = match params.get("tenant") {
+        None => caller.tenant_filter(),
+        Some(name) if *name == caller.tenant => Some(caller.tenant_id),
+        Some(name) if caller.is_admin() => {
+            crate::domain::tenant::check_name(name).map_err(|e| ApiError::bad_parameter("tenant", e))?;
+            // An unknown tenant has no notifications: the nil id matches none.
+            Some(store::tenant_id(&mut conn, name).await?.unwrap_or(TenantId::from_uuid(uuid::Uuid::nil())))
+        }
+        Some(_) => {
+            return Err(ApiError::forbidden(format!(
+                "this key is tenant `{}`'s: it sees only that tenant's notifications",
+                caller.tenant
+            )));
+        }
+    };
     let filter = ListFilter {
-        tenant: caller.tenant_filter(),
+        tenant,
         status,
         channel,
         to,
@@ -282,12 +335,21 @@ pub async fn list(
         before_id,
         limit: limit + 1,
     };
-    let mut conn = state.pool.acquire().await.map_err(crate::store::StoreError::from)?;
     let mut rows = store::list(&mut conn, &filter).await?;
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
     let next_cursor = if more { rows.last().map(|r| URL_SAFE_NO_PAD.encode(r.id.as_uuid().as_bytes())) } else { None };
-    Ok(Json(Page { items: rows.into_iter().map(|r| NotificationView::new(r, None)).collect(), next_cursor }))
+    let names = tenant_names(&mut conn, &caller, &rows.iter().map(|r| r.tenant_id).collect::<Vec<_>>()).await?;
+    let items = rows
+        .into_iter()
+        .map(|r| {
+            let tenant = names.get(&r.tenant_id).cloned();
+            let mut view = NotificationView::new(r, None);
+            view.tenant = tenant;
+            view
+        })
+        .collect();
+    Ok(Json(Page { items, next_cursor }))
 }
 
 pub async fn cancel(

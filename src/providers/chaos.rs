@@ -63,7 +63,13 @@ impl Provider for Chaos {
             tokio::time::sleep(delay).await;
         }
         if fail {
-            let what = format!("chaos: injected {:?} failure", self.class);
+            let class = match self.class {
+                ChaosClass::Transient => "transient",
+                ChaosClass::RateLimited => "rate-limited",
+                ChaosClass::Permanent => "permanent",
+                ChaosClass::RecipientInvalid => "recipient-invalid",
+            };
+            let what = format!("chaos: injected {class} failure");
             return Err(match self.class {
                 ChaosClass::Transient => ProviderError::Transient(what),
                 ChaosClass::RateLimited => ProviderError::RateLimited { retry_after: self.retry_after, message: what },

@@ -35,20 +35,28 @@ impl Provider for LogProvider {
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
         }
-        // Showing the content is this provider's purpose; the recipient stays masked.
+        // Showing the content is this provider's purpose; the recipient stays masked. The
+        // notification id, attempt and channel are on the dispatch span around this line.
         let summary = match &msg.content {
-            Content::Email(e) => format!("subject={:?}", e.subject),
-            Content::Sms(s) => format!("text={:?}", s.text),
-            Content::Push(p) => format!("title={:?} body={:?}", p.title, p.body),
+            Content::Email(e) => match (&e.text, &e.html) {
+                (Some(t), _) => format!("subject={:?} text={:?}", e.subject, clip(t)),
+                (None, Some(h)) => format!("subject={:?} html={:?}", e.subject, clip(h)),
+                (None, None) => format!("subject={:?}", e.subject),
+            },
+            Content::Sms(s) => format!("text={:?}", clip(&s.text)),
+            Content::Push(p) => {
+                format!("title={:?} body={:?} data={:?}", p.title, p.body.as_deref().map(clip), p.data)
+            }
         };
-        info!(
-            provider = %self.name,
-            notification.id = %msg.id,
-            channel = %msg.channel,
-            to = %msg.to.masked(),
-            attempt = msg.attempt,
-            "log provider: {summary}"
-        );
+        info!(provider = %self.name, to = %msg.to.masked(), "sent: {summary}");
         Ok(Accepted { provider_message_id: Some(format!("log-{}", msg.id)), detail: Default::default() })
+    }
+}
+
+/// At most 1,000 characters of a text, for one log line.
+fn clip(text: &str) -> String {
+    match text.char_indices().nth(1000) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_owned(),
     }
 }

@@ -41,6 +41,12 @@ pub struct Caller {
     pub key_id: ApiKeyId,
     pub tenant_id: TenantId,
     pub scopes: Vec<Scope>,
+    /// The tenant's name, as `keys create --tenant` gave it.
+    pub tenant: String,
+    /// The tenant has a callback signing secret of its own.
+    pub tenant_signs: bool,
+    /// The tenant has a default callback URL.
+    pub tenant_callback: bool,
 }
 
 impl Caller {
@@ -100,6 +106,28 @@ pub async fn create_tenant(conn: &mut PgConnection, name: &str, signing_secret: 
     .fetch_optional(conn)
     .await?;
     Ok(created.is_some())
+}
+
+/// Create tenant `name` unless it exists, with a callback signing secret of its own unless
+/// `shared_secret` (`callbacks.signing_secret` is set: the operator's choice of one secret for
+/// every tenant without its own). Returns the new secret, to show once.
+pub async fn create_tenant_for(
+    conn: &mut PgConnection,
+    name: &str,
+    shared_secret: bool,
+) -> StoreResult<Option<String>> {
+    let secret = (!shared_secret).then(crate::domain::tenant::new_signing_secret);
+    let created = create_tenant(conn, name, secret.as_deref()).await?;
+    Ok(secret.filter(|_| created))
+}
+
+/// A tenant's own callback signing secret, if it has one.
+pub async fn tenant_secret(conn: &mut PgConnection, name: &str) -> StoreResult<Option<String>> {
+    let secret: Option<Option<String>> = sqlx::query_scalar("SELECT signing_secret FROM tenants WHERE name = $1")
+        .bind(name)
+        .fetch_optional(conn)
+        .await?;
+    Ok(secret.flatten())
 }
 
 /// Set a tenant's default callback URL and signing secret (creating the tenant if missing).
@@ -178,15 +206,23 @@ pub async fn revoke_key(conn: &mut PgConnection, id: ApiKeyId) -> StoreResult<bo
 /// Authenticate a presented key. The lookup is by hash, so the comparison an attacker could
 /// time is between hashes they cannot steer.
 pub async fn authenticate(conn: &mut PgConnection, presented: &str) -> StoreResult<Option<Caller>> {
-    let row = sqlx::query("SELECT id, tenant_id, scopes FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")
-        .bind(hash_key(presented))
-        .fetch_optional(conn)
-        .await?;
+    let row = sqlx::query(
+        "SELECT k.id, k.tenant_id, k.scopes, t.name, t.signing_secret IS NOT NULL AS signs,
+                t.callback_url IS NOT NULL AS callback
+         FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+         WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
+    )
+    .bind(hash_key(presented))
+    .fetch_optional(conn)
+    .await?;
     let Some(r) = row else { return Ok(None) };
     let scopes: Vec<String> = r.try_get("scopes")?;
     Ok(Some(Caller {
         key_id: ApiKeyId::from_uuid(r.try_get("id")?),
         tenant_id: TenantId::from_uuid(r.try_get("tenant_id")?),
         scopes: scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
+        tenant: r.try_get("name")?,
+        tenant_signs: r.try_get("signs")?,
+        tenant_callback: r.try_get("callback")?,
     }))
 }

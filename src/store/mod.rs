@@ -28,7 +28,7 @@ pub const WAKE_CHANNEL: &str = "herald_jobs";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database error: {0}")]
+    #[error("database error: {}", describe(.0))]
     Db(#[from] sqlx::Error),
     #[error("migration error: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -40,6 +40,49 @@ pub enum StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A database error as a person should read it: the server's message and its SQLSTATE, not
+/// the line of PostgreSQL's C source that raised it (sqlx's `Display` appends "at line N").
+fn describe(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => match db.code() {
+            Some(code) => format!("{} (SQLSTATE {code})", db.message()),
+            None => db.message().to_owned(),
+        },
+        other => other.to_string(),
+    }
+}
+
+/// When `e` means the database cannot be reached or refuses us (no server, a wrong role,
+/// password or database name), a message that says which server, database and role were
+/// tried (never the password) and what to do; `None` for other errors.
+pub fn connect_problem(url: &str, e: &sqlx::Error) -> Option<String> {
+    let reason = match e {
+        sqlx::Error::Io(io) => io.to_string(),
+        sqlx::Error::Tls(t) => format!("TLS: {t}"),
+        sqlx::Error::PoolTimedOut => "no answer within database.acquire_timeout_ms".to_owned(),
+        // 08: connection exception; 28: invalid authorization; 3D000: no such database;
+        // 57P03: the server is starting or shutting down.
+        sqlx::Error::Database(db)
+            if db
+                .code()
+                .is_some_and(|c| c.starts_with("08") || c.starts_with("28") || c == "3D000" || c == "57P03") =>
+        {
+            db.message().to_owned()
+        }
+        _ => return None,
+    };
+    let opts: PgConnectOptions = url.parse().ok()?;
+    let role = opts.get_username();
+    let db = opts.get_database().unwrap_or(role);
+    Some(format!(
+        "cannot use the PostgreSQL database `{db}` on {}:{} as role `{role}`: {reason}. \
+         Set DATABASE_URL (or database.url) to a server, role and database that exist, \
+         e.g. postgres://USER:PASSWORD@HOST:5432/DATABASE (`herald dev` prints the one it uses)",
+        opts.get_host(),
+        opts.get_port(),
+    ))
+}
 
 /// Build a pool that connects on first use, so a process can start (and answer `/healthz`)
 /// before the database is reachable; `/readyz` reports whether it is.

@@ -250,7 +250,7 @@ async fn each_tenant_gets_its_own_callback_secret_shown_once_and_rotatable() {
     let t = TestApp::spawn().await;
     let out = cli(&t, &[], &["keys", "create", "--tenant", "acme", "--scopes", "send,read"]).await;
     let secret = out.iter().find(|l| l.starts_with("whsec_")).expect("a secret is shown").clone();
-    assert!(herald::dispatch::callbacks::secret_key(&secret).is_some_and(|k| k.len() == 32), "{secret}");
+    assert!(herald::domain::tenant::signing_key(&secret).is_ok_and(|k| k.len() == 32), "{secret}");
     assert!(out.last().expect("line").starts_with("hrld_"), "the key stays the last line: {out:?}");
     assert_eq!(tenant_secret(&t, "acme").await.as_deref(), Some(secret.as_str()));
 
@@ -275,4 +275,203 @@ async fn each_tenant_gets_its_own_callback_secret_shown_once_and_rotatable() {
     let out = cli(&t, &shared, &["keys", "create", "--tenant", "umbrella", "--scopes", "send"]).await;
     assert!(!out.iter().any(|l| l.contains("whsec_")), "{out:?}");
     assert_eq!(tenant_secret(&t, "umbrella").await, None);
+}
+
+/// A folder of the test's own under the system's temporary folder.
+fn scratch_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("herald-test-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    dir
+}
+
+/// A running `herald dev`, its banner, and where its logs go.
+struct Dev {
+    child: Child,
+    banner: Vec<String>,
+    log: std::path::PathBuf,
+    /// Kept open: a closed pipe would make the process's next write to stdout fail.
+    _stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Dev {
+    /// The banner line after the one containing `heading`.
+    fn after(&self, heading: &str) -> String {
+        let i = self
+            .banner
+            .iter()
+            .position(|l| l.contains(heading))
+            .unwrap_or_else(|| panic!("{heading}: {:?}", self.banner));
+        self.banner[i + 1].trim().to_owned()
+    }
+
+    fn base(&self) -> String {
+        let first = &self.banner[0];
+        let start = first.find("http://").expect("base");
+        first[start..].split_whitespace().next().expect("base").to_owned()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Start `herald dev --listen 127.0.0.1:0` on the test's database, keeping its key under
+/// `data`; read its banner.
+async fn start_dev(t: &TestApp, data: &std::path::Path, args: &[&str]) -> Dev {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let log = data.join(format!("dev-{}.log", uuid::Uuid::new_v4().simple()));
+    let mut cmd = Command::new(BIN);
+    herald_env(&mut cmd, t);
+    cmd.env("XDG_DATA_HOME", data)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .arg("dev")
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args);
+    let mut child = cmd.spawn().expect("spawn dev");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut banner = Vec::new();
+    let read = async {
+        while let Some(line) = lines.next_line().await.expect("read") {
+            let last = line.contains("/v1/notifications/ID");
+            banner.push(line);
+            if last {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read).await.expect("the banner in time");
+    assert!(banner.first().is_some_and(|l| l.starts_with("Herald dev is running on http://127.0.0.1:")), "{banner:?}");
+    Dev { child, banner, log, _stdout: lines }
+}
+
+/// `herald dev` binds before it prints, prints the DATABASE_URL and the providers each channel
+/// really uses, keeps one dev key across starts, logs what it "sends" (without colour codes
+/// or migration notices), and lets a local receiver get signed callbacks.
+#[tokio::test]
+async fn dev_prints_what_the_other_commands_need_and_keeps_its_key() {
+    let t = TestApp::spawn().await;
+    let data = scratch_dir();
+    let mut dev = start_dev(&t, &data, &[]).await;
+    let url = t.app.settings.database.url.expose();
+    assert!(dev.after("For the other commands").contains(&format!("DATABASE_URL={url}")), "{:?}", dev.banner);
+    // The test's environment sends email to its SMTP provider: the banner says so.
+    assert!(dev.banner.iter().any(|l| l.trim() == "email -> mail"), "{:?}", dev.banner);
+    assert!(dev.banner.iter().any(|l| l.trim() == "sms   -> log"), "{:?}", dev.banner);
+    let key = dev.after("Dev API key");
+    let secret = dev.after("signing secret").split_whitespace().next().expect("secret").to_owned();
+    assert!(secret.starts_with("whsec_"), "{secret}");
+    let base = dev.base();
+
+    // The key works; an SMS shows in the log with its text; a local receiver gets a callback
+    // signed with the printed secret.
+    let receiver = crate::fake_http::FakeHttp::receiver().await;
+    let client = reqwest::Client::new();
+    let body = json!({"channel": "sms", "to": "+14155550100", "content": {"text": "hello from dev"},
+        "callback_url": format!("{}/hook", receiver.origin)});
+    let r = client
+        .post(format!("{base}/v1/notifications"))
+        .bearer_auth(&key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("post: {e}; log:\n{}", dev.log()));
+    assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED, "{}", r.text().await.unwrap_or_default());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while receiver.requests().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "no callback; log:\n{}", dev.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let call = &receiver.requests()[0];
+    assert!(crate::receipts::verify_with(&secret, &call.headers, &call.body), "signed with the printed secret");
+    let log = dev.log();
+    assert!(log.contains("sent: text=\"hello from dev\""), "{log}");
+    assert!(!log.contains('\u{1b}'), "no colour codes in a file: {log}");
+    assert!(!log.contains("_sqlx_migrations"), "{log}");
+    dev.child.kill().await.expect("kill");
+
+    // The next start prints the same key, and the database holds one dev key.
+    let mut again = start_dev(&t, &data, &[]).await;
+    assert_eq!(again.after("Dev API key"), key);
+    assert_eq!(again.after("signing secret").split_whitespace().next(), Some(secret.as_str()));
+    let active: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE t.name = 'dev' AND k.revoked_at IS NULL",
+    )
+    .fetch_one(t.pool())
+    .await
+    .expect("count");
+    assert_eq!(active, 1);
+
+    // A taken port: an error that says what to do, and no banner.
+    let taken = again.base().trim_start_matches("http://").to_owned();
+    let mut cmd = Command::new(BIN);
+    herald_env(&mut cmd, &t);
+    cmd.env("XDG_DATA_HOME", &data).stdout(Stdio::piped()).stderr(Stdio::piped()).args(["dev", "--listen", &taken]);
+    let out = tokio::time::timeout(Duration::from_secs(30), cmd.output()).await.expect("in time").expect("run");
+    assert!(!out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("Herald dev is running"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("cannot listen on {taken}")) && err.contains("--listen"), "{err}");
+    again.child.kill().await.expect("kill");
+}
+
+/// A dev overlay can use the provider dev sets up by its printed name, and send a channel
+/// elsewhere; the banner shows each channel's real providers.
+#[tokio::test]
+async fn a_dev_overlay_can_name_the_log_provider() {
+    let t = TestApp::spawn().await;
+    let data = scratch_dir();
+    let overlay = data.join("dev.toml");
+    std::fs::write(
+        &overlay,
+        "[providers.loud]\nkind = \"log\"\n[channels.sms]\nproviders = [\"loud\", \"log\"]\n[channels.push]\nproviders = [\"log\"]\n",
+    )
+    .expect("write");
+    let mut dev = start_dev(&t, &data, &["--config", overlay.to_str().expect("path")]).await;
+    assert!(dev.banner.iter().any(|l| l.trim() == "sms   -> loud, log"), "{:?}", dev.banner);
+    assert!(dev.banner.iter().any(|l| l.trim() == "push  -> log"), "{:?}", dev.banner);
+    dev.child.kill().await.expect("kill");
+}
+
+/// The CLI's small courtesies: a version with the revision, a header row, names and secrets
+/// checked by one rule, help that mentions DATABASE_URL, connection errors that say what was tried.
+#[tokio::test]
+async fn the_cli_checks_names_and_secrets_and_explains_itself() {
+    let t = TestApp::spawn().await;
+    let version = cli(&t, &[], &["--version"]).await;
+    assert!(version[0].starts_with(&format!("herald {}", env!("CARGO_PKG_VERSION"))), "{version:?}");
+    assert_eq!(version[0], format!("herald {}", herald::VERSION));
+    let help = cli(&t, &[], &["--help"]).await.join("\n");
+    assert!(help.contains("DATABASE_URL"), "{help}");
+    let keys_help = cli(&t, &[], &["keys", "create", "--help"]).await.join("\n");
+    assert!(keys_help.contains("The tenant the key acts for"), "{keys_help}");
+    cli(&t, &[], &["keys", "create", "--tenant", "acme"]).await;
+    let list = cli(&t, &[], &["keys", "list"]).await;
+    assert_eq!(list[0], "id\ttenant\tprefix\tscopes\tstate");
+    assert!(list[1].contains("\tacme\t"), "{list:?}");
+
+    let fails = |args: &'static [&'static str], env: &'static [(&'static str, &'static str)]| {
+        let mut cmd = Command::new(BIN);
+        herald_env(&mut cmd, &t);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).envs(env.iter().copied()).args(args);
+        async move {
+            let out = cmd.output().await.expect("run");
+            assert!(!out.status.success(), "{args:?} must fail");
+            String::from_utf8_lossy(&out.stderr).into_owned()
+        }
+    };
+    let err = fails(&["keys", "create", "--tenant", "bad tenant!"], &[]).await;
+    assert!(err.contains("is not a tenant name"), "{err}");
+    let err = fails(&["tenants", "set", "acme", "--signing-secret", "notwhsec"], &[]).await;
+    assert!(err.contains("--signing-secret: must be a Standard Webhooks secret"), "{err}");
+    let err = fails(&["tenants", "set", "acme", "--signing-secret", "whsec_notbase64!!"], &[]).await;
+    assert!(err.contains("--signing-secret: must be a Standard Webhooks secret"), "{err}");
+    let err =
+        fails(&["keys", "list"], &[("DATABASE_URL", "postgres://nobody-here@127.0.0.1:5432/herald_nowhere")]).await;
+    assert!(
+        err.contains("as role `nobody-here`") && err.contains("herald_nowhere") && !err.contains(" at line "),
+        "{err}"
+    );
+    assert!(err.contains("DATABASE_URL"), "{err}");
 }

@@ -51,7 +51,7 @@ fn verify_standard_webhook(headers: &reqwest::header::HeaderMap, body: &[u8]) ->
     verify_with(WHSEC, headers, body)
 }
 
-fn verify_with(secret: &str, headers: &reqwest::header::HeaderMap, body: &[u8]) -> bool {
+pub(crate) fn verify_with(secret: &str, headers: &reqwest::header::HeaderMap, body: &[u8]) -> bool {
     let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     let key = STANDARD.decode(secret.trim_start_matches("whsec_")).expect("secret");
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).expect("key");
@@ -758,7 +758,7 @@ async fn a_twilio_receipt_that_beats_the_record_of_its_send_is_applied_by_it() {
 /// no tenant can forge another's.
 #[tokio::test]
 async fn each_tenant_signs_its_callbacks_with_its_own_secret() {
-    use herald::dispatch::callbacks::new_secret;
+    use herald::domain::tenant::new_signing_secret as new_secret;
     let receiver = FakeHttp::receiver().await;
     let t = TestApp::spawn().await; // no shared callbacks.signing_secret
     let mut secrets = Vec::new();

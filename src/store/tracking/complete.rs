@@ -95,7 +95,8 @@ pub async fn complete(conn: &mut PgConnection, items: &[Completion]) -> StoreRes
                  INSERT INTO notification_events (notification_id, type, status, provider, detail)
                  SELECT i.nid, i.event, u.status, i.provider,
                         CASE WHEN u.id IS NOT NULL AND i.status = 'retrying'
-                                 THEN i.detail || jsonb_build_object('next_attempt_at', u.next_attempt_at)
+                                 THEN i.detail || jsonb_build_object('next_attempt_at',
+                                     to_char(u.next_attempt_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'))
                              WHEN e.id IS NOT NULL THEN i.detail
                              ELSE i.detail || '{{\"fenced\": true}}' END
                  FROM input i LEFT JOIN ended e ON e.id = i.job_id LEFT JOIN upd u ON u.id = i.nid

@@ -45,7 +45,8 @@ impl Provider for LogProvider {
             },
             Content::Sms(s) => format!("text={:?}", clip(&s.text)),
             Content::Push(p) => {
-                format!("title={:?} body={:?} data={:?}", p.title, p.body.as_deref().map(clip), p.data)
+                let body = clip(p.body.as_deref().unwrap_or_default());
+                format!("title={:?} body={body:?} data={:?}", p.title.as_deref().unwrap_or_default(), p.data)
             }
         };
         info!(provider = %self.name, to = %msg.to.masked(), "sent: {summary}");

@@ -113,6 +113,7 @@ mod tests {
         for _ in 0..1000 {
             if let Err(e) = chaos.send(&msg).await {
                 assert_eq!(e.retry_after(), Some(Duration::from_millis(1500)));
+                assert_eq!(e.to_string(), "chaos: injected rate-limited failure");
                 failures += 1;
             }
         }

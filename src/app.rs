@@ -50,7 +50,6 @@ pub struct App {
     pub dispatch_pool: PgPool,
     pub settings: Arc<Settings>,
     pub registry: Arc<Registry>,
-    pub http: reqwest::Client,
     keys: Arc<KeyCache>,
     ingest: Ingest,
 }
@@ -71,13 +70,9 @@ impl App {
         let dispatch_size = db.dispatch_pool_size(settings.dispatch.concurrency);
         let dispatch_pool = store::pool(db.url.expose(), dispatch_size, acquire_timeout).map_err(invalid_url)?;
         let registry = Arc::new(Registry::from_settings(&settings)?);
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| AppError::Other(format!("http client: {e}")))?;
         let keys = Arc::new(KeyCache::new(Duration::from_millis(settings.server.key_cache_ms)));
         let ingest = http::ingest(pool.clone(), &settings);
-        Ok(App { pool, dispatch_pool, settings: Arc::new(settings), registry, http, keys, ingest })
+        Ok(App { pool, dispatch_pool, settings: Arc::new(settings), registry, keys, ingest })
     }
 
     pub fn state(&self) -> AppState {
@@ -85,7 +80,6 @@ impl App {
             pool: self.pool.clone(),
             settings: self.settings.clone(),
             registry: self.registry.clone(),
-            http: self.http.clone(),
             keys: self.keys.clone(),
             ingest: self.ingest.clone(),
         }

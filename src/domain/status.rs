@@ -97,6 +97,43 @@ impl Status {
         }
     }
 
+    /// The statuses a caller hears of by status callback: every change after acceptance but
+    /// the internal steps (`queued`, `sending`, `retrying`, `scheduled`).
+    pub const ANNOUNCED: [Status; 8] = [
+        Status::Sent,
+        Status::Delivered,
+        Status::Bounced,
+        Status::Complained,
+        Status::Failed,
+        Status::Expired,
+        Status::Cancelled,
+        Status::Suppressed,
+    ];
+
+    /// Finished: no dispatch work is left (a later receipt may still move `sent`,
+    /// `delivered` or `bounced`).
+    pub const FINISHED: [Status; 8] = Status::ANNOUNCED;
+
+    /// What a provider's receipt reporting `reported` does to a notification in `self`: the
+    /// status it moves to, if any. Receipts speak about messages a provider accepted, so they
+    /// move only statuses from `sent` on, and only forward (a late `sent` never undoes
+    /// `delivered`; `delivered` after `bounced` changes nothing).
+    pub fn after_receipt(self, reported: Status) -> Option<Status> {
+        (matches!(self, Status::Sent | Status::Delivered | Status::Bounced) && self.can_move_to(reported))
+            .then_some(reported)
+    }
+
+    /// Whether a receipt reporting a status must wait for the send to be recorded: the
+    /// notification is still queued, being sent or retrying (the receipt came first).
+    pub fn receipt_waits(self) -> bool {
+        self.is_pending()
+    }
+
+    /// SQL-ready names of `statuses`, to bind as a `text[]`.
+    pub fn names(statuses: &[Status]) -> Vec<&'static str> {
+        statuses.iter().map(|s| s.as_str()).collect()
+    }
+
     /// Every status from which `next` may be reached, as SQL-ready names.
     pub fn sources_of(next: Status) -> Vec<String> {
         Status::ALL.into_iter().filter(|from| from.can_move_to(next)).map(|from| from.as_str().to_owned()).collect()

@@ -41,8 +41,6 @@ pub struct AppState {
     pub pool: PgPool,
     pub settings: Arc<Settings>,
     pub registry: Arc<Registry>,
-    /// For fetching SNS signing certificates and confirming subscriptions.
-    pub http: reqwest::Client,
     pub keys: Arc<KeyCache>,
     pub ingest: Ingest,
 }

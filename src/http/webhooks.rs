@@ -14,9 +14,8 @@ use tracing::{info, warn};
 
 use super::AppState;
 use super::problem::ApiError;
-use crate::config::ProviderKind;
-use crate::receipts::{self, Incoming, ReceiptError, Verified};
-use crate::store::receipts::{self as store, Applied};
+use crate::receipts::{Incoming, ReceiptContext, ReceiptError, Verified};
+use crate::store::receipts::{self as store, ReceiptOutcome};
 
 pub async fn receive(
     State(state): State<AppState>,
@@ -26,49 +25,25 @@ pub async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let settings = &state.settings;
-    let cfg = settings.providers.get(&name).ok_or_else(|| ApiError::not_found(format!("no provider named {name}")))?;
+    let provider =
+        state.registry.provider(&name).ok_or_else(|| ApiError::not_found(format!("no provider named {name}")))?;
     let incoming =
         Incoming { method: method.as_str(), query: uri.query().unwrap_or(""), headers: &headers, body: &body };
-    let max_age = Duration::from_secs(settings.receipts.max_age_secs);
     let path = format!("/webhooks/{name}");
-    let verified = match cfg.kind {
-        ProviderKind::Twilio => receipts::twilio::verify(
-            &incoming,
-            cfg.auth_token.as_ref().map(|s| s.expose()).unwrap_or_default(),
-            &settings.server.public_base_url,
-            &path,
-        )
-        .map(Verified::Receipts),
-        ProviderKind::Vonage => receipts::vonage::verify(
-            &incoming,
-            cfg.signature_secret.as_ref().map(|s| s.expose()).filter(|s| !s.is_empty()),
-            cfg.signature_method.as_deref().unwrap_or("md5hash"),
-            max_age,
-        )
-        .map(Verified::Receipts),
-        ProviderKind::Sendgrid => {
-            receipts::sendgrid::verify(&incoming, cfg.webhook_public_key.as_deref(), max_age).map(Verified::Receipts)
-        }
-        ProviderKind::Mailgun => {
-            let key = [&cfg.webhook_signing_key, &cfg.api_key]
-                .into_iter()
-                .flatten()
-                .map(|s| s.expose())
-                .find(|s| !s.is_empty())
-                .unwrap_or_default();
-            receipts::mailgun::verify(&incoming, key, max_age).map(Verified::Receipts)
-        }
-        ProviderKind::Ses => receipts::sns::verify(&incoming, cfg, &state.http, max_age).await,
-        _ => {
-            return Err(ApiError::not_found(format!("provider {name} (kind {}) sends no receipts", cfg.kind.as_str())));
-        }
+    let ctx = ReceiptContext {
+        path: &path,
+        public_base_url: &state.settings.server.public_base_url,
+        max_age: Duration::from_secs(state.settings.receipts.max_age_secs),
     };
-    let receipts = match verified {
+    let receipts = match provider.verify_receipt(&incoming, &ctx).await {
         Ok(Verified::Receipts(r)) => r,
         Ok(Verified::Acknowledged(what)) => {
             info!(provider = %name, "{what}");
             return Ok((StatusCode::OK, Json(json!({"acknowledged": what}))));
+        }
+        Err(ReceiptError::NotSupported) => {
+            let kind = state.settings.providers.get(&name).map(|p| p.kind.as_str()).unwrap_or("?");
+            return Err(ApiError::not_found(format!("provider {name} (kind {kind}) sends no receipts")));
         }
         Err(ReceiptError::Unauthorized(why)) => {
             warn!(provider = %name, reason = %why, "receipt refused: signature check failed");
@@ -87,12 +62,12 @@ pub async fn receive(
             ));
         }
         match store::apply(&state.pool, &name, r).await? {
-            Applied::Duplicate => duplicates += 1,
-            Applied::Unmatched => {
+            ReceiptOutcome::Duplicate => duplicates += 1,
+            ReceiptOutcome::Unmatched => {
                 warn!(provider = %name, provider_status = %r.provider_status, "receipt matches no notification; kept as unmatched");
                 unmatched += 1;
             }
-            Applied::Recorded { .. } | Applied::Held => applied += 1,
+            ReceiptOutcome::Recorded { .. } | ReceiptOutcome::Held => applied += 1,
         }
     }
     Ok((

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::http::{HttpReply, execute, generic};
-use super::{Accepted, OutboundMessage, Provider, ProviderError, push_parts};
+use super::{OutboundMessage, Provider, ProviderAccepted, ProviderError, push_parts};
 use crate::config::ProviderSettings;
 use crate::domain::recipient::PushTarget;
 use crate::domain::{Priority, Recipient};
@@ -106,7 +106,7 @@ impl Provider for Apns {
         matches!(to, Recipient::Push(PushTarget::Apns(_)))
     }
 
-    async fn send(&self, msg: &OutboundMessage) -> Result<Accepted, ProviderError> {
+    async fn send(&self, msg: &OutboundMessage) -> Result<ProviderAccepted, ProviderError> {
         let Recipient::Push(PushTarget::Apns(device)) = &msg.to else {
             return Err(ProviderError::Permanent("apns carries APNs device tokens only".into()));
         };
@@ -133,7 +133,7 @@ impl Provider for Apns {
             let reply = execute(req).await?;
             if reply.status.is_success() {
                 let id = reply.headers.get("apns-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
-                return Ok(Accepted { provider_message_id: id, detail: Default::default() });
+                return Ok(ProviderAccepted { provider_message_id: id, detail: Default::default() });
             }
             let reason = reason(&reply);
             if reason == "ExpiredProviderToken" && !retried_token {

@@ -10,7 +10,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tracing::info;
 
-use super::{Accepted, OutboundMessage, Provider, ProviderError};
+use super::{OutboundMessage, Provider, ProviderAccepted, ProviderError};
 use crate::config::{ChaosClass, ProviderSettings};
 
 pub struct Chaos {
@@ -51,7 +51,7 @@ impl Provider for Chaos {
         self.latency + Duration::from_millis(self.jitter_ms) + Duration::from_secs(5)
     }
 
-    async fn send(&self, msg: &OutboundMessage) -> Result<Accepted, ProviderError> {
+    async fn send(&self, msg: &OutboundMessage) -> Result<ProviderAccepted, ProviderError> {
         let (fail, jitter) = {
             let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
             let fail = rng.random::<f64>() < self.failure_rate;
@@ -78,7 +78,7 @@ impl Provider for Chaos {
             });
         }
         info!(provider = %self.name, notification.id = %msg.id, to = %msg.to.masked(), "chaos provider: sent");
-        Ok(Accepted {
+        Ok(ProviderAccepted {
             provider_message_id: Some(format!("chaos-{}-{}", msg.id, msg.attempt)),
             detail: Default::default(),
         })

@@ -13,7 +13,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use super::http::{HttpReply, execute, generic};
-use super::{Accepted, OutboundMessage, Provider, ProviderError, push_parts};
+use super::{OutboundMessage, Provider, ProviderAccepted, ProviderError, push_parts};
 use crate::config::ProviderSettings;
 use crate::domain::Recipient;
 use crate::domain::recipient::PushTarget;
@@ -153,12 +153,12 @@ impl Provider for Fcm {
         matches!(to, Recipient::Push(PushTarget::Fcm(_)))
     }
 
-    async fn send(&self, msg: &OutboundMessage) -> Result<Accepted, ProviderError> {
+    async fn send(&self, msg: &OutboundMessage) -> Result<ProviderAccepted, ProviderError> {
         let body = self.body(msg)?;
         let token = self.access_token().await?;
         let reply = execute(self.client.post(&self.url).bearer_auth(token).json(&body).timeout(self.timeout)).await?;
         if reply.status.is_success() {
-            return Ok(Accepted {
+            return Ok(ProviderAccepted {
                 provider_message_id: reply.json()["name"].as_str().map(str::to_owned),
                 detail: Default::default(),
             });

@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tracing::info;
 
-use super::{Accepted, OutboundMessage, Provider, ProviderError};
+use super::{OutboundMessage, Provider, ProviderAccepted, ProviderError};
 use crate::config::ProviderSettings;
 use crate::domain::Content;
 
@@ -31,7 +31,7 @@ impl Provider for LogProvider {
         self.latency + Duration::from_secs(5)
     }
 
-    async fn send(&self, msg: &OutboundMessage) -> Result<Accepted, ProviderError> {
+    async fn send(&self, msg: &OutboundMessage) -> Result<ProviderAccepted, ProviderError> {
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
         }
@@ -50,7 +50,7 @@ impl Provider for LogProvider {
             }
         };
         info!(provider = %self.name, to = %msg.to.masked(), "sent: {summary}");
-        Ok(Accepted { provider_message_id: Some(format!("log-{}", msg.id)), detail: Default::default() })
+        Ok(ProviderAccepted { provider_message_id: Some(format!("log-{}", msg.id)), detail: Default::default() })
     }
 }
 

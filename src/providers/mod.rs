@@ -29,6 +29,7 @@ use serde_json::Value;
 
 use crate::config::{ProviderKind, ProviderSettings, Settings};
 use crate::domain::{Channel, Content, NotificationId, Priority, Recipient};
+use crate::receipts::{Incoming, ReceiptContext, ReceiptError, Verified};
 use resilience::{Breaker, Pacer};
 use time::OffsetDateTime;
 
@@ -48,7 +49,7 @@ pub struct OutboundMessage {
 
 /// A provider accepted the message.
 #[derive(Clone, Debug, Default)]
-pub struct Accepted {
+pub struct ProviderAccepted {
     pub provider_message_id: Option<String>,
     /// Anything worth keeping in the timeline (e.g. the provider's reply text).
     pub detail: serde_json::Map<String, Value>,
@@ -114,7 +115,16 @@ pub trait Provider: Send + Sync {
     fn accepts(&self, _to: &Recipient) -> bool {
         true
     }
-    async fn send(&self, msg: &OutboundMessage) -> Result<Accepted, ProviderError>;
+    async fn send(&self, msg: &OutboundMessage) -> Result<ProviderAccepted, ProviderError>;
+    /// Verify a request to `/webhooks/NAME` with this provider's own signature scheme and map
+    /// it to receipts. By default the provider sends none.
+    async fn verify_receipt(
+        &self,
+        _incoming: &Incoming<'_>,
+        _ctx: &ReceiptContext<'_>,
+    ) -> Result<Verified, ReceiptError> {
+        Err(ReceiptError::NotSupported)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +145,7 @@ pub struct Route {
 #[derive(Clone, Default)]
 pub struct Registry {
     routes: BTreeMap<&'static str, Vec<Arc<Route>>>,
+    by_name: BTreeMap<String, Arc<Route>>,
 }
 
 /// One HTTP client for every provider with a fixed origin: shared connection pools, rustls.
@@ -191,7 +202,12 @@ impl Registry {
                 settings.channels.get(channel).providers.iter().filter_map(|n| by_name.get(n).cloned()).collect();
             routes.insert(channel.as_str(), list);
         }
-        Ok(Registry { routes })
+        Ok(Registry { routes, by_name })
+    }
+
+    /// The provider configured as `[providers.NAME]`.
+    pub fn provider(&self, name: &str) -> Option<&Arc<dyn Provider>> {
+        self.by_name.get(name).map(|r| &r.provider)
     }
 
     /// Whether any provider of `channel` can deliver to `to` (checked when accepting).
@@ -230,7 +246,7 @@ fn build(
     Ok(match cfg.kind {
         ProviderKind::Log => Arc::new(log::LogProvider::new(name, cfg)),
         ProviderKind::Smtp => Arc::new(smtp::SmtpProvider::new(name, cfg)?),
-        ProviderKind::Sendgrid => Arc::new(sendgrid::SendGrid::new(name, cfg, c)),
+        ProviderKind::Sendgrid => Arc::new(sendgrid::SendGrid::new(name, cfg, c)?),
         ProviderKind::Ses => Arc::new(ses::Ses::new(name, cfg, c)),
         ProviderKind::Mailgun => Arc::new(mailgun::Mailgun::new(name, cfg, c)),
         ProviderKind::Twilio => Arc::new(twilio::Twilio::new(name, cfg, c, base)),

@@ -12,7 +12,7 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde_json::json;
 
-use super::{Accepted, OutboundMessage, Provider, ProviderError};
+use super::{OutboundMessage, Provider, ProviderAccepted, ProviderError};
 use crate::config::{ProviderSettings, SmtpTls};
 use crate::domain::{Content, Recipient};
 
@@ -99,7 +99,7 @@ impl Provider for SmtpProvider {
         self.timeout * 2
     }
 
-    async fn send(&self, msg: &OutboundMessage) -> Result<Accepted, ProviderError> {
+    async fn send(&self, msg: &OutboundMessage) -> Result<ProviderAccepted, ProviderError> {
         let (message, message_id) = self.build(msg)?;
         // The SMTP transaction runs in a task of its own, so that a caller giving up (timeout,
         // shutdown) never drops it half-way: lettre would put that connection back in the pool
@@ -114,7 +114,7 @@ impl Provider for SmtpProvider {
                 let reply = resp.message().collect::<Vec<_>>().join(" ");
                 let mut detail = serde_json::Map::new();
                 detail.insert("smtp_reply".into(), json!(format!("{} {reply}", resp.code())));
-                Ok(Accepted { provider_message_id: Some(message_id), detail })
+                Ok(ProviderAccepted { provider_message_id: Some(message_id), detail })
             }
             Err(e) => Err(classify(&e)),
         }

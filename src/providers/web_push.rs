@@ -17,7 +17,7 @@ use p256::pkcs8::EncodePrivateKey;
 use serde_json::json;
 
 use super::http::{HttpReply, execute, generic};
-use super::{Accepted, OutboundMessage, Provider, ProviderError, push_parts};
+use super::{OutboundMessage, Provider, ProviderAccepted, ProviderError, push_parts};
 use crate::config::ProviderSettings;
 use crate::domain::recipient::{PushTarget, check_endpoint};
 use crate::domain::{Priority, Recipient};
@@ -86,7 +86,7 @@ impl Provider for WebPush {
         matches!(to, Recipient::Push(PushTarget::WebPush(_)))
     }
 
-    async fn send(&self, msg: &OutboundMessage) -> Result<Accepted, ProviderError> {
+    async fn send(&self, msg: &OutboundMessage) -> Result<ProviderAccepted, ProviderError> {
         let Recipient::Push(PushTarget::WebPush(sub)) = &msg.to else {
             return Err(ProviderError::Permanent("web_push carries Web Push subscriptions only".into()));
         };
@@ -132,7 +132,7 @@ impl Provider for WebPush {
         let reply = execute(req).await?;
         if reply.status.is_success() {
             let id = reply.headers.get("location").and_then(|v| v.to_str().ok()).map(str::to_owned);
-            return Ok(Accepted { provider_message_id: id, detail: Default::default() });
+            return Ok(ProviderAccepted { provider_message_id: id, detail: Default::default() });
         }
         Err(classify(&reply))
     }

@@ -21,7 +21,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::notifications::NotificationRecord;
-use super::tracking::QUEUE_CALLBACK;
+use super::tracking::{announced, queue_callback};
 use super::{StoreError, StoreResult, WAKE_CHANNEL};
 use crate::domain::{NewNotification, NotificationId, Status, TenantId};
 
@@ -380,11 +380,12 @@ async fn insert(
                  RETURNING run_at
              ), upd AS (
                  SELECT id, tenant_id, status, callback_url FROM n WHERE status = 'suppressed'
-             ){QUEUE_CALLBACK}, wake AS (
+             ){}, wake AS (
                  SELECT pg_notify($17, '') WHERE $18 AND EXISTS (SELECT 1 FROM j WHERE run_at <= now())
              )
              SELECT n.id, n.status, sup.reason, (SELECT count(*) FROM wake) AS woke
-             FROM n LEFT JOIN sup ON sup.id = n.id"
+             FROM n LEFT JOIN sup ON sup.id = n.id",
+            queue_callback(19)
         )
     });
     let len = items.len();
@@ -427,6 +428,7 @@ async fn insert(
         .bind(cols.max_attempts)
         .bind(WAKE_CHANNEL)
         .bind(notify)
+        .bind(announced())
         .fetch_all(conn)
         .await?;
     let mut out = HashMap::with_capacity(len);

@@ -14,7 +14,7 @@ use crate::domain::{NotificationId, Status};
 use crate::receipts::{Receipt, Target};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Applied {
+pub enum ReceiptOutcome {
     /// Seen before: acknowledged, nothing done.
     Duplicate,
     /// No notification has that id or provider message id.
@@ -47,7 +47,7 @@ pub async fn bind_token(pool: &PgPool, provider: &str, token: &str, dedupe_key: 
     Ok(bound == dedupe_key)
 }
 
-pub async fn apply(pool: &PgPool, provider: &str, r: &Receipt) -> StoreResult<Applied> {
+pub async fn apply(pool: &PgPool, provider: &str, r: &Receipt) -> StoreResult<ReceiptOutcome> {
     let mut tx = pool.begin().await?;
     // `suppress` is kept so that a receipt applied later (see `tracking::receipt`) still adds
     // its suppression.
@@ -65,7 +65,7 @@ pub async fn apply(pool: &PgPool, provider: &str, r: &Receipt) -> StoreResult<Ap
     .await?;
     if inserted.rows_affected() == 0 {
         tx.rollback().await?;
-        return Ok(Applied::Duplicate);
+        return Ok(ReceiptOutcome::Duplicate);
     }
     // Lock the notification so concurrent receipts for it apply one after the other.
     let id = match &r.target {
@@ -89,11 +89,11 @@ pub async fn apply(pool: &PgPool, provider: &str, r: &Receipt) -> StoreResult<Ap
                     provider_message_id: Some(pmid.clone()),
                 };
                 if receipt::apply_early(&mut conn, &[sent]).await? > 0 {
-                    return Ok(Applied::Recorded { changed: true });
+                    return Ok(ReceiptOutcome::Recorded { changed: true });
                 }
             }
         }
-        return Ok(Applied::Unmatched);
+        return Ok(ReceiptOutcome::Unmatched);
     };
     // Before its send is recorded, a receipt waits in the inbox, applied by the record.
     let held = receipt::must_wait(&n, r.status);
@@ -109,7 +109,7 @@ pub async fn apply(pool: &PgPool, provider: &str, r: &Receipt) -> StoreResult<Ap
         super::suppressions::add(&mut tx, n.tenant, channel, &n.recipient_key, reason, provider).await?;
     }
     tx.commit().await?;
-    Ok(if held { Applied::Held } else { Applied::Recorded { changed } })
+    Ok(if held { ReceiptOutcome::Held } else { ReceiptOutcome::Recorded { changed } })
 }
 
 async fn by_message_id(conn: &mut PgConnection, provider: &str, pmid: &str) -> StoreResult<Option<NotificationId>> {

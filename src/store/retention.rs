@@ -14,7 +14,7 @@ use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 
 use super::StoreResult;
-use crate::domain::NotificationId;
+use crate::domain::{NotificationId, Status};
 
 /// Rows removed by one pruning pass.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -31,8 +31,8 @@ const MAX_BATCHES: usize = 20;
 
 /// Finished notifications created and last updated before the cutoff, oldest first from a
 /// cursor, with their receipts and timeline. `$1` cursor id, `$2` cutoff id
-/// (`NotificationId::floor_at`), `$3` cutoff time, `$4` batch size. Public for the scale test,
-/// which EXPLAINs it.
+/// (`NotificationId::floor_at`), `$3` cutoff time, `$4` batch size, `$5` the finished statuses
+/// (`finished()`). Public for the scale test, which EXPLAINs it.
 ///
 /// * Only finished notifications: anything with live work (a send job) stays, whatever its
 ///   age. A status callback still being retried past retention finds its notification gone
@@ -44,7 +44,7 @@ const MAX_BATCHES: usize = 20;
 pub const PRUNE_NOTIFICATIONS: &str = "WITH old AS (
          SELECT n.id FROM notifications n
          WHERE n.id > $1 AND n.id < $2 AND n.updated_at < $3
-           AND n.status IN ('sent', 'delivered', 'failed', 'bounced', 'complained', 'cancelled', 'expired', 'suppressed')
+           AND n.status = ANY($5::text[])
            AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.notification_id = n.id AND j.kind = 'send')
          ORDER BY n.id LIMIT $4
          FOR UPDATE OF n SKIP LOCKED
@@ -149,9 +149,15 @@ async fn notifications(
         .bind(NotificationId::floor_at(cutoff))
         .bind(cutoff)
         .bind(BATCH)
+        .bind(finished())
         .fetch_one(conn)
         .await?;
     Ok((u64::try_from(n).unwrap_or(0), last))
+}
+
+/// `PRUNE_NOTIFICATIONS`'s `$5`: `Status::FINISHED`.
+pub fn finished() -> Vec<&'static str> {
+    Status::names(&Status::FINISHED)
 }
 
 async fn count(conn: &mut PgConnection, sql: &'static str, before: OffsetDateTime) -> StoreResult<u64> {

@@ -585,7 +585,7 @@ async fn a_replayed_mailgun_signature_with_other_event_data_is_refused() {
 
 fn sns_sign(msg: &mut Value) {
     let key = aws_lc_rs::rsa::KeyPair::from_pkcs8(include_bytes!("../fixtures/sns-test-key.pk8")).expect("key");
-    let to_sign = herald::receipts::sns::string_to_sign(msg);
+    let to_sign = herald::providers::ses::receipts::string_to_sign(msg);
     let mut sig = vec![0u8; key.public_modulus_len()];
     key.sign(
         &aws_lc_rs::signature::RSA_PKCS1_SHA256,

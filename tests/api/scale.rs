@@ -95,6 +95,7 @@ async fn retention_and_time_bounded_lists_read_few_pages_of_a_million_rows() {
         .bind(NotificationId::floor_at(cutoff))
         .bind(cutoff)
         .bind(1000_i64)
+        .bind(retention::finished())
         .fetch_one(t.pool())
         .await
         .expect("explain");

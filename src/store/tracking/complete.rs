@@ -19,7 +19,7 @@ use sqlx::PgConnection;
 use tracing::warn;
 
 use super::receipt::{self, Recorded};
-use super::{Applied, Lease, QUEUE_CALLBACK};
+use super::{Applied, Lease, announced, queue_callback};
 use crate::domain::Status;
 use crate::store::StoreResult;
 
@@ -101,8 +101,9 @@ pub async fn complete(conn: &mut PgConnection, items: &[Completion]) -> StoreRes
                              ELSE i.detail || '{{\"fenced\": true}}' END
                  FROM input i LEFT JOIN ended e ON e.id = i.job_id LEFT JOIN upd u ON u.id = i.nid
                  ORDER BY i.job_id
-             ){QUEUE_CALLBACK}
-             SELECT id FROM ended"
+             ){}
+             SELECT id FROM ended",
+            queue_callback(13)
         )
     });
     // The `= ANY(ARRAY(…))` conditions drive each job statement by the primary key from just
@@ -130,6 +131,7 @@ pub async fn complete(conn: &mut PgConnection, items: &[Completion]) -> StoreRes
         .bind(cols.next_route)
         .bind(cols.detail)
         .bind(cols.sources)
+        .bind(announced())
         .fetch_all(&mut *conn)
         .await?;
     // The lease decides: a job we still held is ours to finish, whatever the status did.

@@ -27,36 +27,29 @@ use crate::domain::{NotificationId, Status, TenantId};
 pub use claim::{Claimed, ClaimedCallback, ClaimedJob, Lane, claim};
 pub use complete::{Completion, Outcome, complete, mark_finished, mark_retrying, mark_sent};
 
-/// Statuses that send a status callback to the caller.
-pub const CALLBACK_STATUSES: [Status; 8] = [
-    Status::Sent,
-    Status::Delivered,
-    Status::Bounced,
-    Status::Complained,
-    Status::Failed,
-    Status::Expired,
-    Status::Cancelled,
-    Status::Suppressed,
-];
-
 /// A CTE appended to statements whose `upd` CTE returns `(id, tenant_id, status, callback_url)`
 /// for notifications whose status just changed: it queues a status callback (a `callback`
-/// job) for each that has a callback URL, its own or its tenant's. Queued in the same
+/// job) for each that has a callback URL, its own or its tenant's, and whose new status is
+/// one of `Status::ANNOUNCED`, bound as parameter `$param` (`announced()`). Queued in the same
 /// statement as the change, so a callback is never lost nor sent for a change that rolled back.
-pub(crate) const QUEUE_CALLBACK: &str = ", cb AS (
+pub(crate) fn queue_callback(param: usize) -> String {
+    QUEUE_CALLBACK.replace("$ANNOUNCED", &format!("${param}"))
+}
+
+/// The value of `queue_callback`'s parameter.
+pub(crate) fn announced() -> Vec<&'static str> {
+    Status::names(&Status::ANNOUNCED)
+}
+
+const QUEUE_CALLBACK: &str = ", cb AS (
              INSERT INTO jobs (notification_id, kind, queue, priority, run_at, max_attempts, payload)
              SELECT u.id, 'callback', 'callback', 1, now(), 0,
                     jsonb_build_object('type', 'notification.' || u.status, 'status', u.status,
                                        'at', to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'))
              FROM upd u JOIN tenants t ON t.id = u.tenant_id
              WHERE coalesce(u.callback_url, t.callback_url) IS NOT NULL
-               AND u.status IN ('sent', 'delivered', 'bounced', 'complained', 'failed', 'expired', 'cancelled', 'suppressed')
+               AND u.status = ANY($ANNOUNCED::text[])
          )";
-
-/// `WITH {body}{QUEUE_CALLBACK} {tail}`, built once per statement.
-fn with_callback(body: &str, tail: &str) -> String {
-    format!("WITH {body}{QUEUE_CALLBACK} {tail}")
-}
 
 /// A fenced handle on a claimed job: what every completion needs.
 #[derive(Clone, Copy, Debug)]
@@ -195,7 +188,8 @@ pub async fn cancel(
     .await?
     .rows_affected();
     static SQL: LazyLock<String> = LazyLock::new(|| {
-        with_callback(
+        format!(
+            "WITH {}{} {}",
             "upd AS (
                  UPDATE notifications SET status = 'cancelled', next_attempt_at = NULL, updated_at = now()
                  WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2) AND status = ANY($3) AND $4
@@ -204,6 +198,7 @@ pub async fn cancel(
                  INSERT INTO notification_events (notification_id, type, status, detail)
                  SELECT id, 'cancelled', 'cancelled', jsonb_build_object('by', $5::text) FROM upd
              )",
+            queue_callback(6),
             "SELECT (SELECT count(*) FROM upd) AS cancelled,
                     (SELECT status FROM notifications WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2)) AS status",
         )
@@ -214,6 +209,7 @@ pub async fn cancel(
         .bind(Status::sources_of(Status::Cancelled))
         .bind(deleted == 1)
         .bind(by)
+        .bind(announced())
         .fetch_one(&mut *tx)
         .await?;
     let cancelled: i64 = row.try_get("cancelled")?;

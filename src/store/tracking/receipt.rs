@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use sqlx::{PgConnection, Row};
 use std::sync::LazyLock;
 
-use super::QUEUE_CALLBACK;
+use super::{announced, queue_callback};
 use crate::domain::{Channel, NotificationId, Status, TenantId};
 use crate::store::{StoreResult, suppressions};
 
@@ -47,7 +47,7 @@ pub async fn lock(conn: &mut PgConnection, id: NotificationId) -> StoreResult<Op
 /// Whether a receipt leading to `status` must wait for the send to be recorded: the
 /// notification is still queued, being sent or retrying.
 pub fn must_wait(n: &Locked, status: Option<Status>) -> bool {
-    status.is_some() && n.status.is_some_and(Status::is_pending)
+    status.is_some() && n.status.is_some_and(Status::receipt_waits)
 }
 
 /// Record a receipt on a locked notification: a `receipt` event in its timeline and, where the
@@ -60,11 +60,7 @@ pub async fn record(
     status: Option<Status>,
     mut detail: Value,
 ) -> StoreResult<bool> {
-    let target = status.filter(|st| {
-        n.status.is_some_and(|cur| {
-            matches!(cur, Status::Sent | Status::Delivered | Status::Bounced) && cur.can_move_to(*st)
-        })
-    });
+    let target = status.zip(n.status).and_then(|(reported, current)| current.after_receipt(reported));
     if status.is_some() && target.is_none() {
         // Recorded for the record; the status machine keeps the later status.
         detail["status_unchanged"] = json!(true);
@@ -78,8 +74,9 @@ pub async fn record(
              ), ev AS (
                  INSERT INTO notification_events (notification_id, type, status, provider, detail)
                  SELECT $1, 'receipt', (SELECT status FROM upd), $4, $5
-             ){QUEUE_CALLBACK}
-             SELECT count(*) FROM upd"
+             ){}
+             SELECT count(*) FROM upd",
+            queue_callback(6)
         )
     });
     let sources = target.map(Status::sources_of).unwrap_or_default();
@@ -89,6 +86,7 @@ pub async fn record(
         .bind(&sources)
         .bind(provider)
         .bind(&detail)
+        .bind(announced())
         .fetch_one(conn)
         .await?;
     Ok(changed > 0)

@@ -18,9 +18,8 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::{Incoming, Receipt, ReceiptError, Target, Verified, fresh};
-use crate::config::ProviderSettings;
 use crate::domain::Status;
+use crate::receipts::{Incoming, Receipt, ReceiptError, Target, Verified, fresh};
 
 /// Signing certificates' public keys, by URL: fetched once per process.
 static CERT_KEYS: LazyLock<Mutex<HashMap<String, Vec<u8>>>> = LazyLock::new(Default::default);
@@ -33,8 +32,18 @@ fn aws_sns_host(host: &str) -> bool {
     region.is_some_and(|r| r.len() >= 3 && r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
 }
 
+/// What an SES provider accepts from SNS.
+#[derive(Clone, Debug)]
+pub struct Sns {
+    /// `sns_topic_arns`: topics whose messages are accepted.
+    pub topic_arns: Vec<String>,
+    /// `sns_cert_hosts`: hosts signing certificates may come from besides sns.<region>.amazonaws.com.
+    pub cert_hosts: Vec<String>,
+    pub allow_private_networks: bool,
+}
+
 /// An SNS URL we may fetch: https (http only with `allow_private_networks`), an allowed host.
-fn allowed_url(raw: &str, cfg: &ProviderSettings, pem: bool) -> Result<url::Url, ReceiptError> {
+fn allowed_url(raw: &str, cfg: &Sns, pem: bool) -> Result<url::Url, ReceiptError> {
     let refuse = |why: &str| ReceiptError::Unauthorized(format!("{raw}: {why}"));
     let url = url::Url::parse(raw).map_err(|_| refuse("not a URL"))?;
     let scheme_ok = url.scheme() == "https" || (url.scheme() == "http" && cfg.allow_private_networks);
@@ -43,7 +52,7 @@ fn allowed_url(raw: &str, cfg: &ProviderSettings, pem: bool) -> Result<url::Url,
         Some(p) => format!("{host}:{p}"),
         None => host.to_owned(),
     };
-    let host_ok = aws_sns_host(host) || cfg.sns_cert_hosts.iter().any(|h| h == host || *h == host_port);
+    let host_ok = aws_sns_host(host) || cfg.cert_hosts.iter().any(|h| h == host || *h == host_port);
     if !scheme_ok || !host_ok {
         return Err(refuse("not an allowed SNS host"));
     }
@@ -105,17 +114,17 @@ pub fn signature_holds(msg: &Value, public_key: &[u8]) -> bool {
 
 pub async fn verify(
     incoming: &Incoming<'_>,
-    cfg: &ProviderSettings,
+    cfg: &Sns,
     client: &reqwest::Client,
     max_age: Duration,
 ) -> Result<Verified, ReceiptError> {
     let msg: Value = serde_json::from_slice(incoming.body)
         .map_err(|e| ReceiptError::BadRequest(format!("not an SNS message: {e}")))?;
     let topic = msg["TopicArn"].as_str().unwrap_or_default();
-    if cfg.sns_topic_arns.is_empty() {
+    if cfg.topic_arns.is_empty() {
         return Err(ReceiptError::Unauthorized("receipts need providers.NAME.sns_topic_arns".into()));
     }
-    if !cfg.sns_topic_arns.iter().any(|t| t == topic) {
+    if !cfg.topic_arns.iter().any(|t| t == topic) {
         return Err(ReceiptError::Unauthorized(format!("topic {topic} is not in sns_topic_arns")));
     }
     let cert_url = msg["SigningCertURL"].as_str().or(msg["SigningCertUrl"].as_str()).unwrap_or_default();
@@ -213,7 +222,7 @@ mod tests {
         assert!(!aws_sns_host("sns.amazonaws.com"));
         assert!(!aws_sns_host("evil-bucket.s3.amazonaws.com"));
         assert!(!aws_sns_host("sns.us-east-1.amazonaws.com.evil.test"));
-        let cfg = ProviderSettings::new(crate::config::ProviderKind::Ses);
+        let cfg = Sns { topic_arns: Vec::new(), cert_hosts: Vec::new(), allow_private_networks: false };
         assert!(allowed_url("https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-x.pem", &cfg, true).is_ok());
         assert!(allowed_url("http://sns.eu-west-1.amazonaws.com/x.pem", &cfg, true).is_err(), "https only");
         assert!(allowed_url("https://sns.eu-west-1.amazonaws.com/x.txt", &cfg, true).is_err());

@@ -9,8 +9,8 @@ use hmac::{Hmac, Mac};
 use serde_json::json;
 use sha1::Sha1;
 
-use super::{Incoming, Receipt, ReceiptError, Target, same};
 use crate::domain::Status;
+use crate::receipts::{Incoming, Receipt, ReceiptError, Target, same};
 
 /// The signature of `params` posted to `url`.
 pub fn signature(auth_token: &str, url: &str, params: &[(String, String)]) -> String {

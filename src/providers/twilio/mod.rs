@@ -3,13 +3,16 @@
 //! `server.public_base_url` is set, `StatusCallback` points Twilio's receipts at
 //! `/webhooks/{provider name}`. Twilio has no idempotency key for sends.
 
+pub mod receipts;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::http::{HttpReply, execute, generic};
-use super::{Accepted, OutboundMessage, Provider, ProviderError, sms_parts};
 use crate::config::{ProviderSettings, Secret};
+use crate::providers::http::{HttpReply, execute, generic};
+use crate::providers::{OutboundMessage, Provider, ProviderAccepted, ProviderError, sms_parts};
+use crate::receipts::{Incoming, ReceiptContext, ReceiptError, Verified};
 
 pub struct Twilio {
     name: String,
@@ -67,7 +70,7 @@ impl Provider for Twilio {
         self.timeout
     }
 
-    async fn send(&self, msg: &OutboundMessage) -> Result<Accepted, ProviderError> {
+    async fn send(&self, msg: &OutboundMessage) -> Result<ProviderAccepted, ProviderError> {
         let form = self.form(msg)?;
         let req = self
             .client
@@ -82,9 +85,17 @@ impl Provider for Twilio {
             if let Some(st) = body["status"].as_str() {
                 detail.insert("provider_status".into(), st.into());
             }
-            return Ok(Accepted { provider_message_id: body["sid"].as_str().map(str::to_owned), detail });
+            return Ok(ProviderAccepted { provider_message_id: body["sid"].as_str().map(str::to_owned), detail });
         }
         Err(classify(&reply))
+    }
+
+    async fn verify_receipt(
+        &self,
+        incoming: &Incoming<'_>,
+        ctx: &ReceiptContext<'_>,
+    ) -> Result<Verified, ReceiptError> {
+        receipts::verify(incoming, self.auth_token.expose(), ctx.public_base_url, ctx.path).map(Verified::Receipts)
     }
 }
 

@@ -2,15 +2,18 @@
 //! and the message id in the `X-Message-Id` header. Our id travels in `custom_args`, which
 //! SendGrid echoes in every Event Webhook event.
 
+pub mod receipts;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use super::http::{HttpReply, execute, generic, split_mailbox};
-use super::{Accepted, OutboundMessage, Provider, ProviderError, email_parts};
 use crate::config::{ProviderSettings, Secret};
+use crate::providers::http::{HttpReply, execute, generic, split_mailbox};
+use crate::providers::{OutboundMessage, Provider, ProviderAccepted, ProviderError, email_parts};
+use crate::receipts::{Incoming, ReceiptContext, ReceiptError, Verified};
 
 pub struct SendGrid {
     name: String,
@@ -19,18 +22,27 @@ pub struct SendGrid {
     api_key: Secret,
     from: String,
     timeout: Duration,
+    /// The Event Webhook verification key (`webhook_public_key`), if receipts are set up.
+    webhook_key: Option<p256::ecdsa::VerifyingKey>,
 }
 
 impl SendGrid {
-    pub fn new(name: &str, cfg: &ProviderSettings, client: reqwest::Client) -> Self {
-        SendGrid {
+    pub fn new(name: &str, cfg: &ProviderSettings, client: reqwest::Client) -> Result<Self, String> {
+        let webhook_key = match &cfg.webhook_public_key {
+            Some(k) => Some(receipts::verifying_key(k).ok_or_else(|| {
+                format!("providers.{name}.webhook_public_key: must be the base64 DER P-256 public key SendGrid shows")
+            })?),
+            None => None,
+        };
+        Ok(SendGrid {
             name: name.to_owned(),
             client,
             url: format!("{}/v3/mail/send", cfg.origin()),
             api_key: cfg.api_key.clone().unwrap_or_default(),
             from: cfg.from.clone().unwrap_or_default(),
             timeout: Duration::from_millis(cfg.timeout_ms),
-        }
+            webhook_key,
+        })
     }
 
     pub fn body(&self, msg: &OutboundMessage) -> Result<Value, ProviderError> {
@@ -76,15 +88,23 @@ impl Provider for SendGrid {
         self.timeout
     }
 
-    async fn send(&self, msg: &OutboundMessage) -> Result<Accepted, ProviderError> {
+    async fn send(&self, msg: &OutboundMessage) -> Result<ProviderAccepted, ProviderError> {
         let body = self.body(msg)?;
         let req = self.client.post(&self.url).bearer_auth(self.api_key.expose()).json(&body).timeout(self.timeout);
         let reply = execute(req).await?;
         if reply.status.is_success() {
             let id = reply.headers.get("x-message-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
-            return Ok(Accepted { provider_message_id: id, detail: Default::default() });
+            return Ok(ProviderAccepted { provider_message_id: id, detail: Default::default() });
         }
         Err(classify(&reply))
+    }
+
+    async fn verify_receipt(
+        &self,
+        incoming: &Incoming<'_>,
+        ctx: &ReceiptContext<'_>,
+    ) -> Result<Verified, ReceiptError> {
+        receipts::verify(incoming, self.webhook_key.as_ref(), ctx.max_age).map(Verified::Receipts)
     }
 }
 

@@ -10,8 +10,8 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use super::{Incoming, Receipt, ReceiptError, Target, fresh, same};
 use crate::domain::Status;
+use crate::receipts::{Incoming, Receipt, ReceiptError, Target, fresh, same};
 
 pub fn signature(key: &str, timestamp: &str, token: &str) -> String {
     let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key.as_bytes()) else { return String::new() };

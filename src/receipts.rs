@@ -1,13 +1,8 @@
-//! Provider receipts: `/webhooks/{provider}`. Each scheme's verifier checks the provider's own
-//! signature against the raw request (constant-time, and a replay window where the scheme
-//! signs a timestamp), then maps the provider's states to ours. Nothing changes unless the
-//! signature holds; applying a verified receipt is `store::receipts::apply`.
-
-pub mod mailgun;
-pub mod sendgrid;
-pub mod sns;
-pub mod twilio;
-pub mod vonage;
+//! What provider receipts are made of, shared by every vendor's verifier (each in its provider
+//! module: `providers::<kind>::receipts`, reached through `Provider::verify_receipt`): the
+//! request as received, the verified receipt in Herald's terms, the errors, and the
+//! constant-time and replay-window helpers. Nothing changes unless a signature holds; applying
+//! a verified receipt is `store::receipts::apply`. Imports nothing of Herald but `domain`.
 
 use std::time::Duration;
 
@@ -54,8 +49,21 @@ pub enum Verified {
     Acknowledged(String),
 }
 
+/// What a verifier needs besides the request.
+pub struct ReceiptContext<'a> {
+    /// `/webhooks/NAME`, as the provider calls it.
+    pub path: &'a str,
+    /// `server.public_base_url`: the URL the provider signs (Twilio).
+    pub public_base_url: &'a str,
+    /// `receipts.max_age_secs`: the replay window of signed timestamps.
+    pub max_age: Duration,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiptError {
+    /// This kind of provider sends no receipts.
+    #[error("this kind of provider sends no receipts")]
+    NotSupported,
     /// Missing or bad signature, stale timestamp, unknown topic: refused with no state change.
     #[error("{0}")]
     Unauthorized(String),

@@ -2,14 +2,17 @@
 //! HTTP 200 with a non-zero `messages[].status`, so the body is always classified. Our id
 //! travels as `client-ref`, echoed in delivery receipts.
 
+pub mod receipts;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
-use super::http::{execute, generic};
-use super::{Accepted, OutboundMessage, Provider, ProviderError, sms_parts};
 use crate::config::{ProviderSettings, Secret};
+use crate::providers::http::{execute, generic};
+use crate::providers::{OutboundMessage, Provider, ProviderAccepted, ProviderError, sms_parts};
+use crate::receipts::{Incoming, ReceiptContext, ReceiptError, Verified};
 
 pub struct Vonage {
     name: String,
@@ -20,6 +23,9 @@ pub struct Vonage {
     from: String,
     callback: Option<String>,
     timeout: Duration,
+    /// Signed delivery receipts: the signature secret and method (`md5hash` by default).
+    signature_secret: Option<Secret>,
+    signature_method: String,
 }
 
 impl Vonage {
@@ -34,6 +40,8 @@ impl Vonage {
             callback: (!public_base_url.is_empty())
                 .then(|| format!("{}/webhooks/{name}", public_base_url.trim_end_matches('/'))),
             timeout: Duration::from_millis(cfg.timeout_ms),
+            signature_secret: cfg.signature_secret.clone(),
+            signature_method: cfg.signature_method.clone().unwrap_or_else(|| "md5hash".into()),
         }
     }
 
@@ -69,7 +77,7 @@ impl Provider for Vonage {
         self.timeout
     }
 
-    async fn send(&self, msg: &OutboundMessage) -> Result<Accepted, ProviderError> {
+    async fn send(&self, msg: &OutboundMessage) -> Result<ProviderAccepted, ProviderError> {
         let form = self.form(msg)?;
         let reply = execute(self.client.post(&self.url).form(&form).timeout(self.timeout)).await?;
         if !reply.status.is_success() {
@@ -81,11 +89,20 @@ impl Provider for Vonage {
         }
         accepted(&reply.json())
     }
+
+    async fn verify_receipt(
+        &self,
+        incoming: &Incoming<'_>,
+        ctx: &ReceiptContext<'_>,
+    ) -> Result<Verified, ReceiptError> {
+        let secret = self.signature_secret.as_ref().map(|s| s.expose()).filter(|s| !s.is_empty());
+        receipts::verify(incoming, secret, &self.signature_method, ctx.max_age).map(Verified::Receipts)
+    }
 }
 
 /// Read a `200` answer: every part must have status "0"; a long text is split into parts,
 /// each with its own message id and its own receipt.
-pub fn accepted(body: &Value) -> Result<Accepted, ProviderError> {
+pub fn accepted(body: &Value) -> Result<ProviderAccepted, ProviderError> {
     let parts = body["messages"].as_array().cloned().unwrap_or_default();
     if parts.is_empty() {
         return Err(ProviderError::Transient(format!("vonage: unexpected answer {body}")));
@@ -98,7 +115,7 @@ pub fn accepted(body: &Value) -> Result<Accepted, ProviderError> {
     if ids.len() > 1 {
         detail.insert("message_parts".into(), json!(ids));
     }
-    Ok(Accepted { provider_message_id: ids.first().map(|s| s.to_string()), detail })
+    Ok(ProviderAccepted { provider_message_id: ids.first().map(|s| s.to_string()), detail })
 }
 
 /// Vonage SMS API `status` codes (developer.vonage.com/en/api-errors/sms):

@@ -1,14 +1,17 @@
 //! Mailgun Messages API: `POST /v3/{domain}/messages`, basic auth `api:<key>`, form body.
 //! `200 {"id": "<…>", "message": "Queued. Thank you."}`; our id travels as `v:herald_id`.
 
+pub mod receipts;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
 use reqwest::StatusCode;
 
-use super::http::{HttpReply, execute, generic};
-use super::{Accepted, OutboundMessage, Provider, ProviderError, email_parts};
 use crate::config::{ProviderSettings, Secret};
+use crate::providers::http::{HttpReply, execute, generic};
+use crate::providers::{OutboundMessage, Provider, ProviderAccepted, ProviderError, email_parts};
+use crate::receipts::{Incoming, ReceiptContext, ReceiptError, Verified};
 
 pub struct Mailgun {
     name: String,
@@ -17,6 +20,8 @@ pub struct Mailgun {
     api_key: Secret,
     from: String,
     timeout: Duration,
+    /// The webhook signing key: `webhook_signing_key`, else `api_key`.
+    signing_key: Secret,
 }
 
 impl Mailgun {
@@ -28,6 +33,12 @@ impl Mailgun {
             api_key: cfg.api_key.clone().unwrap_or_default(),
             from: cfg.from.clone().unwrap_or_default(),
             timeout: Duration::from_millis(cfg.timeout_ms),
+            signing_key: [&cfg.webhook_signing_key, &cfg.api_key]
+                .into_iter()
+                .flatten()
+                .find(|s| !s.is_empty())
+                .cloned()
+                .unwrap_or_default(),
         }
     }
 
@@ -62,7 +73,7 @@ impl Provider for Mailgun {
         self.timeout
     }
 
-    async fn send(&self, msg: &OutboundMessage) -> Result<Accepted, ProviderError> {
+    async fn send(&self, msg: &OutboundMessage) -> Result<ProviderAccepted, ProviderError> {
         let form = self.form(msg)?;
         let req = self
             .client
@@ -74,9 +85,17 @@ impl Provider for Mailgun {
         if reply.status.is_success() {
             // Events carry the Message-ID without angle brackets: store it that way.
             let id = reply.json()["id"].as_str().map(|s| s.trim_matches(['<', '>']).to_owned());
-            return Ok(Accepted { provider_message_id: id, detail: Default::default() });
+            return Ok(ProviderAccepted { provider_message_id: id, detail: Default::default() });
         }
         Err(classify(&reply))
+    }
+
+    async fn verify_receipt(
+        &self,
+        incoming: &Incoming<'_>,
+        ctx: &ReceiptContext<'_>,
+    ) -> Result<Verified, ReceiptError> {
+        receipts::verify(incoming, self.signing_key.expose(), ctx.max_age).map(Verified::Receipts)
     }
 }
 

@@ -11,8 +11,8 @@ use p256::ecdsa::{Signature, VerifyingKey};
 use p256::pkcs8::DecodePublicKey;
 use serde_json::{Value, json};
 
-use super::{Incoming, Receipt, ReceiptError, Target, fresh, hashed_key};
 use crate::domain::Status;
+use crate::receipts::{Incoming, Receipt, ReceiptError, Target, fresh, hashed_key};
 
 pub fn verifying_key(b64_der: &str) -> Option<VerifyingKey> {
     let der = STANDARD.decode(b64_der.trim()).ok()?;
@@ -31,19 +31,18 @@ pub fn signature_holds(key: &VerifyingKey, signature: &str, timestamp: &str, bod
 
 pub fn verify(
     incoming: &Incoming<'_>,
-    public_key: Option<&str>,
+    key: Option<&VerifyingKey>,
     max_age: Duration,
 ) -> Result<Vec<Receipt>, ReceiptError> {
-    let key = public_key
-        .and_then(verifying_key)
-        .ok_or_else(|| ReceiptError::Unauthorized("receipts need providers.NAME.webhook_public_key".into()))?;
+    let key =
+        key.ok_or_else(|| ReceiptError::Unauthorized("receipts need providers.NAME.webhook_public_key".into()))?;
     let sig = incoming
         .header("x-twilio-email-event-webhook-signature")
         .ok_or_else(|| ReceiptError::Unauthorized("no X-Twilio-Email-Event-Webhook-Signature".into()))?;
     let ts = incoming
         .header("x-twilio-email-event-webhook-timestamp")
         .ok_or_else(|| ReceiptError::Unauthorized("no X-Twilio-Email-Event-Webhook-Timestamp".into()))?;
-    if !signature_holds(&key, sig, ts, incoming.body) {
+    if !signature_holds(key, sig, ts, incoming.body) {
         return Err(ReceiptError::Unauthorized("the event webhook signature does not match".into()));
     }
     if !ts.parse::<i64>().is_ok_and(|t| fresh(t, max_age)) {

@@ -9,8 +9,8 @@ use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
 use serde_json::{Value, json};
 
-use super::{Incoming, Receipt, ReceiptError, Target, fresh, same};
 use crate::domain::Status;
+use crate::receipts::{Incoming, Receipt, ReceiptError, Target, fresh, same};
 
 fn signing_string(params: &[(String, String)]) -> String {
     let mut sorted: Vec<&(String, String)> = params.iter().filter(|(k, _)| k != "sig").collect();

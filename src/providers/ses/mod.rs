@@ -2,6 +2,8 @@
 //! (signing name `ses`, although the host is `email.{region}.amazonaws.com`) by the official
 //! `aws-sigv4` signer. `200 {"MessageId": …}`; our id travels as the `herald_id` email tag.
 
+pub mod receipts;
+
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -10,9 +12,10 @@ use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, si
 use aws_sigv4::sign::v4;
 use serde_json::{Value, json};
 
-use super::http::{HttpReply, execute, generic};
-use super::{Accepted, OutboundMessage, Provider, ProviderError, email_parts};
 use crate::config::{ProviderSettings, Secret};
+use crate::providers::http::{HttpReply, execute, generic};
+use crate::providers::{OutboundMessage, Provider, ProviderAccepted, ProviderError, email_parts};
+use crate::receipts::{Incoming, ReceiptContext, ReceiptError, Verified};
 
 pub struct Ses {
     name: String,
@@ -25,6 +28,8 @@ pub struct Ses {
     configuration_set: Option<String>,
     from: String,
     timeout: Duration,
+    /// Receipts come through SNS: which topics and certificate hosts are accepted.
+    sns: receipts::Sns,
 }
 
 impl Ses {
@@ -40,6 +45,11 @@ impl Ses {
             configuration_set: cfg.configuration_set.clone(),
             from: cfg.from.clone().unwrap_or_default(),
             timeout: Duration::from_millis(cfg.timeout_ms),
+            sns: receipts::Sns {
+                topic_arns: cfg.sns_topic_arns.clone(),
+                cert_hosts: cfg.sns_cert_hosts.clone(),
+                allow_private_networks: cfg.allow_private_networks,
+            },
         }
     }
 
@@ -118,7 +128,7 @@ impl Provider for Ses {
         self.timeout
     }
 
-    async fn send(&self, msg: &OutboundMessage) -> Result<Accepted, ProviderError> {
+    async fn send(&self, msg: &OutboundMessage) -> Result<ProviderAccepted, ProviderError> {
         let body = serde_json::to_vec(&self.body(msg)?).map_err(|e| ProviderError::Permanent(e.to_string()))?;
         let content_type = "application/json";
         let signed = self
@@ -131,9 +141,17 @@ impl Provider for Ses {
         let reply = execute(req).await?;
         if reply.status.is_success() {
             let id = reply.json()["MessageId"].as_str().map(str::to_owned);
-            return Ok(Accepted { provider_message_id: id, detail: Default::default() });
+            return Ok(ProviderAccepted { provider_message_id: id, detail: Default::default() });
         }
         Err(classify(&reply))
+    }
+
+    async fn verify_receipt(
+        &self,
+        incoming: &Incoming<'_>,
+        ctx: &ReceiptContext<'_>,
+    ) -> Result<Verified, ReceiptError> {
+        receipts::verify(incoming, &self.sns, &self.client, ctx.max_age).await
     }
 }
 

@@ -221,7 +221,7 @@ pub async fn run(mut settings: Settings, throwaway_db: bool) -> Result<(), AppEr
         Some(s) => Some(s),
         // A dev tenant from before per-tenant secrets: give it one.
         None if !shared => {
-            let s = crate::domain::tenant::new_signing_secret();
+            let s = crate::domain::webhook::new_signing_secret();
             keys::set_tenant(&mut conn, DEV_TENANT, None, Some(&s)).await?;
             Some(s)
         }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use herald::app::{self, App, AppError, Roles};
 use herald::config::Settings;
-use herald::domain::{ApiKeyId, tenant};
+use herald::domain::{ApiKeyId, tenant, webhook};
 use herald::store::{self, keys};
 
 const AFTER_HELP: &str = "Every command but `dev` and `healthcheck` needs the database: DATABASE_URL \
@@ -219,12 +219,12 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
                     .map_err(|e| AppError::Other(format!("--callback-url: {e}")))?;
             }
             if let Some(s) = signing_secret {
-                tenant::signing_key(s).map_err(|e| AppError::Other(format!("--signing-secret: {e}")))?;
+                webhook::signing_key(s).map_err(|e| AppError::Other(format!("--signing-secret: {e}")))?;
             }
             let mut conn = app.pool.acquire().await?;
             // A new tenant gets a secret of its own (unless one is given or shared); a rotation
             // replaces it. Either is printed once: only Herald and the tenant hold it.
-            let rotated = rotate_signing_secret.then(tenant::new_signing_secret);
+            let rotated = rotate_signing_secret.then(webhook::new_signing_secret);
             let created = match (signing_secret, &rotated) {
                 (None, None) => new_tenant(&mut conn, &app.settings, tenant).await?,
                 _ => None,

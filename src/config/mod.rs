@@ -335,7 +335,7 @@ impl Settings {
         }
         let secret = self.callbacks.signing_secret.expose();
         if !secret.is_empty()
-            && let Err(e) = crate::domain::tenant::signing_key(secret)
+            && let Err(e) = crate::domain::webhook::signing_key(secret)
         {
             return Err(invalid("callbacks.signing_secret", e));
         }

@@ -22,6 +22,7 @@ pub enum ProviderKind {
     Fcm,
     Apns,
     WebPush,
+    Webhook,
     Chaos,
 }
 
@@ -47,6 +48,7 @@ impl ProviderKind {
             ProviderKind::Fcm => "fcm",
             ProviderKind::Apns => "apns",
             ProviderKind::WebPush => "web_push",
+            ProviderKind::Webhook => "webhook",
             ProviderKind::Chaos => "chaos",
         }
     }
@@ -54,7 +56,7 @@ impl ProviderKind {
     /// Channels this kind of provider can carry.
     pub fn serves(self, channel: Channel) -> bool {
         match self {
-            ProviderKind::Log | ProviderKind::Chaos => true,
+            ProviderKind::Log | ProviderKind::Chaos | ProviderKind::Webhook => true,
             ProviderKind::Smtp | ProviderKind::Sendgrid | ProviderKind::Ses | ProviderKind::Mailgun => {
                 channel == Channel::Email
             }
@@ -76,6 +78,8 @@ impl ProviderKind {
             ProviderKind::Apns => Some("https://api.push.apple.com".into()),
             // Web Push: the endpoint comes from each subscription.
             ProviderKind::Log | ProviderKind::Smtp | ProviderKind::Chaos | ProviderKind::WebPush => None,
+            // Webhook: `url` is the whole URL.
+            ProviderKind::Webhook => None,
         }
     }
 
@@ -113,6 +117,7 @@ impl ProviderKind {
             ProviderKind::Fcm => (&[], &["service_account_file", "service_account_json", "base_url"]),
             ProviderKind::Apns => (&["team_id", "key_id", "private_key_file", "topic"], &["environment", "base_url"]),
             ProviderKind::WebPush => (&["vapid_private_key", "vapid_subject"], &["vapid_private_key_file"]),
+            ProviderKind::Webhook => (&["url", "signing_secret"], &["signing_secret_file"]),
             ProviderKind::Chaos => {
                 (&[], &["failure_rate", "error_class", "latency_ms", "latency_jitter_ms", "retry_after_ms", "seed"])
             }
@@ -263,6 +268,14 @@ pub struct ProviderSettings {
     #[serde(default)]
     pub vapid_subject: Option<String>,
 
+    // Webhook: where to POST each message, and the Standard Webhooks secret to sign it with.
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub signing_secret: Option<Secret>,
+    #[serde(default)]
+    pub signing_secret_file: Option<PathBuf>,
+
     // Receipts.
     /// SendGrid: the Event Webhook verification key (base64 DER, as the settings page shows).
     #[serde(default)]
@@ -345,6 +358,9 @@ impl ProviderSettings {
             vapid_private_key: None,
             vapid_private_key_file: None,
             vapid_subject: None,
+            url: None,
+            signing_secret: None,
+            signing_secret_file: None,
             webhook_public_key: None,
             webhook_signing_key: None,
             webhook_signing_key_file: None,
@@ -420,6 +436,9 @@ impl ProviderSettings {
             ("vapid_private_key", self.vapid_private_key.is_some()),
             ("vapid_private_key_file", self.vapid_private_key_file.is_some()),
             ("vapid_subject", self.vapid_subject.is_some()),
+            ("url", self.url.is_some()),
+            ("signing_secret", self.signing_secret.is_some()),
+            ("signing_secret_file", self.signing_secret_file.is_some()),
             ("webhook_public_key", self.webhook_public_key.is_some()),
             ("webhook_signing_key", self.webhook_signing_key.is_some()),
             ("webhook_signing_key_file", self.webhook_signing_key_file.is_some()),
@@ -437,7 +456,8 @@ impl ProviderSettings {
 
     /// Replace each `<secret>_file` by the file's content.
     pub(super) fn resolve_secret_files(&mut self, name: &str) -> Result<(), ConfigError> {
-        let pairs: [(&str, &mut Option<Secret>, &Option<PathBuf>); 8] = [
+        let pairs: [(&str, &mut Option<Secret>, &Option<PathBuf>); 9] = [
+            ("signing_secret", &mut self.signing_secret, &self.signing_secret_file),
             ("webhook_signing_key", &mut self.webhook_signing_key, &self.webhook_signing_key_file),
             ("service_account_json", &mut self.service_account_json, &self.service_account_file),
             ("vapid_private_key", &mut self.vapid_private_key, &self.vapid_private_key_file),
@@ -496,6 +516,19 @@ impl ProviderSettings {
                 return Err(invalid(key("base_url"), "must be an origin only, such as https://api.example.com"));
             }
         }
+        if let Some(u) = &self.url {
+            let ok = url::Url::parse(u)
+                .map(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+                .unwrap_or(false);
+            if !ok {
+                return Err(invalid(key("url"), "must be an http(s) URL such as https://gateway.internal/notify"));
+            }
+        }
+        if let Some(s) = &self.signing_secret
+            && let Err(e) = crate::domain::webhook::signing_key(s.expose())
+        {
+            return Err(invalid(key("signing_secret"), e));
+        }
         if let Some(from) = &self.from {
             match self.kind {
                 // SMS senders are numbers or alphanumeric ids, not mailboxes.
@@ -539,6 +572,7 @@ impl ProviderSettings {
             ("webhook_signing_key", &self.webhook_signing_key),
             ("service_account_json", &self.service_account_json),
             ("vapid_private_key", &self.vapid_private_key),
+            ("signing_secret", &self.signing_secret),
         ] {
             if secret.as_ref().is_some_and(Secret::is_empty) {
                 // An empty key would make signatures anyone can compute.

@@ -6,11 +6,7 @@
 
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
-use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
-use sha2::Sha256;
 use time::OffsetDateTime;
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -19,21 +15,11 @@ use super::record::{fenced, unrecorded};
 use super::{Dispatcher, Outcome};
 use crate::domain::recipient::check_endpoint;
 use crate::domain::retry::{Decision, RetryPolicy};
-use crate::domain::{Status, tenant};
+use crate::domain::{Status, webhook};
 use crate::providers::public_net;
 use crate::store::notifications;
 use crate::store::tracking::{self, Applied, ClaimedCallback, Lease};
 use crate::views::NotificationView;
-
-/// The `webhook-signature` header value for one delivery attempt.
-pub fn sign(key: &[u8], msg_id: &str, timestamp: i64, body: &[u8]) -> String {
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else {
-        return String::new(); // HMAC accepts keys of any length: unreachable
-    };
-    mac.update(format!("{msg_id}.{timestamp}.").as_bytes());
-    mac.update(body);
-    format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
-}
 
 impl Dispatcher {
     /// Deliver one status callback. Success and failures are both recorded in the timeline.
@@ -117,7 +103,7 @@ impl Dispatcher {
             .ok_or_else(|| (url.clone(), "the notification is gone".to_string(), true))?;
         drop(conn);
         let secret = tenant_secret.unwrap_or_else(|| cfg.signing_secret.expose().to_owned());
-        let Ok(key) = tenant::signing_key(&secret) else {
+        let Ok(key) = webhook::signing_key(&secret) else {
             return Err((
                 url,
                 "no signing secret: set callbacks.signing_secret or `herald tenants set --signing-secret`".into(),
@@ -149,7 +135,7 @@ impl Dispatcher {
             .header("content-type", "application/json")
             .header("webhook-id", &msg_id)
             .header("webhook-timestamp", ts.to_string())
-            .header("webhook-signature", sign(&key, &msg_id, ts, body.as_bytes()))
+            .header("webhook-signature", webhook::sign(&key, &msg_id, ts, body.as_bytes()))
             .body(body)
             .timeout(timeout)
             .send()
@@ -161,26 +147,5 @@ impl Dispatcher {
             })?;
         let retry_after = crate::providers::http::retry_after(resp.headers());
         Ok((url, resp.status().as_u16(), retry_after))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The Standard Webhooks libraries' own test vectors.
-    #[test]
-    fn signs_like_the_spec_vectors() {
-        let key = tenant::signing_key("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").expect("key");
-        let body = br#"{"email":"test@example.com","username":"test_user"}"#;
-        assert_eq!(
-            sign(&key, "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk", 1649367553, body),
-            "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw="
-        );
-        let key = tenant::signing_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").expect("key");
-        assert_eq!(
-            sign(&key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, br#"{"test": 2432232314}"#),
-            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
-        );
     }
 }

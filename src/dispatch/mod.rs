@@ -577,6 +577,8 @@ fn outbound(job: &ClaimedJob) -> Result<OutboundMessage, String> {
         attempt: u32::try_from(job.attempt).unwrap_or(1),
         priority: job.priority,
         expires_at: job.expires_at,
+        metadata: job.metadata.clone(),
+        tags: job.tags.clone(),
     })
 }
 

@@ -8,6 +8,7 @@ pub mod recipient;
 pub mod retry;
 pub mod status;
 pub mod tenant;
+pub mod webhook;
 
 pub use ids::{ApiKeyId, NotificationId, TenantId};
 pub use notification::{Channel, Content, NewNotification, Priority};

@@ -1,8 +1,5 @@
-//! The two things a person types about a tenant, each with one rule applied everywhere (the
-//! CLI, the configuration, the store): its name and its callback signing secret.
-
-use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+//! A tenant's name, with one rule applied everywhere (the CLI, the API's `tenant` filter). Its
+//! callback signing secret follows the rule of `domain::webhook`.
 
 /// A tenant name: 1 to 100 characters, letters, digits, `-`, `_` and `.`, starting with a
 /// letter or a digit (it appears in logs, URLs of tools and shell commands unquoted).
@@ -19,23 +16,6 @@ pub fn check_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// The HMAC key of a Standard Webhooks secret: `whsec_` and the base64 (padded or not) of 24
-/// to 64 random bytes, as the Standard Webhooks libraries generate and expect them.
-pub fn signing_key(secret: &str) -> Result<Vec<u8>, String> {
-    let bad =
-        || "must be a Standard Webhooks secret: whsec_ followed by the base64 of 24 to 64 random bytes".to_owned();
-    let b64 = secret.strip_prefix("whsec_").ok_or_else(bad)?;
-    let key = STANDARD.decode(b64).or_else(|_| STANDARD_NO_PAD.decode(b64.trim_end_matches('='))).map_err(|_| bad())?;
-    if (24..=64).contains(&key.len()) { Ok(key) } else { Err(bad()) }
-}
-
-/// A new signing secret: 32 random bytes.
-pub fn new_signing_secret() -> String {
-    let mut key = [0u8; 32];
-    rand::RngCore::fill_bytes(&mut rand::rng(), &mut key);
-    format!("whsec_{}", STANDARD.encode(key))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,25 +27,6 @@ mod tests {
         }
         for bad in ["", "bad tenant!", "-acme", ".hidden", "a/b", "é", &"a".repeat(101)] {
             assert!(check_name(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn secrets() {
-        assert_eq!(signing_key("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").map(|k| k.len()), Ok(24));
-        assert_eq!(signing_key("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD==").map(|k| k.len()), Ok(24));
-        let fresh = new_signing_secret();
-        assert_eq!(signing_key(&fresh).map(|k| k.len()), Ok(32));
-        assert_ne!(fresh, new_signing_secret());
-        for bad in [
-            "notwhsec",
-            "C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
-            "whsec_",
-            "whsec_***",
-            "whsec_notbase64!!",
-            "whsec_c2hvcnQ=",
-        ] {
-            assert!(signing_key(bad).is_err(), "{bad}");
         }
     }
 }

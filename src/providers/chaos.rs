@@ -108,6 +108,8 @@ mod tests {
             attempt: 1,
             priority: crate::domain::Priority::Normal,
             expires_at: None,
+            metadata: serde_json::json!({}),
+            tags: Vec::new(),
         };
         let mut failures = 0;
         for _ in 0..1000 {

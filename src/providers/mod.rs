@@ -19,6 +19,7 @@ pub mod smtp;
 pub mod twilio;
 pub mod vonage;
 pub mod web_push;
+pub mod webhook;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -45,6 +46,9 @@ pub struct OutboundMessage {
     pub priority: Priority,
     /// Push adapters map this to the platform's expiry (APNs `apns-expiration`, Web Push `TTL`).
     pub expires_at: Option<OffsetDateTime>,
+    /// The caller's `metadata` and `tags`, for providers that pass them on (`webhook`).
+    pub metadata: Value,
+    pub tags: Vec<String>,
 }
 
 /// A provider accepted the message.
@@ -254,6 +258,7 @@ fn build(
         ProviderKind::Fcm => Arc::new(fcm::Fcm::new(name, cfg, c)?),
         ProviderKind::Apns => Arc::new(apns::Apns::new(name, cfg)?),
         ProviderKind::WebPush => Arc::new(web_push::WebPush::new(name, cfg, c)?),
+        ProviderKind::Webhook => Arc::new(webhook::Webhook::new(name, cfg, c)?),
         ProviderKind::Chaos => Arc::new(chaos::Chaos::new(name, cfg)),
     })
 }

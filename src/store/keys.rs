@@ -116,7 +116,7 @@ pub async fn create_tenant_for(
     name: &str,
     shared_secret: bool,
 ) -> StoreResult<Option<String>> {
-    let secret = (!shared_secret).then(crate::domain::tenant::new_signing_secret);
+    let secret = (!shared_secret).then(crate::domain::webhook::new_signing_secret);
     let created = create_tenant(conn, name, secret.as_deref()).await?;
     Ok(secret.filter(|_| created))
 }

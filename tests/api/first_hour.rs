@@ -87,13 +87,14 @@ async fn a_callback_that_cannot_be_signed_is_refused_at_request_time() {
 
     // A tenant with a secret of its own, or a shared secret, can call back.
     let mut conn = t.pool().acquire().await.expect("conn");
-    let secret = herald::domain::tenant::new_signing_secret();
+    let secret = herald::domain::webhook::new_signing_secret();
     herald::store::keys::create_tenant(&mut conn, "globex", Some(&secret)).await.expect("tenant");
     let globex = t.key("globex", SEND_READ).await;
     assert_eq!(t.post(&globex, body.clone()).await.status, StatusCode::ACCEPTED);
-    let shared =
-        TestApp::spawn_with(|s| s.callbacks.signing_secret = Secret::new(herald::domain::tenant::new_signing_secret()))
-            .await;
+    let shared = TestApp::spawn_with(|s| {
+        s.callbacks.signing_secret = Secret::new(herald::domain::webhook::new_signing_secret())
+    })
+    .await;
     let k = shared.key("acme", SEND_READ).await;
     assert_eq!(shared.post(&k, body).await.status, StatusCode::ACCEPTED);
 }

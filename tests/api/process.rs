@@ -250,7 +250,7 @@ async fn each_tenant_gets_its_own_callback_secret_shown_once_and_rotatable() {
     let t = TestApp::spawn().await;
     let out = cli(&t, &[], &["keys", "create", "--tenant", "acme", "--scopes", "send,read"]).await;
     let secret = out.iter().find(|l| l.starts_with("whsec_")).expect("a secret is shown").clone();
-    assert!(herald::domain::tenant::signing_key(&secret).is_ok_and(|k| k.len() == 32), "{secret}");
+    assert!(herald::domain::webhook::signing_key(&secret).is_ok_and(|k| k.len() == 32), "{secret}");
     assert!(out.last().expect("line").starts_with("hrld_"), "the key stays the last line: {out:?}");
     assert_eq!(tenant_secret(&t, "acme").await.as_deref(), Some(secret.as_str()));
 

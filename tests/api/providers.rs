@@ -383,3 +383,72 @@ async fn an_over_long_provider_answer_fails_the_attempt() {
     let error = n["events"][1]["detail"]["error"].as_str().unwrap_or_default();
     assert!(error.contains("over 64 KiB"), "{n}");
 }
+
+/// The `webhook` provider: any channel, to an endpoint of the operator's, as a signed
+/// Standard Webhook with the same `webhook-id` on every attempt; 2xx sent, 503 retried,
+/// 400 failed.
+#[tokio::test]
+async fn the_webhook_provider_posts_signed_messages_to_the_operators_endpoint() {
+    let fake = FakeHttp::receiver().await;
+    let secret = herald::domain::webhook::new_signing_secret();
+    let (url, key_secret) = (format!("{}/gateway/notify", fake.origin), secret.clone());
+    let t = TestApp::spawn_with(move |s| {
+        let mut p = ProviderSettings::new(ProviderKind::Webhook);
+        p.url = Some(url);
+        p.signing_secret = Some(Secret::new(key_secret));
+        route(s, "sms", vec![("gateway", p)]);
+    })
+    .await;
+    let key = t.key("acme", SEND_READ).await;
+    fake.plan(vec![
+        (503, vec![("retry-after", "0".into())], "busy".into()),
+        (200, vec![("content-type", "application/json".into())], r#"{"id": "gw-17"}"#.into()),
+    ]);
+    let mut body = sms("+14155550100");
+    body["metadata"] = json!({"order": "A-17"});
+    body["tags"] = json!(["otp"]);
+    let n = send_and_dispatch(&t, &key, body).await;
+    assert_eq!(
+        (&n["status"], &n["provider"], &n["provider_message_id"]),
+        (&json!("sent"), &json!("gateway"), &json!("gw-17")),
+        "{n}"
+    );
+    let reqs = fake.requests();
+    assert_eq!(reqs.len(), 2, "retried once after the 503");
+    assert_eq!(reqs[0].path, "/gateway/notify");
+    assert_eq!(reqs[0].headers["webhook-id"], reqs[1].headers["webhook-id"], "the same id on every attempt");
+    for r in &reqs {
+        assert!(crate::receipts::verify_with(&secret, &r.headers, &r.body), "signed with signing_secret");
+    }
+    let b = reqs[1].json();
+    assert_eq!(b["id"], n["id"]);
+    assert_eq!(
+        (&b["channel"], &b["to"], &b["content"]["text"], &b["metadata"]["order"], &b["tags"][0]),
+        (&json!("sms"), &json!("+14155550100"), &json!("Your code is 123456"), &json!("A-17"), &json!("otp"))
+    );
+
+    // A 4xx is the receiver's final word.
+    fake.plan(vec![(400, vec![], "unknown number".into())]);
+    let n = send_and_dispatch(&t, &key, sms("+14155550199")).await;
+    assert_eq!(n["status"], "failed", "{n}");
+    assert!(n["error"].as_str().is_some_and(|e| e.contains("webhook 400")), "{n}");
+}
+
+/// Its configuration is checked like every other kind's, naming the key.
+#[test]
+fn a_webhook_provider_needs_a_url_and_a_real_signing_secret() {
+    let base = "[channels.sms]\nproviders = [\"gw\"]\n[providers.gw]\nkind = \"webhook\"\n";
+    let load = |extra: &str| {
+        let fig = Settings::figment(None)
+            .merge(<figment::providers::Toml as figment::providers::Format>::string(&format!("{base}{extra}")));
+        Settings::from_figment(fig).map(|_| ()).map_err(|e| e.to_string())
+    };
+    let secret = herald::domain::webhook::new_signing_secret();
+    assert!(load(&format!("url = \"http://10.0.0.7:9000/notify\"\nsigning_secret = \"{secret}\"\n")).is_ok());
+    let e = load(&format!("signing_secret = \"{secret}\"\n")).expect_err("no url");
+    assert!(e.contains("providers.gw.url"), "{e}");
+    let e = load("url = \"http://gw/notify\"\nsigning_secret = \"notwhsec\"\n").expect_err("bad secret");
+    assert!(e.contains("providers.gw.signing_secret") && e.contains("whsec_"), "{e}");
+    let e = load(&format!("url = \"ftp://gw/notify\"\nsigning_secret = \"{secret}\"\n")).expect_err("bad url");
+    assert!(e.contains("providers.gw.url"), "{e}");
+}

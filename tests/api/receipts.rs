@@ -758,7 +758,7 @@ async fn a_twilio_receipt_that_beats_the_record_of_its_send_is_applied_by_it() {
 /// no tenant can forge another's.
 #[tokio::test]
 async fn each_tenant_signs_its_callbacks_with_its_own_secret() {
-    use herald::domain::tenant::new_signing_secret as new_secret;
+    use herald::domain::webhook::new_signing_secret as new_secret;
     let receiver = FakeHttp::receiver().await;
     let t = TestApp::spawn().await; // no shared callbacks.signing_secret
     let mut secrets = Vec::new();

@@ -82,6 +82,8 @@ pub struct ClaimedJob {
     pub priority: Priority,
     /// The recipient is on the tenant's suppression list: do not send.
     pub suppressed: bool,
+    pub metadata: Value,
+    pub tags: Vec<String>,
     /// When the lease ends (see `Lease::until`).
     pub leased_until: Instant,
 }
@@ -200,10 +202,12 @@ pub async fn claim(
              UPDATE notifications n
              SET status = 'sending', next_attempt_at = NULL, updated_at = now()
              WHERE n.id = ANY(ARRAY(SELECT notification_id FROM claimed WHERE kind = 'send')) AND n.status = ANY($8)
-             RETURNING n.id, n.tenant_id, n.channel, n.recipient, n.recipient_key, n.content, n.expires_at, n.priority
+             RETURNING n.id, n.tenant_id, n.channel, n.recipient, n.recipient_key, n.content, n.expires_at, n.priority,
+                       n.metadata, n.tags
          )
          SELECT c.id AS job_id, c.kind, c.lease_token, c.attempt, c.max_attempts, c.route_index, c.payload,
                 c.notification_id, m.tenant_id, m.channel, m.recipient, m.content, m.expires_at, m.priority,
+                m.metadata, m.tags,
                 EXISTS (SELECT 1 FROM suppressions s
                         WHERE s.tenant_id = m.tenant_id AND s.channel = m.channel AND s.recipient = m.recipient_key)
                     AS suppressed
@@ -253,6 +257,8 @@ pub async fn claim(
                 expires_at: r.try_get("expires_at")?,
                 priority: Priority::parse(&priority).ok_or_else(|| StoreError::Corrupt(priority.clone()))?,
                 suppressed: r.try_get("suppressed")?,
+                metadata: r.try_get("metadata")?,
+                tags: r.try_get("tags")?,
                 leased_until,
             }))
         })

@@ -2,6 +2,7 @@
 //! retry policy. Nothing here knows about HTTP or SQL; `http` parses requests into these types
 //! and `store` persists them.
 
+pub mod channel;
 pub mod ids;
 pub mod notification;
 pub mod recipient;
@@ -11,7 +12,8 @@ pub mod tenant;
 pub mod webhook;
 
 pub use ids::{ApiKeyId, NotificationId, TenantId};
-pub use notification::{Channel, Content, NewNotification, Priority};
+pub use channel::Channel;
+pub use notification::{Content, NewNotification, Priority};
 pub use recipient::Recipient;
 pub use status::Status;
 

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use url::Url;
 
-use super::notification::Channel;
+use super::channel::Channel;
 
 /// An email address (`local@domain`), lower-cased in the domain part.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

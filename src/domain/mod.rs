@@ -11,8 +11,8 @@ pub mod status;
 pub mod tenant;
 pub mod webhook;
 
-pub use ids::{ApiKeyId, NotificationId, TenantId};
 pub use channel::Channel;
+pub use ids::{ApiKeyId, NotificationId, TenantId};
 pub use notification::{Content, NewNotification, Priority};
 pub use recipient::Recipient;
 pub use status::Status;

@@ -8,8 +8,8 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::channel::Channel;
 use super::FieldError;
+use super::channel::Channel;
 use super::recipient::{EmailAddress, Recipient, check_endpoint};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,205 @@
+//! The send path of one claimed job, in phases: `prepare` (may it be sent at all, and to
+//! which providers), choose a route (failover order, circuit breakers), take a turn (pacing, a
+//! send slot; a stopping dispatcher gives the job back here), call the provider within the
+//! budget, and record the outcome (`record`).
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use tokio::time::Instant;
+use tracing::{Instrument, error, info, info_span};
+
+use super::record::{fenced, unrecorded};
+use super::{Attempt, Dispatcher, Outcome, SEND_BUDGET_OF_LEASE};
+use crate::domain::{Content, Recipient, Status};
+use crate::providers::resilience::{Admit, Health};
+use crate::providers::{OutboundMessage, ProviderError, Registry, Route};
+use crate::store::tracking::{self, Applied, ClaimedJob, Completion};
+
+/// The end of a job that `prepare` decided without calling a provider.
+struct End {
+    status: Status,
+    event: &'static str,
+    error: String,
+    detail: Value,
+}
+
+/// Whether a claimed job may be sent, and to which providers (in failover order): not when it
+/// expired, exhausted its attempts through lost leases, is suppressed, cannot be read back, or
+/// no provider takes its recipient.
+fn prepare(job: &ClaimedJob, registry: &Registry) -> Result<(OutboundMessage, Vec<Arc<Route>>), End> {
+    let end = |status, event, error: String, detail| Err(End { status, event, error, detail });
+    let attempt = json!({"attempt": job.attempt});
+    if job.expires_at.is_some_and(|t| t <= OffsetDateTime::now_utc()) {
+        return end(Status::Expired, "expired", "expired before it could be sent".into(), json!({}));
+    }
+    if job.attempt > job.max_attempts {
+        // Only reachable through lease rescues: the worker keeps dying on this message.
+        let msg = format!("attempts exhausted ({} of {}) after lost leases", job.attempt - 1, job.max_attempts);
+        return end(Status::Failed, "attempt", msg, attempt);
+    }
+    if job.suppressed {
+        return end(Status::Suppressed, "suppressed", "the recipient is on the suppression list".into(), json!({}));
+    }
+    let message = match outbound(job) {
+        Ok(m) => m,
+        Err(e) => return end(Status::Failed, "attempt", e, attempt),
+    };
+    let candidates = registry.candidates(job.channel, &message.to);
+    if candidates.is_empty() {
+        let msg = format!("no provider configured for channel {} can deliver to this recipient", job.channel);
+        return end(Status::Failed, "attempt", msg, attempt);
+    }
+    Ok((message, candidates))
+}
+
+impl Dispatcher {
+    /// One job: decide, send, record. Never panics out: a panic in a provider is caught and the
+    /// job is retried like a transient failure.
+    pub(super) async fn process(&self, job: ClaimedJob, deadline: Option<Instant>) -> Outcome {
+        let span = info_span!("dispatch", notification.id = %job.notification_id, attempt = job.attempt, channel = %job.channel);
+        let lease = job.lease();
+        let attempt = job.attempt;
+        let max_attempts = job.max_attempts;
+        let route_index = job.route_index;
+        let result = AssertUnwindSafe(self.process_inner(job, deadline).instrument(span.clone())).catch_unwind().await;
+        match result {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                error!(parent: &span, "send panicked; retrying the job");
+                let failure = ProviderError::Transient("internal error: the send panicked".into());
+                let at = Attempt { lease, number: attempt, max: max_attempts, expires_at: None };
+                self.record_failure(at, None, route_index, &failure).instrument(span).await
+            }
+        }
+    }
+
+    async fn process_inner(&self, job: ClaimedJob, deadline: Option<Instant>) -> Outcome {
+        let started = Instant::now();
+        let lease = job.lease();
+        let (message, candidates) = match prepare(&job, &self.inner.registry) {
+            Ok(ready) => ready,
+            Err(End { status, event, error, detail }) => {
+                return self.finish(lease, status, event, None, &error, detail).await;
+            }
+        };
+
+        // Failover order starts at the job's route index; providers with an open circuit are
+        // skipped. When every one is open, the job waits for the first to half-open.
+        let n = candidates.len();
+        let start = usize::try_from(job.route_index).unwrap_or(0) % n;
+        let mut soonest: Option<Duration> = None;
+        let chosen = (0..n).map(|i| (start + i) % n).find(|&i| match candidates[i].breaker.admit() {
+            Admit::Yes => true,
+            Admit::No(wait) => {
+                soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
+                false
+            }
+        });
+        let Some(index) = chosen else {
+            let wait = soonest.unwrap_or(Duration::from_secs(1));
+            let reason = format!("every provider for {} has an open circuit; waiting", job.channel);
+            return self.put_back(lease, wait, &reason).await;
+        };
+        let route = &candidates[index];
+        let provider = &route.provider;
+
+        // Sends are bounded well inside the lease (so nobody rescues a live send) and, in
+        // Lambda, by the time left before the deadline. Pacing may use part of that budget;
+        // a job that cannot get its turn in time is put back, not failed.
+        let mut budget_end = started + self.inner.settings.lease().mul_f64(SEND_BUDGET_OF_LEASE);
+        if let Some(d) = deadline {
+            budget_end = budget_end.min(d);
+        }
+        // Until the provider is called, a stopping dispatcher gives the job back at once (no
+        // attempt counted) rather than leaving it leased until a rescue.
+        let stopping = self.inner.stopping.cancelled();
+        let waits = async {
+            let paced = if route.pacer.is_limited() {
+                let pace_budget = budget_end.saturating_duration_since(Instant::now()) / 2;
+                match route.pacer.acquire(pace_budget).await {
+                    Some(p) => Some(p),
+                    None => return Err(format!("provider {} is at its pacing limit; waiting", provider.name())),
+                }
+            } else {
+                None
+            };
+            // `dispatch.concurrency` bounds the provider calls in flight; waiting for a turn
+            // counts against the send's budget like pacing does.
+            let sending = self.inner.sends.acquire().await.map_err(|_| "the dispatcher is stopping".to_owned())?;
+            Ok((paced, sending))
+        };
+        let (_paced, _sending) = tokio::select! {
+            biased;
+            _ = stopping => return self.put_back(lease, Duration::ZERO, "the dispatcher is stopping").await,
+            turn = waits => match turn {
+                Ok(permits) => permits,
+                Err(reason) => return self.put_back(lease, Duration::ZERO, &reason).await,
+            },
+        };
+        let limit = provider.timeout().min(budget_end.saturating_duration_since(Instant::now()));
+        let result = match tokio::time::timeout(limit, provider.send(&message)).await {
+            Ok(r) => r,
+            Err(_) => Err(ProviderError::Transient(format!("timed out after {} ms", limit.as_millis()))),
+        };
+        drop((_paced, _sending));
+        route.breaker.record(match &result {
+            Ok(_) => Health::Answered,
+            Err(e) => e.health(),
+        });
+        match result {
+            Ok(accepted) => {
+                let mut detail = accepted.detail;
+                detail.insert("attempt".into(), json!(job.attempt));
+                if let Some(id) = &accepted.provider_message_id {
+                    detail.insert("provider_message_id".into(), json!(id));
+                }
+                let outcome = tracking::Outcome::Sent {
+                    provider: provider.name().to_owned(),
+                    provider_message_id: accepted.provider_message_id,
+                };
+                let res = self.complete(Completion { lease, outcome, detail: Value::Object(detail) }).await;
+                match res {
+                    Ok(Applied::Yes) => {
+                        info!(provider = provider.name(), "sent");
+                        Outcome::Sent
+                    }
+                    Ok(Applied::Fenced) => fenced(),
+                    Err(e) => unrecorded(&e),
+                }
+            }
+            Err(failure) => {
+                if let ProviderError::RecipientInvalid(reason) = &failure {
+                    self.suppress(&job, &message.to.key(), reason, provider.name()).await;
+                }
+                // A transient failure moves the next attempt to the next provider in the list.
+                let next_route = i32::try_from((index + 1) % n).unwrap_or(0);
+                let attempt = Attempt { lease, number: job.attempt, max: job.max_attempts, expires_at: job.expires_at };
+                self.record_failure(attempt, Some(provider.name()), next_route, &failure).await
+            }
+        }
+    }
+}
+
+/// Rebuild the message from what was stored at acceptance (and validated then).
+fn outbound(job: &ClaimedJob) -> Result<OutboundMessage, String> {
+    let to =
+        Recipient::parse(job.channel, &job.to, true).map_err(|(_, d)| format!("stored recipient unreadable: {d}"))?;
+    let content = Content::from_stored(job.channel, job.content.clone())
+        .map_err(|e| format!("stored content unreadable: {e}"))?;
+    Ok(OutboundMessage {
+        id: job.notification_id,
+        channel: job.channel,
+        to,
+        content,
+        attempt: u32::try_from(job.attempt).unwrap_or(1),
+        priority: job.priority,
+        expires_at: job.expires_at,
+        metadata: job.metadata.clone(),
+        tags: job.tags.clone(),
+    })
+}

@@ -21,6 +21,20 @@ use crate::store::notifications;
 use crate::store::tracking::{self, Applied, ClaimedCallback, Lease};
 use crate::views::NotificationView;
 
+/// What one callback request came to.
+enum Delivery {
+    /// The receiver answered (any status).
+    Answered { url: String, status: u16, retry_after: Option<Duration> },
+    /// No answer could be had; `permanent` when trying again cannot help.
+    Failed { url: String, error: String, permanent: bool },
+}
+
+impl Delivery {
+    fn failed(url: &str, error: impl Into<String>, permanent: bool) -> Delivery {
+        Delivery::Failed { url: url.to_owned(), error: error.into(), permanent }
+    }
+}
+
 impl Dispatcher {
     /// Deliver one status callback. Success and failures are both recorded in the timeline.
     pub(super) async fn deliver_callback(&self, cb: ClaimedCallback, deadline: Option<Instant>) -> Outcome {
@@ -28,17 +42,17 @@ impl Dispatcher {
         let cfg = &self.inner.callbacks;
         let attempt = cb.attempt;
         let event_type = cb.event["type"].as_str().unwrap_or("notification.updated").to_owned();
-        let (result, url) = match self.send_callback(&cb, deadline).await {
-            Ok((url, status, _)) if (200..300).contains(&status) => {
+        let (url, status, error, retry_after, permanent) = match self.send_callback(&cb, deadline).await {
+            Delivery::Answered { url, status, .. } if (200..300).contains(&status) => {
                 let detail = json!({"url": url, "response_status": status, "attempt": attempt, "event": event_type});
                 return self.callback_recorded(lease, None, detail, Outcome::CallbackDelivered).await;
             }
-            Ok((url, status, retry_after)) => {
-                ((Some(status), format!("answered {status}"), retry_after, status == 410), url)
+            // 410 Gone: the receiver says never again.
+            Delivery::Answered { url, status, retry_after } => {
+                (url, Some(status), format!("answered {status}"), retry_after, status == 410)
             }
-            Err((url, e, permanent)) => ((None, e, None, permanent), url),
+            Delivery::Failed { url, error, permanent } => (url, None, error, None, permanent),
         };
-        let (status, error, retry_after, permanent) = result;
         let mut detail = json!({"url": url, "attempt": attempt, "event": event_type, "error": error});
         if let Some(st) = status {
             detail["response_status"] = json!(st);
@@ -82,35 +96,33 @@ impl Dispatcher {
         }
     }
 
-    /// POST the event; `Ok((url, status, retry_after))` for any HTTP answer, `Err((url, error,
-    /// permanent))` when none could be had.
-    async fn send_callback(
-        &self,
-        cb: &ClaimedCallback,
-        deadline: Option<Instant>,
-    ) -> Result<(String, u16, Option<Duration>), (String, String, bool)> {
+    /// POST the event.
+    async fn send_callback(&self, cb: &ClaimedCallback, deadline: Option<Instant>) -> Delivery {
         let cfg = &self.inner.callbacks;
-        let mut conn = self.inner.pool.acquire().await.map_err(|e| (String::new(), e.to_string(), false))?;
-        let Some((url, tenant_secret)) = tracking::callback_target(&mut conn, cb.notification_id)
-            .await
-            .map_err(|e| (String::new(), e.to_string(), false))?
-        else {
-            return Err((String::new(), "the notification has no callback URL any more".into(), true));
+        let target = async {
+            let mut conn = self.inner.pool.acquire().await?;
+            let Some((url, secret)) = tracking::callback_target(&mut conn, cb.notification_id).await? else {
+                return Ok(None);
+            };
+            let record = notifications::get(&mut conn, cb.notification_id, None).await?;
+            Ok::<_, crate::store::StoreError>(Some((url, secret, record)))
         };
-        let record = notifications::get(&mut conn, cb.notification_id, None)
-            .await
-            .map_err(|e| (url.clone(), e.to_string(), false))?
-            .ok_or_else(|| (url.clone(), "the notification is gone".to_string(), true))?;
-        drop(conn);
+        let (url, tenant_secret, record) = match target.await {
+            Ok(Some((url, secret, Some(record)))) => (url, secret, record),
+            Ok(Some((url, ..))) => return Delivery::failed(&url, "the notification is gone", true),
+            Ok(None) => return Delivery::failed("", "the notification has no callback URL any more", true),
+            Err(e) => return Delivery::failed("", e.to_string(), false),
+        };
         let secret = tenant_secret.unwrap_or_else(|| cfg.signing_secret.expose().to_owned());
         let Ok(key) = webhook::signing_key(&secret) else {
-            return Err((
-                url,
-                "no signing secret: set callbacks.signing_secret or `herald tenants set --signing-secret`".into(),
-                true,
-            ));
+            let why =
+                "no signing secret: set callbacks.signing_secret or `herald tenants set T --rotate-signing-secret`";
+            return Delivery::failed(&url, why, true);
         };
-        let parsed = check_endpoint(&url, cfg.allow_private_networks).map_err(|e| (url.clone(), e, true))?;
+        let parsed = match check_endpoint(&url, cfg.allow_private_networks) {
+            Ok(u) => u,
+            Err(e) => return Delivery::failed(&url, e, true),
+        };
 
         // The data is the notification as the API returns it (without events), with the
         // status this event announces; `timestamp` orders events of one notification.
@@ -126,9 +138,9 @@ impl Dispatcher {
             timeout = timeout.min(d.saturating_duration_since(Instant::now()));
         }
         let Ok(_sending) = self.inner.sends.acquire().await else {
-            return Err((url, "the dispatcher is stopping".into(), false));
+            return Delivery::failed(&url, "the dispatcher is stopping", false);
         };
-        let resp = self
+        let sent = self
             .inner
             .http
             .post(parsed.as_str())
@@ -139,13 +151,17 @@ impl Dispatcher {
             .body(body)
             .timeout(timeout)
             .send()
-            .await
-            .map_err(|e| match public_net::refusal(&e) {
-                // Not tried, so nothing about the address is learnt: refused, for good.
-                Some(refused) => (url.clone(), refused.to_string(), true),
-                None => (url.clone(), format!("no answer: {}", e.without_url()), false),
-            })?;
-        let retry_after = crate::providers::http::retry_after(resp.headers());
-        Ok((url, resp.status().as_u16(), retry_after))
+            .await;
+        match sent {
+            Ok(resp) => {
+                let retry_after = crate::providers::http::retry_after(resp.headers());
+                Delivery::Answered { url, status: resp.status().as_u16(), retry_after }
+            }
+            // Not tried, so nothing about the address is learnt: refused, for good.
+            Err(e) => match public_net::refusal(&e) {
+                Some(refused) => Delivery::failed(&url, refused.to_string(), true),
+                None => Delivery::failed(&url, format!("no answer: {}", e.without_url()), false),
+            },
+        }
     }
 }

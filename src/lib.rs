@@ -1,6 +1,10 @@
 //! Herald: a notification service. HTTP in (`http`), PostgreSQL queue (`store`), dispatch
 //! (`dispatch`) through provider adapters (`providers`). See `app` for how they are wired.
 
+// `pub` only where it is reachable from outside the crate; what is not says `pub(crate)` or
+// less, so that a reader sees at once what is the crate's interface.
+#![warn(unreachable_pub)]
+
 pub mod app;
 pub mod batching;
 pub mod config;

@@ -187,8 +187,8 @@ impl Dispatcher {
 
 /// Rebuild the message from what was stored at acceptance (and validated then).
 fn outbound(job: &ClaimedJob) -> Result<OutboundMessage, String> {
-    let to =
-        Recipient::parse(job.channel, &job.to, true).map_err(|(_, d)| format!("stored recipient unreadable: {d}"))?;
+    let to = Recipient::parse(job.channel, &job.to, true)
+        .map_err(|e| format!("stored recipient unreadable: {}", e.detail))?;
     let content = Content::from_stored(job.channel, job.content.clone())
         .map_err(|e| format!("stored content unreadable: {e}"))?;
     Ok(OutboundMessage {

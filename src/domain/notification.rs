@@ -167,8 +167,8 @@ impl NewNotification {
             (None, Some(_)) => None,
             (Some(ch), Some(v)) => match Recipient::parse(ch, v, opts.allow_private_push) {
                 Ok(r) => Some(r),
-                Err((suffix, detail)) => {
-                    errs.add(format!("/to{suffix}"), detail);
+                Err(e) => {
+                    errs.add(format!("/to{}", e.pointer), e.detail);
                     None
                 }
             },

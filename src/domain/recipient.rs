@@ -94,14 +94,24 @@ pub enum Recipient {
     Push(PushTarget),
 }
 
-/// Parse problems, as (pointer suffix below `/to`, detail).
-pub type RecipientError = (String, String);
+/// A problem with a recipient: where below `/to` (empty for `to` itself) and what.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecipientError {
+    pub pointer: String,
+    pub detail: String,
+}
+
+impl RecipientError {
+    fn at(pointer: impl Into<String>, detail: impl Into<String>) -> Self {
+        RecipientError { pointer: pointer.into(), detail: detail.into() }
+    }
+}
 
 impl Recipient {
     /// Parse the request's `to` for `channel`. `allow_private` relaxes the Web Push endpoint rule
     /// (https, public host) for tests and private deployments.
     pub fn parse(channel: Channel, to: &Value, allow_private: bool) -> Result<Self, RecipientError> {
-        let whole = |d: String| (String::new(), d);
+        let whole = |d: String| RecipientError::at("", d);
         match channel {
             Channel::Email => {
                 let s = to.as_str().ok_or_else(|| whole("must be a string".into()))?;
@@ -189,9 +199,9 @@ fn parse_push(to: &Value, allow_private: bool) -> Result<PushTarget, RecipientEr
     let obj = to
         .as_object()
         .filter(|o| o.len() == 1)
-        .ok_or_else(|| (String::new(), r#"must be one of {"fcm": …}, {"apns": …}, {"web_push": …}"#.to_owned()))?;
-    let (kind, value) = obj.iter().next().ok_or_else(|| (String::new(), "empty".to_owned()))?;
-    let at = |p: &str, d: &str| (format!("/{kind}{p}"), d.to_owned());
+        .ok_or_else(|| RecipientError::at("", r#"must be one of {"fcm": …}, {"apns": …}, {"web_push": …}"#))?;
+    let (kind, value) = obj.iter().next().ok_or_else(|| RecipientError::at("", "empty"))?;
+    let at = |p: &str, d: &str| RecipientError::at(format!("/{kind}{p}"), d);
     match kind.as_str() {
         "fcm" => {
             let t = value.as_str().ok_or_else(|| at("", "must be a string"))?;
@@ -221,7 +231,7 @@ fn parse_push(to: &Value, allow_private: bool) -> Result<PushTarget, RecipientEr
             }
             Ok(PushTarget::WebPush(sub))
         }
-        _ => Err((String::new(), r#"must be one of {"fcm": …}, {"apns": …}, {"web_push": …}"#.to_owned())),
+        _ => Err(RecipientError::at("", r#"must be one of {"fcm": …}, {"apns": …}, {"web_push": …}"#)),
     }
 }
 
@@ -335,7 +345,7 @@ mod tests {
         let sub = |endpoint: &str| json!({"web_push": {"endpoint": endpoint, "keys": {"p256dh": key, "auth": auth}}});
         assert!(Recipient::parse(Channel::Push, &sub("https://push.example.net/x"), false).is_ok());
         let err = Recipient::parse(Channel::Push, &sub("http://127.0.0.1:9/x"), false).unwrap_err();
-        assert_eq!(err.0, "/web_push/endpoint");
+        assert_eq!(err.pointer, "/web_push/endpoint");
         assert!(Recipient::parse(Channel::Push, &sub("http://127.0.0.1:9/x"), true).is_ok());
         assert!(Recipient::parse(Channel::Push, &sub("https://10.0.0.8/x"), false).is_err());
     }

@@ -77,7 +77,7 @@ impl KeyCache {
     }
 }
 
-pub fn require(caller: &Caller, scope: Scope) -> Result<(), ApiError> {
+pub(super) fn require(caller: &Caller, scope: Scope) -> Result<(), ApiError> {
     if caller.has(scope) {
         Ok(())
     } else {

@@ -18,12 +18,12 @@ use crate::domain::FieldError;
 use crate::store::ingest::{self, Accepted, Submission};
 use crate::store::keys::{Caller, Scope};
 
-pub const MAX_ITEMS: usize = 1000;
+pub(super) const MAX_ITEMS: usize = 1000;
 /// The body limit of this route: 1,000 items of up to 16 KiB each (a long email is rarely more),
 /// or the server's own limit if that is larger.
-pub const MAX_BODY_BYTES: usize = MAX_ITEMS * 16 * 1024;
+pub(super) const MAX_BODY_BYTES: usize = MAX_ITEMS * 16 * 1024;
 
-pub async fn create(
+pub(super) async fn create(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,

@@ -9,12 +9,12 @@ use super::AppState;
 use super::problem::ApiError;
 use crate::store;
 
-pub async fn healthz() -> Json<Value> {
+pub(super) async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
 /// Ready when the database answers and every migration this binary knows has been applied.
-pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let unavailable = |detail: &str| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", "Not ready", detail);
     match store::migrations_current(&state.pool).await {
         Ok(true) => Ok(Json(json!({"status": "ready"}))),

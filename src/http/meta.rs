@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::problem::ApiError;
 
-pub async fn index() -> Json<Value> {
+pub(super) async fn index() -> Json<Value> {
     Json(json!({
         "name": "herald",
         "version": crate::VERSION,
@@ -27,14 +27,14 @@ pub async fn index() -> Json<Value> {
     }))
 }
 
-pub async fn version() -> Json<Value> {
+pub(super) async fn version() -> Json<Value> {
     let rev = (!crate::GIT_REV.is_empty()).then_some(crate::GIT_REV);
     Json(json!({"version": env!("CARGO_PKG_VERSION"), "git_revision": rev}))
 }
 
 /// Every problem type the API answers with: its `type` (`/problems/{kind}`), status, title,
 /// and what a client should do about it.
-pub const PROBLEMS: &[(&str, u16, &str, &str)] = &[
+pub(super) const PROBLEMS: &[(&str, u16, &str, &str)] = &[
     (
         "validation",
         422,
@@ -113,7 +113,7 @@ pub const PROBLEMS: &[(&str, u16, &str, &str)] = &[
     ("error", 400, "Request failed", "Another client error; `detail` says which."),
 ];
 
-pub async fn problem_page(Path(kind): Path<String>) -> Result<Html<String>, ApiError> {
+pub(super) async fn problem_page(Path(kind): Path<String>) -> Result<Html<String>, ApiError> {
     let (kind, status, title, text) = PROBLEMS
         .iter()
         .find(|(k, ..)| *k == kind)
@@ -143,7 +143,7 @@ fn code_spans(text: &str) -> String {
 /// Middleware: a body sent to the JSON API with a `Content-Type` other than JSON is a 415
 /// problem (a form post by `curl -d` without `-H 'Content-Type: application/json'` says
 /// so, rather than failing to parse). A body without any `Content-Type` is read as JSON.
-pub async fn json_only(req: Request, next: Next) -> Response {
+pub(super) async fn json_only(req: Request, next: Next) -> Response {
     let has_body = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH);
     if has_body
         && req.uri().path().starts_with("/v1/")

@@ -191,7 +191,7 @@ pub(super) fn key_conflict() -> ApiError {
     )
 }
 
-pub async fn create(
+pub(super) async fn create(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
@@ -241,7 +241,7 @@ async fn answer(state: &AppState, caller: &Caller, outcome: Accepted) -> Result<
     Ok(resp)
 }
 
-pub async fn get(
+pub(super) async fn get(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -252,7 +252,7 @@ pub async fn get(
 }
 
 #[derive(Serialize)]
-pub struct Page {
+pub(super) struct Page {
     items: Vec<NotificationView>,
     next_cursor: Option<String>,
 }
@@ -267,7 +267,7 @@ fn parse_time_param(params: &HashMap<String, String>, name: &str) -> Result<Opti
         .transpose()
 }
 
-pub async fn list(
+pub(super) async fn list(
     State(state): State<AppState>,
     caller: Caller,
     Query(params): Query<HashMap<String, String>>,
@@ -352,7 +352,7 @@ pub async fn list(
     Ok(Json(Page { items, next_cursor }))
 }
 
-pub async fn cancel(
+pub(super) async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,

@@ -22,7 +22,7 @@ use crate::store::keys::{Caller, Scope};
 use crate::store::suppressions::{self, Suppression};
 
 #[derive(Serialize)]
-pub struct SuppressionView {
+pub(super) struct SuppressionView {
     channel: Channel,
     recipient: String,
     reason: String,
@@ -47,7 +47,7 @@ fn channel_param(raw: &str) -> Result<Channel, ApiError> {
     Channel::parse(raw).ok_or_else(|| ApiError::not_found(format!("no channel {raw}")))
 }
 
-pub async fn list(
+pub(super) async fn list(
     State(state): State<AppState>,
     caller: Caller,
     Query(params): Query<HashMap<String, String>>,
@@ -89,7 +89,7 @@ pub async fn list(
     Ok(Json(serde_json::json!({"items": items, "next_cursor": next})))
 }
 
-pub async fn create(State(state): State<AppState>, caller: Caller, body: Bytes) -> Result<Response, ApiError> {
+pub(super) async fn create(State(state): State<AppState>, caller: Caller, body: Bytes) -> Result<Response, ApiError> {
     require(&caller, Scope::Send)?;
     let value: Value =
         serde_json::from_slice(&body).map_err(|e| ApiError::malformed(format!("the body is not valid JSON: {e}")))?;
@@ -134,7 +134,7 @@ pub async fn create(State(state): State<AppState>, caller: Caller, body: Bytes) 
     Ok((status, Json(SuppressionView::from(row))).into_response())
 }
 
-pub async fn delete(
+pub(super) async fn delete(
     State(state): State<AppState>,
     caller: Caller,
     Path((channel, recipient)): Path<(String, String)>,

@@ -17,7 +17,7 @@ use super::problem::ApiError;
 use crate::receipts::{Incoming, ReceiptContext, ReceiptError, Verified};
 use crate::store::receipts::{self as store, ReceiptOutcome};
 
-pub async fn receive(
+pub(super) async fn receive(
     State(state): State<AppState>,
     Path(name): Path<String>,
     method: Method,

@@ -165,7 +165,7 @@ mod tests {
         let throttled = r#"{"errors":[{"field":null,"message":"too many requests"}]}"#;
         // (status, body, headers, class)
         type Row<'a> = (u16, &'a str, &'a [(&'static str, &'a str)], &'a str);
-        let rows: [Row; 8] = [
+        let rows: [Row<'_>; 8] = [
             (400, bad_to, &[], "recipient_invalid"),
             (400, r#"{"errors":[{"message":"The subject is required.","field":"subject"}]}"#, &[], "permanent"),
             (413, "", &[], "permanent"),

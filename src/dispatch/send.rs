@@ -123,7 +123,7 @@ impl Dispatcher {
                 let pace_budget = budget_end.saturating_duration_since(Instant::now()) / 2;
                 match route.pacer.acquire(pace_budget).await {
                     Some(p) => Some(p),
-                    None => return Err(format!("provider {} is at its pacing limit; waiting", provider.name())),
+                    None => return Err(format!("provider {} is at its pacing limit; waiting", route.name.as_str())),
                 }
             } else {
                 None
@@ -141,7 +141,7 @@ impl Dispatcher {
                 Err(reason) => return self.put_back(lease, Duration::ZERO, &reason).await,
             },
         };
-        let limit = provider.timeout().min(budget_end.saturating_duration_since(Instant::now()));
+        let limit = route.timeout.min(budget_end.saturating_duration_since(Instant::now()));
         let result = match tokio::time::timeout(limit, provider.send(&message)).await {
             Ok(r) => r,
             Err(_) => Err(ProviderError::Transient(format!("timed out after {} ms", limit.as_millis()))),
@@ -159,13 +159,13 @@ impl Dispatcher {
                     detail.insert("provider_message_id".into(), json!(id));
                 }
                 let outcome = tracking::Outcome::Sent {
-                    provider: provider.name().to_owned(),
+                    provider: route.name.as_str().to_owned(),
                     provider_message_id: accepted.provider_message_id,
                 };
                 let res = self.complete(Completion { lease, outcome, detail: Value::Object(detail) }).await;
                 match res {
                     Ok(Applied::Yes) => {
-                        info!(provider = provider.name(), "sent");
+                        info!(provider = route.name.as_str(), "sent");
                         Outcome::Sent
                     }
                     Ok(Applied::Fenced) => fenced(),
@@ -174,12 +174,12 @@ impl Dispatcher {
             }
             Err(failure) => {
                 if let ProviderError::RecipientInvalid(reason) = &failure {
-                    self.suppress(&job, &message.to.key(), reason, provider.name()).await;
+                    self.suppress(&job, &message.to.key(), reason, route.name.as_str()).await;
                 }
                 // A transient failure moves the next attempt to the next provider in the list.
                 let next_route = i32::try_from((index + 1) % n).unwrap_or(0);
                 let attempt = Attempt { lease, number: job.attempt, max: job.max_attempts, expires_at: job.expires_at };
-                self.record_failure(attempt, Some(provider.name()), next_route, &failure).await
+                self.record_failure(attempt, Some(route.name.as_str()), next_route, &failure).await
             }
         }
     }

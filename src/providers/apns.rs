@@ -19,7 +19,6 @@ use crate::domain::{Priority, Recipient};
 const TOKEN_REUSE: Duration = Duration::from_secs(50 * 60);
 
 pub struct Apns {
-    name: String,
     client: reqwest::Client,
     origin: String,
     team_id: String,
@@ -31,7 +30,7 @@ pub struct Apns {
 }
 
 impl Apns {
-    pub fn new(name: &str, cfg: &ProviderSettings) -> Result<Self, String> {
+    pub fn new(cfg: &ProviderSettings) -> Result<Self, String> {
         let path = cfg.private_key_file.as_ref().ok_or("private_key_file is required")?;
         let pem = std::fs::read(path).map_err(|e| format!("private_key_file {}: {e}", path.display()))?;
         let key = EncodingKey::from_ec_pem(&pem).map_err(|e| format!("private_key_file: not a .p8 P-256 key: {e}"))?;
@@ -43,7 +42,6 @@ impl Apns {
             .build()
             .map_err(|e| e.to_string())?;
         Ok(Apns {
-            name: name.to_owned(),
             client,
             origin: cfg.origin(),
             team_id: cfg.team_id.clone().unwrap_or_default(),
@@ -94,14 +92,6 @@ impl Apns {
 
 #[async_trait]
 impl Provider for Apns {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
     fn accepts(&self, to: &Recipient) -> bool {
         matches!(to, Recipient::Push(PushTarget::Apns(_)))
     }

@@ -43,11 +43,7 @@ impl Chaos {
 
 #[async_trait]
 impl Provider for Chaos {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn timeout(&self) -> Duration {
+    fn send_timeout(&self, _configured: Duration) -> Duration {
         self.latency + Duration::from_millis(self.jitter_ms) + Duration::from_secs(5)
     }
 

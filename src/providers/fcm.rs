@@ -51,7 +51,6 @@ struct CachedToken {
 }
 
 pub struct Fcm {
-    name: String,
     client: reqwest::Client,
     url: String,
     account: ServiceAccount,
@@ -61,7 +60,7 @@ pub struct Fcm {
 }
 
 impl Fcm {
-    pub fn new(name: &str, cfg: &ProviderSettings, client: reqwest::Client) -> Result<Self, String> {
+    pub fn new(cfg: &ProviderSettings, client: reqwest::Client) -> Result<Self, String> {
         let raw =
             cfg.service_account_json.as_ref().ok_or("service_account_file or service_account_json is required")?;
         let account: ServiceAccount =
@@ -69,7 +68,6 @@ impl Fcm {
         let key = EncodingKey::from_rsa_pem(account.private_key.as_bytes())
             .map_err(|e| format!("service account private_key: {e}"))?;
         Ok(Fcm {
-            name: name.to_owned(),
             client,
             url: format!("{}/v1/projects/{}/messages:send", cfg.origin(), account.project_id),
             account,
@@ -141,12 +139,8 @@ impl Fcm {
 
 #[async_trait]
 impl Provider for Fcm {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn timeout(&self) -> Duration {
-        self.timeout * 2 // a token refresh and a send
+    fn send_timeout(&self, configured: Duration) -> Duration {
+        configured * 2 // a token refresh and a send
     }
 
     fn accepts(&self, to: &Recipient) -> bool {

@@ -23,11 +23,7 @@ impl LogProvider {
 
 #[async_trait]
 impl Provider for LogProvider {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn timeout(&self) -> Duration {
+    fn send_timeout(&self, _configured: Duration) -> Duration {
         self.latency + Duration::from_secs(5)
     }
 

@@ -110,10 +110,12 @@ impl ProviderError {
 
 #[async_trait]
 pub trait Provider: Send + Sync {
-    /// The configured name (`[providers.NAME]`).
-    fn name(&self) -> &str;
-    /// Longest a single send may take; the dispatcher also bounds it by the lease.
-    fn timeout(&self) -> Duration;
+    /// The longest one send may take, given `timeout_ms`: by default that; adapters that make
+    /// several round trips per send (or wait on purpose) take more. The dispatcher also bounds
+    /// it by the lease.
+    fn send_timeout(&self, configured: Duration) -> Duration {
+        configured
+    }
     /// Whether this provider can deliver to this recipient (push providers serve one kind of
     /// token each); email and SMS providers take every recipient of their channel.
     fn accepts(&self, _to: &Recipient) -> bool {
@@ -138,8 +140,12 @@ pub struct BuildError {
     pub message: String,
 }
 
-/// A provider with its circuit breaker and pacer.
+/// A provider with its configured name, send timeout, circuit breaker and pacer.
 pub struct Route {
+    /// `[providers.NAME]`.
+    pub name: String,
+    /// The longest one send may take (`Provider::send_timeout` of `timeout_ms`).
+    pub timeout: Duration,
     pub provider: Arc<dyn Provider>,
     pub breaker: Breaker,
     pub pacer: Pacer,
@@ -194,6 +200,8 @@ impl Registry {
             let provider =
                 build(name, cfg, client, base).map_err(|message| BuildError { name: name.clone(), message })?;
             let route = Route {
+                name: name.clone(),
+                timeout: provider.send_timeout(Duration::from_millis(cfg.timeout_ms)),
                 provider,
                 breaker: Breaker::new(name, cfg.breaker_failures, Duration::from_millis(cfg.breaker_cooldown_ms)),
                 pacer: Pacer::new(cfg.max_per_second, cfg.max_in_flight),
@@ -249,15 +257,15 @@ fn build(
     let c = client.clone();
     Ok(match cfg.kind {
         ProviderKind::Log => Arc::new(log::LogProvider::new(name, cfg)),
-        ProviderKind::Smtp => Arc::new(smtp::SmtpProvider::new(name, cfg)?),
+        ProviderKind::Smtp => Arc::new(smtp::SmtpProvider::new(cfg)?),
         ProviderKind::Sendgrid => Arc::new(sendgrid::SendGrid::new(name, cfg, c)?),
-        ProviderKind::Ses => Arc::new(ses::Ses::new(name, cfg, c)),
-        ProviderKind::Mailgun => Arc::new(mailgun::Mailgun::new(name, cfg, c)),
+        ProviderKind::Ses => Arc::new(ses::Ses::new(cfg, c)),
+        ProviderKind::Mailgun => Arc::new(mailgun::Mailgun::new(cfg, c)),
         ProviderKind::Twilio => Arc::new(twilio::Twilio::new(name, cfg, c, base)),
         ProviderKind::Vonage => Arc::new(vonage::Vonage::new(name, cfg, c, base)),
-        ProviderKind::Fcm => Arc::new(fcm::Fcm::new(name, cfg, c)?),
-        ProviderKind::Apns => Arc::new(apns::Apns::new(name, cfg)?),
-        ProviderKind::WebPush => Arc::new(web_push::WebPush::new(name, cfg, c)?),
+        ProviderKind::Fcm => Arc::new(fcm::Fcm::new(cfg, c)?),
+        ProviderKind::Apns => Arc::new(apns::Apns::new(cfg)?),
+        ProviderKind::WebPush => Arc::new(web_push::WebPush::new(cfg, c)?),
         ProviderKind::Webhook => Arc::new(webhook::Webhook::new(name, cfg, c)?),
         ProviderKind::Chaos => Arc::new(chaos::Chaos::new(name, cfg)),
     })

@@ -17,14 +17,12 @@ use crate::config::{ProviderSettings, SmtpTls};
 use crate::domain::{Content, Recipient};
 
 pub struct SmtpProvider {
-    name: String,
     from: Mailbox,
     transport: AsyncSmtpTransport<Tokio1Executor>,
-    timeout: Duration,
 }
 
 impl SmtpProvider {
-    pub fn new(name: &str, cfg: &ProviderSettings) -> Result<Self, String> {
+    pub fn new(cfg: &ProviderSettings) -> Result<Self, String> {
         let host = cfg.host.as_deref().unwrap_or_default();
         let builder = match cfg.tls {
             // Plaintext: only for local relays and test servers.
@@ -43,7 +41,7 @@ impl SmtpProvider {
             builder = builder.credentials(Credentials::new(user.clone(), password.expose().to_owned()));
         }
         let from: Mailbox = cfg.from.as_deref().unwrap_or_default().parse().map_err(|e| format!("from: {e}"))?;
-        Ok(Self { name: name.to_owned(), from, transport: builder.build(), timeout })
+        Ok(Self { from, transport: builder.build() })
     }
 
     fn build(&self, msg: &OutboundMessage) -> Result<(Message, String), ProviderError> {
@@ -90,13 +88,9 @@ impl SmtpProvider {
 
 #[async_trait]
 impl Provider for SmtpProvider {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn timeout(&self) -> Duration {
-        // Connect, greet, MAIL, RCPT, DATA: several round trips, each bounded by `timeout`.
-        self.timeout * 2
+    fn send_timeout(&self, configured: Duration) -> Duration {
+        // Connect, greet, MAIL, RCPT, DATA: several round trips, each bounded by `timeout_ms`.
+        configured * 2
     }
 
     async fn send(&self, msg: &OutboundMessage) -> Result<ProviderAccepted, ProviderError> {

@@ -28,7 +28,6 @@ const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
 const VAPID_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 
 pub struct WebPush {
-    name: String,
     client: reqwest::Client,
     vapid_key: EncodingKey,
     /// The VAPID public key, base64url uncompressed point: the `k=` of the header.
@@ -39,7 +38,7 @@ pub struct WebPush {
 }
 
 impl WebPush {
-    pub fn new(name: &str, cfg: &ProviderSettings, client: reqwest::Client) -> Result<Self, String> {
+    pub fn new(cfg: &ProviderSettings, client: reqwest::Client) -> Result<Self, String> {
         let raw = cfg.vapid_private_key.as_ref().ok_or("vapid_private_key is required")?;
         let bytes = URL_SAFE_NO_PAD
             .decode(raw.expose().trim().trim_end_matches('='))
@@ -51,7 +50,6 @@ impl WebPush {
         let public = secret.public_key();
         let vapid_public = URL_SAFE_NO_PAD.encode(p256::EncodedPoint::from(public).as_bytes());
         Ok(WebPush {
-            name: name.to_owned(),
             client,
             vapid_key,
             vapid_public,
@@ -74,14 +72,6 @@ impl WebPush {
 
 #[async_trait]
 impl Provider for WebPush {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
     fn accepts(&self, to: &Recipient) -> bool {
         matches!(to, Recipient::Push(PushTarget::WebPush(_)))
     }
@@ -210,7 +200,7 @@ mod tests {
         let mut cfg = ProviderSettings::new(crate::config::ProviderKind::WebPush);
         cfg.vapid_private_key = Some(crate::config::Secret::new("RS0WdYWWo1HajXg3NZR1olzCf31i-ZBGDkFyCs7j1jw"));
         cfg.vapid_subject = Some("mailto:ops@example.com".into());
-        let wp = WebPush::new("wp", &cfg, reqwest::Client::new()).expect("provider");
+        let wp = WebPush::new(&cfg, reqwest::Client::new()).expect("provider");
         let url = url::Url::parse("https://push.example.net:8443/sub/1").expect("url");
         let header = wp.vapid_header(&url.origin().ascii_serialization()).expect("header");
         let token = header.strip_prefix("vapid t=").and_then(|h| h.split(',').next()).expect("token");

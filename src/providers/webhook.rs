@@ -19,7 +19,6 @@ use crate::config::ProviderSettings;
 use crate::domain::webhook;
 
 pub struct Webhook {
-    name: String,
     client: reqwest::Client,
     url: String,
     key: Vec<u8>,
@@ -31,7 +30,6 @@ impl Webhook {
         let secret = cfg.signing_secret.as_ref().map(|s| s.expose()).unwrap_or_default();
         let key = webhook::signing_key(secret).map_err(|e| format!("providers.{name}.signing_secret: {e}"))?;
         Ok(Webhook {
-            name: name.to_owned(),
             client,
             url: cfg.url.clone().unwrap_or_default(),
             key,
@@ -42,14 +40,6 @@ impl Webhook {
 
 #[async_trait]
 impl Provider for Webhook {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
     async fn send(&self, msg: &OutboundMessage) -> Result<ProviderAccepted, ProviderError> {
         let body = json!({
             "id": msg.id,

@@ -14,7 +14,6 @@ use crate::providers::{OutboundMessage, Provider, ProviderAccepted, ProviderErro
 use crate::receipts::{Incoming, ReceiptContext, ReceiptError, Verified};
 
 pub struct Mailgun {
-    name: String,
     client: reqwest::Client,
     url: String,
     api_key: Secret,
@@ -25,9 +24,8 @@ pub struct Mailgun {
 }
 
 impl Mailgun {
-    pub fn new(name: &str, cfg: &ProviderSettings, client: reqwest::Client) -> Self {
+    pub fn new(cfg: &ProviderSettings, client: reqwest::Client) -> Self {
         Mailgun {
-            name: name.to_owned(),
             client,
             url: format!("{}/v3/{}/messages", cfg.origin(), cfg.domain.as_deref().unwrap_or_default()),
             api_key: cfg.api_key.clone().unwrap_or_default(),
@@ -65,14 +63,6 @@ impl Mailgun {
 
 #[async_trait]
 impl Provider for Mailgun {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
     async fn send(&self, msg: &OutboundMessage) -> Result<ProviderAccepted, ProviderError> {
         let form = self.form(msg)?;
         let req = self

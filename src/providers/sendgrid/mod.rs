@@ -16,7 +16,6 @@ use crate::providers::{OutboundMessage, Provider, ProviderAccepted, ProviderErro
 use crate::receipts::{Incoming, ReceiptContext, ReceiptError, Verified};
 
 pub struct SendGrid {
-    name: String,
     client: reqwest::Client,
     url: String,
     api_key: Secret,
@@ -35,7 +34,6 @@ impl SendGrid {
             None => None,
         };
         Ok(SendGrid {
-            name: name.to_owned(),
             client,
             url: format!("{}/v3/mail/send", cfg.origin()),
             api_key: cfg.api_key.clone().unwrap_or_default(),
@@ -80,14 +78,6 @@ impl SendGrid {
 
 #[async_trait]
 impl Provider for SendGrid {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
     async fn send(&self, msg: &OutboundMessage) -> Result<ProviderAccepted, ProviderError> {
         let body = self.body(msg)?;
         let req = self.client.post(&self.url).bearer_auth(self.api_key.expose()).json(&body).timeout(self.timeout);

@@ -18,7 +18,6 @@ use crate::providers::{OutboundMessage, Provider, ProviderAccepted, ProviderErro
 use crate::receipts::{Incoming, ReceiptContext, ReceiptError, Verified};
 
 pub struct Ses {
-    name: String,
     client: reqwest::Client,
     url: String,
     region: String,
@@ -33,9 +32,8 @@ pub struct Ses {
 }
 
 impl Ses {
-    pub fn new(name: &str, cfg: &ProviderSettings, client: reqwest::Client) -> Self {
+    pub fn new(cfg: &ProviderSettings, client: reqwest::Client) -> Self {
         Ses {
-            name: name.to_owned(),
             client,
             url: format!("{}/v2/email/outbound-emails", cfg.origin()),
             region: cfg.region.clone().unwrap_or_default(),
@@ -120,14 +118,6 @@ impl Ses {
 
 #[async_trait]
 impl Provider for Ses {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
     async fn send(&self, msg: &OutboundMessage) -> Result<ProviderAccepted, ProviderError> {
         let body = serde_json::to_vec(&self.body(msg)?).map_err(|e| ProviderError::Permanent(e.to_string()))?;
         let content_type = "application/json";
@@ -252,7 +242,7 @@ mod tests {
         cfg.region = Some("us-east-1".into());
         cfg.access_key_id = Some("AKIDEXAMPLE".into());
         cfg.secret_access_key = Some(Secret::new("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"));
-        let ses = Ses::new("ses", &cfg, reqwest::Client::new());
+        let ses = Ses::new(&cfg, reqwest::Client::new());
         let time = SystemTime::UNIX_EPOCH + Duration::from_secs(1_440_938_160); // 20150830T123600Z
         // The suite's service name is `service`; sign through the same aws-sigv4 call with it.
         let sign_as = |method: &str| {

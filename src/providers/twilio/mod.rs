@@ -15,7 +15,6 @@ use crate::providers::{OutboundMessage, Provider, ProviderAccepted, ProviderErro
 use crate::receipts::{Incoming, ReceiptContext, ReceiptError, Verified};
 
 pub struct Twilio {
-    name: String,
     client: reqwest::Client,
     url: String,
     account_sid: String,
@@ -30,7 +29,6 @@ impl Twilio {
     pub fn new(name: &str, cfg: &ProviderSettings, client: reqwest::Client, public_base_url: &str) -> Self {
         let sid = cfg.account_sid.clone().unwrap_or_default();
         Twilio {
-            name: name.to_owned(),
             client,
             url: format!("{}/2010-04-01/Accounts/{sid}/Messages.json", cfg.origin()),
             account_sid: sid,
@@ -62,14 +60,6 @@ impl Twilio {
 
 #[async_trait]
 impl Provider for Twilio {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
     async fn send(&self, msg: &OutboundMessage) -> Result<ProviderAccepted, ProviderError> {
         let form = self.form(msg)?;
         let req = self

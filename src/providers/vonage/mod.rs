@@ -15,7 +15,6 @@ use crate::providers::{OutboundMessage, Provider, ProviderAccepted, ProviderErro
 use crate::receipts::{Incoming, ReceiptContext, ReceiptError, Verified};
 
 pub struct Vonage {
-    name: String,
     client: reqwest::Client,
     url: String,
     api_key: String,
@@ -31,7 +30,6 @@ pub struct Vonage {
 impl Vonage {
     pub fn new(name: &str, cfg: &ProviderSettings, client: reqwest::Client, public_base_url: &str) -> Self {
         Vonage {
-            name: name.to_owned(),
             client,
             url: format!("{}/sms/json", cfg.origin()),
             api_key: cfg.api_key.as_ref().map(|k| k.expose().to_owned()).unwrap_or_default(),
@@ -69,14 +67,6 @@ impl Vonage {
 
 #[async_trait]
 impl Provider for Vonage {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
     async fn send(&self, msg: &OutboundMessage) -> Result<ProviderAccepted, ProviderError> {
         let form = self.form(msg)?;
         let reply = execute(self.client.post(&self.url).form(&form).timeout(self.timeout)).await?;

@@ -123,7 +123,7 @@ impl Provider for Apns {
             let reply = execute(req).await?;
             if reply.status.is_success() {
                 let id = reply.headers.get("apns-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
-                return Ok(ProviderAccepted { provider_message_id: id, detail: Default::default() });
+                return Ok(ProviderAccepted::with_id(id));
             }
             let reason = reason(&reply);
             if reason == "ExpiredProviderToken" && !retried_token {

@@ -59,6 +59,13 @@ pub struct ProviderAccepted {
     pub detail: serde_json::Map<String, Value>,
 }
 
+impl ProviderAccepted {
+    /// Accepted under the provider's message id, with nothing more to keep.
+    pub fn with_id(provider_message_id: Option<String>) -> Self {
+        ProviderAccepted { provider_message_id, detail: Default::default() }
+    }
+}
+
 /// Why a send did not go through, by what should happen next.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ProviderError {

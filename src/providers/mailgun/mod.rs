@@ -75,7 +75,7 @@ impl Provider for Mailgun {
         if reply.status.is_success() {
             // Events carry the Message-ID without angle brackets: store it that way.
             let id = reply.json()["id"].as_str().map(|s| s.trim_matches(['<', '>']).to_owned());
-            return Ok(ProviderAccepted { provider_message_id: id, detail: Default::default() });
+            return Ok(ProviderAccepted::with_id(id));
         }
         Err(classify(&reply))
     }

@@ -84,7 +84,7 @@ impl Provider for SendGrid {
         let reply = execute(req).await?;
         if reply.status.is_success() {
             let id = reply.headers.get("x-message-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
-            return Ok(ProviderAccepted { provider_message_id: id, detail: Default::default() });
+            return Ok(ProviderAccepted::with_id(id));
         }
         Err(classify(&reply))
     }

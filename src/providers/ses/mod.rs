@@ -131,7 +131,7 @@ impl Provider for Ses {
         let reply = execute(req).await?;
         if reply.status.is_success() {
             let id = reply.json()["MessageId"].as_str().map(str::to_owned);
-            return Ok(ProviderAccepted { provider_message_id: id, detail: Default::default() });
+            return Ok(ProviderAccepted::with_id(id));
         }
         Err(classify(&reply))
     }

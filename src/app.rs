@@ -25,8 +25,34 @@ pub enum AppError {
     Provider(#[from] BuildError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The database cannot be used: which server, database and role, and what to do.
     #[error("{0}")]
-    Other(String),
+    Database(String),
+    /// The API's address cannot be bound.
+    #[error("cannot listen on {addr} (server.listen): {source}{}", listen_hint(source))]
+    Listen { addr: String, source: std::io::Error },
+    /// A command-line argument or value is wrong; the message names it.
+    #[error("{0}")]
+    Usage(String),
+    /// `herald dev` could not find or start a PostgreSQL.
+    #[error("{0}")]
+    LocalPostgres(String),
+    /// The Lambda runtime failed or was misconfigured.
+    #[error("{0}")]
+    Lambda(String),
+    /// A task of the process stopped abnormally.
+    #[error("{0}")]
+    Task(String),
+}
+
+/// What to do about a taken address.
+fn listen_hint(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::AddrInUse {
+        "; another process listens there: pick another address with --listen 127.0.0.1:8081 \
+         (or server.listen, HERALD__SERVER__LISTEN), or stop the other process"
+    } else {
+        ""
+    }
 }
 
 impl From<sqlx::Error> for AppError {
@@ -99,15 +125,7 @@ impl App {
     /// Bind `server.listen`, saying what to do when the address is taken.
     pub async fn bind(&self) -> Result<tokio::net::TcpListener, AppError> {
         let addr = &self.settings.server.listen;
-        tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-            let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
-                "; another process listens there: pick another address with --listen 127.0.0.1:8081 \
-                 (or server.listen, HERALD__SERVER__LISTEN), or stop the other process"
-            } else {
-                ""
-            };
-            AppError::Other(format!("cannot listen on {addr} (server.listen): {e}{hint}"))
-        })
+        tokio::net::TcpListener::bind(addr).await.map_err(|source| AppError::Listen { addr: addr.clone(), source })
     }
 
     /// Check that the database answers, before doing anything with it: a failure names the
@@ -127,7 +145,7 @@ impl App {
             Err(_) => sqlx::Error::PoolTimedOut,
         };
         Err(match store::connect_problem(url, &e) {
-            Some(why) => AppError::Other(why),
+            Some(why) => AppError::Database(why),
             None => e.into(),
         })
     }
@@ -167,7 +185,7 @@ impl App {
             self.dispatcher().run(cancel.clone()).await;
         }
         if let Some(handle) = api {
-            handle.await.map_err(|e| AppError::Other(e.to_string()))??;
+            handle.await.map_err(|e| AppError::Task(format!("the API stopped: {e}")))??;
         }
         Ok(())
     }

@@ -98,7 +98,7 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Result<Cluster, AppError> {
-        let bin = find_pg_bin().ok_or_else(|| AppError::Other(INSTALL_HINT.into()))?;
+        let bin = find_pg_bin().ok_or_else(|| AppError::LocalPostgres(INSTALL_HINT.into()))?;
         let dir = std::env::temp_dir().join(format!("herald-pg-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
@@ -151,11 +151,11 @@ impl Drop for Cluster {
 }
 
 fn run_tool(cmd: &mut Command, what: &str) -> Result<(), AppError> {
-    let out = cmd.output().map_err(|e| AppError::Other(format!("{what}: {e}")))?;
+    let out = cmd.output().map_err(|e| AppError::LocalPostgres(format!("{what}: {e}")))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(AppError::Other(format!("{what} failed: {}", String::from_utf8_lossy(&out.stderr).trim())))
+        Err(AppError::LocalPostgres(format!("{what} failed: {}", String::from_utf8_lossy(&out.stderr).trim())))
     }
 }
 

@@ -60,8 +60,8 @@ pub async fn run(mut settings: Settings) -> Result<(), AppError> {
             .await
         }
         other => {
-            return Err(AppError::Other(format!("HERALD_LAMBDA_ROLE `{other}`: use api or worker")));
+            return Err(AppError::Lambda(format!("HERALD_LAMBDA_ROLE `{other}`: use api or worker")));
         }
     };
-    result.map_err(|e| AppError::Other(format!("lambda runtime: {e}")))
+    result.map_err(|e| AppError::Lambda(format!("lambda runtime: {e}")))
 }

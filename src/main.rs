@@ -158,7 +158,7 @@ async fn connected(cli: &Cli) -> Result<App, AppError> {
 }
 
 fn name_arg(name: &str) -> Result<(), AppError> {
-    tenant::check_name(name).map_err(AppError::Other)
+    tenant::check_name(name).map_err(AppError::Usage)
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, AppError> {
@@ -180,7 +180,7 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
                     name_arg(tenant)?;
                     let parsed: Option<Vec<keys::Scope>> = scopes.split(',').map(keys::Scope::parse).collect();
                     let Some(parsed) = parsed.filter(|s| !s.is_empty()) else {
-                        return Err(AppError::Other(format!(
+                        return Err(AppError::Usage(format!(
                             "--scopes `{scopes}`: use a comma-separated list of send, read, admin"
                         )));
                     };
@@ -201,10 +201,10 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
                 }
                 KeysCmd::Revoke { id } => {
                     let id: ApiKeyId = id.parse().map_err(|_| {
-                        AppError::Other(format!("`{id}` is not a key id: use an id from `herald keys list`"))
+                        AppError::Usage(format!("`{id}` is not a key id: use an id from `herald keys list`"))
                     })?;
                     if !keys::revoke_key(&mut conn, id).await? {
-                        return Err(AppError::Other(format!("no active key {id}")));
+                        return Err(AppError::Usage(format!("no active key {id}")));
                     }
                     println!("revoked {id}");
                 }
@@ -216,10 +216,10 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
             let app = connected(&cli).await?;
             if let Some(u) = callback_url {
                 herald::domain::recipient::check_endpoint(u, app.settings.callbacks.allow_private_networks)
-                    .map_err(|e| AppError::Other(format!("--callback-url: {e}")))?;
+                    .map_err(|e| AppError::Usage(format!("--callback-url: {e}")))?;
             }
             if let Some(s) = signing_secret {
-                webhook::signing_key(s).map_err(|e| AppError::Other(format!("--signing-secret: {e}")))?;
+                webhook::signing_key(s).map_err(|e| AppError::Usage(format!("--signing-secret: {e}")))?;
             }
             let mut conn = app.pool.acquire().await?;
             // A new tenant gets a secret of its own (unless one is given or shared); a rotation

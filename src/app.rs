@@ -76,6 +76,8 @@ pub struct App {
     pub dispatch_pool: PgPool,
     pub settings: Arc<Settings>,
     pub registry: Arc<Registry>,
+    /// Status callbacks' client: no redirects, public addresses only (unless allowed).
+    callbacks_http: reqwest::Client,
     keys: Arc<KeyCache>,
     ingest: Ingest,
 }
@@ -96,9 +98,11 @@ impl App {
         let dispatch_size = db.dispatch_pool_size(settings.dispatch.concurrency);
         let dispatch_pool = store::pool(db.url.expose(), dispatch_size, acquire_timeout).map_err(invalid_url)?;
         let registry = Arc::new(Registry::from_settings(&settings)?);
+        let callbacks_http = crate::providers::public_net::client(settings.callbacks.allow_private_networks)
+            .map_err(|e| AppError::Task(format!("cannot build the HTTP client for status callbacks: {e}")))?;
         let keys = Arc::new(KeyCache::new(Duration::from_millis(settings.server.key_cache_ms)));
         let ingest = http::ingest(pool.clone(), &settings);
-        Ok(App { pool, dispatch_pool, settings: Arc::new(settings), registry, keys, ingest })
+        Ok(App { pool, dispatch_pool, settings: Arc::new(settings), registry, callbacks_http, keys, ingest })
     }
 
     pub fn state(&self) -> AppState {
@@ -112,7 +116,12 @@ impl App {
     }
 
     pub fn dispatcher(&self) -> Dispatcher {
-        Dispatcher::new(self.dispatch_pool.clone(), self.registry.clone(), &self.settings)
+        Dispatcher::with_callback_client(
+            self.dispatch_pool.clone(),
+            self.registry.clone(),
+            &self.settings,
+            self.callbacks_http.clone(),
+        )
     }
 
     /// Run `roles` until `cancel` fires. The API stops accepting at once and finishes in-flight

@@ -344,6 +344,11 @@ pub fn banner(b: &Banner<'_>) -> String {
         None => "  callbacks.signing_secret (shared by tenants without their own)".to_owned(),
     };
     let auth = format!("-H 'Authorization: Bearer {key}' -H 'Content-Type: application/json'");
+    let kept = if b.source == DbSource::Throwaway {
+        "a new one on every start: the database is new"
+    } else {
+        "the same on every start"
+    };
     format!(
         "Herald dev is running on {base} (ctrl-c stops it).\n\
          \n\
@@ -351,7 +356,7 @@ pub fn banner(b: &Banner<'_>) -> String {
          \n\
          For the other commands (herald keys create, keys list, tenants set, …):\n{db}\n\
          \n\
-         Dev API key (tenant `dev`, scopes send,read,admin; the same on every start):\n  {key}\n\
+         Dev API key (tenant `dev`, scopes send,read,admin; {kept}):\n  {key}\n\
          \n\
          Status callback signing secret:\n{secret}\n\
          \n\

@@ -113,10 +113,14 @@ impl Dispatcher {
             Ok(None) => return Delivery::failed("", "the notification has no callback URL any more", true),
             Err(e) => return Delivery::failed("", e.to_string(), false),
         };
-        let secret = tenant_secret.unwrap_or_else(|| cfg.signing_secret.expose().to_owned());
-        let Ok(key) = webhook::signing_key(&secret) else {
-            let why =
-                "no signing secret: set callbacks.signing_secret or `herald tenants set T --rotate-signing-secret`";
+        let (secret, whose) = match tenant_secret {
+            Some(s) => (s, "the tenant's signing secret is not usable"),
+            None => (cfg.signing_secret.expose().to_owned(), "no signing secret"),
+        };
+        let Some(key) = webhook::stored_key(&secret) else {
+            let why = format!(
+                "{whose}: set one with `herald tenants set T --rotate-signing-secret` (or callbacks.signing_secret)"
+            );
             return Delivery::failed(&url, why, true);
         };
         let parsed = match check_endpoint(&url, cfg.allow_private_networks) {

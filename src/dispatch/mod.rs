@@ -142,9 +142,10 @@ struct Inner {
 
 impl Dispatcher {
     pub fn new(pool: PgPool, registry: Arc<Registry>, settings: &Settings) -> Self {
-        // Building fails only when TLS cannot be set up at all, which the provider clients built
-        // before this (`Registry::from_settings`) would have reported; a default client would
-        // follow redirects and call private addresses.
+        // `App::dispatcher` builds the client where a failure is an error; here (tests,
+        // embedders) failing means TLS cannot be set up at all, which building the registry
+        // would have reported first. A default client would follow redirects and call private
+        // addresses, so there is no fallback.
         let http = crate::providers::public_net::client(settings.callbacks.allow_private_networks)
             .expect("an HTTP client for status callbacks");
         Self::with_callback_client(pool, registry, settings, http)

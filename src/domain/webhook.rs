@@ -17,6 +17,17 @@ pub fn signing_key(secret: &str) -> Result<Vec<u8>, String> {
     if (24..=64).contains(&key.len()) { Ok(key) } else { Err(bad()) }
 }
 
+/// The HMAC key of a secret as stored. A secret given now must pass `signing_key`; one stored
+/// under the looser rule of earlier versions (the `whsec_` prefix optional, any length of
+/// base64) still signs, so that an upgrade never silences a tenant's callbacks.
+pub fn stored_key(secret: &str) -> Option<Vec<u8>> {
+    signing_key(secret).ok().or_else(|| {
+        let b64 = secret.strip_prefix("whsec_").unwrap_or(secret);
+        let key = STANDARD.decode(b64).or_else(|_| STANDARD_NO_PAD.decode(b64.trim_end_matches('='))).ok()?;
+        (!key.is_empty()).then_some(key)
+    })
+}
+
 /// A new signing secret: 32 random bytes.
 pub fn new_signing_secret() -> String {
     let mut key = [0u8; 32];
@@ -46,6 +57,10 @@ mod tests {
         let fresh = new_signing_secret();
         assert_eq!(signing_key(&fresh).map(|k| k.len()), Ok(32));
         assert_ne!(fresh, new_signing_secret());
+        // Stored under the older rule: still signs; nonsense does not.
+        assert_eq!(stored_key("c2hvcnQ=").map(|k| k.len()), Some(5));
+        assert_eq!(stored_key(&fresh).map(|k| k.len()), Some(32));
+        assert!(stored_key("whsec_***").is_none() && stored_key("").is_none());
         for bad in [
             "notwhsec",
             "C2FVsBQIhrscChlQIMV+b5sSYspob7oD",

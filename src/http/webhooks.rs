@@ -51,7 +51,7 @@ pub(super) async fn receive(
         }
         Err(ReceiptError::BadRequest(why)) => return Err(ApiError::malformed(why)),
     };
-    let (mut applied, mut duplicates, mut unmatched) = (0, 0, 0);
+    let (mut applied, mut held, mut duplicates, mut unmatched) = (0, 0, 0, 0);
     for r in &receipts {
         if let Some(token) = &r.replay_token
             && !store::bind_token(&state.pool, &name, token, &r.dedupe_key).await?
@@ -67,11 +67,13 @@ pub(super) async fn receive(
                 warn!(provider = %name, provider_status = %r.provider_status, "receipt matches no notification; kept as unmatched");
                 unmatched += 1;
             }
-            ReceiptOutcome::Recorded { .. } | ReceiptOutcome::Held => applied += 1,
+            ReceiptOutcome::Recorded { .. } => applied += 1,
+            ReceiptOutcome::Held => held += 1,
         }
     }
     Ok((
         StatusCode::OK,
-        Json(json!({"received": receipts.len(), "applied": applied, "duplicates": duplicates, "unmatched": unmatched})),
+        Json(json!({"received": receipts.len(), "applied": applied, "held": held, "duplicates": duplicates,
+                    "unmatched": unmatched})),
     ))
 }

@@ -266,7 +266,7 @@ fn build(
         ProviderKind::Log => Arc::new(log::LogProvider::new(name, cfg)),
         ProviderKind::Smtp => Arc::new(smtp::SmtpProvider::new(cfg)?),
         ProviderKind::Sendgrid => Arc::new(sendgrid::SendGrid::new(name, cfg, c)?),
-        ProviderKind::Ses => Arc::new(ses::Ses::new(cfg, c)),
+        ProviderKind::Ses => Arc::new(ses::Ses::new(cfg, c)?),
         ProviderKind::Mailgun => Arc::new(mailgun::Mailgun::new(cfg, c)),
         ProviderKind::Twilio => Arc::new(twilio::Twilio::new(name, cfg, c, base)),
         ProviderKind::Vonage => Arc::new(vonage::Vonage::new(name, cfg, c, base)),

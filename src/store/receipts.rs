@@ -88,8 +88,9 @@ pub async fn apply(pool: &PgPool, provider: &str, r: &Receipt) -> StoreResult<Re
                     provider: provider.to_owned(),
                     provider_message_id: Some(pmid.clone()),
                 };
-                if receipt::apply_early(&mut conn, &[sent]).await? > 0 {
-                    return Ok(ReceiptOutcome::Recorded { changed: true });
+                let early = receipt::apply_early(&mut conn, &[sent]).await?;
+                if early.applied > 0 {
+                    return Ok(ReceiptOutcome::Recorded { changed: early.changed > 0 });
                 }
             }
         }

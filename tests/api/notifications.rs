@@ -405,3 +405,28 @@ async fn the_to_filter_and_suppressions_use_the_stored_recipient_key() {
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     assert_eq!(t.post(&key, email("bob@example.com", "x")).await.body["status"], "suppressed");
 }
+
+/// Migration 0007 lower-cases APNs tokens that older versions stored in suppressions as given,
+/// keeping one row where both forms exist.
+#[tokio::test]
+async fn stored_push_suppressions_are_lower_cased_once() {
+    let t = TestApp::spawn().await;
+    let key = t.key("acme", SEND_READ).await;
+    let tenant: uuid::Uuid = sqlx::query_scalar("SELECT id FROM tenants").fetch_one(t.pool()).await.expect("tenant");
+    let (upper, both) = ("AB".repeat(32), "CD".repeat(32));
+    for token in [upper.clone(), both.clone(), both.to_lowercase(), "fcm:Token-Case".to_owned()] {
+        sqlx::query("INSERT INTO suppressions (tenant_id, channel, recipient, reason, source) VALUES ($1, 'push', $2, 'x', 'api')")
+            .bind(tenant)
+            .bind(token)
+            .execute(t.pool())
+            .await
+            .expect("insert");
+    }
+    sqlx::raw_sql(include_str!("../../migrations/0007_push_token_keys.sql")).execute(t.pool()).await.expect("migrate");
+    let mut left: Vec<String> =
+        sqlx::query_scalar("SELECT recipient FROM suppressions").fetch_all(t.pool()).await.expect("rows");
+    left.sort();
+    assert_eq!(left, vec![upper.to_lowercase(), both.to_lowercase(), "fcm:Token-Case".to_owned()]);
+    let push = json!({"channel": "push", "to": {"apns": upper}, "content": {"title": "t"}});
+    assert_eq!(t.post(&key, push).await.body["status"], "suppressed");
+}

@@ -683,10 +683,10 @@ async fn a_receipt_for_a_send_not_yet_recorded_waits_for_it() {
     mac.update(format!("{ts}tok").as_bytes());
     let body = json!({"signature": {"timestamp": ts, "token": "tok", "signature": hex::encode(mac.finalize().into_bytes())},
         "event-data": {"event": "rejected", "id": "e1", "user-variables": {"herald_id": id}}});
-    assert_eq!(
-        t.client.post(format!("{}/webhooks/mg", t.addr)).json(&body).send().await.expect("post").status(),
-        StatusCode::OK
-    );
+    let r = t.client.post(format!("{}/webhooks/mg", t.addr)).json(&body).send().await.expect("post");
+    assert_eq!(r.status(), StatusCode::OK);
+    let counts: Value = r.json().await.expect("json");
+    assert_eq!((&counts["held"], &counts["applied"]), (&json!(1), &json!(0)), "{counts}");
     let n = t.notification(&key, &id).await;
     assert_eq!(n["status"], "queued", "held, not applied, while the send job is live");
     assert!(!n["events"].as_array().expect("events").iter().any(|e| e["type"] == "receipt"));

@@ -29,12 +29,17 @@ pub struct Ses {
     timeout: Duration,
     /// Receipts come through SNS: which topics and certificate hosts are accepted.
     sns: receipts::Sns,
+    sns_client: reqwest::Client,
 }
 
 impl Ses {
-    pub fn new(cfg: &ProviderSettings, client: reqwest::Client) -> Self {
-        Ses {
+    pub fn new(cfg: &ProviderSettings, client: reqwest::Client) -> Result<Self, String> {
+        // SNS certificates and subscription confirmations come from URLs in the messages: the
+        // hosts are allow-listed, and no redirect is followed away from them.
+        let sns_client = crate::providers::public_net::client(true).map_err(|e| format!("http client: {e}"))?;
+        Ok(Ses {
             client,
+            sns_client,
             url: format!("{}/v2/email/outbound-emails", cfg.origin()),
             region: cfg.region.clone().unwrap_or_default(),
             access_key_id: cfg.access_key_id.clone().unwrap_or_default(),
@@ -48,7 +53,7 @@ impl Ses {
                 cert_hosts: cfg.sns_cert_hosts.clone(),
                 allow_private_networks: cfg.allow_private_networks,
             },
-        }
+        })
     }
 
     pub fn body(&self, msg: &OutboundMessage) -> Result<Value, ProviderError> {
@@ -141,7 +146,7 @@ impl Provider for Ses {
         incoming: &Incoming<'_>,
         ctx: &ReceiptContext<'_>,
     ) -> Result<Verified, ReceiptError> {
-        receipts::verify(incoming, &self.sns, &self.client, ctx.max_age).await
+        receipts::verify(incoming, &self.sns, &self.sns_client, ctx.max_age).await
     }
 }
 
@@ -242,7 +247,7 @@ mod tests {
         cfg.region = Some("us-east-1".into());
         cfg.access_key_id = Some("AKIDEXAMPLE".into());
         cfg.secret_access_key = Some(Secret::new("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"));
-        let ses = Ses::new(&cfg, reqwest::Client::new());
+        let ses = Ses::new(&cfg, reqwest::Client::new()).expect("ses");
         let time = SystemTime::UNIX_EPOCH + Duration::from_secs(1_440_938_160); // 20150830T123600Z
         // The suite's service name is `service`; sign through the same aws-sigv4 call with it.
         let sign_as = |method: &str| {

@@ -89,7 +89,7 @@ pub async fn release(
         "WITH j AS (
              UPDATE jobs SET state = 'available', attempt = attempt - 1, leased_until = NULL, locked_by = NULL,
                              run_at = now() + make_interval(secs => $3)
-             WHERE id = $1 AND lease_token = $2 AND state = 'running'
+             WHERE id = $1 AND lease_token = $2
              RETURNING notification_id, run_at
          ), upd AS (
              UPDATE notifications n

@@ -101,12 +101,13 @@ pub struct Recorded {
 }
 
 /// Apply the receipts that came before these sends were recorded: those held for the
-/// notification, and unmatched ones carrying the provider's message id. Each is taken (linked,
+/// notification (whichever provider sent them: a receipt by our id is about this
+/// notification), and unmatched ones carrying the provider's message id. Each is taken (linked,
 /// no longer held) by a conditional update, so when a receipt races the record of its send,
-/// exactly one of the two applies it. Returns how many were applied.
-pub async fn apply_early(conn: &mut PgConnection, sent: &[Recorded]) -> StoreResult<usize> {
+/// exactly one of the two applies it.
+pub async fn apply_early(conn: &mut PgConnection, sent: &[Recorded]) -> StoreResult<Early> {
     if sent.is_empty() {
-        return Ok(0);
+        return Ok(Early::default());
     }
     // Almost always there are none: one read, without a transaction, says so. Both branches
     // walk small indexes: by notification (held), and the unmatched receipts' partial one.
@@ -123,7 +124,7 @@ pub async fn apply_early(conn: &mut PgConnection, sent: &[Recorded]) -> StoreRes
     .fetch_one(&mut *conn)
     .await?;
     if !waiting {
-        return Ok(0);
+        return Ok(Early::default());
     }
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     let rows = sqlx::query(
@@ -131,7 +132,7 @@ pub async fn apply_early(conn: &mut PgConnection, sent: &[Recorded]) -> StoreRes
              SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]) AS i(id, provider, pmid)
          ), held AS (
              UPDATE receipts r SET held = false
-             FROM input i WHERE r.notification_id = i.id AND r.held AND r.provider = i.provider
+             FROM input i WHERE r.notification_id = i.id AND r.held
              RETURNING r.notification_id, r.provider, r.payload, r.received_at, false AS was_unmatched
          ), unmatched AS (
              UPDATE receipts r SET notification_id = i.id
@@ -148,8 +149,9 @@ pub async fn apply_early(conn: &mut PgConnection, sent: &[Recorded]) -> StoreRes
     .await?;
     if rows.is_empty() {
         tx.commit().await?;
-        return Ok(0);
+        return Ok(Early::default());
     }
+    let mut early = Early { applied: rows.len(), changed: 0 };
     // Rows come ordered by notification, so notifications are locked in one order.
     for row in &rows {
         let id = NotificationId::from_uuid(row.try_get("notification_id")?);
@@ -159,7 +161,9 @@ pub async fn apply_early(conn: &mut PgConnection, sent: &[Recorded]) -> StoreRes
         let status = payload["status"].as_str().and_then(Status::parse);
         let mut detail = payload["detail"].clone();
         detail["early"] = json!(true);
-        record(&mut tx, &n, &provider, status, detail).await?;
+        if record(&mut tx, &n, &provider, status, detail).await? {
+            early.changed += 1;
+        }
         // A held receipt's suppression was added when it came; an unmatched one's tenant was
         // not known until now.
         if row.try_get::<bool, _>("was_unmatched")?
@@ -169,5 +173,12 @@ pub async fn apply_early(conn: &mut PgConnection, sent: &[Recorded]) -> StoreRes
         }
     }
     tx.commit().await?;
-    Ok(rows.len())
+    Ok(early)
+}
+
+/// What `apply_early` did: receipts applied, and how many of them moved a status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Early {
+    pub applied: usize,
+    pub changed: usize,
 }

@@ -39,6 +39,7 @@ use crate::domain::Priority;
 use crate::domain::retry::RetryPolicy;
 use crate::providers::Registry;
 use crate::store::StoreError;
+use crate::store::tracking::receipt::Recorded;
 use crate::store::tracking::{self, Applied, Claimed, Completion, Lane, Lease};
 
 /// Claimed jobs a dispatcher holds per send slot (`dispatch.concurrency`): measured with the
@@ -127,6 +128,9 @@ struct Inner {
     stopping: CancellationToken,
     /// Outcomes of concurrent sends, written together (`tracking::complete`).
     completions: Coalescer<Completion, Result<Applied, StoreError>>,
+    /// Sends just recorded whose early receipts are applied together
+    /// (`tracking::receipt::apply_early`), after and apart from the records.
+    early_receipts: Coalescer<Recorded, ()>,
     /// Sends claimed and not yet finished, by channel (`Channel::index`): a paced channel is
     /// not handed more than its providers admit within a lease.
     in_flight: [AtomicUsize; 3],
@@ -183,10 +187,30 @@ impl Dispatcher {
                 }
             },
         );
+        let early_pool = pool.clone();
+        let early_receipts = Coalescer::new(
+            Limits { max_items: 500, max_writers: 1, linger: Duration::ZERO },
+            move |items: Vec<Recorded>| {
+                let pool = early_pool.clone();
+                async move {
+                    let res = async {
+                        let mut conn = pool.acquire().await?;
+                        tracking::receipt::apply_early(&mut conn, &items).await
+                    }
+                    .await;
+                    if let Err(e) = res {
+                        // The sends are recorded: the receipts stay in the inbox, held or unmatched.
+                        warn!(error = %e, "could not apply receipts that came before their send was recorded");
+                    }
+                    vec![(); items.len()]
+                }
+            },
+        );
         Self {
             inner: Arc::new(Inner {
                 pool,
                 completions,
+                early_receipts,
                 sends: Semaphore::new(settings.dispatch.concurrency),
                 stopping: CancellationToken::new(),
                 in_flight: Default::default(),

@@ -109,12 +109,21 @@ impl Dispatcher {
         }
     }
 
-    /// Record an outcome, written together with the outcomes of concurrent sends.
+    /// Record an outcome, written together with the outcomes of concurrent sends; a recorded
+    /// send then has the receipts that came before it applied (in a later, shared read).
     pub(super) async fn complete(&self, c: Completion) -> Result<Applied, StoreError> {
-        self.with_retries(c.lease, || async {
-            self.inner.completions.submit(c.clone()).await.map_err(|e| StoreError::Unavailable(e.to_string()))?
-        })
-        .await
+        let applied = self
+            .with_retries(c.lease, || async {
+                self.inner.completions.submit(c.clone()).await.map_err(|e| StoreError::Unavailable(e.to_string()))?
+            })
+            .await;
+        // Only providers that call back can have sent a receipt that came first.
+        if let (Ok(Applied::Yes), Some(sent)) = (&applied, tracking::recorded_send(&c))
+            && self.inner.registry.provider(&sent.provider).is_some_and(|p| p.sends_receipts())
+        {
+            let _ = self.inner.early_receipts.submit(sent).await;
+        }
+        applied
     }
 
     /// Recording an outcome is worth trying until shortly before the lease ends: giving up

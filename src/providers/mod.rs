@@ -129,6 +129,11 @@ pub trait Provider: Send + Sync {
         true
     }
     async fn send(&self, msg: &OutboundMessage) -> Result<ProviderAccepted, ProviderError>;
+    /// Whether this provider calls back with receipts (so a receipt may arrive before its send
+    /// is recorded). Those that do implement `verify_receipt`.
+    fn sends_receipts(&self) -> bool {
+        false
+    }
     /// Verify a request to `/webhooks/NAME` with this provider's own signature scheme and map
     /// it to receipts. By default the provider sends none.
     async fn verify_receipt(

@@ -80,6 +80,10 @@ impl Provider for Mailgun {
         Err(classify(&reply))
     }
 
+    fn sends_receipts(&self) -> bool {
+        true
+    }
+
     async fn verify_receipt(
         &self,
         incoming: &Incoming<'_>,

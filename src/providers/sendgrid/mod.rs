@@ -89,6 +89,10 @@ impl Provider for SendGrid {
         Err(classify(&reply))
     }
 
+    fn sends_receipts(&self) -> bool {
+        true
+    }
+
     async fn verify_receipt(
         &self,
         incoming: &Incoming<'_>,

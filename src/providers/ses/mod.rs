@@ -141,6 +141,10 @@ impl Provider for Ses {
         Err(classify(&reply))
     }
 
+    fn sends_receipts(&self) -> bool {
+        true
+    }
+
     async fn verify_receipt(
         &self,
         incoming: &Incoming<'_>,

@@ -5,7 +5,10 @@
 //! repeated), and its status change only from the statuses the status machine allows. A fenced
 //! outcome changes nothing but is still kept in the timeline, marked `fenced`.
 //!
-//! Recording a send also applies the receipts that came before it (`receipt::apply_early`).
+//! Recording a send must also apply the receipts that came before it
+//! (`receipt::apply_early`), in a statement after the record's commit: `mark_sent` does it
+//! itself; the dispatcher gathers those reads from many sends into one, off the path of the
+//! records (a read after every batch of records cost a third of dispatch throughput).
 //!
 //! The dispatcher gathers the outcomes of concurrent sends (`batching`) and writes them with
 //! `complete`; `mark_sent`, `mark_retrying` and `mark_finished` are the one-outcome forms.
@@ -136,24 +139,19 @@ pub async fn complete(conn: &mut PgConnection, items: &[Completion]) -> StoreRes
         .await?;
     // The lease decides: a job we still held is ours to finish, whatever the status did.
     let ended: HashSet<i64> = ended.into_iter().collect();
-    let sent: Vec<Recorded> = items
-        .iter()
-        .filter(|c| ended.contains(&c.lease.job_id))
-        .filter_map(|c| match &c.outcome {
-            Outcome::Sent { provider, provider_message_id } => Some(Recorded {
-                notification_id: c.lease.notification_id,
-                provider: provider.clone(),
-                provider_message_id: provider_message_id.clone(),
-            }),
-            _ => None,
-        })
-        .collect();
-    // The outcomes are written: failing here must not fail them (a retry would be fenced).
-    // The receipts stay in the inbox, held or unmatched.
-    if let Err(e) = receipt::apply_early(conn, &sent).await {
-        warn!(error = %e, "could not apply receipts that came before their send was recorded");
-    }
     Ok(items.iter().map(|c| if ended.contains(&c.lease.job_id) { Applied::Yes } else { Applied::Fenced }).collect())
+}
+
+/// The send `c` recorded, for `receipt::apply_early`; `None` for other outcomes.
+pub fn recorded_send(c: &Completion) -> Option<Recorded> {
+    match &c.outcome {
+        Outcome::Sent { provider, provider_message_id } => Some(Recorded {
+            notification_id: c.lease.notification_id,
+            provider: provider.clone(),
+            provider_message_id: provider_message_id.clone(),
+        }),
+        _ => None,
+    }
 }
 
 #[derive(Default)]
@@ -207,8 +205,17 @@ impl Columns {
 }
 
 async fn one(conn: &mut PgConnection, lease: Lease, outcome: Outcome, detail: Value) -> StoreResult<Applied> {
-    let applied = complete(conn, &[Completion { lease, outcome, detail }]).await?;
-    Ok(applied.into_iter().next().unwrap_or(Applied::Fenced))
+    let c = Completion { lease, outcome, detail };
+    let applied = complete(conn, std::slice::from_ref(&c)).await?.into_iter().next().unwrap_or(Applied::Fenced);
+    if applied == Applied::Yes
+        && let Some(sent) = recorded_send(&c)
+        && let Err(e) = receipt::apply_early(conn, &[sent]).await
+    {
+        // The outcome is written: failing here must not fail it. The receipts stay in the
+        // inbox, held or unmatched.
+        warn!(error = %e, "could not apply receipts that came before their send was recorded");
+    }
+    Ok(applied)
 }
 
 /// The provider accepted the message.

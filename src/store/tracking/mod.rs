@@ -25,7 +25,7 @@ use super::StoreResult;
 use crate::domain::{NotificationId, Status, TenantId};
 
 pub use claim::{Claimed, ClaimedCallback, ClaimedJob, Lane, claim};
-pub use complete::{Completion, Outcome, complete, mark_finished, mark_retrying, mark_sent};
+pub use complete::{Completion, Outcome, complete, mark_finished, mark_retrying, mark_sent, recorded_send};
 
 /// A CTE appended to statements whose `upd` CTE returns `(id, tenant_id, status, callback_url)`
 /// for notifications whose status just changed: it queues a status callback (a `callback`

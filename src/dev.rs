@@ -227,9 +227,8 @@ pub async fn run(mut settings: Settings, throwaway_db: bool) -> Result<(), AppEr
         }
         None => None,
     };
-    let keep = (!pg.as_ref().is_some_and(LocalPostgres::is_throwaway))
-        .then(|| key_file(app.settings.database.url.expose()))
-        .flatten();
+    // A throwaway database is new on every start: there is no key worth keeping for it.
+    let keep = if source == DbSource::Throwaway { None } else { key_file(app.settings.database.url.expose()) };
     let key = dev_key(&mut conn, keep.as_deref()).await?;
     drop(conn);
     let database_url = redacted(app.settings.database.url.expose());

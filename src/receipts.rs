@@ -1,5 +1,5 @@
 //! What provider receipts are made of, shared by every vendor's verifier (each in its provider
-//! module: `providers::<kind>::receipts`, reached through `Provider::verify_receipt`): the
+//! module: `providers::<kind>::receipts`, reached through `Provider::receipts`): the
 //! request as received, the verified receipt in Herald's terms, the errors, and the
 //! constant-time and replay-window helpers. Nothing changes unless a signature holds; applying
 //! a verified receipt is `store::receipts::apply`. Imports nothing of Herald but `domain`.
@@ -61,9 +61,6 @@ pub struct ReceiptContext<'a> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiptError {
-    /// This kind of provider sends no receipts.
-    #[error("this kind of provider sends no receipts")]
-    NotSupported,
     /// Missing or bad signature, stale timestamp, unknown topic: refused with no state change.
     #[error("{0}")]
     Unauthorized(String),

@@ -119,7 +119,7 @@ impl Dispatcher {
             .await;
         // Only providers that call back can have sent a receipt that came first.
         if let (Ok(Applied::Yes), Some(sent)) = (&applied, tracking::recorded_send(&c))
-            && self.inner.registry.provider(&sent.provider).is_some_and(|p| p.sends_receipts())
+            && self.inner.registry.provider(&sent.provider).is_some_and(|p| p.receipts().is_some())
         {
             let _ = self.inner.early_receipts.submit(sent).await;
         }

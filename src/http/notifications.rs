@@ -56,7 +56,7 @@ async fn tenant_names(
     let mut unique = ids.to_vec();
     unique.sort();
     unique.dedup();
-    Ok(store::tenant_names(conn, &unique).await?)
+    Ok(crate::store::keys::tenant_names(conn, &unique).await?)
 }
 
 fn parse_id(raw: &str) -> Result<NotificationId, ApiError> {
@@ -315,7 +315,9 @@ pub(super) async fn list(
         Some(name) if caller.is_admin() => {
             crate::domain::tenant::check_name(name).map_err(|e| ApiError::bad_parameter("tenant", e))?;
             // An unknown tenant has no notifications: the nil id matches none.
-            Some(store::tenant_id(&mut conn, name).await?.unwrap_or(TenantId::from_uuid(uuid::Uuid::nil())))
+            Some(
+                crate::store::keys::tenant_id(&mut conn, name).await?.unwrap_or(TenantId::from_uuid(uuid::Uuid::nil())),
+            )
         }
         Some(_) => {
             return Err(ApiError::forbidden(format!(

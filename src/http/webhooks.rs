@@ -35,15 +35,15 @@ pub(super) async fn receive(
         public_base_url: &state.settings.server.public_base_url,
         max_age: Duration::from_secs(state.settings.receipts.max_age_secs),
     };
-    let receipts = match provider.verify_receipt(&incoming, &ctx).await {
+    let Some(verifier) = provider.receipts() else {
+        let kind = state.settings.providers.get(&name).map(|p| p.kind.as_str()).unwrap_or("?");
+        return Err(ApiError::not_found(format!("provider {name} (kind {kind}) sends no receipts")));
+    };
+    let receipts = match verifier.verify(&incoming, &ctx).await {
         Ok(Verified::Receipts(r)) => r,
         Ok(Verified::Acknowledged(what)) => {
             info!(provider = %name, "{what}");
             return Ok((StatusCode::OK, Json(json!({"acknowledged": what}))));
-        }
-        Err(ReceiptError::NotSupported) => {
-            let kind = state.settings.providers.get(&name).map(|p| p.kind.as_str()).unwrap_or("?");
-            return Err(ApiError::not_found(format!("provider {name} (kind {kind}) sends no receipts")));
         }
         Err(ReceiptError::Unauthorized(why)) => {
             warn!(provider = %name, reason = %why, "receipt refused: signature check failed");

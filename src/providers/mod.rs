@@ -129,20 +129,18 @@ pub trait Provider: Send + Sync {
         true
     }
     async fn send(&self, msg: &OutboundMessage) -> Result<ProviderAccepted, ProviderError>;
-    /// Whether this provider calls back with receipts (so a receipt may arrive before its send
-    /// is recorded). Those that do implement `verify_receipt`.
-    fn sends_receipts(&self) -> bool {
-        false
+    /// How this provider's receipts (`/webhooks/NAME`) are verified; `None`, the default, when
+    /// it sends none. A provider that does may report on a message before its send is recorded.
+    fn receipts(&self) -> Option<&dyn ReceiptVerifier> {
+        None
     }
-    /// Verify a request to `/webhooks/NAME` with this provider's own signature scheme and map
-    /// it to receipts. By default the provider sends none.
-    async fn verify_receipt(
-        &self,
-        _incoming: &Incoming<'_>,
-        _ctx: &ReceiptContext<'_>,
-    ) -> Result<Verified, ReceiptError> {
-        Err(ReceiptError::NotSupported)
-    }
+}
+
+/// A vendor's receipt check: its own signature scheme over the raw request, then its states
+/// mapped to Herald's.
+#[async_trait]
+pub trait ReceiptVerifier: Send + Sync {
+    async fn verify(&self, incoming: &Incoming<'_>, ctx: &ReceiptContext<'_>) -> Result<Verified, ReceiptError>;
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -130,6 +130,25 @@ pub async fn tenant_secret(conn: &mut PgConnection, name: &str) -> StoreResult<O
     Ok(secret.flatten())
 }
 
+/// The names of these tenants.
+pub async fn tenant_names(
+    conn: &mut PgConnection,
+    ids: &[TenantId],
+) -> StoreResult<std::collections::HashMap<TenantId, String>> {
+    let rows: Vec<(uuid::Uuid, String)> = sqlx::query_as("SELECT id, name FROM tenants WHERE id = ANY($1)")
+        .bind(ids.iter().map(|t| t.as_uuid()).collect::<Vec<_>>())
+        .fetch_all(conn)
+        .await?;
+    Ok(rows.into_iter().map(|(id, name)| (TenantId::from_uuid(id), name)).collect())
+}
+
+/// A tenant's id by name.
+pub async fn tenant_id(conn: &mut PgConnection, name: &str) -> StoreResult<Option<TenantId>> {
+    let id: Option<uuid::Uuid> =
+        sqlx::query_scalar("SELECT id FROM tenants WHERE name = $1").bind(name).fetch_optional(conn).await?;
+    Ok(id.map(TenantId::from_uuid))
+}
+
 /// Set a tenant's default callback URL and signing secret (creating the tenant if missing).
 pub async fn set_tenant(
     conn: &mut PgConnection,

@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 
 use crate::config::{ProviderSettings, Secret};
 use crate::providers::http::{HttpReply, execute, generic};
-use crate::providers::{OutboundMessage, Provider, ProviderAccepted, ProviderError, email_parts};
+use crate::providers::{OutboundMessage, Provider, ProviderAccepted, ProviderError, ReceiptVerifier, email_parts};
 use crate::receipts::{Incoming, ReceiptContext, ReceiptError, Verified};
 
 pub struct Mailgun {
@@ -80,15 +80,14 @@ impl Provider for Mailgun {
         Err(classify(&reply))
     }
 
-    fn sends_receipts(&self) -> bool {
-        true
+    fn receipts(&self) -> Option<&dyn ReceiptVerifier> {
+        Some(self)
     }
+}
 
-    async fn verify_receipt(
-        &self,
-        incoming: &Incoming<'_>,
-        ctx: &ReceiptContext<'_>,
-    ) -> Result<Verified, ReceiptError> {
+#[async_trait]
+impl ReceiptVerifier for Mailgun {
+    async fn verify(&self, incoming: &Incoming<'_>, ctx: &ReceiptContext<'_>) -> Result<Verified, ReceiptError> {
         receipts::verify(incoming, self.signing_key.expose(), ctx.max_age).map(Verified::Receipts)
     }
 }

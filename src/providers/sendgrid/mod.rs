@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::config::{ProviderSettings, Secret};
 use crate::providers::http::{HttpReply, execute, generic, split_mailbox};
-use crate::providers::{OutboundMessage, Provider, ProviderAccepted, ProviderError, email_parts};
+use crate::providers::{OutboundMessage, Provider, ProviderAccepted, ProviderError, ReceiptVerifier, email_parts};
 use crate::receipts::{Incoming, ReceiptContext, ReceiptError, Verified};
 
 pub struct SendGrid {
@@ -89,15 +89,14 @@ impl Provider for SendGrid {
         Err(classify(&reply))
     }
 
-    fn sends_receipts(&self) -> bool {
-        true
+    fn receipts(&self) -> Option<&dyn ReceiptVerifier> {
+        Some(self)
     }
+}
 
-    async fn verify_receipt(
-        &self,
-        incoming: &Incoming<'_>,
-        ctx: &ReceiptContext<'_>,
-    ) -> Result<Verified, ReceiptError> {
+#[async_trait]
+impl ReceiptVerifier for SendGrid {
+    async fn verify(&self, incoming: &Incoming<'_>, ctx: &ReceiptContext<'_>) -> Result<Verified, ReceiptError> {
         receipts::verify(incoming, self.webhook_key.as_ref(), ctx.max_age).map(Verified::Receipts)
     }
 }

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::config::{ProviderSettings, Secret};
 use crate::providers::http::{HttpReply, execute, generic};
-use crate::providers::{OutboundMessage, Provider, ProviderAccepted, ProviderError, email_parts};
+use crate::providers::{OutboundMessage, Provider, ProviderAccepted, ProviderError, ReceiptVerifier, email_parts};
 use crate::receipts::{Incoming, ReceiptContext, ReceiptError, Verified};
 
 pub struct Ses {
@@ -141,15 +141,14 @@ impl Provider for Ses {
         Err(classify(&reply))
     }
 
-    fn sends_receipts(&self) -> bool {
-        true
+    fn receipts(&self) -> Option<&dyn ReceiptVerifier> {
+        Some(self)
     }
+}
 
-    async fn verify_receipt(
-        &self,
-        incoming: &Incoming<'_>,
-        ctx: &ReceiptContext<'_>,
-    ) -> Result<Verified, ReceiptError> {
+#[async_trait]
+impl ReceiptVerifier for Ses {
+    async fn verify(&self, incoming: &Incoming<'_>, ctx: &ReceiptContext<'_>) -> Result<Verified, ReceiptError> {
         receipts::verify(incoming, &self.sns, &self.sns_client, ctx.max_age).await
     }
 }

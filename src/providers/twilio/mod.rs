@@ -11,7 +11,7 @@ use async_trait::async_trait;
 
 use crate::config::{ProviderSettings, Secret};
 use crate::providers::http::{HttpReply, execute, generic};
-use crate::providers::{OutboundMessage, Provider, ProviderAccepted, ProviderError, sms_parts};
+use crate::providers::{OutboundMessage, Provider, ProviderAccepted, ProviderError, ReceiptVerifier, sms_parts};
 use crate::receipts::{Incoming, ReceiptContext, ReceiptError, Verified};
 
 pub struct Twilio {
@@ -80,15 +80,14 @@ impl Provider for Twilio {
         Err(classify(&reply))
     }
 
-    fn sends_receipts(&self) -> bool {
-        true
+    fn receipts(&self) -> Option<&dyn ReceiptVerifier> {
+        Some(self)
     }
+}
 
-    async fn verify_receipt(
-        &self,
-        incoming: &Incoming<'_>,
-        ctx: &ReceiptContext<'_>,
-    ) -> Result<Verified, ReceiptError> {
+#[async_trait]
+impl ReceiptVerifier for Twilio {
+    async fn verify(&self, incoming: &Incoming<'_>, ctx: &ReceiptContext<'_>) -> Result<Verified, ReceiptError> {
         receipts::verify(incoming, self.auth_token.expose(), ctx.public_base_url, ctx.path).map(Verified::Receipts)
     }
 }

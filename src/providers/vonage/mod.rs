@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::config::{ProviderSettings, Secret};
 use crate::providers::http::{execute, generic};
-use crate::providers::{OutboundMessage, Provider, ProviderAccepted, ProviderError, sms_parts};
+use crate::providers::{OutboundMessage, Provider, ProviderAccepted, ProviderError, ReceiptVerifier, sms_parts};
 use crate::receipts::{Incoming, ReceiptContext, ReceiptError, Verified};
 
 pub struct Vonage {
@@ -80,15 +80,14 @@ impl Provider for Vonage {
         accepted(&reply.json())
     }
 
-    fn sends_receipts(&self) -> bool {
-        true
+    fn receipts(&self) -> Option<&dyn ReceiptVerifier> {
+        Some(self)
     }
+}
 
-    async fn verify_receipt(
-        &self,
-        incoming: &Incoming<'_>,
-        ctx: &ReceiptContext<'_>,
-    ) -> Result<Verified, ReceiptError> {
+#[async_trait]
+impl ReceiptVerifier for Vonage {
+    async fn verify(&self, incoming: &Incoming<'_>, ctx: &ReceiptContext<'_>) -> Result<Verified, ReceiptError> {
         let secret = self.signature_secret.as_ref().map(|s| s.expose()).filter(|s| !s.is_empty());
         receipts::verify(incoming, secret, &self.signature_method, ctx.max_age).map(Verified::Receipts)
     }

@@ -97,7 +97,7 @@ impl App {
         let pool = store::pool(db.url.expose(), db.max_connections, acquire_timeout).map_err(invalid_url)?;
         let dispatch_size = db.dispatch_pool_size(settings.dispatch.concurrency);
         let dispatch_pool = store::pool(db.url.expose(), dispatch_size, acquire_timeout).map_err(invalid_url)?;
-        let registry = Arc::new(Registry::from_settings(&settings)?);
+        let registry = Arc::new(settings.registry()?);
         let callbacks_http = crate::providers::public_net::client(settings.callbacks.allow_private_networks)
             .map_err(|e| AppError::Task(format!("cannot build the HTTP client for status callbacks: {e}")))?;
         let keys = Arc::new(KeyCache::new(Duration::from_millis(settings.server.key_cache_ms)));

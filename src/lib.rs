@@ -15,6 +15,7 @@ pub mod http;
 pub mod lambda;
 pub mod providers;
 pub mod receipts;
+pub mod secret;
 pub mod store;
 pub mod telemetry;
 pub mod views;

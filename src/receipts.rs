@@ -59,13 +59,42 @@ pub struct ReceiptContext<'a> {
     pub max_age: Duration,
 }
 
+/// Why a receipt request was refused. Every kind but `Malformed` is a failed authenticity
+/// check (401); none changes any state.
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiptError {
-    /// Missing or bad signature, stale timestamp, unknown topic: refused with no state change.
+    /// Checking needs a key Herald was not given (`providers.NAME.KEY`, or a server key).
+    #[error("receipts need {0}")]
+    NotConfigured(&'static str),
+    /// The request carries no signature (or no part of one): the header or field named.
+    #[error("no {0}")]
+    Unsigned(&'static str),
+    /// The signature named does not verify.
+    #[error("{0} does not match")]
+    BadSignature(&'static str),
+    /// Signed, but too old or too far in the future: a replay, or a skewed clock.
+    #[error("timestamp outside the replay window")]
+    Stale,
+    /// Signed by someone Herald does not trust (an SNS topic or certificate host).
     #[error("{0}")]
-    Unauthorized(String),
+    Untrusted(String),
+    /// Authentic or not, not a request this provider sends.
     #[error("{0}")]
-    BadRequest(String),
+    Malformed(String),
+}
+
+impl ReceiptError {
+    /// A short, fixed name of the refusal (for logs and metrics).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ReceiptError::NotConfigured(_) => "not_configured",
+            ReceiptError::Unsigned(_) => "unsigned",
+            ReceiptError::BadSignature(_) => "bad_signature",
+            ReceiptError::Stale => "stale",
+            ReceiptError::Untrusted(_) => "untrusted",
+            ReceiptError::Malformed(_) => "malformed",
+        }
+    }
 }
 
 /// The parts of the request verifiers need: the raw body, never re-serialised.

@@ -4,7 +4,6 @@
 //! Secrets are wrapped in `Secret`, whose `Debug` never shows the value.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -13,9 +12,9 @@ use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
 use crate::domain::Channel;
-
-mod provider;
-pub use provider::{ApnsEnvironment, ChaosClass, ProviderKind, ProviderSettings, SmtpTls};
+use crate::providers::{BuildError, Registry};
+pub use crate::providers::{ProviderKind, ProviderSettings};
+pub use crate::secret::Secret;
 
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
 /// What `herald dev` changes (see `Settings::load_dev`).
@@ -33,29 +32,6 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { key: key.into(), message: message.into() }
 }
 
-/// A secret string. `Debug` and `Display` print `***`; use `expose()` at the point of use.
-#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_empty() { "\"\"" } else { "***" })
-    }
-}
-
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
@@ -63,8 +39,12 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub dispatch: DispatchSettings,
     pub channels: ChannelsSettings,
-    #[serde(default)]
+    /// `[providers.NAME]`, each typed by its kind. Read by `from_figment` from figment's
+    /// values rather than by serde here, so that errors name the key (see `providers::settings`).
+    #[serde(skip)]
     pub providers: BTreeMap<String, ProviderSettings>,
+    #[serde(default, rename = "providers")]
+    _providers: serde::de::IgnoredAny,
     pub callbacks: CallbackSettings,
     pub receipts: ReceiptSettings,
     pub retention: RetentionSettings,
@@ -245,17 +225,35 @@ impl Settings {
             let source = e.metadata.as_ref().map(|m| format!(" (from {})", m.name)).unwrap_or_default();
             ConfigError::Figment { key, message: format!("{}{source}", e.kind) }
         })?;
-        s.resolve_secret_files()?;
+        s.providers = Self::providers(&fig)?;
         s.validate()?;
         Ok(s)
     }
 
-    /// Replace `*_file` secrets by the file's content (without a trailing newline).
-    fn resolve_secret_files(&mut self) -> Result<(), ConfigError> {
-        for (name, p) in &mut self.providers {
-            p.resolve_secret_files(name)?;
+    /// Every `[providers.NAME]` section, typed by its kind.
+    fn providers(fig: &Figment) -> Result<BTreeMap<String, ProviderSettings>, ConfigError> {
+        let Ok(value) = fig.find_value("providers") else {
+            return Ok(BTreeMap::new());
+        };
+        let Some(sections) = value.as_dict() else {
+            return Err(invalid("providers", "must be a table of [providers.NAME] sections"));
+        };
+        let mut providers = BTreeMap::new();
+        for (name, section) in sections {
+            let p = ProviderSettings::parse(section).map_err(|e| {
+                let key =
+                    if e.key.is_empty() { format!("providers.{name}") } else { format!("providers.{name}.{}", e.key) };
+                let source = fig.get_metadata(e.tag).map(|m| format!(" (from {})", m.name)).unwrap_or_default();
+                invalid(key, format!("{}{source}", e.message))
+            })?;
+            providers.insert(name.clone(), p);
         }
-        Ok(())
+        Ok(providers)
+    }
+
+    /// The providers, built, with each channel's routes.
+    pub fn registry(&self) -> Result<Registry, BuildError> {
+        Registry::new(&self.providers, |c| self.channels.get(c).providers.clone(), &self.server.public_base_url)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -303,11 +301,10 @@ impl Settings {
         if d.retry_max_ms < d.retry_base_ms {
             return Err(invalid("dispatch.retry_max_ms", "must be at least dispatch.retry_base_ms"));
         }
-        for (name, p) in &self.providers {
+        for name in self.providers.keys() {
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
                 return Err(invalid(format!("providers.{name}"), "provider names use letters, digits, '-' and '_'"));
             }
-            p.validate(name)?;
         }
         for channel in Channel::ALL {
             let ch = self.channels.get(channel);
@@ -320,10 +317,10 @@ impl Settings {
                             format!("no provider named `{name}`: add a [providers.{name}] section"),
                         ));
                     }
-                    Some(p) if !p.kind.serves(channel) => {
+                    Some(p) if !p.kind().serves(channel) => {
                         return Err(invalid(
                             key,
-                            format!("provider `{name}` (kind {}) cannot send {channel}", p.kind.as_str()),
+                            format!("provider `{name}` (kind {}) cannot send {channel}", p.kind().as_str()),
                         ));
                     }
                     Some(_) => {}
@@ -348,12 +345,6 @@ impl Settings {
     pub fn max_attempts(&self, channel: Channel) -> u32 {
         self.channels.get(channel).max_attempts.unwrap_or(self.dispatch.max_attempts)
     }
-}
-
-pub(crate) fn read_secret(path: &Path, key: &str) -> Result<Secret, ConfigError> {
-    let raw =
-        std::fs::read_to_string(path).map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?;
-    Ok(Secret::new(raw.trim_end_matches(['\r', '\n'])))
 }
 
 #[cfg(test)]
@@ -418,7 +409,8 @@ mod tests {
                 "[providers.m]\nkind = \"smtp\"\nhost = \"x\"\nfrom = \"a@b.cd\"\nusername = \"u\"\npassword_file = \"pw\"\n",
             )?;
             let s = Settings::from_figment(Settings::figment(Some(Path::new("h.toml")))).expect("valid");
-            assert_eq!(s.providers["m"].password.as_ref().map(Secret::expose), Some("s3cret"));
+            let crate::providers::ProviderConfig::Smtp(smtp) = &s.providers["m"].vendor else { panic!("smtp") };
+            assert_eq!(smtp.password.as_ref().map(Secret::expose), Some("s3cret"));
             Ok(())
         });
     }
@@ -456,6 +448,35 @@ mod tests {
             jail.create_file("tok", "secret")?;
             check(jail, "[providers.tw]\nkind = \"twilio\"\naccount_sid = \"AC1\"\nauth_token_file = \"tok\"\nfrom = \"+15005550006\"\nmax_per_second = 5.0\n[channels.sms]\nproviders = [\"tw\"]\n")
                 .expect("valid twilio");
+            // A bad value inside a section names its key and where it came from.
+            let err = check(jail, "[providers.m]\nkind = \"smtp\"\nhost = \"x\"\nfrom = \"a@b.cd\"\nport = \"high\"\n")
+                .expect_err("port");
+            assert!(err.contains("providers.m.port") && err.contains("TOML file"), "{err}");
+            let err = check(jail, "[providers.m]\nkind = \"log\"\ntimeout_ms = 0\n").expect_err("timeout");
+            assert!(err.contains("providers.m.timeout_ms") && err.contains("at least 1"), "{err}");
+            let err = check(jail, "[providers.sg]\nkind = \"sendgrid\"\napi_key = \"\"\nfrom = \"a@b.cd\"\n")
+                .expect_err("empty key");
+            assert!(err.contains("providers.sg.api_key") && err.contains("must not be empty"), "{err}");
+            let err = check(jail, "[providers.tw]\nkind = \"twilio\"\naccount_sid = \"AC1\"\nauth_token = \"t\"\nauth_token_file = \"tok\"\nfrom = \"+1\"\n")
+                .expect_err("both");
+            assert!(err.contains("providers.tw.auth_token_file") && err.contains("not both"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn provider_keys_come_from_the_environment_too() {
+        Jail::expect_with(|jail| {
+            jail.create_file("h.toml", "[providers.sg]\nkind = \"sendgrid\"\nfrom = \"a@b.cd\"\n")?;
+            jail.set_env("HERALD__PROVIDERS__SG__API_KEY", "SG.from-env");
+            jail.set_env("HERALD__PROVIDERS__SG__TIMEOUT_MS", "1234");
+            let s = Settings::from_figment(Settings::figment(Some(Path::new("h.toml")))).expect("valid");
+            let sg = &s.providers["sg"];
+            let crate::providers::ProviderConfig::Sendgrid(c) = &sg.vendor else { panic!("sendgrid") };
+            assert_eq!((c.api_key.expose(), sg.common.timeout_ms), ("SG.from-env", 1234));
+            jail.set_env("HERALD__PROVIDERS__SG__BASE_URL", "https://x.test/v3");
+            let err = Settings::from_figment(Settings::figment(Some(Path::new("h.toml")))).unwrap_err().to_string();
+            assert!(err.contains("providers.sg.base_url") && err.contains("HERALD__"), "{err}");
             Ok(())
         });
     }

@@ -138,7 +138,7 @@ pub(super) fn prepare(
         allow_private_push: settings
             .providers
             .values()
-            .any(|p| p.kind == crate::config::ProviderKind::WebPush && p.allow_private_networks),
+            .any(|p| p.kind() == crate::config::ProviderKind::WebPush && p.common.allow_private_networks),
         allow_private_callbacks: settings.callbacks.allow_private_networks,
     };
     let n = NewNotification::parse(value, opts)?;

@@ -36,7 +36,7 @@ pub(super) async fn receive(
         max_age: Duration::from_secs(state.settings.receipts.max_age_secs),
     };
     let Some(verifier) = provider.receipts() else {
-        let kind = state.settings.providers.get(&name).map(|p| p.kind.as_str()).unwrap_or("?");
+        let kind = state.settings.providers.get(&name).map(|p| p.kind().as_str()).unwrap_or("?");
         return Err(ApiError::not_found(format!("provider {name} (kind {kind}) sends no receipts")));
     };
     let receipts = match verifier.verify(&incoming, &ctx).await {
@@ -45,11 +45,11 @@ pub(super) async fn receive(
             info!(provider = %name, "{what}");
             return Ok((StatusCode::OK, Json(json!({"acknowledged": what}))));
         }
-        Err(ReceiptError::Unauthorized(why)) => {
-            warn!(provider = %name, reason = %why, "receipt refused: signature check failed");
+        Err(ReceiptError::Malformed(why)) => return Err(ApiError::malformed(why)),
+        Err(why) => {
+            warn!(provider = %name, reason = why.reason(), "receipt refused: {why}");
             return Err(ApiError::unauthorized(format!("receipt signature check failed: {why}")));
         }
-        Err(ReceiptError::BadRequest(why)) => return Err(ApiError::malformed(why)),
     };
     let (mut applied, mut held, mut duplicates, mut unmatched) = (0, 0, 0, 0);
     for r in &receipts {

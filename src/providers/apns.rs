@@ -2,19 +2,53 @@
 //! The provider token is an ES256 JWT (`kid` = key id, `iss` = team id, `iat`), reused for
 //! 50 minutes (Apple refuses tokens older than an hour and throttles frequent new ones).
 
-use std::sync::Mutex;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::http::{HttpReply, execute, generic};
+use super::settings::{BuildEnv, Common, Origin, Vendor};
 use super::{OutboundMessage, Provider, ProviderAccepted, ProviderError, push_parts};
-use crate::config::ProviderSettings;
 use crate::domain::recipient::PushTarget;
-use crate::domain::{Priority, Recipient};
+use crate::domain::{Channel, Priority, Recipient};
+
+/// `kind = "apns"` (token auth).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub team_id: String,
+    pub key_id: String,
+    /// The `.p8` key Apple issued.
+    pub private_key_file: PathBuf,
+    /// The app's bundle id.
+    pub topic: String,
+    #[serde(default)]
+    pub environment: ApnsEnvironment,
+    pub base_url: Option<Origin>,
+}
+
+/// Which Apple origin to use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApnsEnvironment {
+    #[default]
+    Production,
+    Sandbox,
+}
+
+impl Vendor for Config {
+    const CHANNELS: &'static [Channel] = &[Channel::Push];
+
+    fn build(&self, _: &str, common: &Common, _: &BuildEnv<'_>) -> Result<Arc<dyn Provider>, String> {
+        Ok(Arc::new(Apns::new(self, common)?))
+    }
+}
 
 const TOKEN_REUSE: Duration = Duration::from_secs(50 * 60);
 
@@ -30,8 +64,8 @@ pub struct Apns {
 }
 
 impl Apns {
-    pub fn new(cfg: &ProviderSettings) -> Result<Self, String> {
-        let path = cfg.private_key_file.as_ref().ok_or("private_key_file is required")?;
+    fn new(cfg: &Config, common: &Common) -> Result<Self, String> {
+        let path = &cfg.private_key_file;
         let pem = std::fs::read(path).map_err(|e| format!("private_key_file {}: {e}", path.display()))?;
         let key = EncodingKey::from_ec_pem(&pem).map_err(|e| format!("private_key_file: not a .p8 P-256 key: {e}"))?;
         // HTTP/2 from the first byte: over TLS ALPN offers only h2; over plain TCP (a local
@@ -43,13 +77,19 @@ impl Apns {
             .map_err(|e| e.to_string())?;
         Ok(Apns {
             client,
-            origin: cfg.origin(),
-            team_id: cfg.team_id.clone().unwrap_or_default(),
-            key_id: cfg.key_id.clone().unwrap_or_default(),
-            topic: cfg.topic.clone().unwrap_or_default(),
+            origin: Origin::or(
+                cfg.base_url.as_ref(),
+                match cfg.environment {
+                    ApnsEnvironment::Production => "https://api.push.apple.com",
+                    ApnsEnvironment::Sandbox => "https://api.sandbox.push.apple.com",
+                },
+            ),
+            team_id: cfg.team_id.clone(),
+            key_id: cfg.key_id.clone(),
+            topic: cfg.topic.clone(),
             key,
             token: Mutex::new(None),
-            timeout: Duration::from_millis(cfg.timeout_ms),
+            timeout: Duration::from_millis(common.timeout_ms),
         })
     }
 

@@ -2,16 +2,63 @@
 //! after configurable latency, so that operators can rehearse outages, failover and the
 //! circuit breaker without touching a real provider. Successful sends are only logged.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use serde::Deserialize;
 use tracing::info;
 
+use super::settings::{BuildEnv, Common, Vendor};
 use super::{OutboundMessage, Provider, ProviderAccepted, ProviderError};
-use crate::config::{ChaosClass, ProviderSettings};
+use crate::domain::Channel;
+
+/// `kind = "chaos"`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The share of sends that fail, 0 to 1.
+    #[serde(default)]
+    pub failure_rate: f64,
+    #[serde(default)]
+    pub error_class: ChaosClass,
+    #[serde(default)]
+    pub latency_ms: u64,
+    #[serde(default)]
+    pub latency_jitter_ms: u64,
+    /// The `Retry-After` a `rate_limited` failure carries.
+    pub retry_after_ms: Option<u64>,
+    /// A seed makes the failures repeatable.
+    pub seed: Option<u64>,
+}
+
+/// The failure a `chaos` provider injects.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChaosClass {
+    #[default]
+    Transient,
+    RateLimited,
+    Permanent,
+    RecipientInvalid,
+}
+
+impl Vendor for Config {
+    const CHANNELS: &'static [Channel] = &Channel::ALL;
+
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        if !(0.0..=1.0).contains(&self.failure_rate) {
+            return Err(("failure_rate", "must be between 0 and 1".into()));
+        }
+        Ok(())
+    }
+
+    fn build(&self, name: &str, _: &Common, _: &BuildEnv<'_>) -> Result<Arc<dyn Provider>, String> {
+        Ok(Arc::new(Chaos::new(name, self)))
+    }
+}
 
 pub struct Chaos {
     name: String,
@@ -24,7 +71,7 @@ pub struct Chaos {
 }
 
 impl Chaos {
-    pub fn new(name: &str, cfg: &ProviderSettings) -> Self {
+    fn new(name: &str, cfg: &Config) -> Self {
         let rng = match cfg.seed {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
@@ -84,17 +131,18 @@ impl Provider for Chaos {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ProviderKind;
     use crate::domain::recipient::PhoneNumber;
     use crate::domain::{Channel, Content, NotificationId, Recipient};
 
     #[tokio::test]
     async fn the_failure_rate_and_class_are_honoured() {
-        let mut cfg = ProviderSettings::new(ProviderKind::Chaos);
-        cfg.failure_rate = 0.3;
-        cfg.error_class = ChaosClass::RateLimited;
-        cfg.retry_after_ms = Some(1500);
-        cfg.seed = Some(7);
+        let cfg = Config {
+            failure_rate: 0.3,
+            error_class: ChaosClass::RateLimited,
+            retry_after_ms: Some(1500),
+            seed: Some(7),
+            ..Config::default()
+        };
         let chaos = Chaos::new("c", &cfg);
         let msg = OutboundMessage {
             id: NotificationId::new(),

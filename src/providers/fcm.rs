@@ -3,6 +3,7 @@
 //! `token_uri` for an access token, cached and refreshed five minutes before it expires, one
 //! refresh at a time. Sends go to `{base_url}/v1/projects/{project_id}/messages:send`.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -13,10 +14,40 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use super::http::{HttpReply, execute, generic};
+use super::settings::{BuildEnv, Common, Origin, Vendor};
 use super::{OutboundMessage, Provider, ProviderAccepted, ProviderError, push_parts};
-use crate::config::ProviderSettings;
-use crate::domain::Recipient;
 use crate::domain::recipient::PushTarget;
+use crate::domain::{Channel, Recipient};
+use crate::secret::Secret;
+
+/// `kind = "fcm"`: Google's service-account JSON, inline or as `service_account_file`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub service_account_json: Secret,
+    pub base_url: Option<Origin>,
+}
+
+impl Vendor for Config {
+    const CHANNELS: &'static [Channel] = &[Channel::Push];
+    const SECRETS: &'static [(&'static str, &'static str)] = &[("service_account_json", "service_account_file")];
+
+    fn build(&self, _: &str, common: &Common, env: &BuildEnv<'_>) -> Result<Arc<dyn Provider>, String> {
+        let account: ServiceAccount = serde_json::from_str(self.service_account_json.expose())
+            .map_err(|e| format!("service account JSON: {e}"))?;
+        let key = EncodingKey::from_rsa_pem(account.private_key.as_bytes())
+            .map_err(|e| format!("service account private_key: {e}"))?;
+        let origin = Origin::or(self.base_url.as_ref(), "https://fcm.googleapis.com");
+        Ok(Arc::new(Fcm {
+            client: env.client.clone(),
+            url: format!("{origin}/v1/projects/{}/messages:send", account.project_id),
+            account,
+            key,
+            token: Mutex::new(None),
+            timeout: Duration::from_millis(common.timeout_ms),
+        }))
+    }
+}
 
 pub const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
 
@@ -25,7 +56,6 @@ pub const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
 pub struct ServiceAccount {
     pub project_id: String,
     pub private_key: String,
-    #[serde(default)]
     pub private_key_id: Option<String>,
     pub client_email: String,
     #[serde(default = "default_token_uri")]
@@ -60,23 +90,6 @@ pub struct Fcm {
 }
 
 impl Fcm {
-    pub fn new(cfg: &ProviderSettings, client: reqwest::Client) -> Result<Self, String> {
-        let raw =
-            cfg.service_account_json.as_ref().ok_or("service_account_file or service_account_json is required")?;
-        let account: ServiceAccount =
-            serde_json::from_str(raw.expose()).map_err(|e| format!("service account JSON: {e}"))?;
-        let key = EncodingKey::from_rsa_pem(account.private_key.as_bytes())
-            .map_err(|e| format!("service account private_key: {e}"))?;
-        Ok(Fcm {
-            client,
-            url: format!("{}/v1/projects/{}/messages:send", cfg.origin(), account.project_id),
-            account,
-            key,
-            token: Mutex::new(None),
-            timeout: Duration::from_millis(cfg.timeout_ms),
-        })
-    }
-
     /// A valid access token. The lock makes concurrent senders wait for one refresh instead of
     /// each asking Google for a token.
     async fn access_token(&self) -> Result<String, ProviderError> {

@@ -1,24 +1,37 @@
 //! The `log` provider: writes each message to the log and reports it sent. It is what
 //! `herald dev` uses, so that every send is visible without any account anywhere.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde::Deserialize;
 use tracing::info;
 
+use super::settings::{BuildEnv, Common, Vendor};
 use super::{OutboundMessage, Provider, ProviderAccepted, ProviderError};
-use crate::config::ProviderSettings;
-use crate::domain::Content;
+use crate::domain::{Channel, Content};
+
+/// `kind = "log"`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Wait this long before each send reports back (benchmarks, rehearsals).
+    #[serde(default)]
+    pub latency_ms: u64,
+}
+
+impl Vendor for Config {
+    const CHANNELS: &'static [Channel] = &Channel::ALL;
+
+    fn build(&self, name: &str, _: &Common, _: &BuildEnv<'_>) -> Result<Arc<dyn Provider>, String> {
+        Ok(Arc::new(LogProvider { name: name.to_owned(), latency: Duration::from_millis(self.latency_ms) }))
+    }
+}
 
 pub struct LogProvider {
     name: String,
     latency: Duration,
-}
-
-impl LogProvider {
-    pub fn new(name: &str, cfg: &ProviderSettings) -> Self {
-        Self { name: name.to_owned(), latency: Duration::from_millis(cfg.latency_ms) }
-    }
 }
 
 #[async_trait]

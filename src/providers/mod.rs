@@ -9,12 +9,14 @@ pub mod apns;
 pub mod chaos;
 pub mod fcm;
 pub mod http;
+pub mod kinds;
 pub mod log;
 pub mod mailgun;
 pub mod public_net;
 pub mod resilience;
 pub mod sendgrid;
 pub mod ses;
+pub mod settings;
 pub mod smtp;
 pub mod twilio;
 pub mod vonage;
@@ -28,10 +30,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::Value;
 
-use crate::config::{ProviderKind, ProviderSettings, Settings};
 use crate::domain::{Channel, Content, NotificationId, Priority, Recipient};
 use crate::receipts::{Incoming, ReceiptContext, ReceiptError, Verified};
+pub use kinds::{ProviderConfig, ProviderKind, ProviderSettings};
 use resilience::{Breaker, Pacer};
+pub use settings::Common;
 use time::OffsetDateTime;
 
 /// One message, ready to hand to a provider.
@@ -193,38 +196,35 @@ fn same_origin_redirects() -> reqwest::redirect::Policy {
 }
 
 impl Registry {
-    pub fn from_settings(settings: &Settings) -> Result<Registry, BuildError> {
+    /// Build every configured provider, and each channel's routes in its order (`routes`:
+    /// provider names by channel). `public_base_url` is where receipts reach Herald.
+    pub fn new(
+        providers: &BTreeMap<String, ProviderSettings>,
+        routes: impl Fn(Channel) -> Vec<String>,
+        public_base_url: &str,
+    ) -> Result<Registry, BuildError> {
         let client = http_client(same_origin_redirects())?;
-        let base = settings.server.public_base_url.as_str();
+        let env = settings::BuildEnv { client: &client, public_base_url };
         let mut by_name: BTreeMap<String, Arc<Route>> = BTreeMap::new();
-        for (name, cfg) in &settings.providers {
-            // Web Push endpoints come from callers: no redirects, public addresses only.
-            let push_client;
-            let client = if cfg.kind == ProviderKind::WebPush {
-                push_client = public_net::client(cfg.allow_private_networks)
-                    .map_err(|e| BuildError { name: name.clone(), message: format!("http client: {e}") })?;
-                &push_client
-            } else {
-                &client
-            };
+        for (name, cfg) in providers {
+            let c = &cfg.common;
             let provider =
-                build(name, cfg, client, base).map_err(|message| BuildError { name: name.clone(), message })?;
+                cfg.vendor.build(name, c, &env).map_err(|message| BuildError { name: name.clone(), message })?;
             let route = Route {
                 name: name.clone(),
-                timeout: provider.send_timeout(Duration::from_millis(cfg.timeout_ms)),
+                timeout: provider.send_timeout(Duration::from_millis(c.timeout_ms)),
                 provider,
-                breaker: Breaker::new(name, cfg.breaker_failures, Duration::from_millis(cfg.breaker_cooldown_ms)),
-                pacer: Pacer::new(cfg.max_per_second, cfg.max_in_flight),
+                breaker: Breaker::new(name, c.breaker_failures, Duration::from_millis(c.breaker_cooldown_ms)),
+                pacer: Pacer::new(c.max_per_second, c.max_in_flight),
             };
             by_name.insert(name.clone(), Arc::new(route));
         }
-        let mut routes = BTreeMap::new();
+        let mut by_channel = BTreeMap::new();
         for channel in Channel::ALL {
-            let list =
-                settings.channels.get(channel).providers.iter().filter_map(|n| by_name.get(n).cloned()).collect();
-            routes.insert(channel.as_str(), list);
+            let list = routes(channel).iter().filter_map(|n| by_name.get(n).cloned()).collect();
+            by_channel.insert(channel.as_str(), list);
         }
-        Ok(Registry { routes, by_name })
+        Ok(Registry { routes: by_channel, by_name })
     }
 
     /// The provider configured as `[providers.NAME]`.
@@ -256,29 +256,6 @@ impl Registry {
     pub fn route(&self, channel: Channel) -> &[Arc<Route>] {
         self.routes.get(channel.as_str()).map(Vec::as_slice).unwrap_or(&[])
     }
-}
-
-fn build(
-    name: &str,
-    cfg: &ProviderSettings,
-    client: &reqwest::Client,
-    base: &str,
-) -> Result<Arc<dyn Provider>, String> {
-    let c = client.clone();
-    Ok(match cfg.kind {
-        ProviderKind::Log => Arc::new(log::LogProvider::new(name, cfg)),
-        ProviderKind::Smtp => Arc::new(smtp::SmtpProvider::new(cfg)?),
-        ProviderKind::Sendgrid => Arc::new(sendgrid::SendGrid::new(name, cfg, c)?),
-        ProviderKind::Ses => Arc::new(ses::Ses::new(cfg, c)?),
-        ProviderKind::Mailgun => Arc::new(mailgun::Mailgun::new(cfg, c)),
-        ProviderKind::Twilio => Arc::new(twilio::Twilio::new(name, cfg, c, base)),
-        ProviderKind::Vonage => Arc::new(vonage::Vonage::new(name, cfg, c, base)),
-        ProviderKind::Fcm => Arc::new(fcm::Fcm::new(cfg, c)?),
-        ProviderKind::Apns => Arc::new(apns::Apns::new(cfg)?),
-        ProviderKind::WebPush => Arc::new(web_push::WebPush::new(cfg, c)?),
-        ProviderKind::Webhook => Arc::new(webhook::Webhook::new(name, cfg, c)?),
-        ProviderKind::Chaos => Arc::new(chaos::Chaos::new(name, cfg)),
-    })
 }
 
 /// The parts of an email every email adapter maps to its own wire format.

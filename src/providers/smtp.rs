@@ -2,6 +2,7 @@
 //! Replies are classified by RFC 5321 and RFC 3463: 4xx is transient, 5xx permanent, and a
 //! 5xx with an enhanced `5.1.x` code means the address itself is bad.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -10,11 +11,73 @@ use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use serde::Deserialize;
 use serde_json::json;
 
+use super::settings::{BuildEnv, Common, EmailSender, NonEmpty, Vendor};
 use super::{OutboundMessage, Provider, ProviderAccepted, ProviderError};
-use crate::config::{ProviderSettings, SmtpTls};
-use crate::domain::{Content, Recipient};
+use crate::domain::{Channel, Content, Recipient};
+use crate::secret::Secret;
+
+/// `kind = "smtp"`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub host: NonEmpty,
+    pub from: EmailSender,
+    /// By `tls`: 25 for `none`, 587 for `starttls`, 465 for `tls`.
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub tls: SmtpTls,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    #[serde(default = "default_pool")]
+    pub pool_max_size: u32,
+}
+
+fn default_pool() -> u32 {
+    10
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SmtpTls {
+    None,
+    #[default]
+    Starttls,
+    Tls,
+}
+
+impl Config {
+    /// A relay at `host` sending as `from`, with every other key at its default.
+    pub fn new(host: NonEmpty, from: EmailSender) -> Self {
+        Config { host, from, port: None, tls: SmtpTls::default(), username: None, password: None, pool_max_size: 10 }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(match self.tls {
+            SmtpTls::None => 25,
+            SmtpTls::Starttls => 587,
+            SmtpTls::Tls => 465,
+        })
+    }
+}
+
+impl Vendor for Config {
+    const CHANNELS: &'static [Channel] = &[Channel::Email];
+    const SECRETS: &'static [(&'static str, &'static str)] = &[("password", "password_file")];
+
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.password.is_some() && self.username.is_none() {
+            return Err(("username", "is required when a password is set".into()));
+        }
+        Ok(())
+    }
+
+    fn build(&self, _: &str, common: &Common, _: &BuildEnv<'_>) -> Result<Arc<dyn Provider>, String> {
+        Ok(Arc::new(SmtpProvider::new(self, Duration::from_millis(common.timeout_ms))?))
+    }
+}
 
 pub struct SmtpProvider {
     from: Mailbox,
@@ -22,8 +85,8 @@ pub struct SmtpProvider {
 }
 
 impl SmtpProvider {
-    pub fn new(cfg: &ProviderSettings) -> Result<Self, String> {
-        let host = cfg.host.as_deref().unwrap_or_default();
+    fn new(cfg: &Config, timeout: Duration) -> Result<Self, String> {
+        let host = cfg.host.as_str();
         let builder = match cfg.tls {
             // Plaintext: only for local relays and test servers.
             SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host),
@@ -32,15 +95,14 @@ impl SmtpProvider {
             }
             SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(host).map_err(|e| e.to_string())?,
         };
-        let timeout = Duration::from_millis(cfg.timeout_ms);
         let mut builder = builder
-            .port(cfg.smtp_port())
+            .port(cfg.port())
             .timeout(Some(timeout))
             .pool_config(PoolConfig::new().max_size(cfg.pool_max_size).idle_timeout(Duration::from_secs(60)));
         if let (Some(user), Some(password)) = (&cfg.username, &cfg.password) {
             builder = builder.credentials(Credentials::new(user.clone(), password.expose().to_owned()));
         }
-        let from: Mailbox = cfg.from.as_deref().unwrap_or_default().parse().map_err(|e| format!("from: {e}"))?;
+        let from: Mailbox = cfg.from.as_str().parse().map_err(|e| format!("from: {e}"))?;
         Ok(Self { from, transport: builder.build() })
     }
 

@@ -7,6 +7,7 @@
 //! or reserved address (checked on the URL at request time, and on every address connected to
 //! by `public_net`'s resolver) unless `allow_private_networks` is on.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -14,13 +15,36 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use p256::pkcs8::EncodePrivateKey;
+use serde::Deserialize;
 use serde_json::json;
 
 use super::http::{HttpReply, execute, generic};
-use super::{OutboundMessage, Provider, ProviderAccepted, ProviderError, push_parts};
-use crate::config::ProviderSettings;
+use super::settings::{BuildEnv, Common, Vendor};
+use super::{OutboundMessage, Provider, ProviderAccepted, ProviderError, public_net, push_parts};
 use crate::domain::recipient::{PushTarget, check_endpoint};
-use crate::domain::{Priority, Recipient};
+use crate::domain::{Channel, Priority, Recipient};
+use crate::secret::Secret;
+
+/// `kind = "web_push"` (VAPID).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The raw 32-byte P-256 private key, base64url.
+    pub vapid_private_key: Secret,
+    /// `mailto:` or `https:` contact for push services.
+    pub vapid_subject: String,
+}
+
+impl Vendor for Config {
+    const CHANNELS: &'static [Channel] = &[Channel::Push];
+    const SECRETS: &'static [(&'static str, &'static str)] = &[("vapid_private_key", "vapid_private_key_file")];
+
+    fn build(&self, _: &str, common: &Common, _: &BuildEnv<'_>) -> Result<Arc<dyn Provider>, String> {
+        // Endpoints come from callers: no redirects, public addresses only (unless allowed).
+        let client = public_net::client(common.allow_private_networks).map_err(|e| format!("http client: {e}"))?;
+        Ok(Arc::new(WebPush::new(self, common, client)?))
+    }
+}
 
 /// How long a push service keeps an undelivered message when the notification has no expiry.
 const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -38,8 +62,8 @@ pub struct WebPush {
 }
 
 impl WebPush {
-    pub fn new(cfg: &ProviderSettings, client: reqwest::Client) -> Result<Self, String> {
-        let raw = cfg.vapid_private_key.as_ref().ok_or("vapid_private_key is required")?;
+    fn new(cfg: &Config, common: &Common, client: reqwest::Client) -> Result<Self, String> {
+        let raw = &cfg.vapid_private_key;
         let bytes = URL_SAFE_NO_PAD
             .decode(raw.expose().trim().trim_end_matches('='))
             .map_err(|_| "vapid_private_key: not base64url".to_string())?;
@@ -53,9 +77,9 @@ impl WebPush {
             client,
             vapid_key,
             vapid_public,
-            subject: cfg.vapid_subject.clone().unwrap_or_default(),
-            allow_private: cfg.allow_private_networks,
-            timeout: Duration::from_millis(cfg.timeout_ms),
+            subject: cfg.vapid_subject.clone(),
+            allow_private: common.allow_private_networks,
+            timeout: Duration::from_millis(common.timeout_ms),
         })
     }
 
@@ -197,10 +221,11 @@ mod tests {
 
     #[test]
     fn the_vapid_audience_keeps_a_non_default_port() {
-        let mut cfg = ProviderSettings::new(crate::config::ProviderKind::WebPush);
-        cfg.vapid_private_key = Some(crate::config::Secret::new("RS0WdYWWo1HajXg3NZR1olzCf31i-ZBGDkFyCs7j1jw"));
-        cfg.vapid_subject = Some("mailto:ops@example.com".into());
-        let wp = WebPush::new(&cfg, reqwest::Client::new()).expect("provider");
+        let cfg = Config {
+            vapid_private_key: Secret::new("RS0WdYWWo1HajXg3NZR1olzCf31i-ZBGDkFyCs7j1jw"),
+            vapid_subject: "mailto:ops@example.com".into(),
+        };
+        let wp = WebPush::new(&cfg, &Common::default(), reqwest::Client::new()).expect("provider");
         let url = url::Url::parse("https://push.example.net:8443/sub/1").expect("url");
         let header = wp.vapid_header(&url.origin().ascii_serialization()).expect("header");
         let token = header.strip_prefix("vapid t=").and_then(|h| h.split(',').next()).expect("token");

@@ -8,34 +8,76 @@
 //! `url` is the operator's configuration, like `base_url`: `http://` and private addresses are
 //! allowed.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde::Deserialize;
 use serde_json::json;
 
 use super::http::{execute, generic};
+use super::settings::{BuildEnv, Common, Vendor};
 use super::{OutboundMessage, Provider, ProviderAccepted, ProviderError};
-use crate::config::ProviderSettings;
-use crate::domain::webhook;
+use crate::domain::{Channel, webhook};
+use crate::secret::Secret;
+
+/// `kind = "webhook"`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The whole URL each message is POSTed to.
+    pub url: WebhookUrl,
+    /// `whsec_…`, the Standard Webhooks secret the receiver verifies with.
+    pub signing_secret: Secret,
+}
+
+/// An http(s) URL.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct WebhookUrl(String);
+
+impl TryFrom<String> for WebhookUrl {
+    type Error = &'static str;
+    fn try_from(s: String) -> Result<Self, &'static str> {
+        let ok = url::Url::parse(&s).map(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+        if ok.unwrap_or(false) {
+            Ok(WebhookUrl(s))
+        } else {
+            Err("must be an http(s) URL such as https://gateway.internal/notify")
+        }
+    }
+}
+
+impl std::str::FromStr for WebhookUrl {
+    type Err = &'static str;
+    fn from_str(s: &str) -> Result<Self, &'static str> {
+        WebhookUrl::try_from(s.to_owned())
+    }
+}
+
+impl Vendor for Config {
+    const CHANNELS: &'static [Channel] = &Channel::ALL;
+    const SECRETS: &'static [(&'static str, &'static str)] = &[("signing_secret", "signing_secret_file")];
+
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        webhook::signing_key(self.signing_secret.expose()).map(drop).map_err(|e| ("signing_secret", e))
+    }
+
+    fn build(&self, _: &str, common: &Common, env: &BuildEnv<'_>) -> Result<Arc<dyn Provider>, String> {
+        Ok(Arc::new(Webhook {
+            client: env.client.clone(),
+            url: self.url.0.clone(),
+            key: webhook::signing_key(self.signing_secret.expose())?,
+            timeout: Duration::from_millis(common.timeout_ms),
+        }))
+    }
+}
 
 pub struct Webhook {
     client: reqwest::Client,
     url: String,
     key: Vec<u8>,
     timeout: Duration,
-}
-
-impl Webhook {
-    pub fn new(name: &str, cfg: &ProviderSettings, client: reqwest::Client) -> Result<Self, String> {
-        let secret = cfg.signing_secret.as_ref().map(|s| s.expose()).unwrap_or_default();
-        let key = webhook::signing_key(secret).map_err(|e| format!("providers.{name}.signing_secret: {e}"))?;
-        Ok(Webhook {
-            client,
-            url: cfg.url.clone().unwrap_or_default(),
-            key,
-            timeout: Duration::from_millis(cfg.timeout_ms),
-        })
-    }
 }
 
 #[async_trait]

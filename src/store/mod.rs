@@ -108,3 +108,36 @@ pub async fn migrations_current(pool: &PgPool) -> StoreResult<bool> {
         };
     Ok(MIGRATOR.iter().filter(|m| m.migration_type.is_up_migration()).all(|m| applied.contains(&m.version)))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// Delivery status has one writer, `store::tracking` (the status machine is applied there):
+    /// no other module of `src/` updates `notifications.status`. Rows are created with their
+    /// first status by `ingest`; every later change goes through `tracking`.
+    #[test]
+    fn only_tracking_updates_notification_status() {
+        // Spelt in two parts so that this file does not match itself.
+        let needle = format!("{} {}", "update", "notifications");
+        fn walk(dir: &Path, needle: &str, found: &mut Vec<String>) {
+            for entry in std::fs::read_dir(dir).expect("read src") {
+                let path = entry.expect("entry").path();
+                if path.is_dir() {
+                    if !path.ends_with("store/tracking") {
+                        walk(&path, needle, found);
+                    }
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    let text = std::fs::read_to_string(&path).expect("read");
+                    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
+                    if flat.contains(needle) {
+                        found.push(path.display().to_string());
+                    }
+                }
+            }
+        }
+        let mut found = Vec::new();
+        walk(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &needle, &mut found);
+        assert!(found.is_empty(), "notifications updated outside store::tracking: {found:?}");
+    }
+}

@@ -134,8 +134,8 @@ async fn a_paced_channel_is_claimed_no_faster_than_its_provider_admits() {
     let t = TestApp::spawn_with(|s| {
         // 20 sends/s and a 1 s lease: 8 fit in the 0.4 s a send may wait for its turn (half of
         // the 0.8 s it may use of a lease).
-        let mut paced = herald::config::ProviderSettings::new(herald::config::ProviderKind::Log);
-        paced.max_per_second = Some(20.0);
+        let mut paced = herald::config::ProviderSettings::from(herald::providers::log::Config::default());
+        paced.common.max_per_second = Some(20.0);
         s.providers.insert("paced".into(), paced);
         s.channels.sms.providers = vec!["paced".into()];
         s.dispatch.lease_secs = 1;
@@ -156,8 +156,8 @@ async fn a_paced_channel_is_claimed_no_faster_than_its_provider_admits() {
 #[tokio::test]
 async fn stopping_gives_back_jobs_not_yet_handed_to_a_provider() {
     let t = TestApp::spawn_with(|s| {
-        let mut paced = herald::config::ProviderSettings::new(herald::config::ProviderKind::Log);
-        paced.max_per_second = Some(1.0);
+        let mut paced = herald::config::ProviderSettings::from(herald::providers::log::Config::default());
+        paced.common.max_per_second = Some(1.0);
         s.providers.insert("slow".into(), paced);
         s.channels.sms.providers = vec!["slow".into()];
         s.dispatch.lease_secs = 60;

@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use herald::app::App;
-use herald::config::{ProviderKind, ProviderSettings, Settings, SmtpTls};
+use herald::config::{ProviderSettings, Settings};
 use herald::dispatch::{Dispatcher, Summary};
+use herald::providers::{log, smtp};
 use herald::store::keys::{self, Scope};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -64,14 +65,16 @@ impl TestApp {
         settings.dispatch.poll_interval_ms = 50;
         settings.dispatch.lease_secs = 5;
         settings.callbacks.allow_private_networks = true;
-        let mut mail = ProviderSettings::new(ProviderKind::Smtp);
-        mail.host = Some("127.0.0.1".into());
-        mail.port = Some(smtp.port);
-        mail.tls = SmtpTls::None;
-        mail.from = Some("Herald <herald@example.test>".into());
-        mail.timeout_ms = 5000;
+        let mut relay = smtp::Config::new(
+            "127.0.0.1".parse().expect("host"),
+            "Herald <herald@example.test>".parse().expect("sender"),
+        );
+        relay.port = Some(smtp.port);
+        relay.tls = smtp::SmtpTls::None;
+        let mut mail = ProviderSettings::from(relay);
+        mail.common.timeout_ms = 5000;
         settings.providers.insert("mail".into(), mail);
-        settings.providers.insert("console".into(), ProviderSettings::new(ProviderKind::Log));
+        settings.providers.insert("console".into(), log::Config::default().into());
         settings.channels.email.providers = vec!["mail".into()];
         settings.channels.sms.providers = vec!["console".into()];
         settings.channels.push.providers = vec!["console".into()];

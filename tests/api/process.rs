@@ -210,9 +210,9 @@ async fn sigterm_mid_load_loses_nothing_and_leaves_nothing_leased() {
 
     // Another worker finishes the rest, each exactly once.
     let mut settings = (*t.app.settings).clone();
-    settings.providers.insert("slow".into(), herald::config::ProviderSettings::new(herald::config::ProviderKind::Log));
+    settings.providers.insert("slow".into(), herald::providers::log::Config::default().into());
     settings.channels.sms.providers = vec!["slow".into()];
-    let registry = std::sync::Arc::new(herald::providers::Registry::from_settings(&settings).expect("registry"));
+    let registry = std::sync::Arc::new(settings.registry().expect("registry"));
     let d = herald::dispatch::Dispatcher::new(t.pool().clone(), registry, &settings);
     while d.run_once().await.expect("run").claimed > 0 {}
     let per_message: Vec<i64> = sqlx::query_scalar(

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use herald::config::{ChaosClass, ProviderKind, ProviderSettings, Secret, Settings};
+use herald::config::{ProviderSettings, Secret, Settings};
+use herald::providers::{chaos, webhook};
 use herald::store::keys::Scope;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -48,7 +49,7 @@ async fn send_and_dispatch(t: &TestApp, key: &str, body: Value) -> Value {
 async fn sendgrid_sends_with_from_reply_to_and_one_click_unsubscribe() {
     let fake = FakeHttp::sendgrid().await;
     let origin = fake.origin.clone();
-    let t = TestApp::spawn_with(move |s| route(s, "email", vec![("sg", sendgrid(&origin))])).await;
+    let t = TestApp::spawn_with(move |s| route(s, "email", vec![("sg", sendgrid(&origin).into())])).await;
     let key = t.key("acme", SEND_READ).await;
     let n = send_and_dispatch(&t, &key, rich_email("alice@example.com")).await;
     assert_eq!(n["status"], "sent", "{n}");
@@ -73,8 +74,8 @@ async fn a_wrong_sendgrid_key_is_a_provider_problem_not_a_lost_message() {
     let origin = fake.origin.clone();
     let t = TestApp::spawn_with(move |s| {
         let mut p = sendgrid(&origin);
-        p.api_key = Some(Secret::new("SG.wrong"));
-        route(s, "email", vec![("sg", p)]);
+        p.api_key = Secret::new("SG.wrong");
+        route(s, "email", vec![("sg", p.into())]);
         s.dispatch.max_attempts = 2;
     })
     .await;
@@ -89,7 +90,7 @@ async fn a_wrong_sendgrid_key_is_a_provider_problem_not_a_lost_message() {
 async fn ses_sends_a_sigv4_signed_request() {
     let fake = FakeHttp::ses().await;
     let origin = fake.origin.clone();
-    let t = TestApp::spawn_with(move |s| route(s, "email", vec![("ses", ses(&origin))])).await;
+    let t = TestApp::spawn_with(move |s| route(s, "email", vec![("ses", ses(&origin).into())])).await;
     let key = t.key("acme", SEND_READ).await;
     let n = send_and_dispatch(&t, &key, rich_email("bob@example.com")).await;
     assert_eq!(n["status"], "sent", "{n}");
@@ -114,8 +115,8 @@ async fn a_bad_ses_signature_is_refused_by_the_fake() {
     let origin = fake.origin.clone();
     let t = TestApp::spawn_with(move |s| {
         let mut p = ses(&origin);
-        p.secret_access_key = Some(Secret::new("not-the-secret"));
-        route(s, "email", vec![("ses", p)]);
+        p.secret_access_key = Secret::new("not-the-secret");
+        route(s, "email", vec![("ses", p.into())]);
         s.dispatch.max_attempts = 1;
     })
     .await;
@@ -129,7 +130,7 @@ async fn a_bad_ses_signature_is_refused_by_the_fake() {
 async fn mailgun_sends_a_form_with_headers_and_our_id() {
     let fake = FakeHttp::mailgun().await;
     let origin = fake.origin.clone();
-    let t = TestApp::spawn_with(move |s| route(s, "email", vec![("mg", mailgun(&origin))])).await;
+    let t = TestApp::spawn_with(move |s| route(s, "email", vec![("mg", mailgun(&origin).into())])).await;
     let key = t.key("acme", SEND_READ).await;
     let n = send_and_dispatch(&t, &key, rich_email("carol@example.com")).await;
     assert_eq!(n["status"], "sent", "{n}");
@@ -148,7 +149,7 @@ async fn twilio_sends_with_a_status_callback_on_the_public_url() {
     let fake = FakeHttp::twilio().await;
     let origin = fake.origin.clone();
     let t = TestApp::spawn_with(move |s| {
-        route(s, "sms", vec![("twilio-main", twilio(&origin))]);
+        route(s, "sms", vec![("twilio-main", twilio(&origin).into())]);
         s.server.public_base_url = "https://herald.acme.test".into();
     })
     .await;
@@ -172,7 +173,7 @@ async fn twilio_without_a_public_url_sends_no_status_callback_and_can_use_a_mess
         let mut p = twilio(&origin);
         p.from = None;
         p.messaging_service_sid = Some("MG00000000000000000000000000000001".into());
-        route(s, "sms", vec![("twilio", p)]);
+        route(s, "sms", vec![("twilio", p.into())]);
     })
     .await;
     let key = t.key("acme", SEND_READ).await;
@@ -189,7 +190,10 @@ async fn an_invalid_number_at_twilio_fails_without_retry_or_failover() {
     tw.plan(vec![(400, vec![("content-type", "application/json".into())],
         json!({"code": 21211, "message": "The 'To' number +14155550199 is not a valid phone number.", "more_info": "https://www.twilio.com/docs/errors/21211", "status": 400}).to_string())]);
     let (a, b) = (tw.origin.clone(), vo.origin.clone());
-    let t = TestApp::spawn_with(move |s| route(s, "sms", vec![("twilio", twilio(&a)), ("vonage", vonage(&b))])).await;
+    let t = TestApp::spawn_with(move |s| {
+        route(s, "sms", vec![("twilio", twilio(&a).into()), ("vonage", vonage(&b).into())])
+    })
+    .await;
     let key = t.key("acme", SEND_READ).await;
     let n = send_and_dispatch(&t, &key, sms("+14155550199")).await;
     assert_eq!(n["status"], "failed");
@@ -204,7 +208,7 @@ async fn vonage_errors_inside_http_200_are_classified_and_retried() {
     fake.plan(vec![(200, vec![("content-type", "application/json".into())],
         json!({"message-count": "1", "messages": [{"status": "1", "error-text": "Throughput Rate Exceeded - please wait [ 30 ] and retry"}]}).to_string())]);
     let origin = fake.origin.clone();
-    let t = TestApp::spawn_with(move |s| route(s, "sms", vec![("vonage", vonage(&origin))])).await;
+    let t = TestApp::spawn_with(move |s| route(s, "sms", vec![("vonage", vonage(&origin).into())])).await;
     let key = t.key("acme", SEND_READ).await;
     let n = send_and_dispatch(&t, &key, sms("+447700900000")).await;
     assert_eq!(n["status"], "sent", "{n}");
@@ -223,7 +227,7 @@ async fn a_provider_outage_fails_over_to_the_next_provider() {
     let origin = sg.origin.clone();
     let t = TestApp::spawn_with(move |s| {
         let smtp = s.providers["mail"].clone();
-        route(s, "email", vec![("sg", sendgrid(&origin)), ("mail", smtp)]);
+        route(s, "email", vec![("sg", sendgrid(&origin).into()), ("mail", smtp)]);
     })
     .await;
     let key = t.key("acme", SEND_READ).await;
@@ -243,9 +247,9 @@ async fn an_open_circuit_skips_the_failing_provider_until_its_cool_down() {
     let origin = sg.origin.clone();
     let t = TestApp::spawn_with(move |s| {
         let smtp = s.providers["mail"].clone();
-        let mut p = sendgrid(&origin);
-        p.breaker_failures = 2;
-        p.breaker_cooldown_ms = 60_000;
+        let mut p: ProviderSettings = sendgrid(&origin).into();
+        p.common.breaker_failures = 2;
+        p.common.breaker_cooldown_ms = 60_000;
         route(s, "email", vec![("sg", p), ("mail", smtp)]);
     })
     .await;
@@ -266,9 +270,9 @@ async fn when_every_circuit_is_open_messages_wait_instead_of_failing() {
     sg.plan(vec![(503, vec![], "down".into())]);
     let origin = sg.origin.clone();
     let t = TestApp::spawn_with(move |s| {
-        let mut p = sendgrid(&origin);
-        p.breaker_failures = 1;
-        p.breaker_cooldown_ms = 700;
+        let mut p: ProviderSettings = sendgrid(&origin).into();
+        p.common.breaker_failures = 1;
+        p.common.breaker_cooldown_ms = 700;
         route(s, "email", vec![("sg", p)]);
     })
     .await;
@@ -294,8 +298,8 @@ async fn pacing_spaces_sends_and_loses_none() {
     let sg = FakeHttp::sendgrid().await;
     let origin = sg.origin.clone();
     let t = TestApp::spawn_with(move |s| {
-        let mut p = sendgrid(&origin);
-        p.max_per_second = Some(20.0);
+        let mut p: ProviderSettings = sendgrid(&origin).into();
+        p.common.max_per_second = Some(20.0);
         route(s, "email", vec![("sg", p)]);
     })
     .await;
@@ -320,8 +324,8 @@ async fn max_in_flight_bounds_concurrent_sends() {
     tw.delay(Duration::from_millis(30));
     let origin = tw.origin.clone();
     let t = TestApp::spawn_with(move |s| {
-        let mut p = twilio(&origin);
-        p.max_in_flight = Some(2);
+        let mut p: ProviderSettings = twilio(&origin).into();
+        p.common.max_in_flight = Some(2);
         route(s, "sms", vec![("twilio", p)]);
     })
     .await;
@@ -337,10 +341,8 @@ async fn max_in_flight_bounds_concurrent_sends() {
 #[tokio::test]
 async fn the_chaos_provider_injects_the_configured_failure() {
     let t = TestApp::spawn_with(|s| {
-        let mut p = ProviderSettings::new(ProviderKind::Chaos);
-        p.failure_rate = 1.0;
-        p.error_class = ChaosClass::Permanent;
-        route(s, "sms", vec![("chaos", p)]);
+        let p = chaos::Config { failure_rate: 1.0, error_class: chaos::ChaosClass::Permanent, ..Default::default() };
+        route(s, "sms", vec![("chaos", p.into())]);
     })
     .await;
     let key = t.key("acme", SEND_READ).await;
@@ -356,7 +358,7 @@ async fn provider_redirects_are_followed_only_within_the_origin() {
     let fake = FakeHttp::sendgrid().await;
     let elsewhere = FakeHttp::receiver().await;
     let origin = fake.origin.clone();
-    let t = TestApp::spawn_with(move |s| route(s, "email", vec![("sg", sendgrid(&origin))])).await;
+    let t = TestApp::spawn_with(move |s| route(s, "email", vec![("sg", sendgrid(&origin).into())])).await;
     let key = t.key("acme", SEND_READ).await;
     fake.plan(vec![(307, vec![("location", format!("{}/v3/mail/send", fake.origin))], String::new())]);
     let n = send_and_dispatch(&t, &key, rich_email("a@example.com")).await;
@@ -375,7 +377,7 @@ async fn provider_redirects_are_followed_only_within_the_origin() {
 async fn an_over_long_provider_answer_fails_the_attempt() {
     let fake = FakeHttp::sendgrid().await;
     let origin = fake.origin.clone();
-    let t = TestApp::spawn_with(move |s| route(s, "email", vec![("sg", sendgrid(&origin))])).await;
+    let t = TestApp::spawn_with(move |s| route(s, "email", vec![("sg", sendgrid(&origin).into())])).await;
     let key = t.key("acme", SEND_READ).await;
     fake.plan(vec![(202, vec![("x-message-id", "big".into())], "x".repeat(1 << 20)); 8]);
     let n = send_and_dispatch(&t, &key, rich_email("a@example.com")).await;
@@ -393,10 +395,8 @@ async fn the_webhook_provider_posts_signed_messages_to_the_operators_endpoint() 
     let secret = herald::domain::webhook::new_signing_secret();
     let (url, key_secret) = (format!("{}/gateway/notify", fake.origin), secret.clone());
     let t = TestApp::spawn_with(move |s| {
-        let mut p = ProviderSettings::new(ProviderKind::Webhook);
-        p.url = Some(url);
-        p.signing_secret = Some(Secret::new(key_secret));
-        route(s, "sms", vec![("gateway", p)]);
+        let p = webhook::Config { url: url.parse().expect("url"), signing_secret: Secret::new(key_secret) };
+        route(s, "sms", vec![("gateway", p.into())]);
     })
     .await;
     let key = t.key("acme", SEND_READ).await;

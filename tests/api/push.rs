@@ -3,7 +3,8 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use herald::config::{ProviderKind, ProviderSettings, Secret};
+use herald::config::{ProviderSettings, Secret};
+use herald::providers::{apns, fcm, web_push};
 use herald::store::keys::Scope;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -28,27 +29,30 @@ fn fcm(origin: &str) -> ProviderSettings {
         "private_key": std::fs::read_to_string(fixture("fcm-test-key.pem")).expect("key"),
         "client_email": fake_http::FCM_CLIENT_EMAIL, "token_uri": format!("{origin}/token"),
     });
-    let mut p = ProviderSettings::new(ProviderKind::Fcm);
-    p.base_url = Some(origin.into());
-    p.service_account_json = Some(Secret::new(account.to_string()));
-    p
+    fcm::Config {
+        service_account_json: Secret::new(account.to_string()),
+        base_url: Some(origin.parse().expect("origin")),
+    }
+    .into()
 }
 
-fn apns(origin: &str) -> ProviderSettings {
-    let mut p = ProviderSettings::new(ProviderKind::Apns);
-    p.base_url = Some(origin.into());
-    p.team_id = Some(fake_http::APNS_TEAM.into());
-    p.key_id = Some(fake_http::APNS_KEY_ID.into());
-    p.topic = Some(fake_http::APNS_TOPIC.into());
-    p.private_key_file = Some(fixture("apns-test-key.p8").into());
-    p
+fn apns(origin: &str) -> apns::Config {
+    apns::Config {
+        team_id: fake_http::APNS_TEAM.into(),
+        key_id: fake_http::APNS_KEY_ID.into(),
+        private_key_file: fixture("apns-test-key.p8").into(),
+        topic: fake_http::APNS_TOPIC.into(),
+        environment: apns::ApnsEnvironment::Production,
+        base_url: Some(origin.parse().expect("origin")),
+    }
 }
 
 fn web_push() -> ProviderSettings {
-    let mut p = ProviderSettings::new(ProviderKind::WebPush);
-    p.vapid_private_key = Some(Secret::new(VAPID_PRIVATE));
-    p.vapid_subject = Some("mailto:ops@acme.test".into());
-    p.allow_private_networks = true;
+    let mut p = ProviderSettings::from(web_push::Config {
+        vapid_private_key: Secret::new(VAPID_PRIVATE),
+        vapid_subject: "mailto:ops@acme.test".into(),
+    });
+    p.common.allow_private_networks = true;
     p
 }
 
@@ -112,7 +116,7 @@ async fn an_unregistered_fcm_token_is_recipient_invalid_and_not_retried() {
 #[tokio::test]
 async fn apns_sends_over_http2_with_a_verified_provider_token() {
     let fake = FakeHttp::apns().await;
-    let t = spawn(vec![("apns", apns(&fake.origin))]).await;
+    let t = spawn(vec![("apns", apns(&fake.origin).into())]).await;
     let key = t.key("acme", SEND_READ).await;
     let n = send(&t, &key, json!({"apns": APNS_DEVICE})).await;
     assert_eq!(n["status"], "sent", "{n}");
@@ -136,7 +140,7 @@ async fn an_unregistered_apns_device_is_recipient_invalid() {
         vec![("content-type", "application/json".into())],
         json!({"reason": "Unregistered", "timestamp": 1700000000000u64}).to_string(),
     )]);
-    let t = spawn(vec![("apns", apns(&fake.origin))]).await;
+    let t = spawn(vec![("apns", apns(&fake.origin).into())]).await;
     let key = t.key("acme", SEND_READ).await;
     let n = send(&t, &key, json!({"apns": APNS_DEVICE})).await;
     assert_eq!(n["status"], "failed");
@@ -181,7 +185,7 @@ async fn a_gone_web_push_subscription_is_recipient_invalid() {
 async fn private_web_push_endpoints_are_refused_unless_allowed() {
     let fake = FakeHttp::push_service().await;
     let mut strict = web_push();
-    strict.allow_private_networks = false;
+    strict.common.allow_private_networks = false;
     let t = spawn(vec![("webpush", strict)]).await;
     let key = t.key("acme", SEND_READ).await;
     let r = t.post(&key, json!({"channel": "push", "to": {"web_push": subscription(&format!("{}/push/x", fake.origin))}, "content": {"title": "x"}})).await;
@@ -195,7 +199,8 @@ async fn push_goes_to_the_first_provider_of_the_recipients_kind() {
     let fcm_fake = FakeHttp::fcm().await;
     let apns_fake = FakeHttp::apns().await;
     let t =
-        spawn(vec![("apns", apns(&apns_fake.origin)), ("fcm", fcm(&fcm_fake.origin)), ("webpush", web_push())]).await;
+        spawn(vec![("apns", apns(&apns_fake.origin).into()), ("fcm", fcm(&fcm_fake.origin)), ("webpush", web_push())])
+            .await;
     let key = t.key("acme", SEND_READ).await;
     assert_eq!(send(&t, &key, json!({"fcm": "tok"})).await["provider"], "fcm");
     assert_eq!(send(&t, &key, json!({"apns": APNS_DEVICE})).await["provider"], "apns");
@@ -207,10 +212,10 @@ async fn push_goes_to_the_first_provider_of_the_recipients_kind() {
 async fn the_fake_apns_refuses_a_token_from_another_team() {
     let fake = FakeHttp::apns().await;
     let mut p = apns(&fake.origin);
-    p.team_id = Some("OTHERTEAM1".into());
+    p.team_id = "OTHERTEAM1".into();
     let t = TestApp::spawn_with(move |s| {
         s.channels.push.providers = vec!["apns".into()];
-        s.providers.insert("apns".into(), p);
+        s.providers.insert("apns".into(), p.into());
         s.dispatch.max_attempts = 1;
     })
     .await;

@@ -3,7 +3,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use herald::config::Secret;
+use herald::config::{ProviderSettings, Secret};
 use herald::store::keys::Scope;
 use hmac::{Hmac, Mac};
 use reqwest::StatusCode;
@@ -65,7 +65,7 @@ async fn twilio_app(callbacks: Option<&FakeHttp>) -> (TestApp, FakeHttp, String)
     let fake = FakeHttp::twilio().await;
     let origin = fake.origin.clone();
     let t = TestApp::spawn_with(move |s| {
-        s.providers.insert("twilio".into(), provider_settings::twilio(&origin));
+        s.providers.insert("twilio".into(), provider_settings::twilio(&origin).into());
         s.channels.sms.providers = vec!["twilio".into()];
         s.server.public_base_url = PUBLIC.into();
         s.callbacks.signing_secret = Secret::new(WHSEC);
@@ -429,7 +429,7 @@ async fn a_signed_vonage_dlr_by_get_delivers_and_a_stale_one_is_refused() {
     let t = TestApp::spawn_with(move |s| {
         let mut p = provider_settings::vonage(&origin);
         p.signature_secret = Some(Secret::new("dlr-secret"));
-        s.providers.insert("vonage".into(), p);
+        s.providers.insert("vonage".into(), p.into());
         s.channels.sms.providers = vec!["vonage".into()];
     })
     .await;
@@ -476,7 +476,7 @@ async fn a_sendgrid_bounce_signed_with_ecdsa_bounces_and_suppresses() {
     let t = TestApp::spawn_with(move |s| {
         let mut p = provider_settings::sendgrid(&origin);
         p.webhook_public_key = Some(public);
-        s.providers.insert("sg".into(), p);
+        s.providers.insert("sg".into(), p.into());
         s.channels.email.providers = vec!["sg".into()];
     })
     .await;
@@ -518,7 +518,7 @@ async fn mailgun_app() -> (TestApp, FakeHttp) {
     let t = TestApp::spawn_with(move |s| {
         let mut p = provider_settings::mailgun(&origin);
         p.webhook_signing_key = Some(Secret::new("mailgun-signing-key"));
-        s.providers.insert("mg".into(), p);
+        s.providers.insert("mg".into(), p.into());
         s.channels.email.providers = vec!["mg".into()];
     })
     .await;
@@ -610,7 +610,8 @@ async fn ses_events_via_sns_are_verified_with_the_topic_certificate() {
         let mut p = provider_settings::ses(&ses_origin);
         p.sns_topic_arns = vec![TOPIC.into()];
         p.sns_cert_hosts = vec![host];
-        p.allow_private_networks = true;
+        let mut p = ProviderSettings::from(p);
+        p.common.allow_private_networks = true;
         s.providers.insert("ses".into(), p);
         s.channels.email.providers = vec!["ses".into()];
     })
@@ -672,7 +673,7 @@ async fn a_receipt_for_a_send_not_yet_recorded_waits_for_it() {
     let t = TestApp::spawn_with(move |s| {
         let mut p = provider_settings::mailgun(&origin);
         p.webhook_signing_key = Some(Secret::new("k"));
-        s.providers.insert("mg".into(), p);
+        s.providers.insert("mg".into(), p.into());
         s.channels.email.providers = vec!["mg".into()];
     })
     .await;
@@ -710,7 +711,7 @@ async fn a_twilio_receipt_that_beats_the_record_of_its_send_is_applied_by_it() {
     let fake = FakeHttp::twilio().await;
     let origin = fake.origin.clone();
     let t = TestApp::spawn_with(move |s| {
-        s.providers.insert("twilio".into(), provider_settings::twilio(&origin));
+        s.providers.insert("twilio".into(), provider_settings::twilio(&origin).into());
         s.channels.sms.providers = vec!["twilio".into()];
         s.server.public_base_url = PUBLIC.into();
         s.callbacks.signing_secret = Secret::new(WHSEC);

@@ -3,15 +3,49 @@
 
 pub mod receipts;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use reqwest::StatusCode;
+use serde::Deserialize;
 
-use crate::config::{ProviderSettings, Secret};
+use crate::domain::Channel;
 use crate::providers::http::{HttpReply, execute, generic};
+use crate::providers::settings::{BuildEnv, Common, EmailSender, Origin, Vendor};
 use crate::providers::{OutboundMessage, Provider, ProviderAccepted, ProviderError, ReceiptVerifier, email_parts};
 use crate::receipts::{Incoming, ReceiptContext, ReceiptError, Verified};
+use crate::secret::Secret;
+
+/// `kind = "mailgun"`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub domain: String,
+    pub api_key: Secret,
+    pub from: EmailSender,
+    pub base_url: Option<Origin>,
+    /// The HTTP webhook signing key (falls back to `api_key`).
+    pub webhook_signing_key: Option<Secret>,
+}
+
+impl Vendor for Config {
+    const CHANNELS: &'static [Channel] = &[Channel::Email];
+    const SECRETS: &'static [(&'static str, &'static str)] =
+        &[("api_key", "api_key_file"), ("webhook_signing_key", "webhook_signing_key_file")];
+
+    fn build(&self, _: &str, common: &Common, env: &BuildEnv<'_>) -> Result<Arc<dyn Provider>, String> {
+        let origin = Origin::or(self.base_url.as_ref(), "https://api.mailgun.net");
+        Ok(Arc::new(Mailgun {
+            client: env.client.clone(),
+            url: format!("{origin}/v3/{}/messages", self.domain),
+            api_key: self.api_key.clone(),
+            from: self.from.as_str().to_owned(),
+            timeout: Duration::from_millis(common.timeout_ms),
+            signing_key: self.webhook_signing_key.clone().unwrap_or_else(|| self.api_key.clone()),
+        }))
+    }
+}
 
 pub struct Mailgun {
     client: reqwest::Client,
@@ -24,22 +58,6 @@ pub struct Mailgun {
 }
 
 impl Mailgun {
-    pub fn new(cfg: &ProviderSettings, client: reqwest::Client) -> Self {
-        Mailgun {
-            client,
-            url: format!("{}/v3/{}/messages", cfg.origin(), cfg.domain.as_deref().unwrap_or_default()),
-            api_key: cfg.api_key.clone().unwrap_or_default(),
-            from: cfg.from.clone().unwrap_or_default(),
-            timeout: Duration::from_millis(cfg.timeout_ms),
-            signing_key: [&cfg.webhook_signing_key, &cfg.api_key]
-                .into_iter()
-                .flatten()
-                .find(|s| !s.is_empty())
-                .cloned()
-                .unwrap_or_default(),
-        }
-    }
-
     pub fn form(&self, msg: &OutboundMessage) -> Result<Vec<(&'static str, String)>, ProviderError> {
         let e = email_parts(msg, &self.from)?;
         let mut form = vec![("from", e.from.to_owned()), ("to", e.to.to_owned()), ("subject", e.subject.to_owned())];

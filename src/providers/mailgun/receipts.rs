@@ -22,30 +22,28 @@ pub fn signature(key: &str, timestamp: &str, token: &str) -> String {
 
 pub fn verify(incoming: &Incoming<'_>, key: &str, max_age: Duration) -> Result<Vec<Receipt>, ReceiptError> {
     if key.is_empty() {
-        return Err(ReceiptError::Unauthorized("no webhook_signing_key to check signatures with".into()));
+        return Err(ReceiptError::NotConfigured("providers.NAME.webhook_signing_key"));
     }
     let body: Value =
-        serde_json::from_slice(incoming.body).map_err(|e| ReceiptError::BadRequest(format!("not JSON: {e}")))?;
+        serde_json::from_slice(incoming.body).map_err(|e| ReceiptError::Malformed(format!("not JSON: {e}")))?;
     let sig = &body["signature"];
     let (Some(ts), Some(token), Some(given)) =
         (sig["timestamp"].as_str(), sig["token"].as_str(), sig["signature"].as_str())
     else {
-        return Err(ReceiptError::Unauthorized("no signature object".into()));
+        return Err(ReceiptError::Unsigned("signature object"));
     };
     if !same(signature(key, ts, token).as_bytes(), given.to_ascii_lowercase().as_bytes()) {
-        return Err(ReceiptError::Unauthorized("signature does not match".into()));
+        return Err(ReceiptError::BadSignature("signature"));
     }
     if !ts.parse::<i64>().is_ok_and(|t| fresh(t, max_age)) {
-        return Err(ReceiptError::Unauthorized("timestamp outside the replay window".into()));
+        return Err(ReceiptError::Stale);
     }
     let e = &body["event-data"];
     let event = e["event"].as_str().unwrap_or_default().to_owned();
     let pmid = e["message"]["headers"]["message-id"].as_str().map(|m| m.trim_matches(['<', '>']).to_owned());
     let target = match e["user-variables"]["herald_id"].as_str().and_then(|id| id.parse().ok()) {
         Some(id) => Target::Notification(id),
-        None => {
-            Target::ProviderMessageId(pmid.clone().ok_or_else(|| ReceiptError::BadRequest("no message-id".into()))?)
-        }
+        None => Target::ProviderMessageId(pmid.clone().ok_or_else(|| ReceiptError::Malformed("no message-id".into()))?),
     };
     let (status, suppress) = map(&event, e["severity"].as_str());
     Ok(vec![Receipt {

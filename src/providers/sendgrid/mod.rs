@@ -4,16 +4,56 @@
 
 pub mod receipts;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use reqwest::StatusCode;
+use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::config::{ProviderSettings, Secret};
+use crate::domain::Channel;
 use crate::providers::http::{HttpReply, execute, generic, split_mailbox};
+use crate::providers::settings::{BuildEnv, Common, EmailSender, Origin, Vendor};
 use crate::providers::{OutboundMessage, Provider, ProviderAccepted, ProviderError, ReceiptVerifier, email_parts};
 use crate::receipts::{Incoming, ReceiptContext, ReceiptError, Verified};
+use crate::secret::Secret;
+
+/// `kind = "sendgrid"`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub api_key: Secret,
+    pub from: EmailSender,
+    pub base_url: Option<Origin>,
+    /// The Event Webhook verification key (base64 DER, as the settings page shows).
+    pub webhook_public_key: Option<String>,
+}
+
+impl Vendor for Config {
+    const CHANNELS: &'static [Channel] = &[Channel::Email];
+    const SECRETS: &'static [(&'static str, &'static str)] = &[("api_key", "api_key_file")];
+
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        match &self.webhook_public_key {
+            Some(k) if receipts::verifying_key(k).is_none() => {
+                Err(("webhook_public_key", "must be the base64 DER P-256 public key SendGrid shows".into()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn build(&self, _: &str, common: &Common, env: &BuildEnv<'_>) -> Result<Arc<dyn Provider>, String> {
+        Ok(Arc::new(SendGrid {
+            client: env.client.clone(),
+            url: format!("{}/v3/mail/send", Origin::or(self.base_url.as_ref(), "https://api.sendgrid.com")),
+            api_key: self.api_key.clone(),
+            from: self.from.as_str().to_owned(),
+            timeout: Duration::from_millis(common.timeout_ms),
+            webhook_key: self.webhook_public_key.as_deref().and_then(receipts::verifying_key),
+        }))
+    }
+}
 
 pub struct SendGrid {
     client: reqwest::Client,
@@ -26,23 +66,6 @@ pub struct SendGrid {
 }
 
 impl SendGrid {
-    pub fn new(name: &str, cfg: &ProviderSettings, client: reqwest::Client) -> Result<Self, String> {
-        let webhook_key = match &cfg.webhook_public_key {
-            Some(k) => Some(receipts::verifying_key(k).ok_or_else(|| {
-                format!("providers.{name}.webhook_public_key: must be the base64 DER P-256 public key SendGrid shows")
-            })?),
-            None => None,
-        };
-        Ok(SendGrid {
-            client,
-            url: format!("{}/v3/mail/send", cfg.origin()),
-            api_key: cfg.api_key.clone().unwrap_or_default(),
-            from: cfg.from.clone().unwrap_or_default(),
-            timeout: Duration::from_millis(cfg.timeout_ms),
-            webhook_key,
-        })
-    }
-
     pub fn body(&self, msg: &OutboundMessage) -> Result<Value, ProviderError> {
         let e = email_parts(msg, &self.from)?;
         let address = |raw: &str| {

@@ -34,22 +34,21 @@ pub fn verify(
     key: Option<&VerifyingKey>,
     max_age: Duration,
 ) -> Result<Vec<Receipt>, ReceiptError> {
-    let key =
-        key.ok_or_else(|| ReceiptError::Unauthorized("receipts need providers.NAME.webhook_public_key".into()))?;
+    let key = key.ok_or(ReceiptError::NotConfigured("providers.NAME.webhook_public_key"))?;
     let sig = incoming
         .header("x-twilio-email-event-webhook-signature")
-        .ok_or_else(|| ReceiptError::Unauthorized("no X-Twilio-Email-Event-Webhook-Signature".into()))?;
+        .ok_or(ReceiptError::Unsigned("X-Twilio-Email-Event-Webhook-Signature"))?;
     let ts = incoming
         .header("x-twilio-email-event-webhook-timestamp")
-        .ok_or_else(|| ReceiptError::Unauthorized("no X-Twilio-Email-Event-Webhook-Timestamp".into()))?;
+        .ok_or(ReceiptError::Unsigned("X-Twilio-Email-Event-Webhook-Timestamp"))?;
     if !signature_holds(key, sig, ts, incoming.body) {
-        return Err(ReceiptError::Unauthorized("the event webhook signature does not match".into()));
+        return Err(ReceiptError::BadSignature("the event webhook signature"));
     }
     if !ts.parse::<i64>().is_ok_and(|t| fresh(t, max_age)) {
-        return Err(ReceiptError::Unauthorized("timestamp outside the replay window".into()));
+        return Err(ReceiptError::Stale);
     }
     let events: Vec<Value> = serde_json::from_slice(incoming.body)
-        .map_err(|e| ReceiptError::BadRequest(format!("not a JSON array of events: {e}")))?;
+        .map_err(|e| ReceiptError::Malformed(format!("not a JSON array of events: {e}")))?;
     Ok(events.iter().filter_map(receipt).collect())
 }
 

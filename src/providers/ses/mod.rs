@@ -4,18 +4,51 @@
 
 pub mod receipts;
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
 use aws_sigv4::sign::v4;
+use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::config::{ProviderSettings, Secret};
+use crate::domain::Channel;
 use crate::providers::http::{HttpReply, execute, generic};
+use crate::providers::settings::{BuildEnv, Common, EmailSender, Origin, Vendor};
 use crate::providers::{OutboundMessage, Provider, ProviderAccepted, ProviderError, ReceiptVerifier, email_parts};
 use crate::receipts::{Incoming, ReceiptContext, ReceiptError, Verified};
+use crate::secret::Secret;
+
+/// `kind = "ses"`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    pub from: EmailSender,
+    pub session_token: Option<Secret>,
+    pub configuration_set: Option<String>,
+    pub base_url: Option<Origin>,
+    /// SNS topics whose messages are accepted as receipts.
+    #[serde(default)]
+    pub sns_topic_arns: Vec<String>,
+    /// Extra hosts SNS signing certificates may come from (besides sns.<region>.amazonaws.com).
+    #[serde(default)]
+    pub sns_cert_hosts: Vec<String>,
+}
+
+impl Vendor for Config {
+    const CHANNELS: &'static [Channel] = &[Channel::Email];
+    const SECRETS: &'static [(&'static str, &'static str)] =
+        &[("secret_access_key", "secret_access_key_file"), ("session_token", "session_token_file")];
+
+    fn build(&self, _: &str, common: &Common, env: &BuildEnv<'_>) -> Result<Arc<dyn Provider>, String> {
+        Ok(Arc::new(Ses::new(self, common, env.client.clone())?))
+    }
+}
 
 pub struct Ses {
     client: reqwest::Client,
@@ -33,25 +66,26 @@ pub struct Ses {
 }
 
 impl Ses {
-    pub fn new(cfg: &ProviderSettings, client: reqwest::Client) -> Result<Self, String> {
+    fn new(cfg: &Config, common: &Common, client: reqwest::Client) -> Result<Self, String> {
+        let public = format!("https://email.{}.amazonaws.com", cfg.region);
         // SNS certificates and subscription confirmations come from URLs in the messages: the
         // hosts are allow-listed, and no redirect is followed away from them.
         let sns_client = crate::providers::public_net::client(true).map_err(|e| format!("http client: {e}"))?;
         Ok(Ses {
             client,
             sns_client,
-            url: format!("{}/v2/email/outbound-emails", cfg.origin()),
-            region: cfg.region.clone().unwrap_or_default(),
-            access_key_id: cfg.access_key_id.clone().unwrap_or_default(),
-            secret_access_key: cfg.secret_access_key.clone().unwrap_or_default(),
+            url: format!("{}/v2/email/outbound-emails", Origin::or(cfg.base_url.as_ref(), &public)),
+            region: cfg.region.clone(),
+            access_key_id: cfg.access_key_id.clone(),
+            secret_access_key: cfg.secret_access_key.clone(),
             session_token: cfg.session_token.clone(),
             configuration_set: cfg.configuration_set.clone(),
-            from: cfg.from.clone().unwrap_or_default(),
-            timeout: Duration::from_millis(cfg.timeout_ms),
+            from: cfg.from.as_str().to_owned(),
+            timeout: Duration::from_millis(common.timeout_ms),
             sns: receipts::Sns {
                 topic_arns: cfg.sns_topic_arns.clone(),
                 cert_hosts: cfg.sns_cert_hosts.clone(),
-                allow_private_networks: cfg.allow_private_networks,
+                allow_private_networks: common.allow_private_networks,
             },
         })
     }
@@ -246,11 +280,18 @@ mod tests {
     /// path with the suite's credentials, region, service and time.
     #[test]
     fn sigv4_matches_the_aws_test_suite() {
-        let mut cfg = ProviderSettings::new(crate::config::ProviderKind::Ses);
-        cfg.region = Some("us-east-1".into());
-        cfg.access_key_id = Some("AKIDEXAMPLE".into());
-        cfg.secret_access_key = Some(Secret::new("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"));
-        let ses = Ses::new(&cfg, reqwest::Client::new()).expect("ses");
+        let cfg = Config {
+            region: "us-east-1".into(),
+            access_key_id: "AKIDEXAMPLE".into(),
+            secret_access_key: Secret::new("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"),
+            from: "a@example.com".parse().expect("sender"),
+            session_token: None,
+            configuration_set: None,
+            base_url: None,
+            sns_topic_arns: Vec::new(),
+            sns_cert_hosts: Vec::new(),
+        };
+        let ses = Ses::new(&cfg, &Common::default(), reqwest::Client::new()).expect("ses");
         let time = SystemTime::UNIX_EPOCH + Duration::from_secs(1_440_938_160); // 20150830T123600Z
         // The suite's service name is `service`; sign through the same aws-sigv4 call with it.
         let sign_as = |method: &str| {

@@ -44,7 +44,7 @@ pub struct Sns {
 
 /// An SNS URL we may fetch: https (http only with `allow_private_networks`), an allowed host.
 fn allowed_url(raw: &str, cfg: &Sns, pem: bool) -> Result<url::Url, ReceiptError> {
-    let refuse = |why: &str| ReceiptError::Unauthorized(format!("{raw}: {why}"));
+    let refuse = |why: &str| ReceiptError::Untrusted(format!("{raw}: {why}"));
     let url = url::Url::parse(raw).map_err(|_| refuse("not a URL"))?;
     let scheme_ok = url.scheme() == "https" || (url.scheme() == "http" && cfg.allow_private_networks);
     let host = url.host_str().unwrap_or_default();
@@ -66,7 +66,7 @@ async fn cert_key(url: &url::Url, client: &reqwest::Client) -> Result<Vec<u8>, R
     if let Some(k) = CERT_KEYS.lock().unwrap_or_else(|e| e.into_inner()).get(url.as_str()) {
         return Ok(k.clone());
     }
-    let fail = |why: String| ReceiptError::Unauthorized(format!("signing certificate {url}: {why}"));
+    let fail = |why: String| ReceiptError::Untrusted(format!("signing certificate {url}: {why}"));
     let resp = client
         .get(url.as_str())
         .timeout(Duration::from_secs(5))
@@ -119,26 +119,26 @@ pub async fn verify(
     max_age: Duration,
 ) -> Result<Verified, ReceiptError> {
     let msg: Value = serde_json::from_slice(incoming.body)
-        .map_err(|e| ReceiptError::BadRequest(format!("not an SNS message: {e}")))?;
+        .map_err(|e| ReceiptError::Malformed(format!("not an SNS message: {e}")))?;
     let topic = msg["TopicArn"].as_str().unwrap_or_default();
     if cfg.topic_arns.is_empty() {
-        return Err(ReceiptError::Unauthorized("receipts need providers.NAME.sns_topic_arns".into()));
+        return Err(ReceiptError::NotConfigured("providers.NAME.sns_topic_arns"));
     }
     if !cfg.topic_arns.iter().any(|t| t == topic) {
-        return Err(ReceiptError::Unauthorized(format!("topic {topic} is not in sns_topic_arns")));
+        return Err(ReceiptError::Untrusted(format!("topic {topic} is not in sns_topic_arns")));
     }
     let cert_url = msg["SigningCertURL"].as_str().or(msg["SigningCertUrl"].as_str()).unwrap_or_default();
     let cert_url = allowed_url(cert_url, cfg, true)?;
     let key = cert_key(&cert_url, client).await?;
     if !signature_holds(&msg, &key) {
-        return Err(ReceiptError::Unauthorized("the SNS signature does not match".into()));
+        return Err(ReceiptError::BadSignature("the SNS signature"));
     }
     // SNS redelivers with the original Timestamp, for up to an hour under a custom retry
     // policy: the window is at least that long, and MessageId deduplicates replays within it.
     let window = max_age.max(Duration::from_secs(3600));
     let at = msg["Timestamp"].as_str().and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok());
     if !at.is_some_and(|t| fresh(t.unix_timestamp(), window)) {
-        return Err(ReceiptError::Unauthorized("Timestamp outside the replay window".into()));
+        return Err(ReceiptError::Stale);
     }
     match msg["Type"].as_str() {
         Some("SubscriptionConfirmation") => {
@@ -148,9 +148,9 @@ pub async fn verify(
             match resp {
                 Ok(r) if r.status().is_success() => Ok(Verified::Acknowledged(format!("subscribed to {topic}"))),
                 Ok(r) => {
-                    Err(ReceiptError::BadRequest(format!("confirming the subscription: SNS answered {}", r.status())))
+                    Err(ReceiptError::Malformed(format!("confirming the subscription: SNS answered {}", r.status())))
                 }
-                Err(e) => Err(ReceiptError::BadRequest(format!("confirming the subscription: {}", e.without_url()))),
+                Err(e) => Err(ReceiptError::Malformed(format!("confirming the subscription: {}", e.without_url()))),
             }
         }
         Some("UnsubscribeConfirmation") => Ok(Verified::Acknowledged(format!("unsubscribed from {topic}"))),
@@ -159,10 +159,10 @@ pub async fn verify(
             let event: Value = msg["Message"]
                 .as_str()
                 .and_then(|m| serde_json::from_str(m).ok())
-                .ok_or_else(|| ReceiptError::BadRequest("Message is not an SES event".into()))?;
+                .ok_or_else(|| ReceiptError::Malformed("Message is not an SES event".into()))?;
             Ok(Verified::Receipts(ses_receipt(&sns_id, &event).into_iter().collect()))
         }
-        other => Err(ReceiptError::BadRequest(format!("unknown SNS message type {other:?}"))),
+        other => Err(ReceiptError::Malformed(format!("unknown SNS message type {other:?}"))),
     }
 }
 

@@ -5,14 +5,55 @@
 
 pub mod receipts;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde::Deserialize;
 
-use crate::config::{ProviderSettings, Secret};
+use crate::domain::Channel;
 use crate::providers::http::{HttpReply, execute, generic};
+use crate::providers::settings::{BuildEnv, Common, NonEmpty, Origin, Vendor};
 use crate::providers::{OutboundMessage, Provider, ProviderAccepted, ProviderError, ReceiptVerifier, sms_parts};
 use crate::receipts::{Incoming, ReceiptContext, ReceiptError, Verified};
+use crate::secret::Secret;
+
+/// `kind = "twilio"`: `from` or `messaging_service_sid` (which wins when both are set).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub account_sid: String,
+    pub auth_token: Secret,
+    pub from: Option<NonEmpty>,
+    pub messaging_service_sid: Option<String>,
+    pub base_url: Option<Origin>,
+}
+
+impl Vendor for Config {
+    const CHANNELS: &'static [Channel] = &[Channel::Sms];
+    const SECRETS: &'static [(&'static str, &'static str)] = &[("auth_token", "auth_token_file")];
+
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.from.is_none() && self.messaging_service_sid.is_none() {
+            return Err(("from", "kind twilio needs from or messaging_service_sid".into()));
+        }
+        Ok(())
+    }
+
+    fn build(&self, name: &str, common: &Common, env: &BuildEnv<'_>) -> Result<Arc<dyn Provider>, String> {
+        let origin = Origin::or(self.base_url.as_ref(), "https://api.twilio.com");
+        Ok(Arc::new(Twilio {
+            client: env.client.clone(),
+            url: format!("{origin}/2010-04-01/Accounts/{}/Messages.json", self.account_sid),
+            account_sid: self.account_sid.clone(),
+            auth_token: self.auth_token.clone(),
+            from: self.from.as_ref().map(|f| f.as_str().to_owned()),
+            messaging_service_sid: self.messaging_service_sid.clone(),
+            status_callback: env.receipts_url(name),
+            timeout: Duration::from_millis(common.timeout_ms),
+        }))
+    }
+}
 
 pub struct Twilio {
     client: reqwest::Client,
@@ -26,21 +67,6 @@ pub struct Twilio {
 }
 
 impl Twilio {
-    pub fn new(name: &str, cfg: &ProviderSettings, client: reqwest::Client, public_base_url: &str) -> Self {
-        let sid = cfg.account_sid.clone().unwrap_or_default();
-        Twilio {
-            client,
-            url: format!("{}/2010-04-01/Accounts/{sid}/Messages.json", cfg.origin()),
-            account_sid: sid,
-            auth_token: cfg.auth_token.clone().unwrap_or_default(),
-            from: cfg.from.clone(),
-            messaging_service_sid: cfg.messaging_service_sid.clone(),
-            status_callback: (!public_base_url.is_empty())
-                .then(|| format!("{}/webhooks/{name}", public_base_url.trim_end_matches('/'))),
-            timeout: Duration::from_millis(cfg.timeout_ms),
-        }
-    }
-
     pub fn form(&self, msg: &OutboundMessage) -> Result<Vec<(&'static str, String)>, ProviderError> {
         let (to, text) = sms_parts(msg)?;
         let mut form = vec![("To", to.to_owned()), ("Body", text.to_owned())];

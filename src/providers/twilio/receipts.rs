@@ -49,16 +49,12 @@ pub fn verify(
     path: &str,
 ) -> Result<Vec<Receipt>, ReceiptError> {
     if auth_token.is_empty() {
-        return Err(ReceiptError::Unauthorized("no auth_token to check signatures with".into()));
+        return Err(ReceiptError::NotConfigured("providers.NAME.auth_token"));
     }
     if public_base_url.is_empty() {
-        return Err(ReceiptError::Unauthorized(
-            "server.public_base_url is not set, so Twilio signatures cannot be checked".into(),
-        ));
+        return Err(ReceiptError::NotConfigured("server.public_base_url (Twilio signs the URL it called)"));
     }
-    let given = incoming
-        .header("x-twilio-signature")
-        .ok_or_else(|| ReceiptError::Unauthorized("no X-Twilio-Signature".into()))?;
+    let given = incoming.header("x-twilio-signature").ok_or(ReceiptError::Unsigned("X-Twilio-Signature"))?;
     let mut url = format!("{}{path}", public_base_url.trim_end_matches('/'));
     if !incoming.query.is_empty() {
         url = format!("{url}?{}", incoming.query);
@@ -68,11 +64,11 @@ pub fn verify(
     let ok =
         url_variants(&url).iter().any(|u| same(signature(auth_token, u, &body_params).as_bytes(), given.as_bytes()));
     if !ok {
-        return Err(ReceiptError::Unauthorized("X-Twilio-Signature does not match".into()));
+        return Err(ReceiptError::BadSignature("X-Twilio-Signature"));
     }
     let get = |k: &str| body_params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let sid =
-        get("MessageSid").or_else(|| get("SmsSid")).ok_or_else(|| ReceiptError::BadRequest("no MessageSid".into()))?;
+        get("MessageSid").or_else(|| get("SmsSid")).ok_or_else(|| ReceiptError::Malformed("no MessageSid".into()))?;
     let state = get("MessageStatus").or_else(|| get("SmsStatus")).unwrap_or_default();
     let error_code = get("ErrorCode");
     let (status, suppress) = map(&state, error_code.as_deref());

@@ -4,15 +4,65 @@
 
 pub mod receipts;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::config::{ProviderSettings, Secret};
+use crate::domain::Channel;
 use crate::providers::http::{execute, generic};
+use crate::providers::settings::{BuildEnv, Common, NonEmpty, Origin, Vendor};
 use crate::providers::{OutboundMessage, Provider, ProviderAccepted, ProviderError, ReceiptVerifier, sms_parts};
 use crate::receipts::{Incoming, ReceiptContext, ReceiptError, Verified};
+use crate::secret::Secret;
+
+/// `kind = "vonage"`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub api_key: Secret,
+    pub api_secret: Secret,
+    pub from: NonEmpty,
+    pub base_url: Option<Origin>,
+    /// Signed delivery receipts: the signature secret, and how they are signed.
+    pub signature_secret: Option<Secret>,
+    /// md5hash (the default), md5, sha1, sha256 or sha512.
+    pub signature_method: Option<String>,
+}
+
+impl Vendor for Config {
+    const CHANNELS: &'static [Channel] = &[Channel::Sms];
+    const SECRETS: &'static [(&'static str, &'static str)] = &[
+        ("api_key", "api_key_file"),
+        ("api_secret", "api_secret_file"),
+        ("signature_secret", "signature_secret_file"),
+    ];
+
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        match &self.signature_method {
+            Some(m) if !["md5hash", "md5", "sha1", "sha256", "sha512"].contains(&m.as_str()) => {
+                Err(("signature_method", "must be md5hash, md5, sha1, sha256 or sha512".into()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn build(&self, name: &str, common: &Common, env: &BuildEnv<'_>) -> Result<Arc<dyn Provider>, String> {
+        Ok(Arc::new(Vonage {
+            client: env.client.clone(),
+            url: format!("{}/sms/json", Origin::or(self.base_url.as_ref(), "https://rest.nexmo.com")),
+            api_key: self.api_key.expose().to_owned(),
+            api_secret: self.api_secret.clone(),
+            from: self.from.as_str().to_owned(),
+            callback: env.receipts_url(name),
+            timeout: Duration::from_millis(common.timeout_ms),
+            signature_secret: self.signature_secret.clone(),
+            signature_method: self.signature_method.clone().unwrap_or_else(|| "md5hash".into()),
+        }))
+    }
+}
 
 pub struct Vonage {
     client: reqwest::Client,
@@ -28,21 +78,6 @@ pub struct Vonage {
 }
 
 impl Vonage {
-    pub fn new(name: &str, cfg: &ProviderSettings, client: reqwest::Client, public_base_url: &str) -> Self {
-        Vonage {
-            client,
-            url: format!("{}/sms/json", cfg.origin()),
-            api_key: cfg.api_key.as_ref().map(|k| k.expose().to_owned()).unwrap_or_default(),
-            api_secret: cfg.api_secret.clone().unwrap_or_default(),
-            from: cfg.from.clone().unwrap_or_default(),
-            callback: (!public_base_url.is_empty())
-                .then(|| format!("{}/webhooks/{name}", public_base_url.trim_end_matches('/'))),
-            timeout: Duration::from_millis(cfg.timeout_ms),
-            signature_secret: cfg.signature_secret.clone(),
-            signature_method: cfg.signature_method.clone().unwrap_or_else(|| "md5hash".into()),
-        }
-    }
-
     pub fn form(&self, msg: &OutboundMessage) -> Result<Vec<(&'static str, String)>, ProviderError> {
         let (to, text) = sms_parts(msg)?;
         let mut form = vec![

@@ -66,22 +66,20 @@ pub fn verify(
     max_age: Duration,
 ) -> Result<Vec<Receipt>, ReceiptError> {
     let Some(secret) = secret else {
-        return Err(ReceiptError::Unauthorized("receipts need providers.NAME.signature_secret (signed DLRs)".into()));
+        return Err(ReceiptError::NotConfigured("providers.NAME.signature_secret"));
     };
     let p = params(incoming);
     let get = |k: &str| p.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    let given = get("sig").ok_or_else(|| ReceiptError::Unauthorized("no sig parameter".into()))?;
+    let given = get("sig").ok_or(ReceiptError::Unsigned("sig parameter"))?;
     let expected = signature(&p, secret, method);
     if !same(expected.as_bytes(), given.to_ascii_lowercase().as_bytes()) {
-        return Err(ReceiptError::Unauthorized("sig does not match".into()));
+        return Err(ReceiptError::BadSignature("sig"));
     }
-    let ts = get("timestamp")
-        .and_then(|t| t.parse::<i64>().ok())
-        .ok_or_else(|| ReceiptError::Unauthorized("no timestamp".into()))?;
+    let ts = get("timestamp").and_then(|t| t.parse::<i64>().ok()).ok_or(ReceiptError::Unsigned("timestamp"))?;
     if !fresh(ts, max_age) {
-        return Err(ReceiptError::Unauthorized("timestamp outside the replay window".into()));
+        return Err(ReceiptError::Stale);
     }
-    let message_id = get("messageId").ok_or_else(|| ReceiptError::BadRequest("no messageId".into()))?;
+    let message_id = get("messageId").ok_or_else(|| ReceiptError::Malformed("no messageId".into()))?;
     let state = get("status").unwrap_or_default();
     let err_code = get("err-code").unwrap_or_else(|| "0".into());
     let target = match get("client-ref").and_then(|r| r.parse().ok()) {

@@ -83,7 +83,7 @@ async fn shutdown() {
         }
     };
     tokio::select! {
-        _ = term => {}
+        () = term => {}
         _ = tokio::signal::ctrl_c() => {}
     }
 }

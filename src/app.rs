@@ -181,7 +181,7 @@ impl App {
                 let mut server = std::pin::pin!(server.into_future());
                 tokio::select! {
                     res = &mut server => res,
-                    _ = async { cancel_then(grace, &token).await } => {
+                    () = async { cancel_then(grace, &token).await } => {
                         warn!("in-flight requests did not finish within server.shutdown_grace_ms");
                         Ok(())
                     }
@@ -229,8 +229,8 @@ pub fn shutdown_token() -> CancellationToken {
         #[cfg(not(unix))]
         let term = std::future::pending::<()>();
         tokio::select! {
-            _ = ctrl_c => info!("ctrl-c: shutting down"),
-            _ = term => info!("SIGTERM: shutting down"),
+            () = ctrl_c => info!("ctrl-c: shutting down"),
+            () = term => info!("SIGTERM: shutting down"),
         }
         t.cancel();
     });

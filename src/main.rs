@@ -257,8 +257,7 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
                 .timeout(std::time::Duration::from_secs(3))
                 .send()
                 .await
-                .map(|r| r.status().is_success())
-                .unwrap_or(false);
+                .is_ok_and(|r| r.status().is_success());
             if ok {
                 println!("ready");
                 Ok(ExitCode::SUCCESS)

@@ -76,7 +76,7 @@ impl Databases {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
-        self.created.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.created.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

@@ -62,12 +62,12 @@ impl Fake {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<u64>> {
-        self.counters.latencies_us.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.counters.latencies_us.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
 pub fn unix_micros() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
 async fn messages(
@@ -78,7 +78,7 @@ async fn messages(
     let now = unix_micros();
     let body = form.get("Body").cloned().unwrap_or_default();
     if let Some(sent) = body.split("t=").nth(1).and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok()) {
-        let mut latencies = counters.latencies_us.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut latencies = counters.latencies_us.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         latencies.push(now.saturating_sub(sent));
     }
     counters.received.fetch_add(1, Ordering::SeqCst);

@@ -59,7 +59,7 @@ impl Stats {
     }
 
     pub fn pct_ms(&self, q: f64) -> f64 {
-        percentile(&self.latencies, q).map(|d| d.as_secs_f64() * 1e3).unwrap_or(f64::NAN)
+        percentile(&self.latencies, q).map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
     }
 
     /// ", 3 errors: first: …" or nothing.

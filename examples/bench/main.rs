@@ -180,7 +180,7 @@ async fn run(quick: bool, only: Option<Vec<String>>) -> Result<()> {
         n => eprintln!("bench: {n} scenario(s) failed; the children's logs are in {}", ctx.tmp.display()),
     }
 
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     let date = time::OffsetDateTime::now_utc()
         .format(time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC"))
         .unwrap_or_default();

@@ -78,7 +78,7 @@ impl Proc {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(Child::id).unwrap_or(0)
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     /// An error (with the end of the child's log) if the child has exited.

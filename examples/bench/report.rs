@@ -124,7 +124,7 @@ pub fn rows(results: Results, s: &Sizes) -> Vec<[String; 6]> {
             return 0;
         }
         let missing = (d.jobs as i64 - d.sent).max(0) as u64;
-        missing.max(d.received.map(|r| d.jobs.saturating_sub(r)).unwrap_or(0))
+        missing.max(d.received.map_or(0, |r| d.jobs.saturating_sub(r)))
     };
     rows.push(ratio_row(
         format!("dispatch: `log` provider, one `herald worker`, {} queued", int(s.dispatch_jobs as f64)),
@@ -152,8 +152,8 @@ pub fn rows(results: Results, s: &Sizes) -> Vec<[String; 6]> {
     // Latency.
     let (cell, met) = match &latency {
         Ok(l) => {
-            let p = |q| load::percentile(&l.delivered_us, q).map(|us| us as f64 / 1e3).unwrap_or(f64::NAN);
-            let http99 = load::percentile(&l.http.latencies, 0.99).map(|d| d.as_secs_f64() * 1e3).unwrap_or(f64::NAN);
+            let p = |q| load::percentile(&l.delivered_us, q).map_or(f64::NAN, |us| us as f64 / 1e3);
+            let http99 = load::percentile(&l.http.latencies, 0.99).map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
             let errors = match (&l.http.first_error, l.http.err) {
                 (_, 0) => String::new(),
                 (Some(e), n) => format!("; {n} errors, first: {e}"),
@@ -240,16 +240,16 @@ fn ratio_row(
     baseline: Outcome<(String, f64)>,
     min_ratio: Option<f64>,
 ) -> [String; 6] {
-    let target = min_ratio.map(|r| format!("≥ {r:.1}×")).unwrap_or_else(|| "—".into());
+    let target = min_ratio.map_or_else(|| "—".into(), |r| format!("≥ {r:.1}×"));
     let (ratio, met) = match (&herald, &baseline) {
         (Ok((_, h, errors)), Ok((_, b))) if *b > 0.0 => {
             let ratio = h / b;
-            (format!("{ratio:.2}×"), min_ratio.map(|m| verdict(ratio >= m, *errors)).unwrap_or_else(|| "—".into()))
+            (format!("{ratio:.2}×"), min_ratio.map_or_else(|| "—".into(), |m| verdict(ratio >= m, *errors)))
         }
         _ => ("—".into(), "—".into()),
     };
-    let herald = herald.map(|h| h.0).unwrap_or_else(|e| failed(&e));
-    let baseline = baseline.map(|b| b.0).unwrap_or_else(|e| failed(&e));
+    let herald = herald.map_or_else(|e| failed(&e), |h| h.0);
+    let baseline = baseline.map_or_else(|e| failed(&e), |b| b.0);
     [figure, herald, baseline, ratio, target, met]
 }
 

@@ -196,7 +196,7 @@ fn config_file(file: Option<&Path>) -> Option<PathBuf> {
 impl Settings {
     /// Load and check settings. `file` comes from `--config`; `HERALD_CONFIG` is its fallback.
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
-        Self::from_figment(Self::figment(config_file(file).as_deref()))
+        Self::from_figment(&Self::figment(config_file(file).as_deref()))
     }
 
     pub fn figment(file: Option<&Path>) -> Figment {
@@ -207,7 +207,7 @@ impl Settings {
     /// and environment layers, so an overlay can use (or replace) what dev sets up.
     pub fn load_dev(file: Option<&Path>) -> Result<Settings, ConfigError> {
         let base = Figment::from(Toml::string(DEFAULT_TOML)).merge(Toml::string(DEV_TOML));
-        Self::from_figment(Self::figment_over(base, config_file(file).as_deref()))
+        Self::from_figment(&Self::figment_over(base, config_file(file).as_deref()))
     }
 
     fn figment_over(mut fig: Figment, file: Option<&Path>) -> Figment {
@@ -218,14 +218,14 @@ impl Settings {
             .merge(Env::prefixed("HERALD__").split("__"))
     }
 
-    pub fn from_figment(fig: Figment) -> Result<Settings, ConfigError> {
+    pub fn from_figment(fig: &Figment) -> Result<Settings, ConfigError> {
         let mut s: Settings = fig.extract().map_err(|e| {
             // Name the key the way the docs spell it, and where the bad value came from.
             let key = e.path.join(".").to_lowercase();
             let source = e.metadata.as_ref().map(|m| format!(" (from {})", m.name)).unwrap_or_default();
             ConfigError::Figment { key, message: format!("{}{source}", e.kind) }
         })?;
-        s.providers = Self::providers(&fig)?;
+        s.providers = Self::providers(fig)?;
         s.validate()?;
         Ok(s)
     }
@@ -263,8 +263,7 @@ impl Settings {
         }
         if !srv.public_base_url.is_empty() {
             let ok = url::Url::parse(&srv.public_base_url)
-                .map(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-                .unwrap_or(false);
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
             if !ok {
                 return Err(invalid(
                     "server.public_base_url",
@@ -356,7 +355,7 @@ mod tests {
     #[test]
     fn defaults_load() {
         Jail::expect_with(|_| {
-            let s = Settings::from_figment(Settings::figment(None)).expect("defaults are valid");
+            let s = Settings::from_figment(&Settings::figment(None)).expect("defaults are valid");
             assert_eq!(s.dispatch.concurrency, 256);
             assert!(s.providers.is_empty());
             Ok(())
@@ -372,13 +371,13 @@ mod tests {
             )?;
             jail.set_env("HERALD__DISPATCH__BATCH_SIZE", "7");
             jail.set_env("DATABASE_URL", "postgres://u:pw@h/db");
-            let s = Settings::from_figment(Settings::figment(Some(Path::new("h.toml")))).expect("valid");
+            let s = Settings::from_figment(&Settings::figment(Some(Path::new("h.toml")))).expect("valid");
             assert_eq!((s.dispatch.concurrency, s.dispatch.batch_size), (4, 7));
             assert_eq!(s.database.url.expose(), "postgres://u:pw@h/db");
             assert!(!format!("{s:?}").contains("pw@"), "secrets stay out of Debug");
 
             jail.set_env("HERALD__DISPATCH__CONCURRENCY", "lots");
-            let err = Settings::from_figment(Settings::figment(Some(Path::new("h.toml")))).unwrap_err().to_string();
+            let err = Settings::from_figment(&Settings::figment(Some(Path::new("h.toml")))).unwrap_err().to_string();
             assert!(err.contains("dispatch.concurrency"), "{err}");
             Ok(())
         });
@@ -388,7 +387,7 @@ mod tests {
     fn unknown_provider_in_a_channel_is_named() {
         Jail::expect_with(|jail| {
             jail.create_file("h.toml", "[channels.email]\nproviders = [\"mail\"]\n")?;
-            let err = Settings::from_figment(Settings::figment(Some(Path::new("h.toml")))).unwrap_err().to_string();
+            let err = Settings::from_figment(&Settings::figment(Some(Path::new("h.toml")))).unwrap_err().to_string();
             assert!(err.contains("channels.email.providers[0]") && err.contains("mail"), "{err}");
             Ok(())
         });
@@ -402,13 +401,13 @@ mod tests {
                 "h.toml",
                 "[providers.m]\nkind = \"smtp\"\nhost = \"x\"\nfrom = \"a@b.cd\"\nusername = \"u\"\npassword_file = \"pw\"\n[channels.sms]\nproviders = [\"m\"]\n",
             )?;
-            let err = Settings::from_figment(Settings::figment(Some(Path::new("h.toml")))).unwrap_err().to_string();
+            let err = Settings::from_figment(&Settings::figment(Some(Path::new("h.toml")))).unwrap_err().to_string();
             assert!(err.contains("cannot send sms"), "{err}");
             jail.create_file(
                 "h.toml",
                 "[providers.m]\nkind = \"smtp\"\nhost = \"x\"\nfrom = \"a@b.cd\"\nusername = \"u\"\npassword_file = \"pw\"\n",
             )?;
-            let s = Settings::from_figment(Settings::figment(Some(Path::new("h.toml")))).expect("valid");
+            let s = Settings::from_figment(&Settings::figment(Some(Path::new("h.toml")))).expect("valid");
             let crate::providers::ProviderConfig::Smtp(smtp) = &s.providers["m"].vendor else { panic!("smtp") };
             assert_eq!(smtp.password.as_ref().map(Secret::expose), Some("s3cret"));
             Ok(())
@@ -420,7 +419,7 @@ mod tests {
         Jail::expect_with(|jail| {
             let check = |jail: &mut Jail, toml: &str| {
                 jail.create_file("h.toml", toml).expect("file");
-                Settings::from_figment(Settings::figment(Some(Path::new("h.toml"))))
+                Settings::from_figment(&Settings::figment(Some(Path::new("h.toml"))))
                     .map(|_| ())
                     .map_err(|e| e.to_string())
             };
@@ -470,12 +469,12 @@ mod tests {
             jail.create_file("h.toml", "[providers.sg]\nkind = \"sendgrid\"\nfrom = \"a@b.cd\"\n")?;
             jail.set_env("HERALD__PROVIDERS__SG__API_KEY", "SG.from-env");
             jail.set_env("HERALD__PROVIDERS__SG__TIMEOUT_MS", "1234");
-            let s = Settings::from_figment(Settings::figment(Some(Path::new("h.toml")))).expect("valid");
+            let s = Settings::from_figment(&Settings::figment(Some(Path::new("h.toml")))).expect("valid");
             let sg = &s.providers["sg"];
             let crate::providers::ProviderConfig::Sendgrid(c) = &sg.vendor else { panic!("sendgrid") };
             assert_eq!((c.api_key.expose(), sg.common.timeout_ms), ("SG.from-env", 1234));
             jail.set_env("HERALD__PROVIDERS__SG__BASE_URL", "https://x.test/v3");
-            let err = Settings::from_figment(Settings::figment(Some(Path::new("h.toml")))).unwrap_err().to_string();
+            let err = Settings::from_figment(&Settings::figment(Some(Path::new("h.toml")))).unwrap_err().to_string();
             assert!(err.contains("providers.sg.base_url") && err.contains("HERALD__"), "{err}");
             Ok(())
         });
@@ -485,7 +484,7 @@ mod tests {
     fn typos_in_keys_are_refused() {
         Jail::expect_with(|jail| {
             jail.create_file("h.toml", "[dispatch]\nconcurency = 4\n")?;
-            let err = Settings::from_figment(Settings::figment(Some(Path::new("h.toml")))).unwrap_err().to_string();
+            let err = Settings::from_figment(&Settings::figment(Some(Path::new("h.toml")))).unwrap_err().to_string();
             assert!(err.contains("concurency"), "{err}");
             Ok(())
         });

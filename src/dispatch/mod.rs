@@ -337,8 +337,8 @@ impl Dispatcher {
                     Err(e) => {
                         warn!(error = %e, "claim failed; backing off");
                         tokio::select! {
-                            _ = cancel.cancelled() => break,
-                            _ = tokio::time::sleep(poll) => {}
+                            () = cancel.cancelled() => break,
+                            () = tokio::time::sleep(poll) => {}
                         }
                         continue;
                     }
@@ -350,10 +350,10 @@ impl Dispatcher {
             let waiting_for_slot = free == 0;
             tokio::select! {
                 biased;
-                _ = cancel.cancelled() => break,
+                () = cancel.cancelled() => break,
                 _ = in_flight.join_next(), if waiting_for_slot && !in_flight.is_empty() => {}
-                _ = wake.notified() => {}
-                _ = tokio::time::sleep(poll) => {}
+                () = wake.notified() => {}
+                () = tokio::time::sleep(poll) => {}
             }
         }
 
@@ -376,7 +376,7 @@ impl Dispatcher {
         let r = &self.inner.retention;
         match crate::store::retention::prune(&self.inner.pool, r.notifications_days, r.idempotency_hours).await {
             Ok(p) if p != Default::default() => {
-                info!(notifications = p.notifications, idempotency_keys = p.idempotency_keys, "pruned past retention")
+                info!(notifications = p.notifications, idempotency_keys = p.idempotency_keys, "pruned past retention");
             }
             Ok(_) => {}
             Err(e) => warn!(error = %e, "pruning failed"),

@@ -135,7 +135,7 @@ impl Dispatcher {
         };
         let (_paced, _sending) = tokio::select! {
             biased;
-            _ = stopping => return self.put_back(lease, Duration::ZERO, "the dispatcher is stopping").await,
+            () = stopping => return self.put_back(lease, Duration::ZERO, "the dispatcher is stopping").await,
             turn = waits => match turn {
                 Ok(permits) => permits,
                 Err(reason) => return self.put_back(lease, Duration::ZERO, &reason).await,

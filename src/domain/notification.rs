@@ -372,7 +372,7 @@ fn parse_content(channel: Channel, v: &Value, opts: ParseOptions, errs: &mut Err
                 None => errs.add("/content/text", "is required for sms"),
                 Some(t) if t.trim().is_empty() => errs.add("/content/text", "must not be empty"),
                 Some(t) if t.chars().count() > MAX_SMS_LEN => {
-                    errs.add("/content/text", format!("at most {MAX_SMS_LEN} characters"))
+                    errs.add("/content/text", format!("at most {MAX_SMS_LEN} characters"));
                 }
                 _ => {}
             }
@@ -427,8 +427,8 @@ mod tests {
         ParseOptions { now: OffsetDateTime::now_utc(), allow_private_push: false, allow_private_callbacks: false }
     }
 
-    fn pointers(body: Value) -> Vec<String> {
-        NewNotification::parse(&body, opts()).unwrap_err().into_iter().map(|e| e.pointer).collect()
+    fn pointers(body: &Value) -> Vec<String> {
+        NewNotification::parse(body, opts()).unwrap_err().into_iter().map(|e| e.pointer).collect()
     }
 
     #[test]
@@ -449,7 +449,7 @@ mod tests {
     #[test]
     fn every_problem_is_reported_with_its_pointer() {
         let p = pointers(
-            json!({"channel": "email", "to": "nope", "content": {"text": "x"}, "priority": "urgent", "colour": 1}),
+            &json!({"channel": "email", "to": "nope", "content": {"text": "x"}, "priority": "urgent", "colour": 1}),
         );
         assert_eq!(p, vec!["/colour", "/to", "/content/subject", "/priority"]);
     }
@@ -457,22 +457,22 @@ mod tests {
     #[test]
     fn sms_and_push_content_rules() {
         assert_eq!(
-            pointers(json!({"channel": "sms", "to": "+14155550100", "content": {"text": ""}})),
+            pointers(&json!({"channel": "sms", "to": "+14155550100", "content": {"text": ""}})),
             vec!["/content/text"]
         );
         assert_eq!(
-            pointers(json!({"channel": "push", "to": {"fcm": "t"}, "content": {"data": {"a": 1}}})),
+            pointers(&json!({"channel": "push", "to": {"fcm": "t"}, "content": {"data": {"a": 1}}})),
             vec!["/content", "/content/data/a"]
         );
-        assert_eq!(pointers(json!({"channel": "fax", "to": "x", "content": {}})), vec!["/channel"]);
+        assert_eq!(pointers(&json!({"channel": "fax", "to": "x", "content": {}})), vec!["/channel"]);
     }
 
     #[test]
     fn content_or_template_but_not_both() {
-        assert_eq!(pointers(json!({"channel": "sms", "to": "+14155550100"})), vec!["/content"]);
+        assert_eq!(pointers(&json!({"channel": "sms", "to": "+14155550100"})), vec!["/content"]);
         assert_eq!(
             pointers(
-                json!({"channel": "sms", "to": "+14155550100", "content": {"text": "x"}, "template": {"name": "w"}})
+                &json!({"channel": "sms", "to": "+14155550100", "content": {"text": "x"}, "template": {"name": "w"}})
             ),
             vec!["/template"]
         );
@@ -480,11 +480,11 @@ mod tests {
 
     #[test]
     fn expiry_must_follow_send_at() {
-        let p = pointers(json!({"channel": "sms", "to": "+14155550100", "content": {"text": "x"},
+        let p = pointers(&json!({"channel": "sms", "to": "+14155550100", "content": {"text": "x"},
                                "send_at": "2099-12-01T10:00:00Z", "expires_at": "2099-12-01T09:00:00Z"}));
         assert_eq!(p, vec!["/expires_at"]);
         let p = pointers(
-            json!({"channel": "sms", "to": "+14155550100", "content": {"text": "x"}, "expires_at": "2001-01-01T00:00:00Z"}),
+            &json!({"channel": "sms", "to": "+14155550100", "content": {"text": "x"}, "expires_at": "2001-01-01T00:00:00Z"}),
         );
         assert_eq!(p, vec!["/expires_at"]);
     }
@@ -497,8 +497,8 @@ mod tests {
             b["callback_url"] = json!(u);
             b
         };
-        assert_eq!(pointers(with("http://example.com/h")), vec!["/callback_url"]);
-        assert_eq!(pointers(with("https://192.168.1.2/h")), vec!["/callback_url"]);
+        assert_eq!(pointers(&with("http://example.com/h")), vec!["/callback_url"]);
+        assert_eq!(pointers(&with("https://192.168.1.2/h")), vec!["/callback_url"]);
         assert!(NewNotification::parse(&with("https://example.com/h"), opts()).is_ok());
     }
 

@@ -32,14 +32,11 @@ pub(super) async fn create(
     require(&caller, Scope::Send)?;
     let batch_key = idempotency_header(&headers)?.map(str::to_owned);
     let mut value = json_body(&body)?;
-    let items = match value.get_mut("notifications").map(Value::take) {
-        Some(Value::Array(items)) => items,
-        _ => {
-            return Err(ApiError::validation(vec![FieldError::new(
-                "/notifications",
-                "required: an array of notifications ({\"notifications\": [...]})",
-            )]));
-        }
+    let Some(Value::Array(items)) = value.get_mut("notifications").map(Value::take) else {
+        return Err(ApiError::validation(vec![FieldError::new(
+            "/notifications",
+            "required: an array of notifications ({\"notifications\": [...]})",
+        )]));
     };
     if let Some(other) = value.as_object().and_then(|o| o.keys().find(|k| *k != "notifications")) {
         return Err(ApiError::validation(vec![FieldError::new(format!("/{other}"), "unknown field")]));

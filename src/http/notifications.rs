@@ -169,7 +169,7 @@ pub(super) fn prepare(
 
 /// The timeline of a notification just created: its derived first event and, for a
 /// suppressed recipient, the `suppressed` event written with it.
-pub(super) fn created_events(record: &NotificationRecord, suppressed_reason: Option<String>) -> Vec<EventRecord> {
+pub(super) fn created_events(record: &NotificationRecord, suppressed_reason: Option<&str>) -> Vec<EventRecord> {
     let mut events = vec![store::first_event(record)];
     if record.status == Status::Suppressed {
         events.push(EventRecord {
@@ -222,7 +222,7 @@ async fn answer(state: &AppState, caller: &Caller, outcome: Accepted) -> Result<
     let (view, status, replayed) = match outcome {
         // Built from what was written: no second read.
         Accepted::Created { record, suppressed_reason } => {
-            let events = created_events(&record, suppressed_reason);
+            let events = created_events(&record, suppressed_reason.as_deref());
             let mut view = NotificationView::new(*record, Some(events));
             view.tenant = Some(caller.tenant.clone());
             (view, StatusCode::ACCEPTED, false)

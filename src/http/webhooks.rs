@@ -36,7 +36,7 @@ pub(super) async fn receive(
         max_age: Duration::from_secs(state.settings.receipts.max_age_secs),
     };
     let Some(verifier) = provider.receipts() else {
-        let kind = state.settings.providers.get(&name).map(|p| p.kind().as_str()).unwrap_or("?");
+        let kind = state.settings.providers.get(&name).map_or("?", |p| p.kind().as_str());
         return Err(ApiError::not_found(format!("provider {name} (kind {kind}) sends no receipts")));
     };
     let receipts = match verifier.verify(&incoming, &ctx).await {

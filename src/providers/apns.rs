@@ -94,14 +94,14 @@ impl Apns {
     }
 
     fn provider_token(&self, force_new: bool) -> Result<String, ProviderError> {
-        let mut cached = self.token.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cached = self.token.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if !force_new
             && let Some((t, made)) = cached.as_ref()
             && made.elapsed() < TOKEN_REUSE
         {
             return Ok(t.clone());
         }
-        let iat = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let iat = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.key_id.clone());
         let token = jsonwebtoken::encode(&header, &json!({"iss": self.team_id, "iat": iat}), &self.key)
@@ -141,7 +141,7 @@ impl Provider for Apns {
             return Err(ProviderError::Permanent("apns carries APNs device tokens only".into()));
         };
         let payload = Self::payload(msg)?;
-        let expiration = msg.expires_at.map(|t| t.unix_timestamp().max(0)).unwrap_or(0);
+        let expiration = msg.expires_at.map_or(0, |t| t.unix_timestamp().max(0));
         let priority = if msg.priority == Priority::Low { "5" } else { "10" };
         let url = format!("{}/3/device/{device}", self.origin);
         let mut retried_token = false;

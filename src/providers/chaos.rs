@@ -96,7 +96,7 @@ impl Provider for Chaos {
 
     async fn send(&self, msg: &OutboundMessage) -> Result<ProviderAccepted, ProviderError> {
         let (fail, jitter) = {
-            let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+            let mut rng = self.rng.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let fail = rng.random::<f64>() < self.failure_rate;
             let jitter = if self.jitter_ms > 0 { rng.random_range(0..=self.jitter_ms) } else { 0 };
             (fail, jitter)

@@ -99,7 +99,7 @@ impl Fcm {
         {
             return Ok(t.value.clone());
         }
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let claims = Claims {
             iss: &self.account.client_email,
             scope: SCOPE,
@@ -196,7 +196,7 @@ pub fn classify(reply: &HttpReply) -> ProviderError {
         .or(err["status"].as_str())
         .unwrap_or("")
         .to_owned();
-    let message = err["message"].as_str().map(str::to_owned).unwrap_or_else(|| reply.snippet());
+    let message = err["message"].as_str().map_or_else(|| reply.snippet(), str::to_owned);
     let what = format!("fcm {} {code}: {message}", reply.status.as_u16());
     match code.as_str() {
         "UNREGISTERED" | "SENDER_ID_MISMATCH" => ProviderError::RecipientInvalid(what),

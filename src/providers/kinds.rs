@@ -99,10 +99,10 @@ impl ProviderSettings {
         let Some(kind) = table.remove("kind") else {
             return Err(SectionError::new("kind", section.tag(), "is required"));
         };
-        let kind: ProviderKind = kind.deserialize().map_err(|e| keyed(e, "kind", "a provider", section))?;
+        let kind: ProviderKind = kind.deserialize().map_err(|e| keyed(&e, "kind", "a provider", section))?;
         let what = format!("kind {}", kind.as_str());
         let common: Dict = Common::KEYS.iter().filter_map(|k| table.remove_entry(*k)).collect();
-        let common: Common = Value::from(common).deserialize().map_err(|e| keyed(e, "", &what, section))?;
+        let common: Common = Value::from(common).deserialize().map_err(|e| keyed(&e, "", &what, section))?;
         common.check().map_err(|(key, message)| SectionError::new(key, section.tag(), message))?;
         let vendor = ProviderConfig::parse(kind, table, section)?;
         Ok(ProviderSettings { common, vendor })

@@ -186,7 +186,7 @@ fn http_client(redirects: reqwest::redirect::Policy) -> Result<reqwest::Client, 
 
 fn same_origin_redirects() -> reqwest::redirect::Policy {
     reqwest::redirect::Policy::custom(|attempt| {
-        let first = attempt.previous().first().map(|u| u.origin());
+        let first = attempt.previous().first().map(url::Url::origin);
         if attempt.previous().len() <= 5 && first.as_ref() == Some(&attempt.url().origin()) {
             attempt.follow()
         } else {
@@ -254,7 +254,7 @@ impl Registry {
 
     /// Every route of a channel (empty when none is configured).
     pub fn route(&self, channel: Channel) -> &[Arc<Route>] {
-        self.routes.get(channel.as_str()).map(Vec::as_slice).unwrap_or(&[])
+        self.routes.get(channel.as_str()).map_or(&[], Vec::as_slice)
     }
 }
 

@@ -50,7 +50,7 @@ impl Breaker {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave the state half-written (it is Copy).
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn admit(&self) -> Admit {
@@ -146,7 +146,7 @@ impl Pacer {
         if let Some(interval) = self.interval {
             // Sends are spaced `interval` apart: each caller books the next free instant.
             let at = {
-                let mut next = self.next_slot.lock().unwrap_or_else(|e| e.into_inner());
+                let mut next = self.next_slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 let at = (*next).max(Instant::now());
                 if at > deadline {
                     return None;

@@ -146,7 +146,7 @@ impl SectionError {
 /// Name the key of a figment error the way the docs spell it: a missing or unknown field is
 /// the key itself, not the table holding it. The key's value in `section` (else the section)
 /// tells which layer it came from.
-pub(super) fn keyed(e: figment::Error, base: &str, what: &str, section: &Value) -> SectionError {
+pub(super) fn keyed(e: &figment::Error, base: &str, what: &str, section: &Value) -> SectionError {
     let mut path: Vec<String> = base.split('.').filter(|p| !p.is_empty()).map(str::to_owned).collect();
     path.extend(e.path.iter().cloned());
     let message = match &e.kind {
@@ -170,7 +170,7 @@ pub(super) fn parse_vendor<T: Vendor>(kind: &str, mut table: Dict, section: &Val
     let what = format!("kind {kind}");
     for &(key, file_key) in T::SECRETS {
         if let Some(file) = table.remove(file_key) {
-            let path: PathBuf = file.deserialize().map_err(|e| keyed(e, file_key, &what, section))?;
+            let path: PathBuf = file.deserialize().map_err(|e| keyed(&e, file_key, &what, section))?;
             if table.contains_key(key) {
                 return Err(SectionError::new(
                     file_key,
@@ -188,7 +188,7 @@ pub(super) fn parse_vendor<T: Vendor>(kind: &str, mut table: Dict, section: &Val
             return Err(SectionError::new(key, v.tag(), "must not be empty"));
         }
     }
-    let config: T = Value::Dict(section.tag(), table).deserialize().map_err(|e| keyed(e, "", &what, section))?;
+    let config: T = Value::Dict(section.tag(), table).deserialize().map_err(|e| keyed(&e, "", &what, section))?;
     config.check().map_err(|(key, message)| {
         let tag = section.find_ref(key).map_or(section.tag(), Value::tag);
         SectionError::new(key, tag, message)
@@ -211,9 +211,9 @@ impl Origin {
 impl TryFrom<String> for Origin {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
-        let ok = url::Url::parse(&s)
-            .map(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some() && matches!(u.path(), "" | "/"))
-            .unwrap_or(false);
+        let ok = url::Url::parse(&s).is_ok_and(|u| {
+            matches!(u.scheme(), "http" | "https") && u.host().is_some() && matches!(u.path(), "" | "/")
+        });
         if ok { Ok(Origin(s)) } else { Err("must be an origin only, such as https://api.example.com".into()) }
     }
 }

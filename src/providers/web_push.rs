@@ -85,8 +85,7 @@ impl WebPush {
 
     /// `Authorization: vapid t=<JWT>, k=<public key>` for an endpoint origin.
     pub fn vapid_header(&self, audience: &str) -> Result<String, ProviderError> {
-        let exp =
-            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) + VAPID_LIFETIME.as_secs();
+        let exp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) + VAPID_LIFETIME.as_secs();
         let claims = json!({"aud": audience, "exp": exp, "sub": self.subject});
         let token = jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &self.vapid_key)
             .map_err(|e| ProviderError::Transient(format!("web push: signing VAPID: {e}")))?;

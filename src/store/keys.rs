@@ -136,7 +136,7 @@ pub async fn tenant_names(
     ids: &[TenantId],
 ) -> StoreResult<std::collections::HashMap<TenantId, String>> {
     let rows: Vec<(uuid::Uuid, String)> = sqlx::query_as("SELECT id, name FROM tenants WHERE id = ANY($1)")
-        .bind(ids.iter().map(|t| t.as_uuid()).collect::<Vec<_>>())
+        .bind(ids.iter().map(super::super::domain::ids::TenantId::as_uuid).collect::<Vec<_>>())
         .fetch_all(conn)
         .await?;
     Ok(rows.into_iter().map(|(id, name)| (TenantId::from_uuid(id), name)).collect())

@@ -211,7 +211,7 @@ async fn batched_completions_are_fenced_row_by_row() {
     let mut conn = t.pool().acquire().await.expect("conn");
     let claimed = tracking::claim(&mut conn, &Lane::all(10), 10, Duration::from_secs(60), "a").await.expect("claim");
     assert_eq!(claimed.len(), 4);
-    let leases: Vec<Lease> = claimed.iter().map(|c| c.lease()).collect();
+    let leases: Vec<Lease> = claimed.iter().map(herald::store::tracking::Claimed::lease).collect();
     let stale = Lease { token: leases[3].token - 1, ..leases[3] };
     let batch = vec![
         Completion {

@@ -139,10 +139,10 @@ impl FakeHttp {
             if r.path == "/token" {
                 json_answer(
                     200,
-                    json!({"access_token": format!("ya29.fake-{n}"), "expires_in": 3599, "token_type": "Bearer"}),
+                    &json!({"access_token": format!("ya29.fake-{n}"), "expires_in": 3599, "token_type": "Bearer"}),
                 )
             } else {
-                json_answer(200, json!({"name": format!("projects/{FCM_PROJECT}/messages/{n}")}))
+                json_answer(200, &json!({"name": format!("projects/{FCM_PROJECT}/messages/{n}")}))
             }
         })
         .await
@@ -185,7 +185,7 @@ async fn handle(State(ctx): State<Ctx>, req: Request) -> Response {
     let rec = Recorded {
         version: parts.version,
         method: parts.method.to_string(),
-        path: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+        path: parts.uri.path_and_query().map(std::string::ToString::to_string).unwrap_or_default(),
         headers: parts.headers,
         body,
         at: Instant::now(),
@@ -224,7 +224,7 @@ fn basic_auth(r: &Recorded) -> Option<(String, String)> {
     Some((u.to_owned(), p.to_owned()))
 }
 
-fn json_answer(status: u16, body: Value) -> Answer {
+fn json_answer(status: u16, body: &Value) -> Answer {
     (status, vec![("content-type", "application/json".into())], body.to_string())
 }
 
@@ -232,16 +232,16 @@ pub const SENDGRID_KEY: &str = "SG.test-key";
 
 fn sendgrid_check(r: &Recorded) -> Result<(), Answer> {
     if r.method != "POST" || r.path != "/v3/mail/send" {
-        return Err(json_answer(404, json!({"errors": [{"message": "Not found"}]})));
+        return Err(json_answer(404, &json!({"errors": [{"message": "Not found"}]})));
     }
     if header(r, "authorization") != format!("Bearer {SENDGRID_KEY}") {
         return Err(json_answer(
             401,
-            json!({"errors": [{"field": null, "message": "The provided authorization grant is invalid, expired, or revoked"}]}),
+            &json!({"errors": [{"field": null, "message": "The provided authorization grant is invalid, expired, or revoked"}]}),
         ));
     }
     if !header(r, "content-type").starts_with("application/json") {
-        return Err(json_answer(415, json!({"errors": [{"message": "Content-Type should be application/json."}]})));
+        return Err(json_answer(415, &json!({"errors": [{"message": "Content-Type should be application/json."}]})));
     }
     let b = r.json();
     let mut errors = Vec::new();
@@ -255,10 +255,10 @@ fn sendgrid_check(r: &Recorded) -> Result<(), Answer> {
     if b["subject"].as_str().is_none_or(str::is_empty) {
         errors.push(json!({"field": "subject", "message": "The subject is required."}));
     }
-    if b["content"].as_array().is_none_or(|c| c.is_empty()) {
+    if b["content"].as_array().is_none_or(std::vec::Vec::is_empty) {
         errors.push(json!({"field": "content", "message": "Unless a valid template_id is provided, the content parameter is required."}));
     }
-    if errors.is_empty() { Ok(()) } else { Err(json_answer(400, json!({ "errors": errors }))) }
+    if errors.is_empty() { Ok(()) } else { Err(json_answer(400, &json!({ "errors": errors }))) }
 }
 
 pub const SES_KEY_ID: &str = "AKIDEXAMPLE";
@@ -281,7 +281,7 @@ fn ses_check(r: &Recorded) -> Result<(), Answer> {
         )
     };
     if r.method != "POST" || r.path != "/v2/email/outbound-emails" {
-        return Err(json_answer(404, json!({"message": "Not found"})));
+        return Err(json_answer(404, &json!({"message": "Not found"})));
     }
     let auth = header(r, "authorization");
     let Some(rest) = auth.strip_prefix("AWS4-HMAC-SHA256 Credential=") else {
@@ -345,23 +345,23 @@ pub const MAILGUN_DOMAIN: &str = "mg.example.com";
 
 fn mailgun_check(r: &Recorded) -> Result<(), Answer> {
     if r.method != "POST" || r.path != format!("/v3/{MAILGUN_DOMAIN}/messages") {
-        return Err(json_answer(404, json!({"message": "Domain not found"})));
+        return Err(json_answer(404, &json!({"message": "Domain not found"})));
     }
     if basic_auth(r) != Some(("api".into(), MAILGUN_KEY.into())) {
         return Err((401, vec![], "Forbidden".into()));
     }
     if !header(r, "content-type").starts_with("application/x-www-form-urlencoded") {
-        return Err(json_answer(400, json!({"message": "unsupported content type"})));
+        return Err(json_answer(400, &json!({"message": "unsupported content type"})));
     }
     for field in ["from", "to", "subject"] {
         if r.field(field).is_none() {
-            return Err(json_answer(400, json!({"message": format!("'{field}' parameter is missing")})));
+            return Err(json_answer(400, &json!({"message": format!("'{field}' parameter is missing")})));
         }
     }
     if r.field("text").is_none() && r.field("html").is_none() {
         return Err(json_answer(
             400,
-            json!({"message": "Need at least one of 'text', 'html', 'amp-html' or 'template' parameters specified"}),
+            &json!({"message": "Need at least one of 'text', 'html', 'amp-html' or 'template' parameters specified"}),
         ));
     }
     Ok(())
@@ -373,24 +373,24 @@ pub const TWILIO_TOKEN: &str = "twilio-auth-token";
 fn twilio_check(r: &Recorded) -> Result<(), Answer> {
     let auth_error = json_answer(
         401,
-        json!({"code": 20003, "message": "Authenticate", "more_info": "https://www.twilio.com/docs/errors/20003", "status": 401}),
+        &json!({"code": 20003, "message": "Authenticate", "more_info": "https://www.twilio.com/docs/errors/20003", "status": 401}),
     );
     if r.method != "POST" || r.path != format!("/2010-04-01/Accounts/{TWILIO_SID}/Messages.json") {
         return Err(json_answer(
             404,
-            json!({"code": 20404, "message": "The requested resource was not found", "status": 404}),
+            &json!({"code": 20404, "message": "The requested resource was not found", "status": 404}),
         ));
     }
     if basic_auth(r) != Some((TWILIO_SID.into(), TWILIO_TOKEN.into())) {
         return Err(auth_error);
     }
     if !header(r, "content-type").starts_with("application/x-www-form-urlencoded") {
-        return Err(json_answer(400, json!({"code": 20001, "message": "Content-Type must be form", "status": 400})));
+        return Err(json_answer(400, &json!({"code": 20001, "message": "Content-Type must be form", "status": 400})));
     }
     let missing = |m: &str, code: i64| {
         Err(json_answer(
             400,
-            json!({"code": code, "message": m, "more_info": format!("https://www.twilio.com/docs/errors/{code}"), "status": 400}),
+            &json!({"code": code, "message": m, "more_info": format!("https://www.twilio.com/docs/errors/{code}"), "status": 400}),
         ))
     };
     if r.field("To").is_none() {
@@ -414,7 +414,7 @@ fn vonage_check(r: &Recorded) -> Result<(), Answer> {
     }
     // Vonage reports even auth and parameter errors as HTTP 200 with a status code.
     let refuse = |status: &str, text: &str| {
-        Err(json_answer(200, json!({"message-count": "1", "messages": [{"status": status, "error-text": text}]})))
+        Err(json_answer(200, &json!({"message-count": "1", "messages": [{"status": status, "error-text": text}]})))
     };
     if r.field("api_key").as_deref() != Some(VONAGE_KEY) || r.field("api_secret").as_deref() != Some(VONAGE_SECRET) {
         return refuse("4", "Bad Credentials");
@@ -438,7 +438,7 @@ pub const FCM_PUBLIC_KEY: &str = include_str!("../fixtures/fcm-test-key.pub.pem"
 /// its claims; the FCM endpoint checks the bearer token it issued and the message.
 fn fcm_check(r: &Recorded) -> Result<(), Answer> {
     if r.path == "/token" {
-        let oauth_error = |d: &str| Err(json_answer(400, json!({"error": "invalid_grant", "error_description": d})));
+        let oauth_error = |d: &str| Err(json_answer(400, &json!({"error": "invalid_grant", "error_description": d})));
         if r.field("grant_type").as_deref() != Some("urn:ietf:params:oauth:grant-type:jwt-bearer") {
             return oauth_error("bad grant_type");
         }
@@ -456,10 +456,10 @@ fn fcm_check(r: &Recorded) -> Result<(), Answer> {
     }
     let unauthenticated = json_answer(
         401,
-        json!({"error": {"code": 401, "message": "Request had invalid authentication credentials.", "status": "UNAUTHENTICATED"}}),
+        &json!({"error": {"code": 401, "message": "Request had invalid authentication credentials.", "status": "UNAUTHENTICATED"}}),
     );
     if r.path != format!("/v1/projects/{FCM_PROJECT}/messages:send") {
-        return Err(json_answer(404, json!({"error": {"code": 404, "message": "not found", "status": "NOT_FOUND"}})));
+        return Err(json_answer(404, &json!({"error": {"code": 404, "message": "not found", "status": "NOT_FOUND"}})));
     }
     if !header(r, "authorization").starts_with("Bearer ya29.fake-") {
         return Err(unauthenticated);
@@ -468,7 +468,7 @@ fn fcm_check(r: &Recorded) -> Result<(), Answer> {
     if m["token"].as_str().is_none() || m["data"].as_object().is_some_and(|d| d.values().any(|v| !v.is_string())) {
         return Err(json_answer(
             400,
-            json!({"error": {"code": 400, "message": "Invalid message", "status": "INVALID_ARGUMENT",
+            &json!({"error": {"code": 400, "message": "Invalid message", "status": "INVALID_ARGUMENT",
             "details": [{"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": "INVALID_ARGUMENT"}]}}),
         ));
     }
@@ -483,7 +483,7 @@ pub const APNS_PUBLIC_KEY: &str = include_str!("../fixtures/apns-test-key.pub.pe
 /// HTTP/2 only; the provider token is an ES256 JWT with our key id and team; the headers
 /// APNs requires are present.
 fn apns_check(r: &Recorded) -> Result<(), Answer> {
-    let reason = |status: u16, reason: &str| Err(json_answer(status, json!({"reason": reason})));
+    let reason = |status: u16, reason: &str| Err(json_answer(status, &json!({"reason": reason})));
     if r.version != axum::http::Version::HTTP_2 {
         return reason(405, "HTTP/2 required");
     }
@@ -528,9 +528,8 @@ fn web_push_check(r: &Recorded) -> Result<(), Answer> {
     }
     let auth = header(r, "authorization");
     let Some(rest) = auth.strip_prefix("vapid t=") else { return refuse(401, "VAPID required") };
-    let (token, k) = match rest.split_once(", k=") {
-        Some(pair) => pair,
-        None => return refuse(401, "VAPID k missing"),
+    let Some((token, k)) = rest.split_once(", k=") else {
+        return refuse(401, "VAPID k missing");
     };
     let point = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(k).unwrap_or_default();
     if point.len() != 65 || point[0] != 4 {

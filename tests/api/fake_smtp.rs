@@ -48,7 +48,7 @@ impl FakeSmtp {
     }
 
     pub fn plan(&self, replies: &[&str]) {
-        self.state.lock().expect("lock").plan = replies.iter().map(|s| s.to_string()).collect();
+        self.state.lock().expect("lock").plan = replies.iter().map(std::string::ToString::to_string).collect();
     }
 
     pub fn plan_left(&self) -> usize {

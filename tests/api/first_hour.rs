@@ -92,7 +92,7 @@ async fn a_callback_that_cannot_be_signed_is_refused_at_request_time() {
     let globex = t.key("globex", SEND_READ).await;
     assert_eq!(t.post(&globex, body.clone()).await.status, StatusCode::ACCEPTED);
     let shared = TestApp::spawn_with(|s| {
-        s.callbacks.signing_secret = Secret::new(herald::domain::webhook::new_signing_secret())
+        s.callbacks.signing_secret = Secret::new(herald::domain::webhook::new_signing_secret());
     })
     .await;
     let k = shared.key("acme", SEND_READ).await;

@@ -55,7 +55,7 @@ impl TestApp {
         herald::dev::ensure_database(&admin_url, &db_name).await.expect("create test database");
         let smtp = FakeSmtp::start().await;
 
-        let mut settings = Settings::from_figment(Settings::figment(None)).expect("default settings");
+        let mut settings = Settings::from_figment(&Settings::figment(None)).expect("default settings");
         settings.database.url = herald::config::Secret::new(replace_db(&admin_url, &db_name));
         settings.database.max_connections = 20;
         settings.server.listen = "127.0.0.1:0".into();

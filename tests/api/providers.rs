@@ -191,7 +191,7 @@ async fn an_invalid_number_at_twilio_fails_without_retry_or_failover() {
         json!({"code": 21211, "message": "The 'To' number +14155550199 is not a valid phone number.", "more_info": "https://www.twilio.com/docs/errors/21211", "status": 400}).to_string())]);
     let (a, b) = (tw.origin.clone(), vo.origin.clone());
     let t = TestApp::spawn_with(move |s| {
-        route(s, "sms", vec![("twilio", twilio(&a).into()), ("vonage", vonage(&b).into())])
+        route(s, "sms", vec![("twilio", twilio(&a).into()), ("vonage", vonage(&b).into())]);
     })
     .await;
     let key = t.key("acme", SEND_READ).await;
@@ -441,7 +441,7 @@ fn a_webhook_provider_needs_a_url_and_a_real_signing_secret() {
     let load = |extra: &str| {
         let fig = Settings::figment(None)
             .merge(<figment::providers::Toml as figment::providers::Format>::string(&format!("{base}{extra}")));
-        Settings::from_figment(fig).map(|_| ()).map_err(|e| e.to_string())
+        Settings::from_figment(&fig).map(|_| ()).map_err(|e| e.to_string())
     };
     let secret = herald::domain::webhook::new_signing_secret();
     assert!(load(&format!("url = \"http://10.0.0.7:9000/notify\"\nsigning_secret = \"{secret}\"\n")).is_ok());

@@ -662,7 +662,7 @@ async fn ses_events_via_sns_are_verified_with_the_topic_certificate() {
     assert_eq!(post(wrong_topic, true).await.expect("post").status(), StatusCode::UNAUTHORIZED);
     assert_eq!(post(notification, true).await.expect("post").status(), StatusCode::OK);
     assert_eq!(t.notification(&key, &id).await["status"], "delivered");
-    let cert_fetches = sns.requests().iter().filter(|r| r.path.ends_with(".pem")).count();
+    let cert_fetches = sns.requests().iter().filter(|r| r.path.to_ascii_lowercase().ends_with(".pem")).count();
     assert_eq!(cert_fetches, 1, "the certificate is cached");
 }
 

@@ -121,7 +121,7 @@ impl ReceiptVerifier for Mailgun {
 /// | 429 | rate limited |
 /// | 5xx | transient |
 pub fn classify(reply: &HttpReply) -> ProviderError {
-    let message = reply.json()["message"].as_str().map(str::to_owned).unwrap_or_else(|| reply.snippet());
+    let message = reply.json()["message"].as_str().map_or_else(|| reply.snippet(), str::to_owned);
     let what = format!("mailgun {}: {message}", reply.status.as_u16());
     match reply.status {
         StatusCode::BAD_REQUEST if message.to_ascii_lowercase().contains("'to' parameter is not a valid address") => {

@@ -48,7 +48,7 @@ pub fn verify(incoming: &Incoming<'_>, key: &str, max_age: Duration) -> Result<V
     let (status, suppress) = map(&event, e["severity"].as_str());
     Ok(vec![Receipt {
         // The event id when there is one (a retry may be signed with a new token).
-        dedupe_key: e["id"].as_str().map(str::to_owned).unwrap_or_else(|| token.to_owned()),
+        dedupe_key: e["id"].as_str().map_or_else(|| token.to_owned(), str::to_owned),
         target,
         provider_message_id: pmid,
         provider_status: event.clone(),

@@ -212,8 +212,7 @@ fn error_type(reply: &HttpReply) -> String {
 pub fn classify(reply: &HttpReply) -> ProviderError {
     let kind = error_type(reply);
     let body = reply.json();
-    let message =
-        body["message"].as_str().or(body["Message"].as_str()).map(str::to_owned).unwrap_or_else(|| reply.snippet());
+    let message = body["message"].as_str().or(body["Message"].as_str()).map_or_else(|| reply.snippet(), str::to_owned);
     let what = format!("ses {} {kind}: {message}", reply.status.as_u16());
     match kind.as_str() {
         "TooManyRequestsException" | "LimitExceededException" | "Throttling" | "ThrottlingException" => {

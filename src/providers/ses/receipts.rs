@@ -56,14 +56,14 @@ fn allowed_url(raw: &str, cfg: &Sns, pem: bool) -> Result<url::Url, ReceiptError
     if !scheme_ok || !host_ok {
         return Err(refuse("not an allowed SNS host"));
     }
-    if pem && !url.path().ends_with(".pem") {
+    if pem && !url.path().to_ascii_lowercase().ends_with(".pem") {
         return Err(refuse("a signing certificate URL ends in .pem"));
     }
     Ok(url)
 }
 
 async fn cert_key(url: &url::Url, client: &reqwest::Client) -> Result<Vec<u8>, ReceiptError> {
-    if let Some(k) = CERT_KEYS.lock().unwrap_or_else(|e| e.into_inner()).get(url.as_str()) {
+    if let Some(k) = CERT_KEYS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(url.as_str()) {
         return Ok(k.clone());
     }
     let fail = |why: String| ReceiptError::Untrusted(format!("signing certificate {url}: {why}"));
@@ -82,7 +82,7 @@ async fn cert_key(url: &url::Url, client: &reqwest::Client) -> Result<Vec<u8>, R
         crate::providers::http::ReadError::TooLong => fail("over 16 KiB: not a certificate".into()),
     })?;
     let key = public_key_of(&pem).map_err(fail)?;
-    CERT_KEYS.lock().unwrap_or_else(|e| e.into_inner()).insert(url.to_string(), key.clone());
+    CERT_KEYS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(url.to_string(), key.clone());
     Ok(key)
 }
 

@@ -133,12 +133,9 @@ impl ReceiptVerifier for Twilio {
 pub fn classify(reply: &HttpReply) -> ProviderError {
     let body = reply.json();
     let code = body["code"].as_i64();
-    let message = body["message"].as_str().map(str::to_owned).unwrap_or_else(|| reply.snippet());
-    let what = format!(
-        "twilio {} (code {}): {message}",
-        reply.status.as_u16(),
-        code.map(|c| c.to_string()).unwrap_or("-".into())
-    );
+    let message = body["message"].as_str().map_or_else(|| reply.snippet(), str::to_owned);
+    let what =
+        format!("twilio {} (code {}): {message}", reply.status.as_u16(), code.map_or("-".into(), |c| c.to_string()));
     match code {
         Some(21211 | 21614 | 21612 | 21635 | 21610) => ProviderError::RecipientInvalid(what),
         Some(21608) => ProviderError::Permanent(what),

@@ -123,7 +123,7 @@ impl Provider for Vonage {
 #[async_trait]
 impl ReceiptVerifier for Vonage {
     async fn verify(&self, incoming: &Incoming<'_>, ctx: &ReceiptContext<'_>) -> Result<Verified, ReceiptError> {
-        let secret = self.signature_secret.as_ref().map(|s| s.expose()).filter(|s| !s.is_empty());
+        let secret = self.signature_secret.as_ref().map(super::super::secret::Secret::expose).filter(|s| !s.is_empty());
         receipts::verify(incoming, secret, &self.signature_method, ctx.max_age).map(Verified::Receipts)
     }
 }
@@ -143,7 +143,7 @@ pub fn accepted(body: &Value) -> Result<ProviderAccepted, ProviderError> {
     if ids.len() > 1 {
         detail.insert("message_parts".into(), json!(ids));
     }
-    Ok(ProviderAccepted { provider_message_id: ids.first().map(|s| s.to_string()), detail })
+    Ok(ProviderAccepted { provider_message_id: ids.first().map(std::string::ToString::to_string), detail })
 }
 
 /// Vonage SMS API `status` codes (developer.vonage.com/en/api-errors/sms):

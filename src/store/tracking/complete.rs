@@ -200,7 +200,8 @@ impl Columns {
         self.delay.push(delay);
         self.next_route.push(next_route);
         self.detail.push(c.detail.clone());
-        self.sources.push(Status::sources_of(status).iter().map(|s| s.as_str()).collect::<Vec<_>>().join(","));
+        self.sources
+            .push(Status::sources_of(status).iter().map(std::string::String::as_str).collect::<Vec<_>>().join(","));
     }
 }
 

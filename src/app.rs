@@ -80,6 +80,7 @@ pub struct App {
     callbacks_http: reqwest::Client,
     keys: Arc<KeyCache>,
     ingest: Ingest,
+    stats: Arc<http::StatsCache>,
 }
 
 impl App {
@@ -102,7 +103,8 @@ impl App {
             .map_err(|e| AppError::Task(format!("cannot build the HTTP client for status callbacks: {e}")))?;
         let keys = Arc::new(KeyCache::new(Duration::from_millis(settings.server.key_cache_ms)));
         let ingest = http::ingest(pool.clone(), &settings);
-        Ok(App { pool, dispatch_pool, settings: Arc::new(settings), registry, callbacks_http, keys, ingest })
+        let stats = Arc::default();
+        Ok(App { pool, dispatch_pool, settings: Arc::new(settings), registry, callbacks_http, keys, ingest, stats })
     }
 
     pub fn state(&self) -> AppState {
@@ -112,6 +114,7 @@ impl App {
             registry: self.registry.clone(),
             keys: self.keys.clone(),
             ingest: self.ingest.clone(),
+            stats: self.stats.clone(),
         }
     }
 

@@ -110,6 +110,10 @@ impl Status {
         Status::Suppressed,
     ];
 
+    /// What an operator may requeue (`POST /v1/notifications/{id}/retry`): the finished
+    /// statuses that mean "not delivered", where another try may help.
+    pub const RETRYABLE: [Status; 3] = [Status::Failed, Status::Expired, Status::Bounced];
+
     /// Finished: no dispatch work is left (a later receipt may still move `sent`,
     /// `delivered` or `bounced`).
     pub const FINISHED: [Status; 8] = Status::ANNOUNCED;

@@ -93,6 +93,12 @@ pub(super) const PROBLEMS: &[(&str, u16, &str, &str)] = &[
         "Only a notification that is scheduled, queued or retrying can be cancelled; this one is being sent or is finished.",
     ),
     (
+        "not-retryable",
+        409,
+        "Notification cannot be retried",
+        "Only a notification that failed, expired or bounced can be retried (`POST /v1/notifications/{id}/retry`, admin); this one is still on its way or was delivered.",
+    ),
+    (
         "unavailable",
         503,
         "Service unavailable",
@@ -183,6 +189,7 @@ mod tests {
             "method-not-allowed",
             "idempotency-conflict",
             "not-cancellable",
+            "not-retryable",
             "unavailable",
             "not-ready",
             "internal",

@@ -6,6 +6,7 @@ mod health;
 mod meta;
 mod notifications;
 pub mod problem;
+mod stats;
 mod suppressions;
 mod webhooks;
 
@@ -32,6 +33,7 @@ use crate::providers::Registry;
 use crate::store::{self, StoreResult, ingest::Accepted, ingest::Submission};
 
 pub use auth::KeyCache;
+pub use stats::StatsCache;
 
 /// Single POSTs are accepted through this: many requests, one statement.
 pub type Ingest = Coalescer<Submission, StoreResult<Accepted>>;
@@ -43,6 +45,7 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub keys: Arc<KeyCache>,
     pub ingest: Ingest,
+    pub stats: Arc<StatsCache>,
 }
 
 /// The group committer of `POST /v1/notifications` (see `batching`).
@@ -73,6 +76,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/notifications/{id}", get(notifications::get))
         .route("/v1/notifications/{id}/cancel", post(notifications::cancel))
+        .route("/v1/notifications/{id}/retry", post(notifications::retry))
+        .route("/v1/stats", get(stats::get))
         .route("/v1/suppressions", get(suppressions::list).post(suppressions::create))
         .route("/v1/suppressions/{channel}/{recipient}", axum::routing::delete(suppressions::delete))
         .route("/webhooks/{provider}", get(webhooks::receive).post(webhooks::receive))

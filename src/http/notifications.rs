@@ -24,7 +24,7 @@ use crate::domain::{Channel, FieldError, NewNotification, NotificationId, Status
 use crate::store::ingest::{self, Accepted, Submission};
 use crate::store::keys::{Caller, Scope};
 use crate::store::notifications::{self as store, ListFilter};
-use crate::store::tracking::{self, CancelOutcome};
+use crate::store::tracking::{self, CancelOutcome, RetryOutcome};
 use crate::store::{EventRecord, NotificationRecord};
 use crate::views::NotificationView;
 
@@ -369,6 +369,31 @@ pub(super) async fn cancel(
             "not-cancellable",
             "Notification cannot be cancelled",
             format!("the notification is {st}; only scheduled, queued or retrying notifications can be cancelled"),
+        )),
+    }
+}
+
+/// `POST /v1/notifications/{id}/retry` (admin): requeue a failed, expired or bounced one.
+pub(super) async fn retry(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<NotificationView>, ApiError> {
+    require(&caller, Scope::Admin)?;
+    let id = parse_id(&id)?;
+    let by = format!("api key {}", caller.key_id);
+    let channel = store::channel_of(&state.pool, id).await?;
+    let Some(channel) = channel else {
+        return Err(ApiError::not_found(format!("no notification {id}")));
+    };
+    let max_attempts = i32::try_from(state.settings.max_attempts(channel)).unwrap_or(i32::MAX);
+    match tracking::retry(&state.pool, id, caller.tenant_filter(), &by, max_attempts).await? {
+        RetryOutcome::Retried => Ok(Json(load(&state, id, &caller).await?)),
+        RetryOutcome::NotFound => Err(ApiError::not_found(format!("no notification {id}"))),
+        RetryOutcome::NotRetryable(st) => Err(ApiError::conflict(
+            "not-retryable",
+            "Notification cannot be retried",
+            format!("the notification is {st}; only failed, expired or bounced notifications can be retried"),
         )),
     }
 }

@@ -227,6 +227,11 @@ impl Registry {
         Ok(Registry { routes: by_channel, by_name })
     }
 
+    /// Every configured route, by name.
+    pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.by_name.values()
+    }
+
     /// The provider configured as `[providers.NAME]`.
     pub fn provider(&self, name: &str) -> Option<&Arc<dyn Provider>> {
         self.by_name.get(name).map(|r| &r.provider)

@@ -105,6 +105,15 @@ impl Breaker {
     pub fn is_open(&self) -> bool {
         !matches!(*self.lock(), State::Closed { .. })
     }
+
+    /// `closed`, `open` or `half_open` (one probe let through), for operators.
+    pub fn state_name(&self) -> &'static str {
+        match *self.lock() {
+            State::Closed { .. } => "closed",
+            State::Open { until } if Instant::now() < until => "open",
+            State::Open { .. } | State::HalfOpen { .. } => "half_open",
+        }
+    }
 }
 
 /// Pacing for one provider. `acquire` waits for a free slot and for the next send time, but

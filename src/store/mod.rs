@@ -11,6 +11,7 @@ pub mod keys;
 pub mod notifications;
 pub mod receipts;
 pub mod retention;
+pub mod stats;
 pub mod suppressions;
 pub mod tracking;
 

@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 use sqlx::postgres::PgRow;
-use sqlx::{PgConnection, Row};
+use sqlx::{PgConnection, PgPool, Row};
 use time::OffsetDateTime;
 
 use super::{StoreError, StoreResult};
@@ -204,4 +204,13 @@ pub async fn list(conn: &mut PgConnection, f: &ListFilter) -> StoreResult<Vec<No
         .fetch_all(conn)
         .await?;
     rows.iter().map(record).collect()
+}
+
+/// A notification's channel, if it exists (for its attempt budget).
+pub async fn channel_of(pool: &PgPool, id: NotificationId) -> StoreResult<Option<Channel>> {
+    let channel: Option<String> = sqlx::query_scalar("SELECT channel FROM notifications WHERE id = $1")
+        .bind(id.as_uuid())
+        .fetch_optional(pool)
+        .await?;
+    Ok(channel.as_deref().and_then(Channel::parse))
 }

@@ -8,6 +8,7 @@ mod first_hour;
 mod helpers;
 mod ingest;
 mod notifications;
+mod ops;
 mod process;
 mod provider_settings;
 mod providers;

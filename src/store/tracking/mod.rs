@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool, Row};
 
 use super::StoreResult;
-use crate::domain::{NotificationId, Status, TenantId};
+use crate::domain::{NotificationId, Priority, Status, TenantId};
 
 pub use claim::{Claimed, ClaimedCallback, ClaimedJob, Lane, claim};
 pub use complete::{Completion, Outcome, complete, mark_finished, mark_retrying, mark_sent, recorded_send};
@@ -223,6 +223,67 @@ pub async fn cancel(
     Ok(match status.as_deref().and_then(Status::parse) {
         Some(st) => CancelOutcome::NotCancellable(st),
         None => CancelOutcome::NotFound,
+    })
+}
+
+/// The result of an operator's retry.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RetryOutcome {
+    Retried,
+    /// Not retryable from its current status (see `Status::RETRYABLE`).
+    NotRetryable(Status),
+    NotFound,
+}
+
+/// An operator's retry: a `failed`, `expired` or `bounced` notification goes back to `queued`
+/// with a fresh attempt budget (`max_attempts`), a new send job due now, and a `retried` event
+/// saying by whom and from which status. An expired one loses its passed `expires_at` (the
+/// operator decided it is still worth sending). Not a move of the status machine: no
+/// concurrent writer (a late receipt, a worker) can make it, only this explicit request.
+pub async fn retry(
+    pool: &PgPool,
+    id: NotificationId,
+    tenant: Option<TenantId>,
+    by: &str,
+    max_attempts: i32,
+) -> StoreResult<RetryOutcome> {
+    // The plain reads below see the statement's snapshot: the status before the update.
+    let row = sqlx::query(
+        "WITH upd AS (
+             UPDATE notifications
+             SET status = 'queued', attempts = 0, next_attempt_at = NULL, last_error = NULL,
+                 expires_at = CASE WHEN status = 'expired' THEN NULL ELSE expires_at END, updated_at = now()
+             WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2) AND status = ANY($3)
+             RETURNING id, channel, priority
+         ), j AS (
+             INSERT INTO jobs (notification_id, queue, priority, run_at, max_attempts)
+             SELECT u.id, u.channel, p.lane, now(), $4
+             FROM upd u JOIN unnest($6::text[], $7::int2[]) AS p(name, lane) ON p.name = u.priority
+             ON CONFLICT (notification_id) WHERE kind = 'send' DO NOTHING
+         ), ev AS (
+             INSERT INTO notification_events (notification_id, type, status, detail)
+             SELECT u.id, 'retried', 'queued',
+                    jsonb_build_object('by', $5::text, 'from', (SELECT status FROM notifications WHERE id = $1))
+             FROM upd u
+         )
+         SELECT (SELECT count(*) FROM upd) AS retried,
+                (SELECT status FROM notifications WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2)) AS status",
+    )
+    .bind(id.as_uuid())
+    .bind(tenant.map(|t| t.as_uuid()))
+    .bind(Status::names(&Status::RETRYABLE))
+    .bind(max_attempts)
+    .bind(by)
+    .bind(Priority::ALL.map(Priority::as_str))
+    .bind(Priority::ALL.map(Priority::lane))
+    .fetch_one(pool)
+    .await?;
+    let retried: i64 = row.try_get("retried")?;
+    let status: Option<String> = row.try_get("status")?;
+    Ok(match (retried, status.as_deref().and_then(Status::parse)) {
+        (1, _) => RetryOutcome::Retried,
+        (_, Some(st)) => RetryOutcome::NotRetryable(st),
+        (_, None) => RetryOutcome::NotFound,
     })
 }
 

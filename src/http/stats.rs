@@ -1,0 +1,138 @@
+//! `GET /v1/stats?window=1h`: what the dashboard shows, as JSON. A key with `read` sees its
+//! tenant's notifications; `admin` sees every tenant's. Snapshots are cached per tenant and
+//! window for a couple of seconds, so that many open dashboards cost what one does.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, PoisonError};
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+use super::AppState;
+use super::auth::require;
+use super::problem::ApiError;
+use crate::domain::TenantId;
+use crate::store::keys::{Caller, Scope};
+use crate::store::stats::{self, Snapshot};
+
+/// The windows offered, by name.
+const WINDOWS: [(&str, time::Duration); 4] = [
+    ("5m", time::Duration::minutes(5)),
+    ("1h", time::Duration::hours(1)),
+    ("24h", time::Duration::hours(24)),
+    ("7d", time::Duration::days(7)),
+];
+
+/// How long a snapshot is served again before it is read anew.
+const CACHE_FOR: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Recent snapshots by (tenant, window).
+#[derive(Default)]
+pub struct StatsCache {
+    entries: Mutex<HashMap<(Option<TenantId>, &'static str), (Instant, Snapshot)>>,
+}
+
+impl StatsCache {
+    async fn get(
+        &self,
+        state: &AppState,
+        tenant: Option<TenantId>,
+        window: (&'static str, time::Duration),
+    ) -> Result<Snapshot, ApiError> {
+        let key = (tenant, window.0);
+        if let Some((at, snap)) = self.entries.lock().unwrap_or_else(PoisonError::into_inner).get(&key)
+            && at.elapsed() < CACHE_FOR
+        {
+            return Ok(snap.clone());
+        }
+        let snap = stats::snapshot(&state.pool, window.1, tenant).await?;
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.retain(|_, (at, _)| at.elapsed() < CACHE_FOR);
+        entries.insert(key, (Instant::now(), snap.clone()));
+        Ok(snap)
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct StatsQuery {
+    window: Option<String>,
+}
+
+pub(super) async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<StatsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    if !caller.has(Scope::Read) {
+        require(&caller, Scope::Admin)?;
+    }
+    let name = q.window.as_deref().unwrap_or("1h");
+    let window = WINDOWS
+        .into_iter()
+        .find(|(n, _)| *n == name)
+        .ok_or_else(|| ApiError::bad_parameter("window", format!("`{name}` is not a window; use 5m, 1h, 24h or 7d")))?;
+    let tenant = caller.tenant_filter();
+    let snap = state.stats.get(&state, tenant, window).await?;
+    Ok(Json(render(&state, &caller, window, &snap)))
+}
+
+fn render(state: &AppState, caller: &Caller, window: (&str, time::Duration), s: &Snapshot) -> Value {
+    let now = OffsetDateTime::now_utc();
+    let stamp = crate::store::notifications::rfc3339;
+    let mut by_status: BTreeMap<&str, i64> = BTreeMap::new();
+    let mut by_channel: BTreeMap<&str, BTreeMap<&str, i64>> = BTreeMap::new();
+    let mut by_provider: BTreeMap<&str, BTreeMap<&str, i64>> = BTreeMap::new();
+    for c in &s.counts {
+        *by_status.entry(&c.status).or_default() += c.count;
+        *by_channel.entry(&c.channel).or_default().entry(&c.status).or_default() += c.count;
+        if let Some(p) = &c.provider {
+            *by_provider.entry(p).or_default().entry(&c.status).or_default() += c.count;
+        }
+    }
+    let total: i64 = by_status.values().sum();
+    let attempts: Vec<Value> = s
+        .attempts
+        .iter()
+        .map(|a| {
+            let rate = if a.attempts > 0 { a.failed as f64 / a.attempts as f64 } else { 0.0 };
+            json!({"provider": a.provider, "attempts": a.attempts, "failed": a.failed, "failure_rate": rate})
+        })
+        .collect();
+    // Breakers live in the process that sends: known here when this process dispatches too.
+    let providers: Vec<Value> = state
+        .registry
+        .routes()
+        .map(|r| {
+            let kind = state.settings.providers.get(&r.name).map(|p| p.kind().as_str());
+            json!({"name": r.name, "kind": kind, "breaker": r.breaker.state_name()})
+        })
+        .collect();
+    let buckets: Vec<Value> = s
+        .throughput
+        .iter()
+        .map(|b| json!({"at": stamp(b.at), "accepted": b.accepted, "sent": b.sent, "delivered": b.delivered, "failed": b.failed}))
+        .collect();
+    let failures: Vec<Value> = s
+        .recent_failures
+        .iter()
+        .map(|f| json!({"id": f.id, "channel": f.channel, "to": f.to, "provider": f.provider, "error": f.error, "at": stamp(f.at)}))
+        .collect();
+    json!({
+        "window": window.0,
+        "from": stamp(now - window.1),
+        "to": stamp(now),
+        "tenant": if caller.is_admin() { Value::Null } else { json!(caller.tenant) },
+        "notifications": {"total": total, "by_status": by_status, "by_channel": by_channel, "by_provider": by_provider},
+        "latency_seconds": {"accepted_to_sent": s.accepted_to_sent, "accepted_to_delivered": s.accepted_to_delivered},
+        "attempts": attempts,
+        "providers": providers,
+        "throughput": {"bucket_seconds": stats::bucket_for(window.1).whole_seconds(), "buckets": buckets},
+        "queue": s.queue,
+        "stuck": s.stuck,
+        "recent_failures": failures,
+    })
+}

@@ -1,0 +1,296 @@
+//! What operators look at: counts, latencies, throughput, queue depth and recent failures over
+//! a window of time, for one tenant or all. Every query is bounded by the window and backed by
+//! an index, so its cost follows the traffic of the window, not the size of the tables:
+//! notifications by UUIDv7 id range (the primary key), their events by the BRIN index on `at`,
+//! the queue by the claim and lease indexes, recent failures by `(status, id)`.
+
+use serde::Serialize;
+use sqlx::{PgPool, Row};
+use time::{Duration, OffsetDateTime};
+
+use super::StoreResult;
+use crate::domain::recipient::mask;
+use crate::domain::{NotificationId, Priority, TenantId};
+
+/// Notifications created in the window, by status, channel and provider.
+#[derive(Clone, Debug, Serialize)]
+pub struct CountRow {
+    pub status: String,
+    pub channel: String,
+    pub provider: Option<String>,
+    pub count: i64,
+}
+
+/// Seconds from acceptance to an event, over the events of the window.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Latency {
+    pub count: i64,
+    pub p50: Option<f64>,
+    pub p90: Option<f64>,
+    pub p99: Option<f64>,
+}
+
+/// Provider calls in the window.
+#[derive(Clone, Debug, Serialize)]
+pub struct AttemptRow {
+    pub provider: String,
+    pub attempts: i64,
+    pub failed: i64,
+}
+
+/// One bucket of the throughput chart.
+#[derive(Clone, Debug, Serialize)]
+pub struct Bucket {
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    pub accepted: i64,
+    pub sent: i64,
+    pub delivered: i64,
+    pub failed: i64,
+}
+
+/// Send jobs of one lane (channel and priority).
+#[derive(Clone, Debug, Serialize)]
+pub struct LaneRow {
+    pub channel: String,
+    pub priority: String,
+    /// Waiting, due or not.
+    pub waiting: i64,
+    /// Waiting and due now.
+    pub due: i64,
+    /// Being sent.
+    pub running: i64,
+    /// How long the oldest due job has waited, in seconds.
+    pub oldest_due_age_seconds: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Failure {
+    pub id: NotificationId,
+    pub channel: String,
+    /// Masked (`a***@example.com`): a dashboard is looked at over shoulders.
+    pub to: String,
+    pub provider: Option<String>,
+    pub error: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// Everything `GET /v1/stats` and the dashboard show that comes from the database.
+#[derive(Clone, Debug, Serialize)]
+pub struct Snapshot {
+    pub counts: Vec<CountRow>,
+    pub accepted_to_sent: Latency,
+    pub accepted_to_delivered: Latency,
+    pub attempts: Vec<AttemptRow>,
+    pub throughput: Vec<Bucket>,
+    pub queue: Vec<LaneRow>,
+    /// Jobs whose lease ran out without an answer (their worker died or stalled); the
+    /// rescuer puts them back.
+    pub stuck: i64,
+    pub recent_failures: Vec<Failure>,
+}
+
+/// The bucket width of the throughput chart for a window: about 60 buckets.
+pub fn bucket_for(window: Duration) -> Duration {
+    let secs = (window.whole_seconds() / 60).max(5);
+    // Round to a width people read: 5 s, 1 min, 15 min, 1 h, 3 h…
+    [5, 10, 30, 60, 300, 900, 1800, 3600, 10_800, 21_600]
+        .into_iter()
+        .find(|w| *w >= secs)
+        .map_or(Duration::seconds(secs), Duration::seconds)
+}
+
+/// Read the snapshot of the window ending now, for `tenant` (or every tenant).
+pub async fn snapshot(pool: &PgPool, window: Duration, tenant: Option<TenantId>) -> StoreResult<Snapshot> {
+    let now = OffsetDateTime::now_utc();
+    let since = now - window;
+    let floor = NotificationId::floor_at(since);
+    let tenant = tenant.map(|t| t.as_uuid());
+    let mut conn = pool.acquire().await?;
+
+    let counts = sqlx::query(
+        "SELECT status, channel, provider, count(*) AS n FROM notifications
+         WHERE id >= $1 AND ($2::uuid IS NULL OR tenant_id = $2)
+         GROUP BY status, channel, provider ORDER BY status, channel, provider",
+    )
+    .bind(floor)
+    .bind(tenant)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .map(|r| {
+        Ok(CountRow {
+            status: r.try_get("status")?,
+            channel: r.try_get("channel")?,
+            provider: r.try_get("provider")?,
+            count: r.try_get("n")?,
+        })
+    })
+    .collect::<Result<Vec<_>, sqlx::Error>>()?;
+
+    // Events of the window by the BRIN index; the join to their notification is by primary key.
+    let latencies = sqlx::query(
+        "SELECT e.type, count(*) AS n,
+                percentile_cont(ARRAY[0.5, 0.9, 0.99]) WITHIN GROUP
+                    (ORDER BY extract(epoch FROM e.at - n.created_at)) AS p
+         FROM notification_events e JOIN notifications n ON n.id = e.notification_id
+         WHERE e.at >= $1 AND ($2::uuid IS NULL OR n.tenant_id = $2)
+           AND ((e.type = 'attempt' AND e.status = 'sent') OR (e.type = 'receipt' AND e.status = 'delivered'))
+         GROUP BY e.type",
+    )
+    .bind(since)
+    .bind(tenant)
+    .fetch_all(&mut *conn)
+    .await?;
+    let (mut accepted_to_sent, mut accepted_to_delivered) = (Latency::default(), Latency::default());
+    for r in latencies {
+        let p: Vec<f64> = r.try_get("p")?;
+        let l =
+            Latency { count: r.try_get("n")?, p50: p.first().copied(), p90: p.get(1).copied(), p99: p.get(2).copied() };
+        match r.try_get::<String, _>("type")?.as_str() {
+            "attempt" => accepted_to_sent = l,
+            _ => accepted_to_delivered = l,
+        }
+    }
+
+    let attempts = sqlx::query(
+        "SELECT e.provider, count(*) AS attempts, count(*) FILTER (WHERE e.detail ? 'error_class') AS failed
+         FROM notification_events e
+         WHERE e.at >= $1 AND e.type = 'attempt' AND e.provider IS NOT NULL
+           AND ($2::uuid IS NULL OR EXISTS (SELECT 1 FROM notifications n WHERE n.id = e.notification_id AND n.tenant_id = $2))
+         GROUP BY e.provider ORDER BY e.provider",
+    )
+    .bind(since)
+    .bind(tenant)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .map(|r| Ok(AttemptRow { provider: r.try_get("provider")?, attempts: r.try_get("attempts")?, failed: r.try_get("failed")? }))
+    .collect::<Result<Vec<_>, sqlx::Error>>()?;
+
+    let width = bucket_for(window);
+    let throughput = sqlx::query(
+        "WITH buckets AS (
+             SELECT generate_series(date_bin($3, $1, 'epoch'), $4, $3) AS at
+         ), acc AS (
+             SELECT date_bin($3, created_at, 'epoch') AS at, count(*) AS n FROM notifications
+             WHERE id >= $5 AND created_at >= $1 AND ($2::uuid IS NULL OR tenant_id = $2) GROUP BY 1
+         ), ev AS (
+             SELECT date_bin($3, e.at, 'epoch') AS at,
+                    count(*) FILTER (WHERE e.type = 'attempt' AND e.status = 'sent') AS sent,
+                    count(*) FILTER (WHERE e.type = 'receipt' AND e.status = 'delivered') AS delivered,
+                    count(*) FILTER (WHERE e.status = 'failed') AS failed
+             FROM notification_events e
+             WHERE e.at >= $1 AND (e.type IN ('attempt', 'receipt', 'expired') AND e.status IS NOT NULL)
+               AND ($2::uuid IS NULL OR EXISTS (SELECT 1 FROM notifications n WHERE n.id = e.notification_id AND n.tenant_id = $2))
+             GROUP BY 1
+         )
+         SELECT b.at, coalesce(acc.n, 0) AS accepted, coalesce(ev.sent, 0) AS sent,
+                coalesce(ev.delivered, 0) AS delivered, coalesce(ev.failed, 0) AS failed
+         FROM buckets b LEFT JOIN acc ON acc.at = b.at LEFT JOIN ev ON ev.at = b.at ORDER BY b.at",
+    )
+    .bind(since)
+    .bind(tenant)
+    .bind(pg_interval(width))
+    .bind(now)
+    .bind(floor)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .map(|r| {
+        Ok(Bucket {
+            at: r.try_get("at")?,
+            accepted: r.try_get("accepted")?,
+            sent: r.try_get("sent")?,
+            delivered: r.try_get("delivered")?,
+            failed: r.try_get("failed")?,
+        })
+    })
+    .collect::<Result<Vec<_>, sqlx::Error>>()?;
+
+    // The queue: by the claim index (waiting) and the lease index (running).
+    let queue = sqlx::query(
+        "SELECT j.queue, j.priority, count(*) FILTER (WHERE j.state = 'available') AS waiting,
+                count(*) FILTER (WHERE j.state = 'available' AND j.run_at <= now()) AS due,
+                count(*) FILTER (WHERE j.state = 'running') AS running,
+                extract(epoch FROM now() - min(j.run_at) FILTER (WHERE j.state = 'available' AND j.run_at <= now()))::float8 AS oldest
+         FROM jobs j
+         WHERE j.kind = 'send'
+           AND ($1::uuid IS NULL OR EXISTS (SELECT 1 FROM notifications n WHERE n.id = j.notification_id AND n.tenant_id = $1))
+         GROUP BY j.queue, j.priority ORDER BY j.queue, j.priority",
+    )
+    .bind(tenant)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .map(|r| {
+        let lane: i16 = r.try_get("priority")?;
+        Ok(LaneRow {
+            channel: r.try_get("queue")?,
+            priority: Priority::ALL.into_iter().find(|p| p.lane() == lane).map_or("?", Priority::as_str).to_owned(),
+            waiting: r.try_get("waiting")?,
+            due: r.try_get("due")?,
+            running: r.try_get("running")?,
+            oldest_due_age_seconds: r.try_get("oldest")?,
+        })
+    })
+    .collect::<Result<Vec<_>, sqlx::Error>>()?;
+
+    let stuck: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM jobs j WHERE j.state = 'running' AND j.leased_until < now()
+           AND ($1::uuid IS NULL OR EXISTS (SELECT 1 FROM notifications n WHERE n.id = j.notification_id AND n.tenant_id = $1))",
+    )
+    .bind(tenant)
+    .fetch_one(&mut *conn)
+    .await?;
+
+    let recent_failures = sqlx::query(
+        "SELECT id, channel, recipient_key, provider, last_error, updated_at FROM notifications
+         WHERE status = 'failed' AND ($1::uuid IS NULL OR tenant_id = $1)
+         ORDER BY id DESC LIMIT 10",
+    )
+    .bind(tenant)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .map(|r| {
+        Ok(Failure {
+            id: NotificationId::from_uuid(r.try_get("id")?),
+            channel: r.try_get("channel")?,
+            to: mask(&r.try_get::<String, _>("recipient_key")?),
+            provider: r.try_get("provider")?,
+            error: r.try_get("last_error")?,
+            at: r.try_get("updated_at")?,
+        })
+    })
+    .collect::<Result<Vec<_>, sqlx::Error>>()?;
+
+    Ok(Snapshot {
+        counts,
+        accepted_to_sent,
+        accepted_to_delivered,
+        attempts,
+        throughput,
+        queue,
+        stuck,
+        recent_failures,
+    })
+}
+
+fn pg_interval(d: Duration) -> sqlx::postgres::types::PgInterval {
+    sqlx::postgres::types::PgInterval { months: 0, days: 0, microseconds: d.whole_microseconds() as i64 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_make_about_sixty_points() {
+        assert_eq!(bucket_for(Duration::minutes(5)), Duration::seconds(5));
+        assert_eq!(bucket_for(Duration::hours(1)), Duration::minutes(1));
+        assert_eq!(bucket_for(Duration::hours(24)), Duration::minutes(30));
+        assert_eq!(bucket_for(Duration::days(7)), Duration::hours(3));
+    }
+}

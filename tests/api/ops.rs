@@ -1,0 +1,138 @@
+//! The operators' API: `POST /v1/notifications/{id}/retry` and `GET /v1/stats`.
+
+use herald::providers::{chaos, webhook};
+use herald::store::keys::Scope;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::fake_http::FakeHttp;
+use crate::helpers::{TestApp, email, is_problem};
+
+const SEND_READ: &[Scope] = &[Scope::Send, Scope::Read];
+
+fn sms(text: &str) -> Value {
+    json!({"channel": "sms", "to": "+14155550100", "content": {"text": text}})
+}
+
+/// A failed notification is requeued by an admin with a fresh attempt budget and a `retried`
+/// event, and is then sent; a key without `admin` may not, and a sent one cannot be retried.
+#[tokio::test]
+async fn an_admin_retries_a_failed_notification_and_it_is_sent() {
+    let fake = FakeHttp::receiver().await;
+    let secret = herald::domain::webhook::new_signing_secret();
+    let url = format!("{}/gateway", fake.origin);
+    let t = TestApp::spawn_with(move |s| {
+        let p = webhook::Config { url: url.parse().expect("url"), signing_secret: herald::config::Secret::new(secret) };
+        s.providers.insert("gateway".into(), p.into());
+        s.channels.sms.providers = vec!["gateway".into()];
+    })
+    .await;
+    fake.plan(vec![(400, vec![], "bad number".into())]);
+    let key = t.key("acme", SEND_READ).await;
+    let admin = t.key("ops", &[Scope::Admin]).await;
+    let id = t.post(&key, sms("hi")).await.body["id"].as_str().expect("id").to_owned();
+    t.dispatch_until_idle().await;
+    let n = t.notification(&key, &id).await;
+    assert_eq!((n["status"].as_str(), n["attempts"].as_i64()), (Some("failed"), Some(1)), "{n}");
+
+    let path = format!("/v1/notifications/{id}/retry");
+    let r = t.request("POST", &path, Some(&key), None).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    let r = t.request("POST", &path, Some(&admin), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!((r.body["status"].as_str(), r.body["attempts"].as_i64()), (Some("queued"), Some(0)), "{}", r.body);
+    let retried = r.body["events"].as_array().expect("events").iter().find(|e| e["type"] == "retried").cloned();
+    let retried = retried.expect("a retried event");
+    assert_eq!((retried["status"].as_str(), retried["detail"]["from"].as_str()), (Some("queued"), Some("failed")));
+    assert!(retried["detail"]["by"].as_str().is_some_and(|b| b.starts_with("api key ")), "{retried}");
+
+    let s = t.dispatch_until_idle().await;
+    assert_eq!(s.sent, 1, "{s:?}");
+    let n = t.notification(&key, &id).await;
+    assert_eq!((n["status"].as_str(), n["attempts"].as_i64()), (Some("sent"), Some(1)), "{n}");
+    assert_eq!(fake.requests().len(), 2);
+
+    let r = t.request("POST", &path, Some(&admin), None).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    assert!(is_problem(&r) && r.body["type"].as_str().is_some_and(|k| k.ends_with("/not-retryable")), "{}", r.body);
+    let r = t.request("POST", "/v1/notifications/0193a5b2-0000-7000-8000-000000000000/retry", Some(&admin), None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+}
+
+/// Stats of a window: counts by status, channel and provider, latency from acceptance to
+/// sending, attempts and failure rate per provider, the queue by lane, the latest failures,
+/// the throughput chart; a tenant sees only its own, an admin every tenant's.
+#[tokio::test]
+async fn stats_show_a_tenants_window_and_an_admin_sees_all() {
+    let t = TestApp::spawn_with(|s| {
+        let p = chaos::Config { failure_rate: 1.0, error_class: chaos::ChaosClass::Permanent, ..Default::default() };
+        s.providers.insert("flaky".into(), p.into());
+        s.channels.sms.providers = vec!["flaky".into()];
+    })
+    .await;
+    let key = t.key("acme", SEND_READ).await;
+    let other = t.key("globex", SEND_READ).await;
+    let admin = t.key("ops", &[Scope::Admin]).await;
+    for i in 0..3 {
+        assert_eq!(t.post(&key, email(&format!("u{i}@example.com"), "hi")).await.status, StatusCode::ACCEPTED);
+    }
+    let failed = t.post(&key, sms("x")).await.body["id"].as_str().expect("id").to_owned();
+    let mut later = email("later@example.com", "later");
+    later["send_at"] = json!("2099-01-01T00:00:00Z");
+    assert_eq!(t.post(&key, later).await.status, StatusCode::ACCEPTED);
+    t.dispatch_until_idle().await;
+
+    let r = t.get(&key, "/v1/stats?window=1h").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let s = &r.body;
+    assert_eq!((s["window"].as_str(), s["tenant"].as_str()), (Some("1h"), Some("acme")), "{s}");
+    let n = &s["notifications"];
+    assert_eq!(n["total"], 5, "{s}");
+    assert_eq!((n["by_status"]["sent"].as_i64(), n["by_status"]["failed"].as_i64()), (Some(3), Some(1)), "{s}");
+    assert_eq!(n["by_status"]["scheduled"], 1);
+    assert_eq!(
+        (n["by_channel"]["email"]["sent"].as_i64(), n["by_channel"]["sms"]["failed"].as_i64()),
+        (Some(3), Some(1))
+    );
+    assert_eq!(n["by_provider"]["mail"]["sent"], 3);
+
+    let sent = &s["latency_seconds"]["accepted_to_sent"];
+    assert_eq!(sent["count"], 3, "{s}");
+    let (p50, p99) = (sent["p50"].as_f64().expect("p50"), sent["p99"].as_f64().expect("p99"));
+    assert!((0.0..60.0).contains(&p50) && p50 <= p99, "{sent}");
+
+    let attempts = s["attempts"].as_array().expect("attempts");
+    let of = |name: &str| attempts.iter().find(|a| a["provider"] == name).cloned().expect(name);
+    assert_eq!((of("mail")["attempts"].as_i64(), of("mail")["failed"].as_i64()), (Some(3), Some(0)), "{s}");
+    assert_eq!((of("flaky")["attempts"].as_i64(), of("flaky")["failure_rate"].as_f64()), (Some(1), Some(1.0)), "{s}");
+
+    let lane = s["queue"].as_array().expect("queue").iter().find(|l| l["channel"] == "email").cloned().expect("email");
+    assert_eq!(
+        (lane["waiting"].as_i64(), lane["due"].as_i64(), lane["priority"].as_str()),
+        (Some(1), Some(0), Some("normal"))
+    );
+    assert_eq!(s["stuck"], 0);
+    let failure = &s["recent_failures"][0];
+    assert_eq!(failure["id"].as_str(), Some(failed.as_str()), "{s}");
+    assert!(failure["to"].as_str().is_some_and(|to| to.contains('*') && !to.contains("4155550100")), "{failure}");
+    assert!(failure["error"].as_str().is_some_and(|e| e.contains("chaos")), "{failure}");
+
+    let buckets = s["throughput"]["buckets"].as_array().expect("buckets");
+    let sum = |k: &str| buckets.iter().map(|b| b[k].as_i64().unwrap_or(0)).sum::<i64>();
+    assert_eq!((sum("accepted"), sum("sent"), sum("failed")), (5, 3, 1), "{s}");
+    assert_eq!(s["throughput"]["bucket_seconds"], 60);
+    assert!((55..=62).contains(&buckets.len()), "{} buckets", buckets.len());
+    let flaky = s["providers"].as_array().expect("providers").iter().find(|p| p["name"] == "flaky").cloned();
+    assert_eq!(flaky.expect("flaky")["breaker"], "closed");
+
+    // Another tenant sees none of it; an admin sees every tenant's.
+    let theirs = t.get(&other, "/v1/stats?window=5m").await;
+    assert_eq!(theirs.body["notifications"]["total"], 0, "{}", theirs.body);
+    assert!(theirs.body["recent_failures"].as_array().is_some_and(Vec::is_empty));
+    let all = t.get(&admin, "/v1/stats?window=24h").await;
+    assert_eq!((all.body["notifications"]["total"].as_i64(), all.body["tenant"].is_null()), (Some(5), true));
+
+    let bad = t.get(&key, "/v1/stats?window=2h").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.body);
+    assert!(is_problem(&bad) && bad.body["detail"].as_str().is_some_and(|d| d.contains("5m, 1h, 24h or 7d")));
+}

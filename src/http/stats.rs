@@ -30,10 +30,13 @@ const WINDOWS: [(&str, time::Duration); 4] = [
 /// How long a snapshot is served again before it is read anew.
 const CACHE_FOR: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Recent snapshots by (tenant, window).
+/// Whose stats, over which window.
+type CacheKey = (Option<TenantId>, &'static str);
+
+/// Recent snapshots, with when they were read.
 #[derive(Default)]
 pub struct StatsCache {
-    entries: Mutex<HashMap<(Option<TenantId>, &'static str), (Instant, Snapshot)>>,
+    entries: Mutex<HashMap<CacheKey, (Instant, Snapshot)>>,
 }
 
 impl StatsCache {

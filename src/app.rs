@@ -11,6 +11,7 @@ use tracing::{info, warn};
 
 use crate::config::{ConfigError, Settings};
 use crate::dispatch::Dispatcher;
+use crate::domain::{Channel, Priority};
 use crate::http::{self, AppState, Ingest, KeyCache};
 use crate::providers::{BuildError, Registry};
 use crate::store::{self, StoreError};
@@ -104,6 +105,7 @@ impl App {
         let keys = Arc::new(KeyCache::new(Duration::from_millis(settings.server.key_cache_ms)));
         let ingest = http::ingest(pool.clone(), &settings);
         let stats = Arc::default();
+        crate::metrics::handle();
         Ok(App { pool, dispatch_pool, settings: Arc::new(settings), registry, callbacks_http, keys, ingest, stats })
     }
 
@@ -176,6 +178,12 @@ impl App {
         }
         let api = if let Some(listener) = listener.filter(|_| roles.api) {
             info!(addr = %local_addr(&listener), "api listening");
+            tokio::spawn(refresh_gauges(
+                self.pool.clone(),
+                self.registry.clone(),
+                self.settings.clone(),
+                cancel.clone(),
+            ));
             let router = http::router(self.state());
             let grace = Duration::from_millis(self.settings.server.shutdown_grace_ms);
             let token = cancel.clone();
@@ -201,6 +209,43 @@ impl App {
         }
         Ok(())
     }
+}
+
+/// Keep the gauges `/metrics` shows that come from the database (and the breakers) fresh,
+/// every `metrics.refresh_ms`, until `cancel`.
+async fn refresh_gauges(pool: PgPool, registry: Arc<Registry>, settings: Arc<Settings>, cancel: CancellationToken) {
+    let every = Duration::from_millis(settings.metrics.refresh_ms);
+    loop {
+        if let Err(e) = refresh_gauges_once(&pool, &registry).await {
+            warn!(error = %e, "could not refresh the queue gauges");
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// One refresh of the gauges from the database and the breakers. A failed read leaves the
+/// last queue values.
+pub async fn refresh_gauges_once(pool: &PgPool, registry: &Registry) -> Result<(), StoreError> {
+    for route in registry.routes() {
+        crate::metrics::circuit(&route.name, route.breaker.is_open());
+    }
+    crate::metrics::upkeep();
+    let mut conn = pool.acquire().await?;
+    let lanes = store::stats::lanes(&mut conn, None).await?;
+    let stuck = store::stats::stuck(&mut conn, None).await?;
+    // Every lane, so that one that emptied reads 0 rather than its last depth.
+    for channel in Channel::ALL {
+        for priority in Priority::ALL {
+            let row = lanes.iter().find(|l| l.channel == channel.as_str() && l.priority == priority.as_str());
+            let (waiting, due, oldest) = row.map_or((0, 0, None), |l| (l.waiting, l.due, l.oldest_due_age_seconds));
+            crate::metrics::lane(channel.as_str(), priority.as_str(), waiting, due, oldest);
+        }
+    }
+    crate::metrics::stuck(stuck);
+    Ok(())
 }
 
 async fn cancel_then(grace: Duration, token: &CancellationToken) {

@@ -13,6 +13,7 @@ pub mod dispatch;
 pub mod domain;
 pub mod http;
 pub mod lambda;
+pub mod metrics;
 pub mod providers;
 pub mod receipts;
 pub mod secret;

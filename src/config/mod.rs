@@ -48,6 +48,7 @@ pub struct Settings {
     pub callbacks: CallbackSettings,
     pub receipts: ReceiptSettings,
     pub retention: RetentionSettings,
+    pub metrics: MetricsSettings,
     pub lambda: LambdaSettings,
     pub log: LogSettings,
 }
@@ -166,6 +167,14 @@ pub struct ReceiptSettings {
 pub struct RetentionSettings {
     pub notifications_days: u32,
     pub idempotency_hours: u32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Bearer token `GET /metrics` asks for; empty: none.
+    pub token: Secret,
+    pub refresh_ms: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -334,6 +343,9 @@ impl Settings {
             && let Err(e) = crate::domain::webhook::signing_key(secret)
         {
             return Err(invalid("callbacks.signing_secret", e));
+        }
+        if self.metrics.refresh_ms < 100 {
+            return Err(invalid("metrics.refresh_ms", "must be at least 100"));
         }
         if self.callbacks.max_attempts == 0 {
             return Err(invalid("callbacks.max_attempts", "must be at least 1"));

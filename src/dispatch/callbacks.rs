@@ -45,6 +45,7 @@ impl Dispatcher {
         let (url, status, error, retry_after, permanent) = match self.send_callback(&cb, deadline).await {
             Delivery::Answered { url, status, .. } if (200..300).contains(&status) => {
                 let detail = json!({"url": url, "response_status": status, "attempt": attempt, "event": event_type});
+                crate::metrics::callback("delivered");
                 return self.callback_recorded(lease, None, detail, Outcome::CallbackDelivered).await;
             }
             // 410 Gone: the receiver says never again.
@@ -65,10 +66,12 @@ impl Dispatcher {
         };
         match decision {
             Decision::Retry(delay) => {
+                crate::metrics::callback("retrying");
                 info!(error = %error, delay_ms = delay.as_millis() as u64, "status callback failed; will retry");
                 self.callback_recorded(lease, Some(delay), detail, Outcome::CallbackRetried).await
             }
             Decision::GiveUp => {
+                crate::metrics::callback("given_up");
                 warn!(error = %error, "status callback given up");
                 detail["gave_up"] = json!(true);
                 self.callback_recorded(lease, None, detail, Outcome::CallbackFailed).await

@@ -386,6 +386,7 @@ impl Dispatcher {
     async fn rescue(&self) -> Result<u64, StoreError> {
         let n = tracking::rescue_expired(&self.inner.pool, 1000).await?;
         if n > 0 {
+            crate::metrics::rescued(n);
             warn!(rescued = n, "took back jobs whose lease expired");
         }
         Ok(n)

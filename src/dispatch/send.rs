@@ -16,6 +16,7 @@ use tracing::{Instrument, error, info, info_span};
 use super::record::{fenced, unrecorded};
 use super::{Attempt, Dispatcher, Outcome, SEND_BUDGET_OF_LEASE};
 use crate::domain::{Content, Recipient, Status};
+use crate::metrics;
 use crate::providers::resilience::{Admit, Health};
 use crate::providers::{OutboundMessage, ProviderError, Registry, Route};
 use crate::store::tracking::{self, Applied, ClaimedJob, Completion};
@@ -142,10 +143,13 @@ impl Dispatcher {
             },
         };
         let limit = route.timeout.min(budget_end.saturating_duration_since(Instant::now()));
+        let called = Instant::now();
         let result = match tokio::time::timeout(limit, provider.send(&message)).await {
             Ok(r) => r,
             Err(_) => Err(ProviderError::Transient(format!("timed out after {} ms", limit.as_millis()))),
         };
+        let outcome = result.as_ref().map_or_else(ProviderError::class, |_| "sent");
+        metrics::attempt(job.channel.as_str(), route.name.as_str(), outcome, called.elapsed());
         drop((_paced, _sending));
         route.breaker.record(match &result {
             Ok(_) => Health::Answered,
@@ -166,6 +170,9 @@ impl Dispatcher {
                 match res {
                     Ok(Applied::Yes) => {
                         info!(provider = route.name.as_str(), "sent");
+                        if let Some(waited) = job.notification_id.age() {
+                            metrics::accept_to_sent(job.channel.as_str(), waited);
+                        }
                         Outcome::Sent
                     }
                     Ok(Applied::Fenced) => fenced(),

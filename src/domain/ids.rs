@@ -50,6 +50,14 @@ macro_rules! typed_id {
 typed_id!(NotificationId);
 
 impl NotificationId {
+    /// How long ago this id was made (a UUIDv7 holds its millisecond): the time since
+    /// acceptance, without a read. `None` for an id from the future or without a time.
+    pub fn age(&self) -> Option<std::time::Duration> {
+        let (secs, nanos) = self.as_uuid().get_timestamp()?.to_unix();
+        let made = std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos);
+        std::time::SystemTime::now().duration_since(made).ok()
+    }
+
     /// The smallest notification id minted at `t` (to the millisecond): UUIDv7 ids sort by
     /// creation time, so a time bound becomes a range of the primary key (or of any index that
     /// ends in `id`), which an index answers without reading the rows outside it.

@@ -127,7 +127,10 @@ fn item_submission(
 /// its problem.
 fn item_result(index: usize, outcome: Result<Accepted, ApiError>) -> Value {
     match outcome {
-        Ok(Accepted::Created { record, .. }) => json!({"index": index, "id": record.id, "status": record.status}),
+        Ok(Accepted::Created { record, .. }) => {
+            crate::metrics::accepted(record.channel.as_str(), 1);
+            json!({"index": index, "id": record.id, "status": record.status})
+        }
         Ok(Accepted::Replayed { id, status }) => json!({"index": index, "id": id, "status": status, "replayed": true}),
         Ok(Accepted::KeyConflict) => item_problem(index, &key_conflict()),
         Err(e) => item_problem(index, &e),

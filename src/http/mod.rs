@@ -4,6 +4,7 @@ mod auth;
 mod batch;
 mod health;
 mod meta;
+mod metrics;
 mod notifications;
 pub mod problem;
 mod stats;
@@ -81,11 +82,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/suppressions", get(suppressions::list).post(suppressions::create))
         .route("/v1/suppressions/{channel}/{recipient}", axum::routing::delete(suppressions::delete))
         .route("/webhooks/{provider}", get(webhooks::receive).post(webhooks::receive))
+        .route("/metrics", get(metrics::scrape))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/", get(meta::index))
         .route("/version", get(meta::version))
         .route("/problems/{kind}", get(meta::problem_page))
+        .route_layer(middleware::from_fn(metrics::track))
         .fallback(|| async { problem::ApiError::not_found("no such resource") })
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state);

@@ -222,6 +222,7 @@ async fn answer(state: &AppState, caller: &Caller, outcome: Accepted) -> Result<
     let (view, status, replayed) = match outcome {
         // Built from what was written: no second read.
         Accepted::Created { record, suppressed_reason } => {
+            crate::metrics::accepted(record.channel.as_str(), 1);
             let events = created_events(&record, suppressed_reason.as_deref());
             let mut view = NotificationView::new(*record, Some(events));
             view.tenant = Some(caller.tenant.clone());

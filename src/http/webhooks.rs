@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use super::AppState;
 use super::problem::ApiError;
+use crate::metrics;
 use crate::receipts::{Incoming, ReceiptContext, ReceiptError, Verified};
 use crate::store::receipts::{self as store, ReceiptOutcome};
 
@@ -45,8 +46,12 @@ pub(super) async fn receive(
             info!(provider = %name, "{what}");
             return Ok((StatusCode::OK, Json(json!({"acknowledged": what}))));
         }
-        Err(ReceiptError::Malformed(why)) => return Err(ApiError::malformed(why)),
+        Err(ReceiptError::Malformed(why)) => {
+            metrics::receipt(&name, "malformed", 1);
+            return Err(ApiError::malformed(why));
+        }
         Err(why) => {
+            metrics::receipt(&name, why.reason(), 1);
             warn!(provider = %name, reason = why.reason(), "receipt refused: {why}");
             return Err(ApiError::unauthorized(format!("receipt signature check failed: {why}")));
         }
@@ -56,6 +61,7 @@ pub(super) async fn receive(
         if let Some(token) = &r.replay_token
             && !store::bind_token(&state.pool, &name, token, &r.dedupe_key).await?
         {
+            metrics::receipt(&name, "replayed", 1);
             warn!(provider = %name, "receipt refused: its signed token was already used for another event");
             return Err(ApiError::unauthorized(
                 "this signature's token was already used for another event (a replayed signature)",
@@ -69,6 +75,11 @@ pub(super) async fn receive(
             }
             ReceiptOutcome::Recorded { .. } => applied += 1,
             ReceiptOutcome::Held => held += 1,
+        }
+    }
+    for (result, n) in [("applied", applied), ("held", held), ("duplicate", duplicates), ("unmatched", unmatched)] {
+        if n > 0 {
+            metrics::receipt(&name, result, n);
         }
     }
     Ok((

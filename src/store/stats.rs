@@ -5,7 +5,7 @@
 //! the queue by the claim and lease indexes, recent failures by `(status, id)`.
 
 use serde::Serialize;
-use sqlx::{PgPool, Row};
+use sqlx::{PgConnection, PgPool, Row};
 use time::{Duration, OffsetDateTime};
 
 use super::StoreResult;
@@ -106,6 +106,7 @@ pub async fn snapshot(pool: &PgPool, window: Duration, tenant: Option<TenantId>)
     let now = OffsetDateTime::now_utc();
     let since = now - window;
     let floor = NotificationId::floor_at(since);
+    let tenant_id = tenant;
     let tenant = tenant.map(|t| t.as_uuid());
     let mut conn = pool.acquire().await?;
 
@@ -209,41 +210,8 @@ pub async fn snapshot(pool: &PgPool, window: Duration, tenant: Option<TenantId>)
     })
     .collect::<Result<Vec<_>, sqlx::Error>>()?;
 
-    // The queue: by the claim index (waiting) and the lease index (running).
-    let queue = sqlx::query(
-        "SELECT j.queue, j.priority, count(*) FILTER (WHERE j.state = 'available') AS waiting,
-                count(*) FILTER (WHERE j.state = 'available' AND j.run_at <= now()) AS due,
-                count(*) FILTER (WHERE j.state = 'running') AS running,
-                extract(epoch FROM now() - min(j.run_at) FILTER (WHERE j.state = 'available' AND j.run_at <= now()))::float8 AS oldest
-         FROM jobs j
-         WHERE j.kind = 'send'
-           AND ($1::uuid IS NULL OR EXISTS (SELECT 1 FROM notifications n WHERE n.id = j.notification_id AND n.tenant_id = $1))
-         GROUP BY j.queue, j.priority ORDER BY j.queue, j.priority",
-    )
-    .bind(tenant)
-    .fetch_all(&mut *conn)
-    .await?
-    .into_iter()
-    .map(|r| {
-        let lane: i16 = r.try_get("priority")?;
-        Ok(LaneRow {
-            channel: r.try_get("queue")?,
-            priority: Priority::ALL.into_iter().find(|p| p.lane() == lane).map_or("?", Priority::as_str).to_owned(),
-            waiting: r.try_get("waiting")?,
-            due: r.try_get("due")?,
-            running: r.try_get("running")?,
-            oldest_due_age_seconds: r.try_get("oldest")?,
-        })
-    })
-    .collect::<Result<Vec<_>, sqlx::Error>>()?;
-
-    let stuck: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM jobs j WHERE j.state = 'running' AND j.leased_until < now()
-           AND ($1::uuid IS NULL OR EXISTS (SELECT 1 FROM notifications n WHERE n.id = j.notification_id AND n.tenant_id = $1))",
-    )
-    .bind(tenant)
-    .fetch_one(&mut *conn)
-    .await?;
+    let queue = lanes(&mut conn, tenant_id).await?;
+    let stuck = stuck(&mut conn, tenant_id).await?;
 
     let recent_failures = sqlx::query(
         "SELECT id, channel, recipient_key, provider, last_error, updated_at FROM notifications
@@ -276,6 +244,48 @@ pub async fn snapshot(pool: &PgPool, window: Duration, tenant: Option<TenantId>)
         stuck,
         recent_failures,
     })
+}
+
+/// Send jobs by lane (channel and priority): by the claim index (waiting) and the lease
+/// index (running). For the dashboard and the `herald_queue_*` gauges.
+pub async fn lanes(conn: &mut PgConnection, tenant: Option<TenantId>) -> StoreResult<Vec<LaneRow>> {
+    Ok(sqlx::query(
+        "SELECT j.queue, j.priority, count(*) FILTER (WHERE j.state = 'available') AS waiting,
+                count(*) FILTER (WHERE j.state = 'available' AND j.run_at <= now()) AS due,
+                count(*) FILTER (WHERE j.state = 'running') AS running,
+                extract(epoch FROM now() - min(j.run_at) FILTER (WHERE j.state = 'available' AND j.run_at <= now()))::float8 AS oldest
+         FROM jobs j
+         WHERE j.kind = 'send'
+           AND ($1::uuid IS NULL OR EXISTS (SELECT 1 FROM notifications n WHERE n.id = j.notification_id AND n.tenant_id = $1))
+         GROUP BY j.queue, j.priority ORDER BY j.queue, j.priority",
+    )
+    .bind(tenant.map(|t| t.as_uuid()))
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .map(|r| {
+        let lane: i16 = r.try_get("priority")?;
+        Ok(LaneRow {
+            channel: r.try_get("queue")?,
+            priority: Priority::ALL.into_iter().find(|p| p.lane() == lane).map_or("?", Priority::as_str).to_owned(),
+            waiting: r.try_get("waiting")?,
+            due: r.try_get("due")?,
+            running: r.try_get("running")?,
+            oldest_due_age_seconds: r.try_get("oldest")?,
+        })
+    })
+    .collect::<Result<Vec<_>, sqlx::Error>>()?)
+}
+
+/// Jobs whose lease ran out without an outcome.
+pub async fn stuck(conn: &mut PgConnection, tenant: Option<TenantId>) -> StoreResult<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM jobs j WHERE j.state = 'running' AND j.leased_until < now()
+           AND ($1::uuid IS NULL OR EXISTS (SELECT 1 FROM notifications n WHERE n.id = j.notification_id AND n.tenant_id = $1))",
+    )
+    .bind(tenant.map(|t| t.as_uuid()))
+    .fetch_one(&mut *conn)
+    .await?)
 }
 
 fn pg_interval(d: Duration) -> sqlx::postgres::types::PgInterval {

@@ -136,3 +136,57 @@ async fn stats_show_a_tenants_window_and_an_admin_sees_all() {
     assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.body);
     assert!(is_problem(&bad) && bad.body["detail"].as_str().is_some_and(|d| d.contains("5m, 1h, 24h or 7d")));
 }
+
+/// `GET /metrics`: behind its token when one is set, Prometheus text with the counters and
+/// histograms of what happened (accepted, attempts, send and accept-to-sent durations, HTTP
+/// requests by route, refused receipts) and the gauges refreshed from the database.
+#[tokio::test]
+async fn metrics_count_what_happened_behind_their_token() {
+    let mailgun = FakeHttp::mailgun().await;
+    let origin = mailgun.origin.clone();
+    let t = TestApp::spawn_with(move |s| {
+        s.metrics.token = herald::config::Secret::new("scrape-token");
+        s.providers.insert("mg-metrics".into(), crate::provider_settings::mailgun(&origin).into());
+    })
+    .await;
+    let key = t.key("acme", SEND_READ).await;
+    for i in 0..2 {
+        assert_eq!(t.post(&key, email(&format!("m{i}@example.com"), "hi")).await.status, StatusCode::ACCEPTED);
+    }
+    let mut later = email("later@example.com", "later");
+    later["send_at"] = json!("2099-01-01T00:00:00Z");
+    t.post(&key, later).await;
+    t.dispatch_until_idle().await;
+    let forged = json!({"signature": {"timestamp": "1", "token": "t", "signature": "00"}, "event-data": {}});
+    let r = t.client.post(format!("{}/webhooks/mg-metrics", t.addr)).json(&forged).send().await.expect("post");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    herald::app::refresh_gauges_once(t.pool(), &t.app.registry).await.expect("gauges");
+
+    let r = t.client.get(format!("{}/metrics", t.addr)).send().await.expect("scrape");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = t.client.get(format!("{}/metrics", t.addr)).bearer_auth("scrape-token").send().await.expect("scrape");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers()["content-type"].to_str().is_ok_and(|c| c.starts_with("text/plain; version=0.0.4")));
+    let text = r.text().await.expect("text");
+    // Counters are per process and other tests run beside this one: at least ours.
+    let value = |series: &str| -> f64 {
+        let line = text.lines().find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '));
+        line.and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    };
+    assert!(value(r#"herald_notifications_accepted_total{channel="email"}"#) >= 3.0);
+    assert!(value(r#"herald_attempts_total{channel="email",provider="mail",outcome="sent"}"#) >= 2.0);
+    assert!(value(r#"herald_send_duration_seconds_count{provider="mail"}"#) >= 2.0);
+    assert!(value(r#"herald_accept_to_sent_seconds_count{channel="email"}"#) >= 2.0);
+    assert!(value(r#"herald_http_requests_total{route="/v1/notifications",status="202"}"#) >= 3.0);
+    assert!(value(r#"herald_http_request_duration_seconds_count{route="/v1/notifications"}"#) >= 3.0);
+    assert!(value(r#"herald_receipts_total{provider="mg-metrics",result="bad_signature"}"#) >= 1.0);
+    assert_eq!(value(r#"herald_queue_depth{channel="email",priority="normal"}"#), 1.0, "the scheduled one");
+    assert_eq!(value(r#"herald_queue_due{channel="email",priority="normal"}"#), 0.0);
+    assert_eq!(value(r#"herald_provider_circuit_open{provider="mail"}"#), 0.0);
+    assert!(text.contains("# TYPE herald_send_duration_seconds histogram"), "{text}");
+    assert!(text.contains(r#"herald_send_duration_seconds_bucket{provider="mail",le="0.005"}"#), "{text}");
+    // Route patterns, not paths: no ids or recipients in label values.
+    assert!(!text.contains("example.com") && !text.contains("/v1/notifications/0"), "{text}");
+}

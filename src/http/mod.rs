@@ -6,6 +6,7 @@ mod health;
 mod meta;
 mod metrics;
 mod notifications;
+mod ops;
 pub mod problem;
 mod stats;
 mod suppressions;
@@ -83,6 +84,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/suppressions/{channel}/{recipient}", axum::routing::delete(suppressions::delete))
         .route("/webhooks/{provider}", get(webhooks::receive).post(webhooks::receive))
         .route("/metrics", get(metrics::scrape))
+        .route("/ops", get(ops::page))
+        .route("/ops/app.js", get(ops::script))
+        .route("/ops/app.css", get(ops::style))
+        .route("/ops/icon.svg", get(ops::icon))
+        .route("/favicon.ico", get(ops::icon))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/", get(meta::index))

@@ -91,6 +91,63 @@ pub struct Snapshot {
     pub recent_failures: Vec<Failure>,
 }
 
+// The queries, public so that the scale test can EXPLAIN them on a million rows.
+pub const COUNTS_SQL: &str = "SELECT status, channel, provider, count(*) AS n FROM notifications
+         WHERE id >= $1 AND ($2::uuid IS NULL OR tenant_id = $2)
+         GROUP BY status, channel, provider ORDER BY status, channel, provider";
+
+/// Latency from acceptance without reading the notification: a UUIDv7 id holds its creation
+/// millisecond in its first 48 bits.
+pub const LATENCY_SQL: &str = "SELECT e.type, count(*) AS n,
+                percentile_cont(ARRAY[0.5, 0.9, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM e.at)
+                    - ('x' || substr(replace(e.notification_id::text, '-', ''), 1, 12))::bit(48)::bigint / 1000.0) AS p
+         FROM notification_events e
+         WHERE e.at >= $1
+           AND ((e.type = 'attempt' AND e.status = 'sent') OR (e.type = 'receipt' AND e.status = 'delivered'))
+           AND ($2::uuid IS NULL OR EXISTS (SELECT 1 FROM notifications n WHERE n.id = e.notification_id AND n.tenant_id = $2))
+         GROUP BY e.type";
+
+pub const ATTEMPTS_SQL: &str = "SELECT e.provider, count(*) AS attempts, count(*) FILTER (WHERE e.detail ? 'error_class') AS failed
+         FROM notification_events e
+         WHERE e.at >= $1 AND e.type = 'attempt' AND e.provider IS NOT NULL
+           AND ($2::uuid IS NULL OR EXISTS (SELECT 1 FROM notifications n WHERE n.id = e.notification_id AND n.tenant_id = $2))
+         GROUP BY e.provider ORDER BY e.provider";
+
+pub const THROUGHPUT_SQL: &str = "WITH buckets AS (
+             SELECT generate_series(date_bin($3, $1, 'epoch'), $4, $3) AS at
+         ), acc AS (
+             SELECT date_bin($3, created_at, 'epoch') AS at, count(*) AS n FROM notifications
+             WHERE id >= $5 AND created_at >= $1 AND ($2::uuid IS NULL OR tenant_id = $2) GROUP BY 1
+         ), ev AS (
+             SELECT date_bin($3, e.at, 'epoch') AS at,
+                    count(*) FILTER (WHERE e.type = 'attempt' AND e.status = 'sent') AS sent,
+                    count(*) FILTER (WHERE e.type = 'receipt' AND e.status = 'delivered') AS delivered,
+                    count(*) FILTER (WHERE e.status = 'failed') AS failed
+             FROM notification_events e
+             WHERE e.at >= $1 AND (e.type IN ('attempt', 'receipt', 'expired') AND e.status IS NOT NULL)
+               AND ($2::uuid IS NULL OR EXISTS (SELECT 1 FROM notifications n WHERE n.id = e.notification_id AND n.tenant_id = $2))
+             GROUP BY 1
+         )
+         SELECT b.at, coalesce(acc.n, 0) AS accepted, coalesce(ev.sent, 0) AS sent,
+                coalesce(ev.delivered, 0) AS delivered, coalesce(ev.failed, 0) AS failed
+         FROM buckets b LEFT JOIN acc ON acc.at = b.at LEFT JOIN ev ON ev.at = b.at ORDER BY b.at";
+
+pub const FAILURES_SQL: &str = "SELECT id, channel, recipient_key, provider, last_error, updated_at FROM notifications
+         WHERE status = 'failed' AND ($1::uuid IS NULL OR tenant_id = $1)
+         ORDER BY id DESC LIMIT 10";
+
+pub const LANES_SQL: &str = "SELECT j.queue, j.priority, count(*) FILTER (WHERE j.state = 'available') AS waiting,
+                count(*) FILTER (WHERE j.state = 'available' AND j.run_at <= now()) AS due,
+                count(*) FILTER (WHERE j.state = 'running') AS running,
+                extract(epoch FROM now() - min(j.run_at) FILTER (WHERE j.state = 'available' AND j.run_at <= now()))::float8 AS oldest
+         FROM jobs j
+         WHERE j.kind = 'send'
+           AND ($1::uuid IS NULL OR EXISTS (SELECT 1 FROM notifications n WHERE n.id = j.notification_id AND n.tenant_id = $1))
+         GROUP BY j.queue, j.priority ORDER BY j.queue, j.priority";
+
+pub const STUCK_SQL: &str = "SELECT count(*) FROM jobs j WHERE j.state = 'running' AND j.leased_until < now()
+           AND ($1::uuid IS NULL OR EXISTS (SELECT 1 FROM notifications n WHERE n.id = j.notification_id AND n.tenant_id = $1))";
+
 /// The bucket width of the throughput chart for a window: about 60 buckets.
 pub fn bucket_for(window: Duration) -> Duration {
     let secs = (window.whole_seconds() / 60).max(5);
@@ -110,40 +167,24 @@ pub async fn snapshot(pool: &PgPool, window: Duration, tenant: Option<TenantId>)
     let tenant = tenant.map(|t| t.as_uuid());
     let mut conn = pool.acquire().await?;
 
-    let counts = sqlx::query(
-        "SELECT status, channel, provider, count(*) AS n FROM notifications
-         WHERE id >= $1 AND ($2::uuid IS NULL OR tenant_id = $2)
-         GROUP BY status, channel, provider ORDER BY status, channel, provider",
-    )
-    .bind(floor)
-    .bind(tenant)
-    .fetch_all(&mut *conn)
-    .await?
-    .into_iter()
-    .map(|r| {
-        Ok(CountRow {
-            status: r.try_get("status")?,
-            channel: r.try_get("channel")?,
-            provider: r.try_get("provider")?,
-            count: r.try_get("n")?,
+    let counts = sqlx::query(COUNTS_SQL)
+        .bind(floor)
+        .bind(tenant)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .map(|r| {
+            Ok(CountRow {
+                status: r.try_get("status")?,
+                channel: r.try_get("channel")?,
+                provider: r.try_get("provider")?,
+                count: r.try_get("n")?,
+            })
         })
-    })
-    .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
 
     // Events of the window by the BRIN index; the join to their notification is by primary key.
-    let latencies = sqlx::query(
-        "SELECT e.type, count(*) AS n,
-                percentile_cont(ARRAY[0.5, 0.9, 0.99]) WITHIN GROUP
-                    (ORDER BY extract(epoch FROM e.at - n.created_at)) AS p
-         FROM notification_events e JOIN notifications n ON n.id = e.notification_id
-         WHERE e.at >= $1 AND ($2::uuid IS NULL OR n.tenant_id = $2)
-           AND ((e.type = 'attempt' AND e.status = 'sent') OR (e.type = 'receipt' AND e.status = 'delivered'))
-         GROUP BY e.type",
-    )
-    .bind(since)
-    .bind(tenant)
-    .fetch_all(&mut *conn)
-    .await?;
+    let latencies = sqlx::query(LATENCY_SQL).bind(since).bind(tenant).fetch_all(&mut *conn).await?;
     let (mut accepted_to_sent, mut accepted_to_delivered) = (Latency::default(), Latency::default());
     for r in latencies {
         let p: Vec<f64> = r.try_get("p")?;
@@ -155,84 +196,61 @@ pub async fn snapshot(pool: &PgPool, window: Duration, tenant: Option<TenantId>)
         }
     }
 
-    let attempts = sqlx::query(
-        "SELECT e.provider, count(*) AS attempts, count(*) FILTER (WHERE e.detail ? 'error_class') AS failed
-         FROM notification_events e
-         WHERE e.at >= $1 AND e.type = 'attempt' AND e.provider IS NOT NULL
-           AND ($2::uuid IS NULL OR EXISTS (SELECT 1 FROM notifications n WHERE n.id = e.notification_id AND n.tenant_id = $2))
-         GROUP BY e.provider ORDER BY e.provider",
-    )
-    .bind(since)
-    .bind(tenant)
-    .fetch_all(&mut *conn)
-    .await?
-    .into_iter()
-    .map(|r| Ok(AttemptRow { provider: r.try_get("provider")?, attempts: r.try_get("attempts")?, failed: r.try_get("failed")? }))
-    .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    let attempts = sqlx::query(ATTEMPTS_SQL)
+        .bind(since)
+        .bind(tenant)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .map(|r| {
+            Ok(AttemptRow {
+                provider: r.try_get("provider")?,
+                attempts: r.try_get("attempts")?,
+                failed: r.try_get("failed")?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
 
     let width = bucket_for(window);
-    let throughput = sqlx::query(
-        "WITH buckets AS (
-             SELECT generate_series(date_bin($3, $1, 'epoch'), $4, $3) AS at
-         ), acc AS (
-             SELECT date_bin($3, created_at, 'epoch') AS at, count(*) AS n FROM notifications
-             WHERE id >= $5 AND created_at >= $1 AND ($2::uuid IS NULL OR tenant_id = $2) GROUP BY 1
-         ), ev AS (
-             SELECT date_bin($3, e.at, 'epoch') AS at,
-                    count(*) FILTER (WHERE e.type = 'attempt' AND e.status = 'sent') AS sent,
-                    count(*) FILTER (WHERE e.type = 'receipt' AND e.status = 'delivered') AS delivered,
-                    count(*) FILTER (WHERE e.status = 'failed') AS failed
-             FROM notification_events e
-             WHERE e.at >= $1 AND (e.type IN ('attempt', 'receipt', 'expired') AND e.status IS NOT NULL)
-               AND ($2::uuid IS NULL OR EXISTS (SELECT 1 FROM notifications n WHERE n.id = e.notification_id AND n.tenant_id = $2))
-             GROUP BY 1
-         )
-         SELECT b.at, coalesce(acc.n, 0) AS accepted, coalesce(ev.sent, 0) AS sent,
-                coalesce(ev.delivered, 0) AS delivered, coalesce(ev.failed, 0) AS failed
-         FROM buckets b LEFT JOIN acc ON acc.at = b.at LEFT JOIN ev ON ev.at = b.at ORDER BY b.at",
-    )
-    .bind(since)
-    .bind(tenant)
-    .bind(pg_interval(width))
-    .bind(now)
-    .bind(floor)
-    .fetch_all(&mut *conn)
-    .await?
-    .into_iter()
-    .map(|r| {
-        Ok(Bucket {
-            at: r.try_get("at")?,
-            accepted: r.try_get("accepted")?,
-            sent: r.try_get("sent")?,
-            delivered: r.try_get("delivered")?,
-            failed: r.try_get("failed")?,
+    let throughput = sqlx::query(THROUGHPUT_SQL)
+        .bind(since)
+        .bind(tenant)
+        .bind(pg_interval(width))
+        .bind(now)
+        .bind(floor)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .map(|r| {
+            Ok(Bucket {
+                at: r.try_get("at")?,
+                accepted: r.try_get("accepted")?,
+                sent: r.try_get("sent")?,
+                delivered: r.try_get("delivered")?,
+                failed: r.try_get("failed")?,
+            })
         })
-    })
-    .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
 
     let queue = lanes(&mut conn, tenant_id).await?;
     let stuck = stuck(&mut conn, tenant_id).await?;
 
-    let recent_failures = sqlx::query(
-        "SELECT id, channel, recipient_key, provider, last_error, updated_at FROM notifications
-         WHERE status = 'failed' AND ($1::uuid IS NULL OR tenant_id = $1)
-         ORDER BY id DESC LIMIT 10",
-    )
-    .bind(tenant)
-    .fetch_all(&mut *conn)
-    .await?
-    .into_iter()
-    .map(|r| {
-        Ok(Failure {
-            id: NotificationId::from_uuid(r.try_get("id")?),
-            channel: r.try_get("channel")?,
-            to: mask(&r.try_get::<String, _>("recipient_key")?),
-            provider: r.try_get("provider")?,
-            error: r.try_get("last_error")?,
-            at: r.try_get("updated_at")?,
+    let recent_failures = sqlx::query(FAILURES_SQL)
+        .bind(tenant)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .map(|r| {
+            Ok(Failure {
+                id: NotificationId::from_uuid(r.try_get("id")?),
+                channel: r.try_get("channel")?,
+                to: mask(&r.try_get::<String, _>("recipient_key")?),
+                provider: r.try_get("provider")?,
+                error: r.try_get("last_error")?,
+                at: r.try_get("updated_at")?,
+            })
         })
-    })
-    .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
 
     Ok(Snapshot {
         counts,
@@ -249,43 +267,28 @@ pub async fn snapshot(pool: &PgPool, window: Duration, tenant: Option<TenantId>)
 /// Send jobs by lane (channel and priority): by the claim index (waiting) and the lease
 /// index (running). For the dashboard and the `herald_queue_*` gauges.
 pub async fn lanes(conn: &mut PgConnection, tenant: Option<TenantId>) -> StoreResult<Vec<LaneRow>> {
-    Ok(sqlx::query(
-        "SELECT j.queue, j.priority, count(*) FILTER (WHERE j.state = 'available') AS waiting,
-                count(*) FILTER (WHERE j.state = 'available' AND j.run_at <= now()) AS due,
-                count(*) FILTER (WHERE j.state = 'running') AS running,
-                extract(epoch FROM now() - min(j.run_at) FILTER (WHERE j.state = 'available' AND j.run_at <= now()))::float8 AS oldest
-         FROM jobs j
-         WHERE j.kind = 'send'
-           AND ($1::uuid IS NULL OR EXISTS (SELECT 1 FROM notifications n WHERE n.id = j.notification_id AND n.tenant_id = $1))
-         GROUP BY j.queue, j.priority ORDER BY j.queue, j.priority",
-    )
-    .bind(tenant.map(|t| t.as_uuid()))
-    .fetch_all(&mut *conn)
-    .await?
-    .into_iter()
-    .map(|r| {
-        let lane: i16 = r.try_get("priority")?;
-        Ok(LaneRow {
-            channel: r.try_get("queue")?,
-            priority: Priority::ALL.into_iter().find(|p| p.lane() == lane).map_or("?", Priority::as_str).to_owned(),
-            waiting: r.try_get("waiting")?,
-            due: r.try_get("due")?,
-            running: r.try_get("running")?,
-            oldest_due_age_seconds: r.try_get("oldest")?,
+    Ok(sqlx::query(LANES_SQL)
+        .bind(tenant.map(|t| t.as_uuid()))
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .map(|r| {
+            let lane: i16 = r.try_get("priority")?;
+            Ok(LaneRow {
+                channel: r.try_get("queue")?,
+                priority: Priority::ALL.into_iter().find(|p| p.lane() == lane).map_or("?", Priority::as_str).to_owned(),
+                waiting: r.try_get("waiting")?,
+                due: r.try_get("due")?,
+                running: r.try_get("running")?,
+                oldest_due_age_seconds: r.try_get("oldest")?,
+            })
         })
-    })
-    .collect::<Result<Vec<_>, sqlx::Error>>()?)
+        .collect::<Result<Vec<_>, sqlx::Error>>()?)
 }
 
 /// Jobs whose lease ran out without an outcome.
 pub async fn stuck(conn: &mut PgConnection, tenant: Option<TenantId>) -> StoreResult<i64> {
-    Ok(sqlx::query_scalar(
-        "SELECT count(*) FROM jobs j WHERE j.state = 'running' AND j.leased_until < now()
-           AND ($1::uuid IS NULL OR EXISTS (SELECT 1 FROM notifications n WHERE n.id = j.notification_id AND n.tenant_id = $1))",
-    )
-    .bind(tenant.map(|t| t.as_uuid()))
-    .fetch_one(&mut *conn)
-    .await?)
+    Ok(sqlx::query_scalar(STUCK_SQL).bind(tenant.map(|t| t.as_uuid())).fetch_one(&mut *conn).await?)
 }
 
 fn pg_interval(d: Duration) -> sqlx::postgres::types::PgInterval {

@@ -190,3 +190,32 @@ async fn metrics_count_what_happened_behind_their_token() {
     // Route patterns, not paths: no ids or recipients in label values.
     assert!(!text.contains("example.com") && !text.contains("/v1/notifications/0"), "{text}");
 }
+
+/// `/ops` is one self-contained page: its script and style come from Herald itself, a strict
+/// Content-Security-Policy allows nothing else, and the page holds no data (the browser test,
+/// `tests/browser/run`, drives it).
+#[tokio::test]
+async fn the_dashboard_is_served_self_contained() {
+    let t = TestApp::spawn().await;
+    let page = t.client.get(format!("{}/ops", t.addr)).send().await.expect("page");
+    assert_eq!(page.status(), StatusCode::OK);
+    let csp = page.headers()["content-security-policy"].to_str().expect("csp").to_owned();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'self'") && !csp.contains("unsafe"),
+        "{csp}"
+    );
+    assert!(page.headers()["content-type"].to_str().is_ok_and(|c| c.starts_with("text/html")));
+    let html = page.text().await.expect("html");
+    assert!(html.contains(r#"<input id="key" name="key" type="password""#), "{html}");
+    assert!(!html.contains("http://") && !html.contains("https://"), "no outside address: {html}");
+    for (path, kind) in
+        [("/ops/app.js", "text/javascript"), ("/ops/app.css", "text/css"), ("/ops/icon.svg", "image/svg+xml")]
+    {
+        let r = t.client.get(format!("{}{path}", t.addr)).send().await.expect("asset");
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        assert!(r.headers()["content-type"].to_str().is_ok_and(|c| c.starts_with(kind)), "{path}");
+        // The SVG namespace is a name, not an address that is loaded.
+        let body = r.text().await.expect("body").replace("xmlns=\"http://www.w3.org/2000/svg\"", "");
+        assert!(!body.contains("https://") && !body.contains("http://"), "{path} loads nothing from elsewhere");
+    }
+}

@@ -143,3 +143,104 @@ async fn retention_and_time_bounded_lists_read_few_pages_of_a_million_rows() {
         assert!(c.pages < 500, "{} pages\n{plan:#}", c.pages);
     }
 }
+
+/// What the dashboard and `GET /v1/stats` read on a million notifications (29 days of them,
+/// about 34,500 a day) and a million events: each query's pages for the last hour and the
+/// last day, for every tenant and for one, with no sequential scan of the big tables. The
+/// pages of one refresh are printed (the README quotes them).
+#[tokio::test]
+async fn stats_read_the_window_not_the_table() {
+    use herald::store::stats;
+    let t = TestApp::spawn().await;
+    let (acme, _) = seed(&t).await;
+    // One attempt event per notification, a second after it was created, in time order (as
+    // they are written); a delivery receipt for one in five.
+    sqlx::query(
+        "INSERT INTO notification_events (notification_id, at, type, status, provider, detail)
+         SELECT id, created_at + interval '1 second', 'attempt', CASE WHEN status = 'failed' THEN 'failed' ELSE 'sent' END,
+                'mail', CASE WHEN status = 'failed' THEN '{\"error_class\": \"permanent\"}'::jsonb ELSE '{}'::jsonb END
+         FROM notifications ORDER BY id",
+    )
+    .execute(t.pool())
+    .await
+    .expect("seed events");
+    sqlx::query(
+        "INSERT INTO notification_events (notification_id, at, type, status, provider)
+         SELECT id, created_at + interval '30 seconds', 'receipt', 'delivered', 'mail'
+         FROM notifications WHERE status = 'delivered' AND right(provider_message_id, 1) IN ('0', '5') ORDER BY id",
+    )
+    .execute(t.pool())
+    .await
+    .expect("seed receipts");
+    sqlx::query("VACUUM ANALYZE notification_events").execute(t.pool()).await.expect("analyze");
+
+    let now = OffsetDateTime::now_utc();
+    let mut refresh_pages = 0;
+    // Every tenant's: the window's rows and little else. One tenant's: the window's events
+    // each look up their notification (events carry no tenant), about four pages an event.
+    for (window, max_pages, max_tenant_pages) in
+        [(time::Duration::hours(1), 2_000, 25_000), (time::Duration::hours(24), 20_000, 500_000)]
+    {
+        let since = now - window;
+        let floor = NotificationId::floor_at(since);
+        for tenant in [None, Some(acme)] {
+            let width = sqlx::postgres::types::PgInterval {
+                months: 0,
+                days: 0,
+                microseconds: stats::bucket_for(window).whole_microseconds() as i64,
+            };
+            let plans: Vec<(&str, Value)> = vec![
+                ("counts", explain_with(&t, stats::COUNTS_SQL, |q| q.bind(floor).bind(tenant)).await),
+                ("latency", explain_with(&t, stats::LATENCY_SQL, |q| q.bind(since).bind(tenant)).await),
+                ("attempts", explain_with(&t, stats::ATTEMPTS_SQL, |q| q.bind(since).bind(tenant)).await),
+                (
+                    "throughput",
+                    explain_with(&t, stats::THROUGHPUT_SQL, |q| {
+                        q.bind(since).bind(tenant).bind(width).bind(now).bind(floor)
+                    })
+                    .await,
+                ),
+                ("failures", explain_with(&t, stats::FAILURES_SQL, |q| q.bind(tenant)).await),
+                ("queue", explain_with(&t, stats::LANES_SQL, |q| q.bind(tenant)).await),
+                ("stuck", explain_with(&t, stats::STUCK_SQL, |q| q.bind(tenant)).await),
+            ];
+            let mut total = 0;
+            for (name, plan) in &plans {
+                let c = cost(plan);
+                let big = c.seq_scans.iter().any(|r| r == "notifications" || r == "notification_events");
+                assert!(!big, "{name}: seq scan of {:?}\n{plan:#}", c.seq_scans);
+                let limit = if tenant.is_some() { max_tenant_pages } else { max_pages };
+                assert!(c.pages < limit, "{name}: {} pages over {window}\n{plan:#}", c.pages);
+                total += c.pages;
+            }
+            let whose = if tenant.is_some() { "one tenant" } else { "every tenant" };
+            println!("stats over {window} for {whose}: {total} pages");
+            if tenant.is_none() {
+                refresh_pages += total;
+            }
+        }
+    }
+    // The dashboard reads the last hour, the last day and its selected window (1h by default).
+    let started = std::time::Instant::now();
+    for window in [time::Duration::hours(1), time::Duration::hours(24), time::Duration::hours(1)] {
+        let s = stats::snapshot(t.pool(), window, None).await.expect("snapshot");
+        assert!(s.counts.iter().map(|c| c.count).sum::<i64>() > 0);
+    }
+    println!("one dashboard refresh (admin): about {} pages, {:?} here", refresh_pages, started.elapsed());
+    let started = std::time::Instant::now();
+    stats::snapshot(t.pool(), time::Duration::hours(24), Some(herald::domain::TenantId::from_uuid(acme)))
+        .await
+        .expect("snapshot");
+    println!("one tenant's last day: {:?} here", started.elapsed());
+}
+
+async fn explain_with<'q>(
+    t: &TestApp,
+    sql: &'q str,
+    bind: impl FnOnce(
+        sqlx::query::QueryScalar<'q, sqlx::Postgres, Value, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, Value, sqlx::postgres::PgArguments>,
+) -> Value {
+    let text: &'q str = Box::leak(explain(sql).into_boxed_str());
+    bind(sqlx::query_scalar(sqlx::AssertSqlSafe(text))).fetch_one(t.pool()).await.expect("explain")
+}

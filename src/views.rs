@@ -8,16 +8,19 @@ use crate::domain::{Channel, NotificationId, Status};
 use crate::store::{EventRecord, NotificationRecord};
 
 /// A notification as the API returns it.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct NotificationView {
+    #[schema(value_type = uuid::Uuid)]
     pub id: NotificationId,
     /// The tenant's name (what `herald keys create --tenant` was given).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
     pub status: Status,
     channel: Channel,
+    /// As sent: an address, a number or a push target.
     to: Value,
     content: Value,
+    #[schema(value_type = crate::domain::Priority)]
     priority: &'static str,
     tags: Vec<String>,
     metadata: Value,
@@ -40,10 +43,13 @@ pub struct NotificationView {
     events: Option<Vec<EventView>>,
 }
 
-#[derive(Serialize)]
+/// One event of the timeline.
+#[derive(Serialize, utoipa::ToSchema)]
 struct EventView {
     #[serde(with = "time::serde::rfc3339")]
     at: OffsetDateTime,
+    /// `accepted`, `scheduled`, `attempt`, `receipt`, `callback`, `cancelled`, `expired`,
+    /// `suppressed`, `rescued`, `retried` or `deferred`.
     #[serde(rename = "type")]
     kind: String,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -12,7 +12,7 @@ use super::FieldError;
 use super::channel::Channel;
 use super::recipient::{EmailAddress, Recipient, check_endpoint};
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Priority {
     High,

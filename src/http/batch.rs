@@ -23,6 +23,13 @@ pub(super) const MAX_ITEMS: usize = 1000;
 /// or the server's own limit if that is larger.
 pub(super) const MAX_BODY_BYTES: usize = MAX_ITEMS * 16 * 1024;
 
+/// Create up to 1,000 notifications in one request; valid items are committed together.
+#[utoipa::path(post, path = "/v1/notifications/batch", tag = "notifications", security(("api_key" = [])),
+    request_body = crate::http::openapi::BatchRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "For the whole batch")),
+    responses((status = 200, description = "A result per item", body = crate::http::openapi::BatchResponse),
+              (status = 400, response = crate::http::openapi::Problem), (status = 413, response = crate::http::openapi::Problem), (status = 415, response = crate::http::openapi::Problem),
+              (status = 422, response = crate::http::openapi::Problem), (status = 401, response = crate::http::openapi::Problem), (status = 403, response = crate::http::openapi::Problem), (status = 503, response = crate::http::openapi::Problem)))]
 pub(super) async fn create(
     State(state): State<AppState>,
     caller: Caller,

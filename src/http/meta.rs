@@ -11,6 +11,8 @@ use serde_json::{Value, json};
 
 use super::problem::ApiError;
 
+/// Where things are.
+#[utoipa::path(get, path = "/", tag = "service", responses((status = 200, body = Object)))]
 pub(super) async fn index() -> Json<Value> {
     Json(json!({
         "name": "herald",
@@ -19,6 +21,11 @@ pub(super) async fn index() -> Json<Value> {
             "notifications": "/v1/notifications",
             "batch": "/v1/notifications/batch",
             "suppressions": "/v1/suppressions",
+            "stats": "/v1/stats",
+            "dashboard": "/ops",
+            "metrics": "/metrics",
+            "openapi": "/openapi.json",
+            "docs": "/docs",
             "health": "/healthz",
             "ready": "/readyz",
             "version": "/version",
@@ -27,6 +34,8 @@ pub(super) async fn index() -> Json<Value> {
     }))
 }
 
+/// The version and git revision of this build.
+#[utoipa::path(get, path = "/version", tag = "service", responses((status = 200, body = Object)))]
 pub(super) async fn version() -> Json<Value> {
     let rev = (!crate::GIT_REV.is_empty()).then_some(crate::GIT_REV);
     Json(json!({"version": env!("CARGO_PKG_VERSION"), "git_revision": rev}))
@@ -119,6 +128,9 @@ pub(super) const PROBLEMS: &[(&str, u16, &str, &str)] = &[
     ("error", 400, "Request failed", "Another client error; `detail` says which."),
 ];
 
+/// The page a problem's `type` points at.
+#[utoipa::path(get, path = "/problems/{kind}", tag = "service", params(("kind" = String, Path)),
+    responses((status = 200, body = String, content_type = "text/html"), (status = 404, response = crate::http::openapi::Problem)))]
 pub(super) async fn problem_page(Path(kind): Path<String>) -> Result<Html<String>, ApiError> {
     let (kind, status, title, text) = PROBLEMS
         .iter()

@@ -6,6 +6,7 @@ mod health;
 mod meta;
 mod metrics;
 mod notifications;
+pub mod openapi;
 mod ops;
 pub mod problem;
 mod stats;
@@ -94,6 +95,8 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(meta::index))
         .route("/version", get(meta::version))
         .route("/problems/{kind}", get(meta::problem_page))
+        // `/openapi.json`, and `/docs` rendering it (Swagger UI, built into the binary).
+        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", openapi::document().clone()))
         .route_layer(middleware::from_fn(metrics::track))
         .fallback(|| async { problem::ApiError::not_found("no such resource") })
         .layer(DefaultBodyLimit::max(max_body))

@@ -191,6 +191,16 @@ pub(super) fn key_conflict() -> ApiError {
     )
 }
 
+/// Create one notification. Answered `202` once it is committed; with an `Idempotency-Key` seen
+/// before, `200` and the original.
+#[utoipa::path(post, path = "/v1/notifications", tag = "notifications", security(("api_key" = [])),
+    request_body = crate::http::openapi::NotificationRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried POST safe (at most 255 characters)"),
+           ("traceparent" = Option<String>, Header, description = "W3C trace context, continued into dispatch")),
+    responses((status = 202, description = "Accepted", body = crate::views::NotificationView),
+              (status = 200, description = "A replay of an earlier request with the same key", body = crate::views::NotificationView),
+              (status = 400, response = crate::http::openapi::Problem), (status = 409, response = crate::http::openapi::Problem), (status = 413, response = crate::http::openapi::Problem),
+              (status = 415, response = crate::http::openapi::Problem), (status = 422, response = crate::http::openapi::Problem), (status = 401, response = crate::http::openapi::Problem), (status = 403, response = crate::http::openapi::Problem), (status = 503, response = crate::http::openapi::Problem)))]
 pub(super) async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -242,6 +252,11 @@ async fn answer(state: &AppState, caller: &Caller, outcome: Accepted) -> Result<
     Ok(resp)
 }
 
+/// One notification with its timeline.
+#[utoipa::path(get, path = "/v1/notifications/{id}", tag = "notifications", security(("api_key" = [])),
+    params(("id" = String, Path, description = "The notification's id")),
+    responses((status = 200, body = crate::views::NotificationView), (status = 400, response = crate::http::openapi::Problem),
+              (status = 404, response = crate::http::openapi::Problem), (status = 401, response = crate::http::openapi::Problem), (status = 403, response = crate::http::openapi::Problem), (status = 503, response = crate::http::openapi::Problem)))]
 pub(super) async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -252,7 +267,8 @@ pub(super) async fn get(
     Ok(Json(load(&state, id, &caller).await?))
 }
 
-#[derive(Serialize)]
+/// A page of notifications, newest first, and the cursor of the next page (null on the last).
+#[derive(Serialize, utoipa::ToSchema)]
 pub(super) struct Page {
     items: Vec<NotificationView>,
     next_cursor: Option<String>,
@@ -268,6 +284,16 @@ fn parse_time_param(params: &HashMap<String, String>, name: &str) -> Result<Opti
         .transpose()
 }
 
+/// Notifications, newest first, filtered.
+#[utoipa::path(get, path = "/v1/notifications", tag = "notifications", security(("api_key" = [])),
+    params(("status" = Option<crate::domain::Status>, Query), ("channel" = Option<crate::domain::Channel>, Query),
+           ("to" = Option<String>, Query, description = "A recipient"), ("tag" = Option<String>, Query),
+           ("created_after" = Option<String>, Query, description = "RFC 3339"),
+           ("created_before" = Option<String>, Query, description = "RFC 3339"),
+           ("tenant" = Option<String>, Query, description = "Admin keys: one tenant's"),
+           ("limit" = Option<i64>, Query, description = "1 to 100, default 50"),
+           ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")),
+    responses((status = 200, body = Page), (status = 400, response = crate::http::openapi::Problem), (status = 401, response = crate::http::openapi::Problem), (status = 403, response = crate::http::openapi::Problem), (status = 503, response = crate::http::openapi::Problem)))]
 pub(super) async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -355,6 +381,11 @@ pub(super) async fn list(
     Ok(Json(Page { items, next_cursor }))
 }
 
+/// Cancel a notification that is scheduled, queued or retrying.
+#[utoipa::path(post, path = "/v1/notifications/{id}/cancel", tag = "notifications", security(("api_key" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, body = crate::views::NotificationView), (status = 400, response = crate::http::openapi::Problem),
+              (status = 404, response = crate::http::openapi::Problem), (status = 409, response = crate::http::openapi::Problem), (status = 401, response = crate::http::openapi::Problem), (status = 403, response = crate::http::openapi::Problem), (status = 503, response = crate::http::openapi::Problem)))]
 pub(super) async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
@@ -375,6 +406,10 @@ pub(super) async fn cancel(
 }
 
 /// `POST /v1/notifications/{id}/retry` (admin): requeue a failed, expired or bounced one.
+#[utoipa::path(post, path = "/v1/notifications/{id}/retry", tag = "operators", security(("api_key" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, description = "Requeued", body = crate::views::NotificationView), (status = 400, response = crate::http::openapi::Problem),
+              (status = 404, response = crate::http::openapi::Problem), (status = 409, response = crate::http::openapi::Problem), (status = 401, response = crate::http::openapi::Problem), (status = 403, response = crate::http::openapi::Problem), (status = 503, response = crate::http::openapi::Problem)))]
 pub(super) async fn retry(
     State(state): State<AppState>,
     caller: Caller,

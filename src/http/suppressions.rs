@@ -21,7 +21,7 @@ use crate::domain::{Channel, FieldError};
 use crate::store::keys::{Caller, Scope};
 use crate::store::suppressions::{self, Suppression};
 
-#[derive(Serialize)]
+#[derive(Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub(super) struct SuppressionView {
     channel: Channel,
     recipient: String,
@@ -47,6 +47,11 @@ fn channel_param(raw: &str) -> Result<Channel, ApiError> {
     Channel::parse(raw).ok_or_else(|| ApiError::not_found(format!("no channel {raw}")))
 }
 
+/// The tenant's suppressed recipients.
+#[utoipa::path(get, path = "/v1/suppressions", tag = "suppressions", security(("api_key" = [])),
+    params(("channel" = Option<crate::domain::Channel>, Query), ("limit" = Option<i64>, Query, description = "1 to 1000, default 100"),
+           ("cursor" = Option<String>, Query)),
+    responses((status = 200, body = crate::http::openapi::SuppressionPage), (status = 400, response = crate::http::openapi::Problem), (status = 401, response = crate::http::openapi::Problem), (status = 403, response = crate::http::openapi::Problem), (status = 503, response = crate::http::openapi::Problem)))]
 pub(super) async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -89,6 +94,11 @@ pub(super) async fn list(
     Ok(Json(serde_json::json!({"items": items, "next_cursor": next})))
 }
 
+/// Suppress a recipient: nothing is sent to it on that channel until it is deleted.
+#[utoipa::path(post, path = "/v1/suppressions", tag = "suppressions", security(("api_key" = [])),
+    request_body = crate::http::openapi::SuppressionRequest,
+    responses((status = 201, body = SuppressionView), (status = 200, description = "Already suppressed", body = SuppressionView),
+              (status = 400, response = crate::http::openapi::Problem), (status = 415, response = crate::http::openapi::Problem), (status = 422, response = crate::http::openapi::Problem), (status = 401, response = crate::http::openapi::Problem), (status = 403, response = crate::http::openapi::Problem), (status = 503, response = crate::http::openapi::Problem)))]
 pub(super) async fn create(State(state): State<AppState>, caller: Caller, body: Bytes) -> Result<Response, ApiError> {
     require(&caller, Scope::Send)?;
     let value: Value =
@@ -134,6 +144,10 @@ pub(super) async fn create(State(state): State<AppState>, caller: Caller, body: 
     Ok((status, Json(SuppressionView::from(row))).into_response())
 }
 
+/// Lift a suppression.
+#[utoipa::path(delete, path = "/v1/suppressions/{channel}/{recipient}", tag = "suppressions", security(("api_key" = [])),
+    params(("channel" = crate::domain::Channel, Path), ("recipient" = String, Path)),
+    responses((status = 204, description = "Deleted"), (status = 404, response = crate::http::openapi::Problem), (status = 401, response = crate::http::openapi::Problem), (status = 403, response = crate::http::openapi::Problem), (status = 503, response = crate::http::openapi::Problem)))]
 pub(super) async fn delete(
     State(state): State<AppState>,
     caller: Caller,

@@ -18,6 +18,13 @@ use crate::metrics;
 use crate::receipts::{Incoming, ReceiptContext, ReceiptError, Verified};
 use crate::store::receipts::{self as store, ReceiptOutcome};
 
+/// A provider's delivery receipts, checked by that provider's own signature scheme (no API key).
+#[utoipa::path(method(get, post), path = "/webhooks/{provider}", tag = "receipts",
+    params(("provider" = String, Path, description = "The configured provider name ([providers.NAME])")),
+    request_body(content = Object, description = "The provider's own format", content_type = "application/json"),
+    responses((status = 200, description = "Counts of what was applied", body = Object),
+              (status = 400, response = crate::http::openapi::Problem), (status = 401, response = crate::http::openapi::Problem), (status = 404, response = crate::http::openapi::Problem),
+              (status = 503, response = crate::http::openapi::Problem)))]
 pub(super) async fn receive(
     State(state): State<AppState>,
     Path(name): Path<String>,

@@ -219,3 +219,37 @@ async fn the_dashboard_is_served_self_contained() {
         assert!(!body.contains("https://") && !body.contains("http://"), "{path} loads nothing from elsewhere");
     }
 }
+
+/// The OpenAPI document is served, lists every API route, and `/docs` renders it from files
+/// Herald serves itself.
+#[tokio::test]
+async fn the_openapi_document_and_its_docs_page_are_served() {
+    let t = TestApp::spawn().await;
+    let r = t.client.get(format!("{}/openapi.json", t.addr)).send().await.expect("openapi");
+    assert_eq!(r.status(), StatusCode::OK);
+    let doc: Value = r.json().await.expect("json");
+    assert_eq!(doc["openapi"], "3.1.0");
+    for (path, method) in [
+        ("/v1/notifications", "post"),
+        ("/v1/notifications", "get"),
+        ("/v1/notifications/batch", "post"),
+        ("/v1/notifications/{id}", "get"),
+        ("/v1/notifications/{id}/cancel", "post"),
+        ("/v1/notifications/{id}/retry", "post"),
+        ("/v1/stats", "get"),
+        ("/v1/suppressions", "post"),
+        ("/v1/suppressions/{channel}/{recipient}", "delete"),
+        ("/webhooks/{provider}", "get"),
+        ("/metrics", "get"),
+        ("/readyz", "get"),
+    ] {
+        assert!(doc["paths"][path][method].is_object(), "{method} {path} is documented");
+    }
+    let problem = &doc["paths"]["/v1/notifications"]["post"]["responses"]["422"];
+    assert!(problem.to_string().contains("Problem"), "{problem}");
+    let page = t.client.get(format!("{}/docs/", t.addr)).send().await.expect("docs");
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.expect("html");
+    assert!(html.contains("swagger-ui"), "{html}");
+    assert!(!html.contains("unpkg.com") && !html.contains("cdn"), "assets are Herald's own: {html}");
+}

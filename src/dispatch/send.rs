@@ -15,6 +15,7 @@ use tracing::{Instrument, error, info, info_span};
 
 use super::record::{fenced, unrecorded};
 use super::{Attempt, Dispatcher, Outcome, SEND_BUDGET_OF_LEASE};
+use crate::domain::trace::TraceParent;
 use crate::domain::{Content, Recipient, Status};
 use crate::metrics;
 use crate::providers::resilience::{Admit, Health};
@@ -62,7 +63,11 @@ impl Dispatcher {
     /// One job: decide, send, record. Never panics out: a panic in a provider is caught and the
     /// job is retried like a transient failure.
     pub(super) async fn process(&self, job: ClaimedJob, deadline: Option<Instant>) -> Outcome {
-        let span = info_span!("dispatch", notification.id = %job.notification_id, attempt = job.attempt, channel = %job.channel);
+        // The trace id of the request that created it: one trace from accept to receipt.
+        let trace = job.traceparent.as_deref().and_then(TraceParent::parse);
+        let trace_id = trace.as_ref().map_or("", TraceParent::trace_id).to_owned();
+        let span = info_span!("dispatch", notification.id = %job.notification_id, attempt = job.attempt,
+                              channel = %job.channel, trace_id = %trace_id);
         let lease = job.lease();
         let attempt = job.attempt;
         let max_attempts = job.max_attempts;
@@ -208,5 +213,7 @@ fn outbound(job: &ClaimedJob) -> Result<OutboundMessage, String> {
         expires_at: job.expires_at,
         metadata: job.metadata.clone(),
         tags: job.tags.clone(),
+        // A span of its own for this provider call, in the notification's trace.
+        traceparent: job.traceparent.as_deref().and_then(TraceParent::parse).map(|t| t.child().to_string()),
     })
 }

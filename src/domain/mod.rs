@@ -9,6 +9,7 @@ pub mod recipient;
 pub mod retry;
 pub mod status;
 pub mod tenant;
+pub mod trace;
 pub mod webhook;
 
 pub use channel::Channel;

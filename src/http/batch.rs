@@ -12,7 +12,9 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::auth::require;
-use super::notifications::{idempotency_header, json_body, key_conflict, prepare, request_hash, valid_key};
+use super::notifications::{
+    idempotency_header, json_body, key_conflict, prepare, request_hash, traceparent, valid_key,
+};
 use super::problem::ApiError;
 use crate::domain::FieldError;
 use crate::store::ingest::{self, Accepted, Submission};
@@ -66,7 +68,8 @@ pub(super) async fn create(
     let (mut indices, mut submissions) = (Vec::with_capacity(items.len()), Vec::with_capacity(items.len()));
     for (index, mut item) in items.into_iter().enumerate() {
         let refused = match item_submission(&state, &caller, index, &mut item, batch_key.as_deref()) {
-            Ok(s) => {
+            Ok(mut s) => {
+                s.traceparent = traceparent(&headers);
                 indices.push(index);
                 submissions.push(s);
                 continue;

@@ -167,6 +167,12 @@ pub(super) fn prepare(
     Ok(Submission::new(caller.tenant_id, n, max_attempts, idempotency))
 }
 
+/// The request's W3C `traceparent`, when valid (an invalid one is ignored, as the spec says).
+pub(super) fn traceparent(headers: &HeaderMap) -> Option<String> {
+    let raw = headers.get("traceparent")?.to_str().ok()?;
+    crate::domain::trace::TraceParent::parse(raw).map(|t| t.to_string())
+}
+
 /// The timeline of a notification just created: its derived first event and, for a
 /// suppressed recipient, the `suppressed` event written with it.
 pub(super) fn created_events(record: &NotificationRecord, suppressed_reason: Option<&str>) -> Vec<EventRecord> {
@@ -211,7 +217,10 @@ pub(super) async fn create(
     let value = json_body(&body)?;
     let key = idempotency_header(&headers)?.map(str::to_owned);
     let submission = match prepare(&state, &caller, &value, key.clone()) {
-        Ok(s) => s,
+        Ok(mut s) => {
+            s.traceparent = traceparent(&headers);
+            s
+        }
         // A retry of a request that no longer validates still gets its original answer.
         Err(errors) => match key {
             Some(k) => match ingest::earlier_use(&state.pool, caller.tenant_id, &k, &request_hash(&value)).await? {

@@ -80,7 +80,10 @@ pub(super) async fn receive(
                 warn!(provider = %name, provider_status = %r.provider_status, "receipt matches no notification; kept as unmatched");
                 unmatched += 1;
             }
-            ReceiptOutcome::Recorded { .. } => applied += 1,
+            ReceiptOutcome::Recorded { changed, trace_id } => {
+                info!(provider = %name, provider_status = %r.provider_status, changed, trace_id = trace_id.as_deref().unwrap_or(""), "receipt applied");
+                applied += 1;
+            }
             ReceiptOutcome::Held => held += 1,
         }
     }

@@ -154,6 +154,7 @@ mod tests {
             expires_at: None,
             metadata: serde_json::json!({}),
             tags: Vec::new(),
+            traceparent: None,
         };
         let mut failures = 0;
         for _ in 0..1000 {

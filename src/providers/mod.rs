@@ -52,6 +52,9 @@ pub struct OutboundMessage {
     /// The caller's `metadata` and `tags`, for providers that pass them on (`webhook`).
     pub metadata: Value,
     pub tags: Vec<String>,
+    /// W3C `traceparent` for this call (the notification's trace, a new span), for providers
+    /// that take one (`webhook`).
+    pub traceparent: Option<String>,
 }
 
 /// A provider accepted the message.

@@ -6,7 +6,8 @@
 //! A 2xx answer is sent (an `id` string in a JSON answer is kept as the provider's message id);
 //! other answers are classified like any HTTP provider's (429 and 5xx retried, other 4xx final).
 //! `url` is the operator's configuration, like `base_url`: `http://` and private addresses are
-//! allowed.
+//! allowed. A notification created with a W3C `traceparent` is posted with one (its trace, a
+//! span of this call).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -94,7 +95,7 @@ impl Provider for Webhook {
         .to_string();
         let msg_id = format!("msg_{}", msg.id.as_uuid().simple());
         let ts = time::OffsetDateTime::now_utc().unix_timestamp();
-        let req = self
+        let mut req = self
             .client
             .post(&self.url)
             .header("content-type", "application/json")
@@ -103,6 +104,10 @@ impl Provider for Webhook {
             .header("webhook-signature", webhook::sign(&self.key, &msg_id, ts, body.as_bytes()))
             .body(body)
             .timeout(self.timeout);
+        // The gateway is the operator's own: it may join the notification's trace.
+        if let Some(tp) = &msg.traceparent {
+            req = req.header("traceparent", tp);
+        }
         let reply = execute(req).await?;
         if reply.status.is_success() {
             let id = reply.json()["id"].as_str().map(str::to_owned);

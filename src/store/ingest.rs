@@ -35,6 +35,8 @@ pub struct Submission {
     /// The idempotency key and the hash of the request it came with.
     pub idempotency: Option<(String, Vec<u8>)>,
     pub received_at: OffsetDateTime,
+    /// The request's W3C `traceparent`, continued by dispatch.
+    pub traceparent: Option<String>,
 }
 
 impl Submission {
@@ -51,6 +53,7 @@ impl Submission {
             max_attempts,
             idempotency,
             received_at: OffsetDateTime::now_utc(),
+            traceparent: None,
         }
     }
 
@@ -351,9 +354,9 @@ async fn insert(
                  SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[], $5::text[], $6::jsonb[],
                                       $7::text[], $8::text[], $9::jsonb[], $10::jsonb[], $11::text[],
                                       $12::timestamptz[], $13::timestamptz[], $14::timestamptz[], $15::smallint[],
-                                      $16::int[])
+                                      $16::int[], $20::text[])
                      AS i(id, tenant_id, channel, recipient, recipient_key, content, status, priority, tags,
-                          metadata, callback_url, send_at, expires_at, created_at, lane, max_attempts)
+                          metadata, callback_url, send_at, expires_at, created_at, lane, max_attempts, traceparent)
              ), sup AS MATERIALIZED (
                  SELECT i.id, s.reason FROM input i
                  JOIN suppressions s ON s.tenant_id = i.tenant_id AND s.channel = i.channel
@@ -361,12 +364,13 @@ async fn insert(
              ), n AS (
                  INSERT INTO notifications (id, tenant_id, channel, recipient, recipient_key, content, status,
                                             priority, tags, metadata, callback_url, send_at, expires_at,
-                                            created_at, updated_at)
+                                            created_at, updated_at, traceparent)
                  SELECT i.id, i.tenant_id, i.channel, i.recipient, i.recipient_key, i.content,
                         CASE WHEN sup.id IS NULL THEN i.status ELSE 'suppressed' END, i.priority,
                         CASE WHEN i.tags = '[]' THEN '{{}}'::text[]
                              ELSE ARRAY(SELECT jsonb_array_elements_text(i.tags)) END,
-                        i.metadata, i.callback_url, i.send_at, i.expires_at, i.created_at, i.created_at
+                        i.metadata, i.callback_url, i.send_at, i.expires_at, i.created_at, i.created_at,
+                        i.traceparent
                  FROM input i LEFT JOIN sup ON sup.id = i.id
                  RETURNING id, tenant_id, status, callback_url
              ), ev AS (
@@ -408,6 +412,7 @@ async fn insert(
         cols.created_at.push(s.received_at);
         cols.lane.push(n.priority.lane());
         cols.max_attempts.push(i32::try_from(s.max_attempts).unwrap_or(i32::MAX));
+        cols.traceparent.push(s.traceparent.as_deref());
     }
     let rows = sqlx::query(sqlx::AssertSqlSafe(SQL.as_str()))
         .bind(cols.id)
@@ -429,6 +434,7 @@ async fn insert(
         .bind(WAKE_CHANNEL)
         .bind(notify)
         .bind(announced())
+        .bind(cols.traceparent)
         .fetch_all(conn)
         .await?;
     let mut out = HashMap::with_capacity(len);
@@ -441,7 +447,7 @@ async fn insert(
 }
 
 /// The batch as columns, for `unnest`.
-struct Columns {
+struct Columns<'a> {
     id: Vec<Uuid>,
     tenant: Vec<Uuid>,
     channel: Vec<&'static str>,
@@ -458,9 +464,10 @@ struct Columns {
     created_at: Vec<OffsetDateTime>,
     lane: Vec<i16>,
     max_attempts: Vec<i32>,
+    traceparent: Vec<Option<&'a str>>,
 }
 
-impl Columns {
+impl Columns<'_> {
     fn with_capacity(n: usize) -> Self {
         Columns {
             id: Vec::with_capacity(n),
@@ -479,6 +486,7 @@ impl Columns {
             created_at: Vec::with_capacity(n),
             lane: Vec::with_capacity(n),
             max_attempts: Vec::with_capacity(n),
+            traceparent: Vec::with_capacity(n),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! notification are kept as unmatched, and receipts that come before their send is recorded
 //! are applied when it is.
 
+use crate::domain::trace::TraceParent;
 use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool, Row};
 
@@ -13,14 +14,15 @@ use super::tracking::receipt;
 use crate::domain::{NotificationId, Status};
 use crate::receipts::{Receipt, Target};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReceiptOutcome {
     /// Seen before: acknowledged, nothing done.
     Duplicate,
     /// No notification has that id or provider message id.
     Unmatched,
     /// Recorded in the timeline; `changed` when it moved the status.
-    Recorded { changed: bool },
+    /// `trace_id`: of the `traceparent` the notification was created with, for the log.
+    Recorded { changed: bool, trace_id: Option<String> },
     /// Its notification's send is not recorded yet: kept, and applied when it is.
     Held,
 }
@@ -90,7 +92,7 @@ pub async fn apply(pool: &PgPool, provider: &str, r: &Receipt) -> StoreResult<Re
                 };
                 let early = receipt::apply_early(&mut conn, &[sent]).await?;
                 if early.applied > 0 {
-                    return Ok(ReceiptOutcome::Recorded { changed: early.changed > 0 });
+                    return Ok(ReceiptOutcome::Recorded { changed: early.changed > 0, trace_id: None });
                 }
             }
         }
@@ -110,7 +112,8 @@ pub async fn apply(pool: &PgPool, provider: &str, r: &Receipt) -> StoreResult<Re
         super::suppressions::add(&mut tx, n.tenant, channel, &n.recipient_key, reason, provider).await?;
     }
     tx.commit().await?;
-    Ok(if held { ReceiptOutcome::Held } else { ReceiptOutcome::Recorded { changed } })
+    let trace_id = n.traceparent.as_deref().and_then(TraceParent::parse).map(|t| t.trace_id().to_owned());
+    Ok(if held { ReceiptOutcome::Held } else { ReceiptOutcome::Recorded { changed, trace_id } })
 }
 
 async fn by_message_id(conn: &mut PgConnection, provider: &str, pmid: &str) -> StoreResult<Option<NotificationId>> {

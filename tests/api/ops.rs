@@ -253,3 +253,55 @@ async fn the_openapi_document_and_its_docs_page_are_served() {
     assert!(html.contains("swagger-ui"), "{html}");
     assert!(!html.contains("unpkg.com") && !html.contains("cdn"), "assets are Herald's own: {html}");
 }
+
+/// A W3C `traceparent` on `POST /v1/notifications` is kept with the notification and
+/// continued by dispatch: the `webhook` provider's call carries the same trace id with a span
+/// of its own. An invalid one is ignored, as the spec asks, and the request still succeeds.
+#[tokio::test]
+async fn a_traceparent_is_kept_and_continued_into_the_provider_call() {
+    let fake = FakeHttp::receiver().await;
+    let secret = herald::domain::webhook::new_signing_secret();
+    let url = format!("{}/gateway", fake.origin);
+    let t = TestApp::spawn_with(move |s| {
+        let p = webhook::Config { url: url.parse().expect("url"), signing_secret: herald::config::Secret::new(secret) };
+        s.providers.insert("gateway".into(), p.into());
+        s.channels.sms.providers = vec!["gateway".into()];
+    })
+    .await;
+    let key = t.key("acme", SEND_READ).await;
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let post = |traceparent: &'static str| {
+        t.client
+            .post(format!("{}/v1/notifications", t.addr))
+            .bearer_auth(&key)
+            .header("traceparent", traceparent)
+            .json(&sms("traced"))
+            .send()
+    };
+    let r = post(parent).await.expect("post");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let traced: Value = r.json().await.expect("json");
+    let r = post("00-not-a-trace-01").await.expect("post");
+    assert_eq!(r.status(), StatusCode::ACCEPTED, "a bad traceparent is ignored, not refused");
+    let untraced: Value = r.json().await.expect("json");
+    t.dispatch_until_idle().await;
+
+    let stored = |id: &Value| {
+        let id = uuid::Uuid::parse_str(id["id"].as_str().expect("id")).expect("uuid");
+        sqlx::query_scalar::<_, Option<String>>("SELECT traceparent FROM notifications WHERE id = $1")
+            .bind(id)
+            .fetch_one(t.pool())
+    };
+    assert_eq!(stored(&traced).await.expect("row").as_deref(), Some(parent));
+    assert_eq!(stored(&untraced).await.expect("row"), None);
+
+    let calls = fake.requests();
+    assert_eq!(calls.len(), 2);
+    let sent: Vec<Option<String>> =
+        calls.iter().map(|c| c.headers.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned)).collect();
+    let continued = sent.iter().flatten().next().expect("one call carries a traceparent");
+    assert_eq!(sent.iter().flatten().count(), 1, "{sent:?}");
+    let parts: Vec<&str> = continued.split('-').collect();
+    assert_eq!((parts[0], parts[1], parts[3]), ("00", "4bf92f3577b34da6a3ce929d0e0e4736", "01"), "{continued}");
+    assert_ne!(parts[2], "00f067aa0ba902b7", "a span of its own");
+}

@@ -84,6 +84,8 @@ pub struct ClaimedJob {
     pub suppressed: bool,
     pub metadata: Value,
     pub tags: Vec<String>,
+    /// The W3C `traceparent` of the request that created it.
+    pub traceparent: Option<String>,
     /// When the lease ends (see `Lease::until`).
     pub leased_until: Instant,
 }
@@ -203,11 +205,11 @@ pub async fn claim(
              SET status = 'sending', next_attempt_at = NULL, updated_at = now()
              WHERE n.id = ANY(ARRAY(SELECT notification_id FROM claimed WHERE kind = 'send')) AND n.status = ANY($8)
              RETURNING n.id, n.tenant_id, n.channel, n.recipient, n.recipient_key, n.content, n.expires_at, n.priority,
-                       n.metadata, n.tags
+                       n.metadata, n.tags, n.traceparent
          )
          SELECT c.id AS job_id, c.kind, c.lease_token, c.attempt, c.max_attempts, c.route_index, c.payload,
                 c.notification_id, m.tenant_id, m.channel, m.recipient, m.content, m.expires_at, m.priority,
-                m.metadata, m.tags,
+                m.metadata, m.tags, m.traceparent,
                 EXISTS (SELECT 1 FROM suppressions s
                         WHERE s.tenant_id = m.tenant_id AND s.channel = m.channel AND s.recipient = m.recipient_key)
                     AS suppressed
@@ -259,6 +261,7 @@ pub async fn claim(
                 suppressed: r.try_get("suppressed")?,
                 metadata: r.try_get("metadata")?,
                 tags: r.try_get("tags")?,
+                traceparent: r.try_get("traceparent")?,
                 leased_until,
             }))
         })

@@ -25,15 +25,18 @@ pub struct Locked {
     pub channel: Option<Channel>,
     pub recipient_key: String,
     pub status: Option<Status>,
+    /// The W3C `traceparent` it was created with.
+    pub traceparent: Option<String>,
 }
 
 /// Lock notification `id` for a receipt; `None` if it does not exist.
 pub async fn lock(conn: &mut PgConnection, id: NotificationId) -> StoreResult<Option<Locked>> {
-    let row =
-        sqlx::query("SELECT tenant_id, channel, recipient_key, status FROM notifications WHERE id = $1 FOR UPDATE")
-            .bind(id.as_uuid())
-            .fetch_optional(conn)
-            .await?;
+    let row = sqlx::query(
+        "SELECT tenant_id, channel, recipient_key, status, traceparent FROM notifications WHERE id = $1 FOR UPDATE",
+    )
+    .bind(id.as_uuid())
+    .fetch_optional(conn)
+    .await?;
     row.map(|r| {
         Ok(Locked {
             id,
@@ -41,6 +44,7 @@ pub async fn lock(conn: &mut PgConnection, id: NotificationId) -> StoreResult<Op
             channel: Channel::parse(r.try_get::<&str, _>("channel")?),
             recipient_key: r.try_get("recipient_key")?,
             status: Status::parse(r.try_get::<&str, _>("status")?),
+            traceparent: r.try_get("traceparent")?,
         })
     })
     .transpose()

@@ -122,9 +122,10 @@ fn main() -> ExitCode {
     if herald::lambda::is_lambda() && std::env::args_os().len() == 1 {
         let result = runtime.block_on(async {
             let settings = Settings::load(None)?;
-            herald::telemetry::init(settings.log.format, &settings.log.level);
+            herald::telemetry::init(&settings);
             herald::lambda::run(settings).await
         });
+        herald::telemetry::shutdown();
         return match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -134,18 +135,20 @@ fn main() -> ExitCode {
         };
     }
     let cli = Cli::parse();
-    match runtime.block_on(run(cli)) {
+    let code = match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
-    }
+    };
+    herald::telemetry::shutdown();
+    code
 }
 
 fn load(cli: &Cli) -> Result<Settings, AppError> {
     let settings = Settings::load(cli.config.as_deref())?;
-    herald::telemetry::init(settings.log.format, &settings.log.level);
+    herald::telemetry::init(&settings);
     Ok(settings)
 }
 
@@ -244,7 +247,7 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
             if let Some(addr) = &listen.listen {
                 settings.server.listen = addr.clone();
             }
-            herald::telemetry::init(settings.log.format, &settings.log.level);
+            herald::telemetry::init(&settings);
             herald::dev::run(settings, *throwaway_db).await?;
             Ok(ExitCode::SUCCESS)
         }

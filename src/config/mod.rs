@@ -49,6 +49,7 @@ pub struct Settings {
     pub receipts: ReceiptSettings,
     pub retention: RetentionSettings,
     pub metrics: MetricsSettings,
+    pub tracing: TracingSettings,
     pub lambda: LambdaSettings,
     pub log: LogSettings,
 }
@@ -175,6 +176,14 @@ pub struct MetricsSettings {
     /// Bearer token `GET /metrics` asks for; empty: none.
     pub token: Secret,
     pub refresh_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingSettings {
+    /// OTLP/HTTP traces endpoint; empty: spans are not exported.
+    pub otlp_endpoint: String,
+    pub service_name: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -343,6 +352,17 @@ impl Settings {
             && let Err(e) = crate::domain::webhook::signing_key(secret)
         {
             return Err(invalid("callbacks.signing_secret", e));
+        }
+        if !self.tracing.otlp_endpoint.is_empty() {
+            let ok = url::Url::parse(&self.tracing.otlp_endpoint)
+                .map(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+                .unwrap_or(false);
+            if !ok {
+                return Err(invalid(
+                    "tracing.otlp_endpoint",
+                    "must be an http(s) URL such as http://otel-collector:4318/v1/traces",
+                ));
+            }
         }
         if self.metrics.refresh_ms < 100 {
             return Err(invalid("metrics.refresh_ms", "must be at least 100"));

@@ -68,6 +68,9 @@ impl Dispatcher {
         let trace_id = trace.as_ref().map_or("", TraceParent::trace_id).to_owned();
         let span = info_span!("dispatch", notification.id = %job.notification_id, attempt = job.attempt,
                               channel = %job.channel, trace_id = %trace_id);
+        if let Some(t) = &trace {
+            crate::telemetry::continue_trace(&span, &t.to_string());
+        }
         let lease = job.lease();
         let attempt = job.attempt;
         let max_attempts = job.max_attempts;
@@ -87,7 +90,7 @@ impl Dispatcher {
     async fn process_inner(&self, job: ClaimedJob, deadline: Option<Instant>) -> Outcome {
         let started = Instant::now();
         let lease = job.lease();
-        let (message, candidates) = match prepare(&job, &self.inner.registry) {
+        let (mut message, candidates) = match prepare(&job, &self.inner.registry) {
             Ok(ready) => ready,
             Err(End { status, event, error, detail }) => {
                 return self.finish(lease, status, event, None, &error, detail).await;
@@ -148,6 +151,10 @@ impl Dispatcher {
             },
         };
         let limit = route.timeout.min(budget_end.saturating_duration_since(Instant::now()));
+        // Exported spans: the call continues this span; else a new span id in the same trace.
+        if let Some(tp) = crate::telemetry::traceparent_of(&tracing::Span::current()) {
+            message.traceparent = Some(tp);
+        }
         let called = Instant::now();
         let result = match tokio::time::timeout(limit, provider.send(&message)).await {
             Ok(r) => r,

@@ -113,7 +113,13 @@ pub fn router(state: AppState) -> Router {
                     .make_span_with(|req: &Request<_>| {
                         let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
                         // The path only: query strings can carry recipients.
-                        tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                        let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id);
+                        if let Some(tp) = req.headers().get("traceparent").and_then(|v| v.to_str().ok())
+                            && crate::domain::trace::TraceParent::parse(tp).is_some()
+                        {
+                            crate::telemetry::continue_trace(&span, tp);
+                        }
+                        span
                     })
                     .on_response(DefaultOnResponse::new().level(Level::DEBUG)),
             )

@@ -167,8 +167,13 @@ pub(super) fn prepare(
     Ok(Submission::new(caller.tenant_id, n, max_attempts, idempotency))
 }
 
-/// The request's W3C `traceparent`, when valid (an invalid one is ignored, as the spec says).
+/// The trace context to keep with a notification: the request span's when spans are exported
+/// (so that dispatch is its child), else the request's W3C `traceparent` when valid (an
+/// invalid one is ignored, as the spec says).
 pub(super) fn traceparent(headers: &HeaderMap) -> Option<String> {
+    if let Some(own) = crate::telemetry::traceparent_of(&tracing::Span::current()) {
+        return Some(own);
+    }
     let raw = headers.get("traceparent")?.to_str().ok()?;
     crate::domain::trace::TraceParent::parse(raw).map(|t| t.to_string())
 }

@@ -10,10 +10,11 @@ use axum::body::Bytes;
 use axum::extract::{OriginalUri, Path, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use serde_json::{Value, json};
-use tracing::{info, warn};
+use tracing::{info, info_span, warn};
 
 use super::AppState;
 use super::problem::ApiError;
+use crate::domain::trace::TraceParent;
 use crate::metrics;
 use crate::receipts::{Incoming, ReceiptContext, ReceiptError, Verified};
 use crate::store::receipts::{self as store, ReceiptOutcome};
@@ -80,8 +81,15 @@ pub(super) async fn receive(
                 warn!(provider = %name, provider_status = %r.provider_status, "receipt matches no notification; kept as unmatched");
                 unmatched += 1;
             }
-            ReceiptOutcome::Recorded { changed, trace_id } => {
-                info!(provider = %name, provider_status = %r.provider_status, changed, trace_id = trace_id.as_deref().unwrap_or(""), "receipt applied");
+            ReceiptOutcome::Recorded { changed, traceparent } => {
+                // In the notification's trace: accept, attempts and this receipt in one view.
+                let trace = traceparent.as_deref().and_then(TraceParent::parse);
+                let trace_id = trace.as_ref().map_or("", TraceParent::trace_id);
+                let span = info_span!("receipt", provider = %name, trace_id = %trace_id);
+                if let Some(t) = &traceparent {
+                    crate::telemetry::continue_trace(&span, t);
+                }
+                span.in_scope(|| info!(provider_status = %r.provider_status, changed, "receipt applied"));
                 applied += 1;
             }
             ReceiptOutcome::Held => held += 1,

@@ -21,8 +21,8 @@ pub enum ReceiptOutcome {
     /// No notification has that id or provider message id.
     Unmatched,
     /// Recorded in the timeline; `changed` when it moved the status.
-    /// `trace_id`: of the `traceparent` the notification was created with, for the log.
-    Recorded { changed: bool, trace_id: Option<String> },
+    /// `traceparent`: the one the notification was created with, to continue its trace.
+    Recorded { changed: bool, traceparent: Option<String> },
     /// Its notification's send is not recorded yet: kept, and applied when it is.
     Held,
 }
@@ -92,7 +92,7 @@ pub async fn apply(pool: &PgPool, provider: &str, r: &Receipt) -> StoreResult<Re
                 };
                 let early = receipt::apply_early(&mut conn, &[sent]).await?;
                 if early.applied > 0 {
-                    return Ok(ReceiptOutcome::Recorded { changed: early.changed > 0, trace_id: None });
+                    return Ok(ReceiptOutcome::Recorded { changed: early.changed > 0, traceparent: None });
                 }
             }
         }
@@ -112,8 +112,8 @@ pub async fn apply(pool: &PgPool, provider: &str, r: &Receipt) -> StoreResult<Re
         super::suppressions::add(&mut tx, n.tenant, channel, &n.recipient_key, reason, provider).await?;
     }
     tx.commit().await?;
-    let trace_id = n.traceparent.as_deref().and_then(TraceParent::parse).map(|t| t.trace_id().to_owned());
-    Ok(if held { ReceiptOutcome::Held } else { ReceiptOutcome::Recorded { changed, trace_id } })
+    let traceparent = n.traceparent.filter(|t| TraceParent::parse(t).is_some());
+    Ok(if held { ReceiptOutcome::Held } else { ReceiptOutcome::Recorded { changed, traceparent } })
 }
 
 async fn by_message_id(conn: &mut PgConnection, provider: &str, pmid: &str) -> StoreResult<Option<NotificationId>> {

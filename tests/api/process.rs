@@ -475,3 +475,71 @@ async fn the_cli_checks_names_and_secrets_and_explains_itself() {
     );
     assert!(err.contains("DATABASE_URL"), "{err}");
 }
+
+/// With `tracing.otlp_endpoint` set, Herald exports its spans over OTLP/HTTP (protobuf): the
+/// request that created a notification and the dispatch that sent it are in the trace of the
+/// request's `traceparent`, and what is buffered is sent when the process stops.
+#[tokio::test]
+async fn spans_are_exported_over_otlp_in_the_trace_of_the_request() {
+    let t = TestApp::spawn().await;
+    let collector = crate::fake_http::FakeHttp::receiver().await;
+    let key = t.key("acme", &[Scope::Send, Scope::Read]).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let mut cmd = Command::new(BIN);
+    herald_env(&mut cmd, &t);
+    cmd.env("HERALD__TRACING__OTLP_ENDPOINT", format!("{}/v1/traces", collector.origin))
+        .env("HERALD__TRACING__SERVICE_NAME", "herald-under-test")
+        .env("HERALD__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .stderr(Stdio::null());
+    let mut child = cmd.arg("serve").spawn().expect("spawn");
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while client.get(format!("{base}/readyz")).send().await.map(|r| r.status().is_success()).unwrap_or(false) == false {
+        assert!(tokio::time::Instant::now() < deadline, "herald did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let r = client
+        .post(format!("{base}/v1/notifications"))
+        .bearer_auth(&key)
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .json(&json!({"channel": "email", "to": "traced@example.com", "content": {"subject": "s", "text": "t"}}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
+    while t.smtp.messages().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "nothing was sent");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = child.id().expect("pid").to_string();
+    std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    tokio::time::timeout(Duration::from_secs(20), child.wait()).await.expect("exited in time").expect("wait");
+
+    let exports: Vec<_> = collector.requests().into_iter().filter(|r| r.path == "/v1/traces").collect();
+    assert!(!exports.is_empty(), "spans were exported");
+    assert!(exports.iter().all(|r| r.headers["content-type"] == "application/x-protobuf"));
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+    let mut spans = Vec::new();
+    for export in &exports {
+        let req = ExportTraceServiceRequest::decode(export.body.clone()).expect("OTLP protobuf");
+        for rs in req.resource_spans {
+            let service = rs.resource.iter().flat_map(|r| &r.attributes).find(|a| a.key == "service.name");
+            let service = service.and_then(|a| a.value.as_ref()).map(|v| format!("{:?}", v.value));
+            assert!(service.as_ref().is_some_and(|s| s.contains("herald-under-test")), "{service:?}");
+            spans.extend(rs.scope_spans.into_iter().flat_map(|s| s.spans));
+        }
+    }
+    let raw_id = hex::decode(trace_id).expect("hex");
+    let find = |name: &str| spans.iter().find(|s| s.name == name && s.trace_id == raw_id).cloned();
+    let request = find("request").expect("the request span, in the caller's trace");
+    let dispatch = find("dispatch").expect("the dispatch span, in the same trace");
+    assert_eq!(
+        request.parent_span_id,
+        hex::decode("00f067aa0ba902b7").expect("hex"),
+        "the caller's span is its parent"
+    );
+    assert_eq!(dispatch.parent_span_id, request.span_id, "dispatch continues the request");
+}

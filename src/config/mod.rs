@@ -355,8 +355,7 @@ impl Settings {
         }
         if !self.tracing.otlp_endpoint.is_empty() {
             let ok = url::Url::parse(&self.tracing.otlp_endpoint)
-                .map(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-                .unwrap_or(false);
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
             if !ok {
                 return Err(invalid(
                     "tracing.otlp_endpoint",

@@ -495,7 +495,7 @@ async fn spans_are_exported_over_otlp_in_the_trace_of_the_request() {
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while client.get(format!("{base}/readyz")).send().await.map(|r| r.status().is_success()).unwrap_or(false) == false {
+    while !client.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
         assert!(tokio::time::Instant::now() < deadline, "herald did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

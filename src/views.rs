@@ -9,6 +9,20 @@ use crate::store::{EventRecord, NotificationRecord};
 
 /// A notification as the API returns it.
 #[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "id": "0193a5b2-7c1e-7000-8000-3c2f1e0a9b11", "tenant": "acme", "status": "delivered", "channel": "sms",
+    "to": "+14155550100", "content": {"text": "Your code is 123456"}, "priority": "normal", "tags": [],
+    "metadata": {}, "callback_url": null, "attempts": 1, "provider": "twilio", "provider_message_id": "SM1f0e",
+    "error": null, "created_at": "2026-12-01T09:00:00Z", "updated_at": "2026-12-01T09:00:04Z", "send_at": null,
+    "expires_at": null, "next_attempt_at": null,
+    "events": [
+        {"at": "2026-12-01T09:00:00Z", "type": "accepted", "status": "queued"},
+        {"at": "2026-12-01T09:00:01Z", "type": "attempt", "status": "sent", "provider": "twilio",
+         "detail": {"attempt": 1, "provider_message_id": "SM1f0e"}},
+        {"at": "2026-12-01T09:00:04Z", "type": "receipt", "status": "delivered", "provider": "twilio",
+         "detail": {"provider_status": "delivered"}}
+    ]
+}))]
 pub struct NotificationView {
     #[schema(value_type = uuid::Uuid)]
     pub id: NotificationId,

@@ -75,6 +75,9 @@ pub fn document() -> &'static utoipa::openapi::OpenApi {
 
 /// An RFC 9457 problem: every error the API answers.
 #[derive(Deserialize, ToSchema, ToResponse)]
+#[schema(example = json!({"type": "/problems/validation", "title": "Invalid request", "status": 422,
+    "detail": "the request has 1 invalid field", "instance": "/v1/notifications",
+    "request_id": "0193a5b2-7c1e-7000-8000-3c2f1e0a9b12", "errors": [{"pointer": "/to", "detail": "not an E.164 number"}]}))]
 #[response(description = "A problem (RFC 9457), `application/problem+json`", content_type = "application/problem+json")]
 pub(super) struct Problem {
     /// `/problems/{kind}`: a page that explains it.

@@ -123,12 +123,14 @@ impl From<StoreError> for ApiError {
         if let StoreError::Unavailable(why) = &e {
             return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", why.clone());
         }
-        if let StoreError::Db(sqlx::Error::PoolTimedOut) = e {
+        if let StoreError::Db(db) = &e
+            && crate::store::is_transient(db)
+        {
             return ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "Service unavailable",
-                "the database is not reachable",
+                "the database is not reachable or is restarting; nothing was changed",
             );
         }
         ApiError::internal()
@@ -190,5 +192,9 @@ pub async fn problem_context(req: Request, next: Next) -> Response {
     problem["request_id"] = json!(request_id);
     parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
     parts.headers.remove(header::CONTENT_LENGTH);
+    // Every 503 says when to come back: the database restarting, a timeout, not ready yet.
+    if status == StatusCode::SERVICE_UNAVAILABLE && !parts.headers.contains_key(header::RETRY_AFTER) {
+        parts.headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
     Response::from_parts(parts, Body::from(problem.to_string()))
 }

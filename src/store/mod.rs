@@ -42,6 +42,25 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Whether a database error is the database being away or busy, not the request: the
+/// connection failed, was reset or closed, no connection came in time, the server is
+/// shutting down or starting (SQLSTATE 57P01-57P03), refuses more connections (53300), or
+/// the transaction lost a race (40001, 40P01). Worth retrying; a client gets a 503.
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01")
+        }),
+        _ => false,
+    }
+}
+
 /// A database error as a person should read it: the server's message and its SQLSTATE, not
 /// the line of PostgreSQL's C source that raised it (sqlx's `Display` appends "at line N").
 fn describe(e: &sqlx::Error) -> String {

@@ -4,6 +4,7 @@ mod dispatch;
 mod fairness;
 mod fake_http;
 mod fake_smtp;
+mod faults;
 mod first_hour;
 mod helpers;
 mod ingest;

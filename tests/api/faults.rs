@@ -1,0 +1,274 @@
+//! Fault tests with real processes: the database restarted and stopped under load. They run
+//! on a PostgreSQL cluster of their own (initdb and pg_ctl on a free port, removed after),
+//! never the shared server the rest of the suite uses.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_herald");
+
+/// A throwaway PostgreSQL on 127.0.0.1 and a free port, stopped and removed on drop.
+struct Cluster {
+    dir: PathBuf,
+    bin: PathBuf,
+    port: u16,
+    as_postgres: bool,
+}
+
+fn pg_bin() -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|rd| rd.filter_map(Result::ok).map(|e| e.path().join("bin")).collect())
+        .unwrap_or_default();
+    versions.sort();
+    versions.into_iter().rev().find(|d| d.join("pg_ctl").is_file()).expect("PostgreSQL's initdb and pg_ctl")
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let as_postgres = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+        let dir = std::env::temp_dir().join(format!("herald-faults-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        if as_postgres {
+            std::process::Command::new("chown").arg("postgres:").arg(&dir).status().expect("chown");
+        }
+        let c = Cluster { dir, bin: pg_bin(), port, as_postgres };
+        let data = c.data();
+        c.pg(&["initdb", "-D", &data, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C"]);
+        c.ctl(&["start"]);
+        c
+    }
+
+    fn data(&self) -> String {
+        self.dir.join("data").display().to_string()
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn pg(&self, args: &[&str]) {
+        let exe = self.bin.join(args[0]);
+        let mut cmd = if self.as_postgres {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&exe);
+            c
+        } else {
+            std::process::Command::new(&exe)
+        };
+        let out = cmd.args(&args[1..]).output().expect("run");
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// `pg_ctl ACTION`, fast shutdown (connections are terminated: SQLSTATE 57P01).
+    fn ctl(&self, action: &[&str]) {
+        let log = self.dir.join("server.log").display().to_string();
+        let opts = format!("-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off", self.port, self.dir.display());
+        let data = self.data();
+        let mut args = vec!["pg_ctl", "-D", &data, "-l", &log, "-o", &opts, "-w", "-m", "fast"];
+        args.extend_from_slice(action);
+        self.pg(&args);
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let data = self.data();
+        let exe = self.bin.join("pg_ctl");
+        let _ = if self.as_postgres {
+            std::process::Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(&exe)
+                .args(["-D", &data, "-m", "immediate", "-w", "stop"])
+                .output()
+        } else {
+            std::process::Command::new(&exe).args(["-D", &data, "-m", "immediate", "-w", "stop"]).output()
+        };
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn herald(cluster: &Cluster, args: &[&str], port: u16) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env("DATABASE_URL", cluster.url())
+        .env("HERALD__PROVIDERS__MAIL__KIND", "log")
+        .env("HERALD__CHANNELS__EMAIL__PROVIDERS", "[\"mail\"]")
+        .env("HERALD__DATABASE__ACQUIRE_TIMEOUT_MS", "1000")
+        .env("HERALD__DISPATCH__POLL_INTERVAL_MS", "200")
+        .env("HERALD__DISPATCH__RETRY_BASE_MS", "100")
+        .env("HERALD__DISPATCH__RETRY_MAX_MS", "500")
+        .env("HERALD__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "error")
+        .env_remove("HERALD_CONFIG")
+        .args(args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// What one request got.
+struct Answer {
+    status: u16,
+    took: Duration,
+    retry_after: bool,
+    problem: bool,
+    id: Option<String>,
+    at: Instant,
+}
+
+/// PostgreSQL restarted three times (`-m fast`), then stopped for 10 s, under a steady load of POSTs:
+/// every answer is a 2xx or a 503 problem with `Retry-After`, none a 500, none slower than the
+/// acquire timeout allows; Herald recovers by itself, and every notification answered 2xx is
+/// stored and sent.
+#[tokio::test]
+async fn a_restarted_or_stopped_database_gives_503s_and_loses_nothing() {
+    let cluster = Cluster::start();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let migrated = herald(&cluster, &["migrate"], port).output().await.expect("migrate");
+    assert!(migrated.status.success(), "{}", String::from_utf8_lossy(&migrated.stderr));
+    let out = herald(&cluster, &["keys", "create", "--tenant", "acme", "--scopes", "send,read"], port)
+        .output()
+        .await
+        .expect("keys create");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let key = String::from_utf8_lossy(&out.stdout).lines().last().expect("key").trim().to_owned();
+    let mut server =
+        herald(&cluster, &["serve"], port).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("serve");
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().expect("client");
+    let started = Instant::now();
+    while !client.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
+        assert!(started.elapsed() < Duration::from_secs(20), "herald did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Eight clients POST without pause until told to stop, so that statements are in flight
+    // when the server goes down.
+    let answers: Arc<Mutex<Vec<Answer>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for c in 0..8 {
+        let (client, base, key, answers, stop) =
+            (client.clone(), base.clone(), key.clone(), answers.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let body = json!({"channel": "email", "to": format!("c{c}-{i}@example.com"),
+                                  "content": {"subject": "s", "text": "t"}});
+                let t0 = Instant::now();
+                let r = client.post(format!("{base}/v1/notifications")).bearer_auth(&key).json(&body).send().await;
+                let took = t0.elapsed();
+                let answer = match r {
+                    Ok(r) => {
+                        let status = r.status().as_u16();
+                        let retry_after = r.headers().contains_key("retry-after");
+                        let problem = r.headers().get("content-type").is_some_and(|v| v == "application/problem+json");
+                        let v: serde_json::Value = r.json().await.unwrap_or_default();
+                        Answer { status, took, retry_after, problem, id: v["id"].as_str().map(str::to_owned), at: t0 }
+                    }
+                    Err(e) => panic!("no answer after {took:?}: {e}"),
+                };
+                answers.lock().expect("lock").push(answer);
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Three fast restarts (each terminates the connections, SQLSTATE 57P01), then an outage.
+    let restart_at = Instant::now();
+    for _ in 0..3 {
+        cluster.ctl(&["restart"]);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let down_at = Instant::now();
+    cluster.ctl(&["stop"]);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    cluster.ctl(&["start"]);
+    let up_at = Instant::now();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for l in load {
+        l.await.expect("load");
+    }
+
+    let answers = std::mem::take(&mut *answers.lock().expect("lock"));
+    let accepted: Vec<&Answer> = answers.iter().filter(|a| a.status == 202).collect();
+    let refused: Vec<&Answer> = answers.iter().filter(|a| a.status == 503).collect();
+    let other: Vec<(u16, Duration)> =
+        answers.iter().filter(|a| a.status != 202 && a.status != 503).map(|a| (a.status, a.took)).collect();
+    assert!(other.is_empty(), "only 202s and 503s: {other:?}");
+    assert!(refused.iter().all(|a| a.retry_after && a.problem), "every 503 is a problem with Retry-After");
+    let slowest = answers.iter().map(|a| a.took).max().unwrap_or_default();
+    assert!(slowest < Duration::from_secs(4), "no request waits long: slowest {slowest:?}");
+    let during_outage = refused.iter().filter(|a| a.at > down_at && a.at < up_at).count();
+    assert!(during_outage > 0, "the outage was seen");
+    let recovered = accepted.iter().filter(|a| a.at > up_at).map(|a| a.at - up_at).min().expect("accepted again");
+    assert!(recovered < Duration::from_secs(4), "recovered by itself in {recovered:?}");
+    let restart_gap = accepted.iter().filter(|a| a.at > restart_at).map(|a| a.at - restart_at).min();
+    println!(
+        "database faults: {} requests, {} accepted, {} answered 503 ({} in the 10 s outage), slowest answer {:?}, \
+         first 202 after the restart {:?} and after the outage {:?}",
+        answers.len(),
+        accepted.len(),
+        refused.len(),
+        during_outage,
+        slowest,
+        restart_gap,
+        recovered
+    );
+
+    // Every 202 is stored and, with the dispatcher recovered too, sent.
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(&cluster.url()).await.expect("pool");
+    let ids: Vec<uuid::Uuid> =
+        accepted.iter().filter_map(|a| a.id.as_deref()).map(|i| i.parse().expect("id")).collect();
+    assert_eq!(ids.len(), accepted.len());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (stored, sent): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(*) FILTER (WHERE status = 'sent') FROM notifications WHERE id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+        assert_eq!(stored, ids.len() as i64, "every 202 is in the database");
+        if sent == stored {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{sent} of {stored} sent after the outage");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(server.try_wait().expect("wait").is_none(), "herald kept running through the outage");
+    let _ = server.kill().await;
+}
+
+/// A connection the server terminates (what a restart does to every session: SQLSTATE 57P01,
+/// or the socket closing under it) is a database that is away, not a bug: the API answers
+/// such errors with a 503 problem and `Retry-After`, never a 500.
+#[tokio::test]
+async fn a_terminated_connection_is_unavailable_not_internal() {
+    use axum::response::IntoResponse;
+    let t = crate::helpers::TestApp::spawn().await;
+    let mut conn = t.pool().acquire().await.expect("conn");
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut *conn).await.expect("pid");
+    let killed: bool =
+        sqlx::query_scalar("SELECT pg_terminate_backend($1)").bind(pid).fetch_one(t.pool()).await.expect("terminate");
+    assert!(killed);
+    let err = sqlx::query("SELECT 1").execute(&mut *conn).await.expect_err("the session is gone");
+    assert!(herald::store::is_transient(&err), "{err:?}");
+    let resp = herald::http::problem::ApiError::from(herald::store::StoreError::from(err)).into_response();
+    assert_eq!(resp.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    // Not transient: an error in the statement itself.
+    let bad = sqlx::query("SELECT 1/0").execute(t.pool()).await.expect_err("division by zero");
+    assert!(!herald::store::is_transient(&bad));
+}

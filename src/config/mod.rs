@@ -145,6 +145,18 @@ pub struct ChannelSettings {
     /// Overrides `dispatch.max_attempts` for this channel.
     #[serde(default)]
     pub max_attempts: Option<u32>,
+    /// After an attempt whose outcome is unknown (the request may have reached the provider,
+    /// no answer came): try again (`retry`, which may send twice) or fail (`fail`). Default:
+    /// `fail` for sms, `retry` for email and push.
+    #[serde(default)]
+    pub on_unknown: Option<OnUnknown>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUnknown {
+    Retry,
+    Fail,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -370,6 +382,15 @@ impl Settings {
             return Err(invalid("callbacks.max_attempts", "must be at least 1"));
         }
         Ok(())
+    }
+
+    /// `channels.X.on_unknown`, else the channel's default: an SMS sent twice costs money and
+    /// annoys, so SMS does not retry blindly; email and push do.
+    pub fn on_unknown(&self, channel: Channel) -> OnUnknown {
+        self.channels.get(channel).on_unknown.unwrap_or(match channel {
+            Channel::Sms => OnUnknown::Fail,
+            Channel::Email | Channel::Push => OnUnknown::Retry,
+        })
     }
 
     pub fn max_attempts(&self, channel: Channel) -> u32 {

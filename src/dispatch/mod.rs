@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::batching::{Coalescer, Limits};
-use crate::config::{CallbackSettings, DispatchSettings, RetentionSettings, Settings};
+use crate::config::{CallbackSettings, DispatchSettings, OnUnknown, RetentionSettings, Settings};
 use crate::domain::Channel;
 use crate::domain::Priority;
 use crate::domain::retry::RetryPolicy;
@@ -97,6 +97,8 @@ struct Attempt {
     number: i32,
     max: i32,
     expires_at: Option<OffsetDateTime>,
+    /// The channel's `on_unknown`: try again after an attempt whose outcome is unknown.
+    retry_unknown: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,6 +136,9 @@ struct Inner {
     /// Sends claimed and not yet finished, by channel (`Channel::index`): a paced channel is
     /// not handed more than its providers admit within a lease.
     in_flight: [AtomicUsize; 3],
+    /// By channel (`Channel::index`): whether an attempt of unknown outcome is tried again
+    /// (`channels.X.on_unknown`).
+    retry_unknown: [bool; 3],
     registry: Arc<Registry>,
     settings: DispatchSettings,
     retention: RetentionSettings,
@@ -214,6 +219,7 @@ impl Dispatcher {
                 sends: Semaphore::new(settings.dispatch.concurrency),
                 stopping: CancellationToken::new(),
                 in_flight: Default::default(),
+                retry_unknown: Channel::ALL.map(|c| settings.on_unknown(c) == OnUnknown::Retry),
                 registry,
                 settings: settings.dispatch.clone(),
                 retention: settings.retention.clone(),

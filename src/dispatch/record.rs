@@ -54,9 +54,13 @@ impl Dispatcher {
         next_route: i32,
         failure: &ProviderError,
     ) -> Outcome {
-        let Attempt { lease, number: attempt, max: max_attempts, expires_at } = at;
+        let Attempt { lease, number: attempt, max: max_attempts, expires_at, retry_unknown } = at;
         let detail = tracking::error_detail(failure.class(), &failure.to_string(), attempt);
-        if !failure.is_retryable() {
+        let retryable = match failure {
+            ProviderError::Unknown(_) => retry_unknown,
+            _ => failure.is_retryable(),
+        };
+        if !retryable {
             warn!(provider, class = failure.class(), error = %failure, "send failed permanently");
             return self.finish(lease, Status::Failed, "attempt", provider, &failure.to_string(), detail).await;
         }

@@ -81,7 +81,7 @@ impl Dispatcher {
             Err(_) => {
                 error!(parent: &span, "send panicked; retrying the job");
                 let failure = ProviderError::Transient("internal error: the send panicked".into());
-                let at = Attempt { lease, number: attempt, max: max_attempts, expires_at: None };
+                let at = Attempt { lease, number: attempt, max: max_attempts, expires_at: None, retry_unknown: false };
                 self.record_failure(at, None, route_index, &failure).instrument(span).await
             }
         }
@@ -158,7 +158,8 @@ impl Dispatcher {
         let called = Instant::now();
         let result = match tokio::time::timeout(limit, provider.send(&message)).await {
             Ok(r) => r,
-            Err(_) => Err(ProviderError::Transient(format!("timed out after {} ms", limit.as_millis()))),
+            // The call was under way: it may have been sent.
+            Err(_) => Err(ProviderError::Unknown(format!("timed out after {} ms", limit.as_millis()))),
         };
         let outcome = result.as_ref().map_or_else(ProviderError::class, |_| "sent");
         metrics::attempt(job.channel.as_str(), route.name.as_str(), outcome, called.elapsed());
@@ -197,7 +198,13 @@ impl Dispatcher {
                 }
                 // A transient failure moves the next attempt to the next provider in the list.
                 let next_route = i32::try_from((index + 1) % n).unwrap_or(0);
-                let attempt = Attempt { lease, number: job.attempt, max: job.max_attempts, expires_at: job.expires_at };
+                let attempt = Attempt {
+                    lease,
+                    number: job.attempt,
+                    max: job.max_attempts,
+                    expires_at: job.expires_at,
+                    retry_unknown: self.inner.retry_unknown[job.channel.index()],
+                };
                 self.record_failure(attempt, Some(route.name.as_str()), next_route, &failure).await
             }
         }

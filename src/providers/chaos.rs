@@ -43,6 +43,8 @@ pub enum ChaosClass {
     RateLimited,
     Permanent,
     RecipientInvalid,
+    /// As if the request was sent and no answer came (a timeout after sending).
+    Unknown,
 }
 
 impl Vendor for Config {
@@ -111,6 +113,7 @@ impl Provider for Chaos {
                 ChaosClass::RateLimited => "rate-limited",
                 ChaosClass::Permanent => "permanent",
                 ChaosClass::RecipientInvalid => "recipient-invalid",
+                ChaosClass::Unknown => "unknown-outcome",
             };
             let what = format!("chaos: injected {class} failure");
             return Err(match self.class {
@@ -118,6 +121,7 @@ impl Provider for Chaos {
                 ChaosClass::RateLimited => ProviderError::RateLimited { retry_after: self.retry_after, message: what },
                 ChaosClass::Permanent => ProviderError::Permanent(what),
                 ChaosClass::RecipientInvalid => ProviderError::RecipientInvalid(what),
+                ChaosClass::Unknown => ProviderError::Unknown(what),
             });
         }
         info!(provider = %self.name, notification.id = %msg.id, to = %msg.to.masked(), "chaos provider: sent");

@@ -81,10 +81,14 @@ fn transport_error(e: reqwest::Error) -> ProviderError {
     if let Some(refused) = super::public_net::refusal(&e) {
         return ProviderError::Permanent(refused.to_string());
     }
-    if e.is_timeout() {
-        ProviderError::Transient(format!("timed out: {e}"))
+    // Not connected: the request never left. Connected: it may have been received, whatever
+    // went wrong after (a timeout, a reset before the answer).
+    if e.is_connect() {
+        ProviderError::Transient(format!("could not connect: {e}"))
+    } else if e.is_timeout() {
+        ProviderError::Unknown(format!("timed out after the request was sent: {e}"))
     } else {
-        ProviderError::Transient(format!("transport: {e}"))
+        ProviderError::Unknown(format!("no answer: {e}"))
     }
 }
 

@@ -88,6 +88,11 @@ pub enum ProviderError {
     /// The recipient does not exist or cannot receive this (candidate for suppression).
     #[error("{0}")]
     RecipientInvalid(String),
+    /// No answer, but the request may have reached the provider (a timeout after it was sent,
+    /// the connection lost before the answer): it may have been sent. Whether to try again
+    /// is the channel's `on_unknown` policy (a retry may send twice).
+    #[error("{0}")]
+    Unknown(String),
 }
 
 impl ProviderError {
@@ -97,6 +102,7 @@ impl ProviderError {
             ProviderError::RateLimited { .. } => "rate_limited",
             ProviderError::Permanent(_) => "permanent",
             ProviderError::RecipientInvalid(_) => "recipient_invalid",
+            ProviderError::Unknown(_) => "unknown",
         }
     }
 
@@ -114,7 +120,7 @@ impl ProviderError {
     /// What this says about the provider's health, for its circuit breaker.
     pub fn health(&self) -> resilience::Health {
         match self {
-            ProviderError::Transient(_) => resilience::Health::Failed,
+            ProviderError::Transient(_) | ProviderError::Unknown(_) => resilience::Health::Failed,
             ProviderError::RateLimited { .. } => resilience::Health::Throttled,
             ProviderError::Permanent(_) | ProviderError::RecipientInvalid(_) => resilience::Health::Answered,
         }

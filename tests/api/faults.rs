@@ -272,3 +272,95 @@ async fn a_terminated_connection_is_unavailable_not_internal() {
     let bad = sqlx::query("SELECT 1/0").execute(t.pool()).await.expect_err("division by zero");
     assert!(!herald::store::is_transient(&bad));
 }
+
+mod unknown_outcomes {
+    use std::time::Duration;
+
+    use herald::config::{OnUnknown, ProviderSettings};
+    use herald::providers::{chaos, webhook};
+    use herald::store::keys::Scope;
+    use serde_json::{Value, json};
+
+    use crate::fake_http::FakeHttp;
+    use crate::helpers::{TestApp, email};
+
+    fn sms() -> Value {
+        json!({"channel": "sms", "to": "+14155550100", "content": {"text": "Your code is 123456"}})
+    }
+
+    fn unknown() -> ProviderSettings {
+        chaos::Config { failure_rate: 1.0, error_class: chaos::ChaosClass::Unknown, ..Default::default() }.into()
+    }
+
+    async fn send(t: &TestApp, body: Value) -> Value {
+        let key = t.key("acme", &[Scope::Send, Scope::Read]).await;
+        let id = t.post(&key, body).await.body["id"].as_str().expect("id").to_owned();
+        t.dispatch_until_idle().await;
+        t.notification(&key, &id).await
+    }
+
+    /// An SMS whose outcome is unknown is not sent again by default (it may have gone out);
+    /// email and push try again; `channels.X.on_unknown` says otherwise where set.
+    #[tokio::test]
+    async fn unknown_outcomes_follow_each_channels_policy() {
+        let t = TestApp::spawn_with(|s| {
+            s.providers.insert("maybe".into(), unknown());
+            s.channels.sms.providers = vec!["maybe".into()];
+            s.channels.email.providers = vec!["maybe".into()];
+            s.dispatch.max_attempts = 3;
+        })
+        .await;
+        let n = send(&t, sms()).await;
+        assert_eq!((n["status"].as_str(), n["attempts"].as_i64()), (Some("failed"), Some(1)), "{n}");
+        assert_eq!(n["events"][1]["detail"]["error_class"], "unknown", "{n}");
+        let n = send(&t, email("maybe@example.com", "x")).await;
+        assert_eq!((n["status"].as_str(), n["attempts"].as_i64()), (Some("failed"), Some(3)), "email retries: {n}");
+        assert_eq!(n["events"][1]["status"], "retrying");
+        assert_eq!(n["events"][1]["detail"]["error_class"], "unknown");
+
+        let t = TestApp::spawn_with(|s| {
+            s.providers.insert("maybe".into(), unknown());
+            s.channels.sms.providers = vec!["maybe".into()];
+            s.channels.sms.on_unknown = Some(OnUnknown::Retry);
+            s.channels.email.providers = vec!["maybe".into()];
+            s.channels.email.on_unknown = Some(OnUnknown::Fail);
+            s.dispatch.max_attempts = 2;
+        })
+        .await;
+        assert_eq!(send(&t, sms()).await["attempts"], 2, "sms set to retry");
+        assert_eq!(send(&t, email("maybe@example.com", "x")).await["attempts"], 1, "email set to fail");
+    }
+
+    /// Over HTTP: a provider that takes the request and never answers is an unknown outcome
+    /// (the request was sent); one that cannot be reached at all is transient (it was not).
+    #[tokio::test]
+    async fn a_timeout_after_sending_is_unknown_and_a_refused_connection_is_transient() {
+        let fake = FakeHttp::receiver().await;
+        fake.delay(Duration::from_secs(3));
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr");
+        let secret = herald::domain::webhook::new_signing_secret();
+        let (slow, gone) = (format!("{}/slow", fake.origin), format!("http://{closed}/gone"));
+        let t = TestApp::spawn_with(move |s| {
+            let hook = |url: &str| -> ProviderSettings {
+                let mut p = ProviderSettings::from(webhook::Config {
+                    url: url.parse().expect("url"),
+                    signing_secret: herald::config::Secret::new(secret.clone()),
+                });
+                p.common.timeout_ms = 300;
+                p
+            };
+            s.providers.insert("slow".into(), hook(&slow));
+            s.providers.insert("gone".into(), hook(&gone));
+            s.channels.sms.providers = vec!["slow".into()];
+            s.channels.email.providers = vec!["gone".into()];
+            s.dispatch.max_attempts = 1;
+        })
+        .await;
+        let n = send(&t, sms()).await;
+        assert_eq!(n["status"], "failed", "{n}");
+        assert_eq!(n["events"][1]["detail"]["error_class"], "unknown", "{n}");
+        assert_eq!(fake.requests().len(), 1, "the request reached the provider");
+        let n = send(&t, email("gone@example.com", "x")).await;
+        assert_eq!(n["events"][1]["detail"]["error_class"], "transient", "{n}");
+    }
+}

@@ -86,8 +86,8 @@ pub(super) struct Problem {
     title: String,
     status: u16,
     detail: String,
-    /// The request's path.
-    instance: String,
+    /// The request's path (absent on a batch item's problem: the batch has one).
+    instance: Option<String>,
     /// The `x-request-id` of the request, as logged.
     request_id: Option<String>,
     /// For validation problems: what is wrong where.

@@ -303,3 +303,54 @@ async fn a_traceparent_is_kept_and_continued_into_the_provider_call() {
     assert_eq!((parts[0], parts[1], parts[3]), ("00", "4bf92f3577b34da6a3ce929d0e0e4736", "01"), "{continued}");
     assert_ne!(parts[2], "00f067aa0ba902b7", "a span of its own");
 }
+
+/// One tenant's key sees nothing of another's, on every endpoint that takes an id or lists:
+/// reading, listing (also when asking for the other tenant by name), cancelling, suppressions
+/// and stats; retry is for admins only.
+#[tokio::test]
+async fn a_tenant_sees_nothing_of_another_on_any_endpoint() {
+    let t = TestApp::spawn().await;
+    let mine = t.key("acme", &[Scope::Send, Scope::Read]).await;
+    let theirs = t.key("globex", &[Scope::Send, Scope::Read]).await;
+    let mut later = email("private@example.com", "private");
+    later["send_at"] = json!("2099-01-01T00:00:00Z");
+    let id = t.post(&mine, later).await.body["id"].as_str().expect("id").to_owned();
+    let r = t
+        .request(
+            "POST",
+            "/v1/suppressions",
+            Some(&mine),
+            Some(json!({"channel": "email", "recipient": "hidden@example.com"})),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.body);
+
+    let get = t.get(&theirs, &format!("/v1/notifications/{id}")).await;
+    assert_eq!(get.status, StatusCode::NOT_FOUND, "{}", get.body);
+    let cancel = t.request("POST", &format!("/v1/notifications/{id}/cancel"), Some(&theirs), None).await;
+    assert_eq!(cancel.status, StatusCode::NOT_FOUND, "{}", cancel.body);
+    let retry = t.request("POST", &format!("/v1/notifications/{id}/retry"), Some(&theirs), None).await;
+    assert_eq!(retry.status, StatusCode::FORBIDDEN, "{}", retry.body);
+    let list = t.get(&theirs, "/v1/notifications?to=private@example.com").await;
+    assert_eq!(list.body["items"].as_array().map(Vec::len), Some(0), "{}", list.body);
+    let named = t.get(&theirs, "/v1/notifications?tenant=acme").await;
+    assert!(
+        named.status.is_client_error() || named.body["items"].as_array().is_some_and(Vec::is_empty),
+        "{} {}",
+        named.status,
+        named.body
+    );
+    let sups = t.get(&theirs, "/v1/suppressions").await;
+    assert_eq!(sups.body["items"].as_array().map(Vec::len), Some(0), "{}", sups.body);
+    let del = t.request("DELETE", "/v1/suppressions/email/hidden@example.com", Some(&theirs), None).await;
+    assert_eq!(del.status, StatusCode::NOT_FOUND, "{}", del.body);
+    let stats = t.get(&theirs, "/v1/stats?window=1h").await;
+    assert_eq!(
+        (stats.body["notifications"]["total"].as_i64(), stats.body["queue"].as_array().map(Vec::len)),
+        (Some(0), Some(0))
+    );
+
+    // And the owner still sees all of it: the refusals above changed nothing.
+    assert_eq!(t.notification(&mine, &id).await["status"], "scheduled");
+    assert_eq!(t.get(&mine, "/v1/suppressions").await.body["items"].as_array().map(Vec::len), Some(1));
+}

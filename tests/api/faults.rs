@@ -470,3 +470,72 @@ async fn workers_killed_mid_send_lose_nothing_and_duplicate_little() {
          {duplicates} duplicate calls, all sent in {took:?}"
     );
 }
+
+/// Four dispatchers on one queue never hold the same job at once: each of 4,000 notifications
+/// is called once and has one attempt. Their combined rate against one dispatcher's on the
+/// same work is printed (a ratio from one run, not asserted: the machine is shared).
+#[tokio::test]
+async fn racing_dispatchers_never_share_a_job() {
+    async fn drain(t: &crate::helpers::TestApp, dispatchers: usize) -> Duration {
+        let started = Instant::now();
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..dispatchers {
+            let d = t.dispatcher();
+            set.spawn(async move { while d.run_once().await.expect("run").claimed > 0 {} });
+        }
+        set.join_all().await;
+        started.elapsed()
+    }
+    async fn load(t: &crate::helpers::TestApp, key: &str, n: usize, round: usize) {
+        for b in 0..n / 1000 {
+            let items: Vec<serde_json::Value> = (0..1000)
+                .map(|i| json!({"channel": "sms", "to": "+14155550100", "content": {"text": format!("{round}-{b}-{i}")}}))
+                .collect();
+            let r = t.request("POST", "/v1/notifications/batch", Some(key), Some(json!({"notifications": items}))).await;
+            assert_eq!(r.status, reqwest::StatusCode::OK);
+        }
+    }
+    let fake = crate::fake_http::FakeHttp::receiver().await;
+    fake.delay(Duration::from_millis(5));
+    let secret = herald::domain::webhook::new_signing_secret();
+    let url = format!("{}/sms", fake.origin);
+    let t = crate::helpers::TestApp::spawn_with(move |s| {
+        let p = herald::providers::webhook::Config {
+            url: url.parse().expect("url"),
+            signing_secret: herald::config::Secret::new(secret),
+        };
+        s.providers.insert("gw".into(), p.into());
+        s.channels.sms.providers = vec!["gw".into()];
+        s.dispatch.concurrency = 32;
+        s.dispatch.batch_size = 64;
+    })
+    .await;
+    let key = t.key("acme", &[herald::store::keys::Scope::Send]).await;
+    load(&t, &key, 2000, 0).await;
+    let one = drain(&t, 1).await;
+    load(&t, &key, 4000, 1).await;
+    let four = drain(&t, 4).await;
+
+    let mut calls: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for r in fake.requests() {
+        let body: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+        *calls.entry(body["id"].as_str().expect("id").to_owned()).or_default() += 1;
+    }
+    assert_eq!(calls.len(), 6000, "every notification was called");
+    assert!(calls.values().all(|n| *n == 1), "no job was held by two dispatchers");
+    let attempts: Vec<i64> = sqlx::query_scalar(
+        "SELECT count(*) FROM notification_events WHERE type = 'attempt' GROUP BY notification_id",
+    )
+    .fetch_all(t.pool())
+    .await
+    .expect("attempts");
+    assert_eq!(attempts.len(), 6000);
+    assert!(attempts.iter().all(|n| *n == 1), "one attempt each");
+    let rate = |n: f64, d: Duration| n / d.as_secs_f64();
+    println!(
+        "racing dispatchers: one {:.0}/s, four {:.0}/s ({:.2}x)",
+        rate(2000.0, one),
+        rate(4000.0, four),
+        rate(4000.0, four) / rate(2000.0, one)
+    );
+}

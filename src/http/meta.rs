@@ -90,6 +90,12 @@ pub(super) const PROBLEMS: &[(&str, u16, &str, &str)] = &[
     ("not-found", 404, "Not found", "No such resource, or not one this key's tenant can see."),
     ("method-not-allowed", 405, "Method not allowed", "This path does not take that method."),
     (
+        "headers-too-large",
+        431,
+        "Request headers too large",
+        "The request's headers are over 32 KiB in all. Send fewer or shorter headers.",
+    ),
+    (
         "idempotency-conflict",
         409,
         "Idempotency key reused",
@@ -161,6 +167,24 @@ fn code_spans(text: &str) -> String {
 /// Middleware: a body sent to the JSON API with a `Content-Type` other than JSON is a 415
 /// problem (a form post by `curl -d` without `-H 'Content-Type: application/json'` says
 /// so, rather than failing to parse). A body without any `Content-Type` is read as JSON.
+/// The most header bytes (names and values) a request may carry: real clients send a few
+/// hundred; a flood of them is refused before any handler parses them.
+pub(super) const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+pub(super) async fn limit_headers(req: Request, next: Next) -> Response {
+    let size: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
+    if size > MAX_HEADER_BYTES {
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers-too-large",
+            "Request headers too large",
+            format!("the request's headers take {size} bytes; at most {MAX_HEADER_BYTES} are accepted"),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
 pub(super) async fn json_only(req: Request, next: Next) -> Response {
     let has_body = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH);
     if has_body
@@ -199,6 +223,7 @@ mod tests {
             "forbidden",
             "not-found",
             "method-not-allowed",
+            "headers-too-large",
             "idempotency-conflict",
             "not-cancellable",
             "not-retryable",

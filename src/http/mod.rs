@@ -124,6 +124,7 @@ pub fn router(state: AppState) -> Router {
                     .on_response(DefaultOnResponse::new().level(Level::DEBUG)),
             )
             .layer(middleware::from_fn(problem::problem_context))
+            .layer(middleware::from_fn(meta::limit_headers))
             .layer(middleware::from_fn(meta::json_only))
             .layer(CatchPanicLayer::new())
             .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout)),

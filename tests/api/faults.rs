@@ -491,7 +491,8 @@ async fn racing_dispatchers_never_share_a_job() {
             let items: Vec<serde_json::Value> = (0..1000)
                 .map(|i| json!({"channel": "sms", "to": "+14155550100", "content": {"text": format!("{round}-{b}-{i}")}}))
                 .collect();
-            let r = t.request("POST", "/v1/notifications/batch", Some(key), Some(json!({"notifications": items}))).await;
+            let r =
+                t.request("POST", "/v1/notifications/batch", Some(key), Some(json!({"notifications": items}))).await;
             assert_eq!(r.status, reqwest::StatusCode::OK);
         }
     }
@@ -523,12 +524,11 @@ async fn racing_dispatchers_never_share_a_job() {
     }
     assert_eq!(calls.len(), 6000, "every notification was called");
     assert!(calls.values().all(|n| *n == 1), "no job was held by two dispatchers");
-    let attempts: Vec<i64> = sqlx::query_scalar(
-        "SELECT count(*) FROM notification_events WHERE type = 'attempt' GROUP BY notification_id",
-    )
-    .fetch_all(t.pool())
-    .await
-    .expect("attempts");
+    let attempts: Vec<i64> =
+        sqlx::query_scalar("SELECT count(*) FROM notification_events WHERE type = 'attempt' GROUP BY notification_id")
+            .fetch_all(t.pool())
+            .await
+            .expect("attempts");
     assert_eq!(attempts.len(), 6000);
     assert!(attempts.iter().all(|n| *n == 1), "one attempt each");
     let rate = |n: f64, d: Duration| n / d.as_secs_f64();
@@ -538,4 +538,85 @@ async fn racing_dispatchers_never_share_a_job() {
         rate(4000.0, four),
         rate(4000.0, four) / rate(2000.0, one)
     );
+}
+
+/// Hostile and malformed requests get clear problems and store nothing: an oversized body,
+/// JSON nested ten thousand deep, invalid UTF-8, a huge header, unknown fields, and
+/// SQL-looking strings in every filter and in the path.
+#[tokio::test]
+async fn hostile_requests_get_problems_and_store_nothing() {
+    let t = crate::helpers::TestApp::spawn().await;
+    let key = t.key("acme", &[herald::store::keys::Scope::Send, herald::store::keys::Scope::Read]).await;
+    let url = format!("{}/v1/notifications", t.addr);
+    let post_raw = |body: Vec<u8>| {
+        t.client.post(&url).bearer_auth(&key).header("content-type", "application/json").body(body).send()
+    };
+    let problem =
+        |r: &reqwest::Response| r.headers().get("content-type").is_some_and(|v| v == "application/problem+json");
+
+    let big =
+        format!(r#"{{"channel": "sms", "to": "+14155550100", "content": {{"text": "{}"}}}}"#, "x".repeat(2 << 20));
+    let r = post_raw(big.into_bytes()).await.expect("post");
+    assert_eq!(r.status(), reqwest::StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(problem(&r));
+
+    let deep = format!(
+        r#"{{"channel": "sms", "to": "+14155550100", "content": {{"text": "x"}}, "metadata": {{"a": {}1{}}}}}"#,
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    let r = post_raw(deep.into_bytes()).await.expect("post");
+    assert_eq!(r.status(), reqwest::StatusCode::BAD_REQUEST);
+    assert!(problem(&r));
+
+    let mut utf8 = br#"{"channel": "sms", "to": "+14155550100", "content": {"text": "#.to_vec();
+    utf8.extend_from_slice(&[b'"', 0xff, 0xfe, b'"', b'}', b'}']);
+    let r = post_raw(utf8).await.expect("post");
+    assert_eq!(r.status(), reqwest::StatusCode::BAD_REQUEST);
+    assert!(problem(&r));
+
+    let r = t
+        .client
+        .post(&url)
+        .bearer_auth(&key)
+        .header("x-filler", "y".repeat(200_000))
+        .json(&json!({"channel": "sms", "to": "+14155550100", "content": {"text": "x"}}))
+        .send()
+        .await;
+    let r = r.expect("an answer");
+    assert_eq!(r.status(), reqwest::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert!(problem(&r));
+
+    let r =
+        t.post(&key, json!({"channel": "sms", "to": "+14155550100", "content": {"text": "x"}, "nonsense": 1})).await;
+    assert_eq!(r.status, reqwest::StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.body["errors"][0]["pointer"], "/nonsense", "{}", r.body);
+
+    let sql = "' OR '1'='1'; DROP TABLE notifications; --";
+    for param in ["status", "channel", "to", "tag", "created_after", "created_before", "cursor", "limit", "tenant"] {
+        let r = t.request("GET", &format!("/v1/notifications?{param}={}", urlencode(sql)), Some(&key), None).await;
+        assert!(r.status.is_success() || r.status.is_client_error(), "{param}: {}", r.status);
+        if r.status.is_success() {
+            assert_eq!(r.body["items"].as_array().map(Vec::len), Some(0), "{param}: {}", r.body);
+        } else {
+            assert!(crate::helpers::is_problem(&r), "{param}: {}", r.body);
+        }
+    }
+    for path in
+        [format!("/v1/notifications/{}", urlencode(sql)), format!("/v1/notifications/{}/cancel", urlencode(sql))]
+    {
+        let method = if path.ends_with("cancel") { "POST" } else { "GET" };
+        let r = t.request(method, &path, Some(&key), None).await;
+        assert!(r.status.is_client_error() && crate::helpers::is_problem(&r), "{path}: {} {}", r.status, r.body);
+    }
+    let r = t.request("DELETE", &format!("/v1/suppressions/email/{}", urlencode(sql)), Some(&key), None).await;
+    assert!(r.status.is_client_error(), "{}", r.status);
+
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM notifications").fetch_one(t.pool()).await.expect("count");
+    assert_eq!(stored, 0, "nothing was stored, and the table is still there");
+}
+
+fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }

@@ -11,6 +11,7 @@ mod ingest;
 mod notifications;
 mod ops;
 mod process;
+mod props;
 mod provider_settings;
 mod providers;
 mod push;

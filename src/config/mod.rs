@@ -244,8 +244,20 @@ impl Settings {
         if let Some(path) = file {
             fig = fig.merge(Toml::file_exact(path));
         }
-        fig.merge(Env::raw().only(&["DATABASE_URL"]).map(|_| "database.url".into()))
-            .merge(Env::prefixed("HERALD__").split("__"))
+        fig = fig
+            .merge(Env::raw().only(&["DATABASE_URL"]).map(|_| "database.url".into()))
+            .merge(Env::prefixed("HERALD__").split("__"));
+        // figment reads `+15005550006` as the number 15005550006, losing the `+` of an E.164
+        // sender: such values are kept as the strings they are.
+        for (key, value) in std::env::vars() {
+            let Some(path) = key.strip_prefix("HERALD__") else { continue };
+            let digits = value.strip_prefix('+').unwrap_or_default();
+            if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+                let path = path.split("__").collect::<Vec<_>>().join(".").to_lowercase();
+                fig = fig.merge(figment::providers::Serialized::default(&path, value));
+            }
+        }
+        fig
     }
 
     pub fn from_figment(fig: &Figment) -> Result<Settings, ConfigError> {
@@ -528,6 +540,22 @@ mod tests {
             jail.set_env("HERALD__PROVIDERS__SG__BASE_URL", "https://x.test/v3");
             let err = Settings::from_figment(&Settings::figment(Some(Path::new("h.toml")))).unwrap_err().to_string();
             assert!(err.contains("providers.sg.base_url") && err.contains("HERALD__"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_e164_sender_from_the_environment_keeps_its_plus() {
+        Jail::expect_with(|jail| {
+            // An E.164 sender keeps its `+` (figment alone reads it as a number).
+            jail.create_file(
+                "t.toml",
+                "[providers.tw]\nkind = \"twilio\"\naccount_sid = \"AC1\"\nauth_token = \"t\"\nfrom = \"x\"\n",
+            )?;
+            jail.set_env("HERALD__PROVIDERS__TW__FROM", "+15005550006");
+            let s = Settings::from_figment(&Settings::figment(Some(Path::new("t.toml")))).expect("valid");
+            let crate::providers::ProviderConfig::Twilio(tw) = &s.providers["tw"].vendor else { panic!("twilio") };
+            assert_eq!(tw.from.as_ref().map(|f| f.as_str()), Some("+15005550006"));
             Ok(())
         });
     }

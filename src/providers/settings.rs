@@ -251,10 +251,28 @@ impl FromStr for EmailSender {
     }
 }
 
-/// A string that must say something (an SMTP host, an SMS sender id).
+/// A string that must say something (an SMTP host, an SMS sender id). An all-digit sender
+/// given in the environment arrives as a number; it is taken as its digits.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
+#[serde(try_from = "StringOrNumber")]
 pub struct NonEmpty(String);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StringOrNumber {
+    Text(String),
+    Number(u64),
+}
+
+impl TryFrom<StringOrNumber> for NonEmpty {
+    type Error = &'static str;
+    fn try_from(v: StringOrNumber) -> Result<Self, &'static str> {
+        match v {
+            StringOrNumber::Text(s) => NonEmpty::try_from(s),
+            StringOrNumber::Number(n) => Ok(NonEmpty(n.to_string())),
+        }
+    }
+}
 
 impl NonEmpty {
     pub fn as_str(&self) -> &str {

@@ -543,3 +543,146 @@ async fn spans_are_exported_over_otlp_in_the_trace_of_the_request() {
     );
     assert_eq!(dispatch.parent_span_id, request.span_id, "dispatch continues the request");
 }
+
+/// Secrets never reach the logs, even at `RUST_LOG=trace`: a whole flow (email by SendGrid,
+/// SMS by Twilio with a signed receipt, push by a webhook gateway, a signed status callback,
+/// and Mailgun, Vonage and SES configured besides) with every line Herald writes scanned for
+/// each configured secret, the API key, the database password and the raw recipients.
+#[tokio::test]
+async fn secrets_and_recipients_stay_out_of_trace_logs() {
+    use crate::fake_http::{self, FakeHttp};
+    let t = TestApp::spawn().await;
+    let (sg, tw, gateway, receiver) =
+        (FakeHttp::sendgrid().await, FakeHttp::twilio().await, FakeHttp::receiver().await, FakeHttp::receiver().await);
+    let key = t.key("acme", &[Scope::Send, Scope::Read]).await;
+    let (gateway_secret, callback_secret) =
+        (herald::domain::webhook::new_signing_secret(), herald::domain::webhook::new_signing_secret());
+    let db_password = "db-pass-never-logged";
+    let db_url = t.app.settings.database.url.expose().replacen(
+        "postgres://postgres@",
+        &format!("postgres://postgres:{db_password}@"),
+        1,
+    );
+    assert!(db_url.contains(db_password), "{db_url}");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let public = format!("http://127.0.0.1:{port}");
+    let log_path = std::env::temp_dir().join(format!("herald-trace-{port}.log"));
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut cmd = Command::new(BIN);
+    let env: Vec<(String, String)> = [
+        ("DATABASE_URL", db_url.as_str()),
+        ("RUST_LOG", "trace"),
+        ("HERALD__SERVER__LISTEN", &format!("127.0.0.1:{port}")),
+        ("HERALD__SERVER__PUBLIC_BASE_URL", &public),
+        ("HERALD__CALLBACKS__SIGNING_SECRET", &callback_secret),
+        ("HERALD__CALLBACKS__ALLOW_PRIVATE_NETWORKS", "true"),
+        ("HERALD__PROVIDERS__SG__KIND", "sendgrid"),
+        ("HERALD__PROVIDERS__SG__API_KEY", fake_http::SENDGRID_KEY),
+        ("HERALD__PROVIDERS__SG__FROM", "noreply@acme.test"),
+        ("HERALD__PROVIDERS__SG__BASE_URL", &sg.origin),
+        ("HERALD__PROVIDERS__TW__KIND", "twilio"),
+        ("HERALD__PROVIDERS__TW__ACCOUNT_SID", fake_http::TWILIO_SID),
+        ("HERALD__PROVIDERS__TW__AUTH_TOKEN", fake_http::TWILIO_TOKEN),
+        ("HERALD__PROVIDERS__TW__FROM", "+15005550006"),
+        ("HERALD__PROVIDERS__TW__BASE_URL", &tw.origin),
+        ("HERALD__PROVIDERS__GW__KIND", "webhook"),
+        ("HERALD__PROVIDERS__GW__URL", &format!("{}/push", gateway.origin)),
+        ("HERALD__PROVIDERS__GW__SIGNING_SECRET", &gateway_secret),
+        ("HERALD__PROVIDERS__MG__KIND", "mailgun"),
+        ("HERALD__PROVIDERS__MG__API_KEY", fake_http::MAILGUN_KEY),
+        ("HERALD__PROVIDERS__MG__DOMAIN", fake_http::MAILGUN_DOMAIN),
+        ("HERALD__PROVIDERS__MG__FROM", "noreply@acme.test"),
+        ("HERALD__PROVIDERS__VO__KIND", "vonage"),
+        ("HERALD__PROVIDERS__VO__API_KEY", fake_http::VONAGE_KEY),
+        ("HERALD__PROVIDERS__VO__API_SECRET", fake_http::VONAGE_SECRET),
+        ("HERALD__PROVIDERS__VO__FROM", "Acme"),
+        ("HERALD__PROVIDERS__SES__KIND", "ses"),
+        ("HERALD__PROVIDERS__SES__REGION", "eu-west-1"),
+        ("HERALD__PROVIDERS__SES__ACCESS_KEY_ID", fake_http::SES_KEY_ID),
+        ("HERALD__PROVIDERS__SES__SECRET_ACCESS_KEY", fake_http::SES_SECRET),
+        ("HERALD__PROVIDERS__SES__FROM", "noreply@acme.test"),
+        ("HERALD__CHANNELS__EMAIL__PROVIDERS", "[\"sg\"]"),
+        ("HERALD__CHANNELS__SMS__PROVIDERS", "[\"tw\"]"),
+        ("HERALD__CHANNELS__PUSH__PROVIDERS", "[\"gw\"]"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    cmd.envs(env).env_remove("HERALD_CONFIG").arg("serve").stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+    let mut child = cmd.kill_on_drop(true).spawn().expect("spawn");
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !client.get(format!("{public}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
+        assert!(tokio::time::Instant::now() < deadline, "herald did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (email_to, phone, token) = ("alice.private@example.com", "+14155550123", "fcm-token-private-123");
+    let callback = format!("{}/hooks", receiver.origin);
+    for body in [
+        json!({"channel": "email", "to": email_to, "content": {"subject": "s", "text": "t"}, "callback_url": callback}),
+        json!({"channel": "sms", "to": phone, "content": {"text": "Your code is 123456"}, "callback_url": callback}),
+        json!({"channel": "push", "to": {"fcm": token}, "content": {"title": "Hi"}, "callback_url": callback}),
+    ] {
+        let r =
+            client.post(format!("{public}/v1/notifications")).bearer_auth(&key).json(&body).send().await.expect("post");
+        assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
+    }
+    let sent = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM notifications WHERE status = 'sent'")
+            .fetch_one(t.pool())
+            .await
+            .expect("count")
+    };
+    while sent().await < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "not all sent");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A signed Twilio receipt for the SMS.
+    let sid: String = sqlx::query_scalar("SELECT provider_message_id FROM notifications WHERE channel = 'sms'")
+        .fetch_one(t.pool())
+        .await
+        .expect("sid");
+    let params = vec![
+        ("MessageSid".to_owned(), sid.clone()),
+        ("MessageStatus".to_owned(), "delivered".to_owned()),
+        ("AccountSid".to_owned(), fake_http::TWILIO_SID.to_owned()),
+        ("To".to_owned(), phone.to_owned()),
+    ];
+    let url = format!("{public}/webhooks/tw");
+    let sig = herald::providers::twilio::receipts::signature(fake_http::TWILIO_TOKEN, &url, &params);
+    let r = client.post(&url).header("x-twilio-signature", sig).form(&params).send().await.expect("receipt");
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    while receiver.requests().len() < 4 {
+        assert!(tokio::time::Instant::now() < deadline, "callbacks: {}", receiver.requests().len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = child.id().expect("pid").to_string();
+    std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    tokio::time::timeout(Duration::from_secs(20), child.wait()).await.expect("exited").expect("wait");
+
+    let text = std::fs::read_to_string(&log_path).expect("log");
+    let _ = std::fs::remove_file(&log_path);
+    assert!(
+        text.lines().count() > 100 && text.contains("TRACE"),
+        "trace logging was on: {} lines",
+        text.lines().count()
+    );
+    let secrets = [
+        ("the SendGrid key", fake_http::SENDGRID_KEY),
+        ("the Twilio token", fake_http::TWILIO_TOKEN),
+        ("the Mailgun key", fake_http::MAILGUN_KEY),
+        ("the Vonage secret", fake_http::VONAGE_SECRET),
+        ("the SES secret", fake_http::SES_SECRET),
+        ("the gateway's signing secret", gateway_secret.as_str()),
+        ("the callback signing secret", callback_secret.as_str()),
+        ("the API key", key.as_str()),
+        ("the database password", db_password),
+        ("an email address", email_to),
+        ("a phone number", "4155550123"),
+        ("a push token", token),
+    ];
+    for (what, secret) in secrets {
+        let at = text.lines().find(|l| l.contains(secret));
+        assert!(at.is_none(), "{what} is in the log: {}", at.unwrap_or_default());
+    }
+}

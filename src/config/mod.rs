@@ -555,7 +555,7 @@ mod tests {
             jail.set_env("HERALD__PROVIDERS__TW__FROM", "+15005550006");
             let s = Settings::from_figment(&Settings::figment(Some(Path::new("t.toml")))).expect("valid");
             let crate::providers::ProviderConfig::Twilio(tw) = &s.providers["tw"].vendor else { panic!("twilio") };
-            assert_eq!(tw.from.as_ref().map(|f| f.as_str()), Some("+15005550006"));
+            assert_eq!(tw.from.as_ref().map(crate::providers::settings::NonEmpty::as_str), Some("+15005550006"));
             Ok(())
         });
     }

@@ -620,3 +620,198 @@ async fn hostile_requests_get_problems_and_store_nothing() {
 fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
+
+mod provider_faults {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU8, Ordering};
+    use std::time::Duration;
+
+    use herald::config::ProviderSettings;
+    use herald::providers::webhook;
+    use herald::store::keys::Scope;
+    use serde_json::{Value, json};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use crate::helpers::{TestApp, email};
+
+    fn gateway(url: &str, timeout_ms: u64) -> ProviderSettings {
+        let mut p = ProviderSettings::from(webhook::Config {
+            url: url.parse().expect("url"),
+            signing_secret: herald::config::Secret::new(herald::domain::webhook::new_signing_secret()),
+        });
+        p.common.timeout_ms = timeout_ms;
+        p.common.breaker_failures = 3;
+        p.common.breaker_cooldown_ms = 100;
+        p
+    }
+
+    /// A raw HTTP server whose every answer is decided by `mode`: 0 = 503 with
+    /// `Retry-After: 0`, 1 = never answer, 2 = 200. Reads each request's head and body first.
+    async fn serve(listener: tokio::net::TcpListener, mode: Arc<AtomicU8>) {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else { return };
+            let mode = mode.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut got = Vec::new();
+                // Enough of the request to answer it (its head and a small JSON body).
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") || !got.ends_with(b"}") {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer: &[u8] = match mode.load(Ordering::SeqCst) {
+                    0 => b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 0\r\ncontent-length: 4\r\nconnection: close\r\n\r\nbusy",
+                    1 => {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                        return;
+                    }
+                    _ => b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
+                };
+                let _ = sock.write_all(answer).await;
+            });
+        }
+    }
+
+    /// A provider that is down (connection refused), then answers 503 with `Retry-After`, then
+    /// takes requests and never answers, then comes back: every notification is sent once it
+    /// is back, each failed attempt classed as what it was, and the circuit is closed again.
+    #[tokio::test]
+    async fn a_provider_outage_is_ridden_out_and_every_notification_is_sent() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+        let url = format!("http://127.0.0.1:{port}/notify");
+        let t = TestApp::spawn_with(move |s| {
+            s.providers.insert("gw".into(), gateway(&url, 200));
+            s.channels.email.providers = vec!["gw".into()];
+            s.dispatch.max_attempts = 200;
+            s.dispatch.lease_secs = 10;
+        })
+        .await;
+        let key = t.key("acme", &[Scope::Send, Scope::Read]).await;
+        let mut ids = Vec::new();
+        for i in 0..10 {
+            ids.push(
+                t.post(&key, email(&format!("o{i}@example.com"), "x")).await.body["id"]
+                    .as_str()
+                    .expect("id")
+                    .to_owned(),
+            );
+        }
+        let mode = Arc::new(AtomicU8::new(0));
+        let phases = {
+            let mode = mode.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(600)).await; // refused
+                let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("rebind");
+                tokio::spawn(serve(listener, mode.clone()));
+                tokio::time::sleep(Duration::from_millis(600)).await; // 503s
+                mode.store(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(1200)).await; // no answers
+                mode.store(2, Ordering::SeqCst); // back
+            })
+        };
+        let mut sent = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while sent < ids.len() as u64 {
+            assert!(tokio::time::Instant::now() < deadline, "only {sent} sent");
+            sent += t.dispatch_until_idle().await.sent;
+        }
+        phases.await.expect("phases");
+        let mut classes = std::collections::BTreeSet::new();
+        for id in &ids {
+            let n = t.notification(&key, id).await;
+            assert_eq!(n["status"], "sent", "{n}");
+            for e in n["events"].as_array().expect("events") {
+                if let Some(c) = e["detail"]["error_class"].as_str() {
+                    classes.insert(c.to_owned());
+                }
+            }
+        }
+        assert!(classes.contains("transient"), "refused and 503 are transient: {classes:?}");
+        assert!(classes.contains("unknown"), "no answer is unknown: {classes:?}");
+        let route = t.app.registry.routes().find(|r| r.name == "gw").expect("route");
+        assert_eq!(route.breaker.state_name(), "closed");
+    }
+
+    /// Providers that hold a send hostage: one that never answers, one that answers a byte at
+    /// a time, one that sends 10 MB. Each attempt ends within the provider's timeout (or at
+    /// the answer cap), classed, and the dispatcher goes on.
+    #[tokio::test]
+    async fn slow_and_hostile_providers_cannot_hold_a_send() {
+        async fn hostile(kind: u8) -> String {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            tokio::spawn(async move {
+                loop {
+                    let Ok((mut sock, _)) = listener.accept().await else { return };
+                    tokio::spawn(async move {
+                        let mut buf = [0u8; 8192];
+                        let _ = sock.read(&mut buf).await;
+                        match kind {
+                            0 => tokio::time::sleep(Duration::from_secs(60)).await,
+                            1 => {
+                                for b in b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}".iter().cycle().take(10_000) {
+                                    if sock.write_all(&[*b]).await.is_err() {
+                                        return;
+                                    }
+                                    tokio::time::sleep(Duration::from_millis(50)).await;
+                                }
+                            }
+                            _ => {
+                                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n";
+                                let _ = sock.write_all(head.as_bytes()).await;
+                                let chunk = vec![b' '; 1 << 20];
+                                for _ in 0..10 {
+                                    if sock.write_all(&chunk).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                        }
+                    });
+                }
+            });
+            format!("http://{addr}/notify")
+        }
+        let (silent, dribble, flood) = (hostile(0).await, hostile(1).await, hostile(2).await);
+        let t = TestApp::spawn_with(move |s| {
+            s.providers.insert("silent".into(), gateway(&silent, 500));
+            s.providers.insert("dribble".into(), gateway(&dribble, 500));
+            s.providers.insert("flood".into(), gateway(&flood, 5000));
+            s.channels.email.providers = vec!["silent".into()];
+            s.channels.sms.providers = vec!["dribble".into()];
+            s.channels.push.providers = vec!["flood".into()];
+            s.dispatch.max_attempts = 1;
+        })
+        .await;
+        let key = t.key("acme", &[Scope::Send, Scope::Read]).await;
+        let bodies: [Value; 3] = [
+            email("silent@example.com", "x"),
+            json!({"channel": "sms", "to": "+14155550100", "content": {"text": "x"}}),
+            json!({"channel": "push", "to": {"fcm": "tok"}, "content": {"title": "x"}}),
+        ];
+        let mut ids = Vec::new();
+        for b in bodies {
+            ids.push(t.post(&key, b).await.body["id"].as_str().expect("id").to_owned());
+        }
+        // A guard against a hang, not a measure: each send is bounded by its timeout.
+        tokio::time::timeout(Duration::from_secs(30), t.dispatch_until_idle()).await.expect("the dispatcher went on");
+        let class = |n: &Value| n["events"][1]["detail"]["error_class"].as_str().map(str::to_owned);
+        let silent = t.notification(&key, &ids[0]).await;
+        assert_eq!(
+            (silent["status"].as_str(), class(&silent).as_deref()),
+            (Some("failed"), Some("unknown")),
+            "{silent}"
+        );
+        let dribble = t.notification(&key, &ids[1]).await;
+        assert_eq!(
+            (dribble["status"].as_str(), class(&dribble).as_deref()),
+            (Some("failed"), Some("unknown")),
+            "{dribble}"
+        );
+        let flood = t.notification(&key, &ids[2]).await;
+        assert_eq!(flood["status"], "failed", "{flood}");
+        assert!(flood["error"].as_str().is_some_and(|e| e.contains("KiB")), "cut at the answer cap: {flood}");
+    }
+}

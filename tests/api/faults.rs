@@ -248,6 +248,22 @@ async fn a_restarted_or_stopped_database_gives_503s_and_loses_nothing() {
         assert!(Instant::now() < deadline, "{sent} of {stored} sent after the outage");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Outcomes of sends made around the outage were recorded once (kept trying within the
+    // lease), or the lease expired and the send was made again, with a `rescued` event.
+    let (twice, unexplained): (i64, i64) = sqlx::query_as(
+        "WITH sends AS (
+             SELECT notification_id, count(*) FILTER (WHERE type = 'attempt' AND status = 'sent') AS sent,
+                    count(*) FILTER (WHERE type = 'rescued') AS rescued
+             FROM notification_events WHERE notification_id = ANY($1) GROUP BY notification_id
+         )
+         SELECT count(*) FILTER (WHERE sent > 1), count(*) FILTER (WHERE sent > 1 + rescued) FROM sends",
+    )
+    .bind(&ids)
+    .fetch_one(&pool)
+    .await
+    .expect("sends");
+    assert_eq!(unexplained, 0, "a send recorded twice without a rescue");
+    println!("database faults: {twice} notifications sent twice (each after a rescue)");
     assert!(server.try_wait().expect("wait").is_none(), "herald kept running through the outage");
     let _ = server.kill().await;
 }

@@ -27,11 +27,11 @@ pub(super) const MAX_BODY_BYTES: usize = MAX_ITEMS * 16 * 1024;
 
 /// Create up to 1,000 notifications in one request; valid items are committed together.
 #[utoipa::path(post, path = "/v1/notifications/batch", tag = "notifications", security(("api_key" = [])),
-    request_body = crate::http::openapi::BatchRequest,
+    request_body = crate::http::schemas::BatchRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "For the whole batch")),
-    responses((status = 200, description = "A result per item", body = crate::http::openapi::BatchResponse),
-              (status = 400, response = crate::http::openapi::Problem), (status = 413, response = crate::http::openapi::Problem), (status = 415, response = crate::http::openapi::Problem),
-              (status = 422, response = crate::http::openapi::Problem), (status = 401, response = crate::http::openapi::Problem), (status = 403, response = crate::http::openapi::Problem), (status = 503, response = crate::http::openapi::Problem)))]
+    responses((status = 200, description = "A result per item", body = crate::http::schemas::BatchResponse),
+              (status = 400, response = crate::http::schemas::Problem), (status = 413, response = crate::http::schemas::Problem), (status = 415, response = crate::http::schemas::Problem),
+              (status = 422, response = crate::http::schemas::Problem), (status = 401, response = crate::http::schemas::Problem), (status = 403, response = crate::http::schemas::Problem), (status = 503, response = crate::http::schemas::Problem)))]
 pub(super) async fn create(
     State(state): State<AppState>,
     caller: Caller,

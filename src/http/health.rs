@@ -17,7 +17,7 @@ pub(super) async fn healthz() -> Json<Value> {
 
 /// Ready when the database answers and every migration this binary knows has been applied.
 /// Readiness: the database answers and its migrations are current.
-#[utoipa::path(get, path = "/readyz", tag = "service", responses((status = 200, body = Object), (status = 503, response = crate::http::openapi::Problem)))]
+#[utoipa::path(get, path = "/readyz", tag = "service", responses((status = 200, body = Object), (status = 503, response = crate::http::schemas::Problem)))]
 pub(super) async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let unavailable = |detail: &str| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", "Not ready", detail);
     match store::migrations_current(&state.pool).await {

@@ -136,7 +136,7 @@ pub(super) const PROBLEMS: &[(&str, u16, &str, &str)] = &[
 
 /// The page a problem's `type` points at.
 #[utoipa::path(get, path = "/problems/{kind}", tag = "service", params(("kind" = String, Path)),
-    responses((status = 200, body = String, content_type = "text/html"), (status = 404, response = crate::http::openapi::Problem)))]
+    responses((status = 200, body = String, content_type = "text/html"), (status = 404, response = crate::http::schemas::Problem)))]
 pub(super) async fn problem_page(Path(kind): Path<String>) -> Result<Html<String>, ApiError> {
     let (kind, status, title, text) = PROBLEMS
         .iter()

@@ -16,7 +16,7 @@ use crate::metrics;
 /// Prometheus text format; with `metrics.token` set, only for `Authorization: Bearer <token>`.
 #[utoipa::path(get, path = "/metrics", tag = "operators",
     responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain"),
-              (status = 401, response = crate::http::openapi::Problem)))]
+              (status = 401, response = crate::http::schemas::Problem)))]
 pub(super) async fn scrape(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let token = state.settings.metrics.token.expose();
     if !token.is_empty() {

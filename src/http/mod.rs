@@ -9,6 +9,7 @@ mod notifications;
 pub mod openapi;
 mod ops;
 pub mod problem;
+mod schemas;
 mod stats;
 mod suppressions;
 mod webhooks;

@@ -205,13 +205,13 @@ pub(super) fn key_conflict() -> ApiError {
 /// Create one notification. Answered `202` once it is committed; with an `Idempotency-Key` seen
 /// before, `200` and the original.
 #[utoipa::path(post, path = "/v1/notifications", tag = "notifications", security(("api_key" = [])),
-    request_body = crate::http::openapi::NotificationRequest,
+    request_body = crate::http::schemas::NotificationRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried POST safe (at most 255 characters)"),
            ("traceparent" = Option<String>, Header, description = "W3C trace context, continued into dispatch")),
     responses((status = 202, description = "Accepted", body = crate::views::NotificationView),
               (status = 200, description = "A replay of an earlier request with the same key", body = crate::views::NotificationView),
-              (status = 400, response = crate::http::openapi::Problem), (status = 409, response = crate::http::openapi::Problem), (status = 413, response = crate::http::openapi::Problem),
-              (status = 415, response = crate::http::openapi::Problem), (status = 422, response = crate::http::openapi::Problem), (status = 401, response = crate::http::openapi::Problem), (status = 403, response = crate::http::openapi::Problem), (status = 503, response = crate::http::openapi::Problem)))]
+              (status = 400, response = crate::http::schemas::Problem), (status = 409, response = crate::http::schemas::Problem), (status = 413, response = crate::http::schemas::Problem),
+              (status = 415, response = crate::http::schemas::Problem), (status = 422, response = crate::http::schemas::Problem), (status = 401, response = crate::http::schemas::Problem), (status = 403, response = crate::http::schemas::Problem), (status = 503, response = crate::http::schemas::Problem)))]
 pub(super) async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -269,8 +269,8 @@ async fn answer(state: &AppState, caller: &Caller, outcome: Accepted) -> Result<
 /// One notification with its timeline.
 #[utoipa::path(get, path = "/v1/notifications/{id}", tag = "notifications", security(("api_key" = [])),
     params(("id" = String, Path, description = "The notification's id")),
-    responses((status = 200, body = crate::views::NotificationView), (status = 400, response = crate::http::openapi::Problem),
-              (status = 404, response = crate::http::openapi::Problem), (status = 401, response = crate::http::openapi::Problem), (status = 403, response = crate::http::openapi::Problem), (status = 503, response = crate::http::openapi::Problem)))]
+    responses((status = 200, body = crate::views::NotificationView), (status = 400, response = crate::http::schemas::Problem),
+              (status = 404, response = crate::http::schemas::Problem), (status = 401, response = crate::http::schemas::Problem), (status = 403, response = crate::http::schemas::Problem), (status = 503, response = crate::http::schemas::Problem)))]
 pub(super) async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -307,7 +307,7 @@ fn parse_time_param(params: &HashMap<String, String>, name: &str) -> Result<Opti
            ("tenant" = Option<String>, Query, description = "Admin keys: one tenant's"),
            ("limit" = Option<i64>, Query, description = "1 to 100, default 50"),
            ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")),
-    responses((status = 200, body = Page), (status = 400, response = crate::http::openapi::Problem), (status = 401, response = crate::http::openapi::Problem), (status = 403, response = crate::http::openapi::Problem), (status = 503, response = crate::http::openapi::Problem)))]
+    responses((status = 200, body = Page), (status = 400, response = crate::http::schemas::Problem), (status = 401, response = crate::http::schemas::Problem), (status = 403, response = crate::http::schemas::Problem), (status = 503, response = crate::http::schemas::Problem)))]
 pub(super) async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -398,8 +398,8 @@ pub(super) async fn list(
 /// Cancel a notification that is scheduled, queued or retrying.
 #[utoipa::path(post, path = "/v1/notifications/{id}/cancel", tag = "notifications", security(("api_key" = [])),
     params(("id" = String, Path)),
-    responses((status = 200, body = crate::views::NotificationView), (status = 400, response = crate::http::openapi::Problem),
-              (status = 404, response = crate::http::openapi::Problem), (status = 409, response = crate::http::openapi::Problem), (status = 401, response = crate::http::openapi::Problem), (status = 403, response = crate::http::openapi::Problem), (status = 503, response = crate::http::openapi::Problem)))]
+    responses((status = 200, body = crate::views::NotificationView), (status = 400, response = crate::http::schemas::Problem),
+              (status = 404, response = crate::http::schemas::Problem), (status = 409, response = crate::http::schemas::Problem), (status = 401, response = crate::http::schemas::Problem), (status = 403, response = crate::http::schemas::Problem), (status = 503, response = crate::http::schemas::Problem)))]
 pub(super) async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
@@ -422,8 +422,8 @@ pub(super) async fn cancel(
 /// `POST /v1/notifications/{id}/retry` (admin): requeue a failed, expired or bounced one.
 #[utoipa::path(post, path = "/v1/notifications/{id}/retry", tag = "operators", security(("api_key" = [])),
     params(("id" = String, Path)),
-    responses((status = 200, description = "Requeued", body = crate::views::NotificationView), (status = 400, response = crate::http::openapi::Problem),
-              (status = 404, response = crate::http::openapi::Problem), (status = 409, response = crate::http::openapi::Problem), (status = 401, response = crate::http::openapi::Problem), (status = 403, response = crate::http::openapi::Problem), (status = 503, response = crate::http::openapi::Problem)))]
+    responses((status = 200, description = "Requeued", body = crate::views::NotificationView), (status = 400, response = crate::http::schemas::Problem),
+              (status = 404, response = crate::http::schemas::Problem), (status = 409, response = crate::http::schemas::Problem), (status = 401, response = crate::http::schemas::Problem), (status = 403, response = crate::http::schemas::Problem), (status = 503, response = crate::http::schemas::Problem)))]
 pub(super) async fn retry(
     State(state): State<AppState>,
     caller: Caller,

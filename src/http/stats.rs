@@ -68,7 +68,7 @@ pub(super) struct StatsQuery {
 /// What happened over a window: counts, latency, attempts, queue and recent failures.
 #[utoipa::path(get, path = "/v1/stats", tag = "operators", security(("api_key" = [])),
     params(("window" = Option<String>, Query, description = "5m, 1h (default), 24h or 7d")),
-    responses((status = 200, body = crate::http::openapi::Stats), (status = 400, response = crate::http::openapi::Problem), (status = 401, response = crate::http::openapi::Problem), (status = 403, response = crate::http::openapi::Problem), (status = 503, response = crate::http::openapi::Problem)))]
+    responses((status = 200, body = crate::http::schemas::Stats), (status = 400, response = crate::http::schemas::Problem), (status = 401, response = crate::http::schemas::Problem), (status = 403, response = crate::http::schemas::Problem), (status = 503, response = crate::http::schemas::Problem)))]
 pub(super) async fn get(
     State(state): State<AppState>,
     caller: Caller,

@@ -31,6 +31,14 @@ pub(super) struct SuppressionView {
     created_at: OffsetDateTime,
 }
 
+/// A page of items and the cursor of the next page (null on the last).
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[allow(dead_code, reason = "describes the answer of `list`, which builds it as JSON")]
+pub(super) struct SuppressionPage {
+    items: Vec<SuppressionView>,
+    next_cursor: Option<String>,
+}
+
 impl From<Suppression> for SuppressionView {
     fn from(s: Suppression) -> Self {
         SuppressionView {
@@ -51,7 +59,7 @@ fn channel_param(raw: &str) -> Result<Channel, ApiError> {
 #[utoipa::path(get, path = "/v1/suppressions", tag = "suppressions", security(("api_key" = [])),
     params(("channel" = Option<crate::domain::Channel>, Query), ("limit" = Option<i64>, Query, description = "1 to 1000, default 100"),
            ("cursor" = Option<String>, Query)),
-    responses((status = 200, body = crate::http::openapi::SuppressionPage), (status = 400, response = crate::http::openapi::Problem), (status = 401, response = crate::http::openapi::Problem), (status = 403, response = crate::http::openapi::Problem), (status = 503, response = crate::http::openapi::Problem)))]
+    responses((status = 200, body = SuppressionPage), (status = 400, response = crate::http::schemas::Problem), (status = 401, response = crate::http::schemas::Problem), (status = 403, response = crate::http::schemas::Problem), (status = 503, response = crate::http::schemas::Problem)))]
 pub(super) async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -96,9 +104,9 @@ pub(super) async fn list(
 
 /// Suppress a recipient: nothing is sent to it on that channel until it is deleted.
 #[utoipa::path(post, path = "/v1/suppressions", tag = "suppressions", security(("api_key" = [])),
-    request_body = crate::http::openapi::SuppressionRequest,
+    request_body = crate::http::schemas::SuppressionRequest,
     responses((status = 201, body = SuppressionView), (status = 200, description = "Already suppressed", body = SuppressionView),
-              (status = 400, response = crate::http::openapi::Problem), (status = 415, response = crate::http::openapi::Problem), (status = 422, response = crate::http::openapi::Problem), (status = 401, response = crate::http::openapi::Problem), (status = 403, response = crate::http::openapi::Problem), (status = 503, response = crate::http::openapi::Problem)))]
+              (status = 400, response = crate::http::schemas::Problem), (status = 415, response = crate::http::schemas::Problem), (status = 422, response = crate::http::schemas::Problem), (status = 401, response = crate::http::schemas::Problem), (status = 403, response = crate::http::schemas::Problem), (status = 503, response = crate::http::schemas::Problem)))]
 pub(super) async fn create(State(state): State<AppState>, caller: Caller, body: Bytes) -> Result<Response, ApiError> {
     require(&caller, Scope::Send)?;
     let value: Value =
@@ -147,7 +155,7 @@ pub(super) async fn create(State(state): State<AppState>, caller: Caller, body: 
 /// Lift a suppression.
 #[utoipa::path(delete, path = "/v1/suppressions/{channel}/{recipient}", tag = "suppressions", security(("api_key" = [])),
     params(("channel" = crate::domain::Channel, Path), ("recipient" = String, Path)),
-    responses((status = 204, description = "Deleted"), (status = 404, response = crate::http::openapi::Problem), (status = 401, response = crate::http::openapi::Problem), (status = 403, response = crate::http::openapi::Problem), (status = 503, response = crate::http::openapi::Problem)))]
+    responses((status = 204, description = "Deleted"), (status = 404, response = crate::http::schemas::Problem), (status = 401, response = crate::http::schemas::Problem), (status = 403, response = crate::http::schemas::Problem), (status = 503, response = crate::http::schemas::Problem)))]
 pub(super) async fn delete(
     State(state): State<AppState>,
     caller: Caller,

@@ -24,8 +24,8 @@ use crate::store::receipts::{self as store, ReceiptOutcome};
     params(("provider" = String, Path, description = "The configured provider name ([providers.NAME])")),
     request_body(content = Object, description = "The provider's own format", content_type = "application/json"),
     responses((status = 200, description = "Counts of what was applied", body = Object),
-              (status = 400, response = crate::http::openapi::Problem), (status = 401, response = crate::http::openapi::Problem), (status = 404, response = crate::http::openapi::Problem),
-              (status = 503, response = crate::http::openapi::Problem)))]
+              (status = 400, response = crate::http::schemas::Problem), (status = 401, response = crate::http::schemas::Problem), (status = 404, response = crate::http::schemas::Problem),
+              (status = 503, response = crate::http::schemas::Problem)))]
 pub(super) async fn receive(
     State(state): State<AppState>,
     Path(name): Path<String>,

@@ -53,6 +53,9 @@ pub struct NotificationView {
     expires_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
     next_attempt_at: Option<OffsetDateTime>,
+    /// SMS only: how carriers will send and bill the text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sms: Option<crate::domain::sms::Segments>,
     #[serde(skip_serializing_if = "Option::is_none")]
     events: Option<Vec<EventView>>,
 }
@@ -76,7 +79,11 @@ struct EventView {
 
 impl NotificationView {
     pub fn new(r: NotificationRecord, events: Option<Vec<EventRecord>>) -> Self {
+        let sms = (r.channel == Channel::Sms)
+            .then(|| r.content["text"].as_str().map(crate::domain::sms::segments))
+            .flatten();
         NotificationView {
+            sms,
             id: r.id,
             tenant: None,
             status: r.status,

@@ -150,6 +150,12 @@ pub struct ChannelSettings {
     /// `fail` for sms, `retry` for email and push.
     #[serde(default)]
     pub on_unknown: Option<OnUnknown>,
+    /// SMS: ISO 3166 region national numbers are read in (`GB`); stored numbers are E.164.
+    #[serde(default)]
+    pub default_region: Option<String>,
+    /// SMS: texts of more segments are refused (422).
+    #[serde(default)]
+    pub max_segments: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -366,6 +372,21 @@ impl Settings {
                     }
                     Some(_) => {}
                 }
+            }
+            if channel != Channel::Sms {
+                for (set, key) in [(ch.default_region.is_some(), "default_region"), (ch.max_segments.is_some(), "max_segments")] {
+                    if set {
+                        return Err(invalid(format!("channels.{channel}.{key}"), "is a setting of channels.sms only"));
+                    }
+                }
+            }
+            if let Some(r) = &ch.default_region
+                && crate::domain::sms::region(r).is_none()
+            {
+                return Err(invalid(format!("channels.{channel}.default_region"), format!("`{r}` is not an ISO 3166 region code such as GB")));
+            }
+            if ch.max_segments == Some(0) {
+                return Err(invalid(format!("channels.{channel}.max_segments"), "must be at least 1"));
             }
             if ch.max_attempts == Some(0) {
                 return Err(invalid(format!("channels.{channel}.max_attempts"), "must be at least 1"));

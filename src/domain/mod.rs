@@ -7,6 +7,7 @@ pub mod ids;
 pub mod notification;
 pub mod recipient;
 pub mod retry;
+pub mod sms;
 pub mod status;
 pub mod tenant;
 pub mod trace;

@@ -115,6 +115,10 @@ pub struct ParseOptions {
     pub now: OffsetDateTime,
     pub allow_private_push: bool,
     pub allow_private_callbacks: bool,
+    /// `channels.sms.default_region`: national numbers are read as this region's.
+    pub sms_region: Option<phonenumber::country::Id>,
+    /// `channels.sms.max_segments`: longer texts are refused.
+    pub sms_max_segments: Option<u32>,
 }
 
 const TOP_LEVEL: [&str; 10] =
@@ -165,6 +169,18 @@ impl NewNotification {
                 None
             }
             (None, Some(_)) => None,
+            // An SMS number must be one that can exist (and may be national, with a region).
+            (Some(Channel::Sms), Some(v)) => match v.as_str().map(|s| super::sms::number(s, opts.sms_region)) {
+                Some(Ok(p)) => Some(Recipient::Sms(p)),
+                Some(Err(e)) => {
+                    errs.add("/to", e);
+                    None
+                }
+                None => {
+                    errs.add("/to", "must be a string");
+                    None
+                }
+            },
             (Some(ch), Some(v)) => match Recipient::parse(ch, v, opts.allow_private_push) {
                 Ok(r) => Some(r),
                 Err(e) => {
@@ -374,7 +390,24 @@ fn parse_content(channel: Channel, v: &Value, opts: ParseOptions, errs: &mut Err
                 Some(t) if t.chars().count() > MAX_SMS_LEN => {
                     errs.add("/content/text", format!("at most {MAX_SMS_LEN} characters"));
                 }
-                _ => {}
+                Some(t) => {
+                    let s = super::sms::segments(t);
+                    if let Some(max) = opts.sms_max_segments
+                        && s.segments > max
+                    {
+                        let why = match s.encoding {
+                            super::sms::Encoding::Gsm7 => "GSM-7".to_owned(),
+                            super::sms::Encoding::Ucs2 => {
+                                let chars: String = s.ucs2_characters.iter().take(5).collect();
+                                format!("UCS-2, because of {chars:?}")
+                            }
+                        };
+                        errs.add(
+                            "/content/text",
+                            format!("takes {} segments ({why}); channels.sms.max_segments allows {max}", s.segments),
+                        );
+                    }
+                }
             }
             Content::Sms(SmsContent { text: text.unwrap_or_default() })
         }
@@ -424,7 +457,13 @@ mod tests {
     use serde_json::json;
 
     fn opts() -> ParseOptions {
-        ParseOptions { now: OffsetDateTime::now_utc(), allow_private_push: false, allow_private_callbacks: false }
+        ParseOptions {
+            now: OffsetDateTime::now_utc(),
+            allow_private_push: false,
+            allow_private_callbacks: false,
+            sms_region: None,
+            sms_max_segments: None,
+        }
     }
 
     fn pointers(body: &Value) -> Vec<String> {

@@ -140,6 +140,8 @@ pub(super) fn prepare(
             .values()
             .any(|p| p.kind() == crate::config::ProviderKind::WebPush && p.common.allow_private_networks),
         allow_private_callbacks: settings.callbacks.allow_private_networks,
+        sms_region: settings.channels.sms.default_region.as_deref().and_then(crate::domain::sms::region),
+        sms_max_segments: settings.channels.sms.max_segments,
     };
     let n = NewNotification::parse(value, opts)?;
     // A callback that cannot be signed would fail on its first attempt, seen only in the

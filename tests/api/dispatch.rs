@@ -283,6 +283,8 @@ async fn two_dispatchers_racing_on_1000_jobs_send_each_exactly_once() {
         now: time::OffsetDateTime::now_utc(),
         allow_private_push: false,
         allow_private_callbacks: false,
+        sms_region: None,
+        sms_max_segments: None,
     };
     let batch: Vec<Submission> = (0..1000)
         .map(|i| {

@@ -18,3 +18,4 @@ mod push;
 mod queue;
 mod receipts;
 mod scale;
+mod sms;

@@ -210,12 +210,12 @@ async fn vonage_errors_inside_http_200_are_classified_and_retried() {
     let origin = fake.origin.clone();
     let t = TestApp::spawn_with(move |s| route(s, "sms", vec![("vonage", vonage(&origin).into())])).await;
     let key = t.key("acme", SEND_READ).await;
-    let n = send_and_dispatch(&t, &key, sms("+447700900000")).await;
+    let n = send_and_dispatch(&t, &key, sms("+447911123456")).await;
     assert_eq!(n["status"], "sent", "{n}");
     assert_eq!(n["events"][1]["detail"]["error_class"], "rate_limited");
     let reqs = fake.requests();
     assert_eq!(reqs.len(), 2);
-    assert_eq!(reqs[1].field("to").as_deref(), Some("447700900000"));
+    assert_eq!(reqs[1].field("to").as_deref(), Some("447911123456"));
     assert_eq!(reqs[1].field("client-ref").as_deref(), n["id"].as_str());
     assert_eq!(n["provider_message_id"], "0C00000000000002");
 }

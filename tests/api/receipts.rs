@@ -434,7 +434,7 @@ async fn a_signed_vonage_dlr_by_get_delivers_and_a_stale_one_is_refused() {
     })
     .await;
     let key = t.key("acme", SEND_READ).await;
-    let id = t.post(&key, json!({"channel": "sms", "to": "+447700900000", "content": {"text": "hi"}})).await.body["id"]
+    let id = t.post(&key, json!({"channel": "sms", "to": "+447911123456", "content": {"text": "hi"}})).await.body["id"]
         .as_str()
         .expect("id")
         .to_owned();
@@ -443,7 +443,7 @@ async fn a_signed_vonage_dlr_by_get_delivers_and_a_stale_one_is_refused() {
     let now = time::OffsetDateTime::now_utc().unix_timestamp().to_string();
     let dlr = |ts: &str| {
         let params = vec![
-            ("msisdn", "447700900000"),
+            ("msisdn", "447911123456"),
             ("to", "Acme"),
             ("messageId", mid.as_str()),
             ("status", "delivered"),

@@ -79,9 +79,8 @@ struct EventView {
 
 impl NotificationView {
     pub fn new(r: NotificationRecord, events: Option<Vec<EventRecord>>) -> Self {
-        let sms = (r.channel == Channel::Sms)
-            .then(|| r.content["text"].as_str().map(crate::domain::sms::segments))
-            .flatten();
+        let sms =
+            (r.channel == Channel::Sms).then(|| r.content["text"].as_str().map(crate::domain::sms::segments)).flatten();
         NotificationView {
             sms,
             id: r.id,

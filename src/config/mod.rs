@@ -374,7 +374,9 @@ impl Settings {
                 }
             }
             if channel != Channel::Sms {
-                for (set, key) in [(ch.default_region.is_some(), "default_region"), (ch.max_segments.is_some(), "max_segments")] {
+                for (set, key) in
+                    [(ch.default_region.is_some(), "default_region"), (ch.max_segments.is_some(), "max_segments")]
+                {
                     if set {
                         return Err(invalid(format!("channels.{channel}.{key}"), "is a setting of channels.sms only"));
                     }
@@ -383,7 +385,10 @@ impl Settings {
             if let Some(r) = &ch.default_region
                 && crate::domain::sms::region(r).is_none()
             {
-                return Err(invalid(format!("channels.{channel}.default_region"), format!("`{r}` is not an ISO 3166 region code such as GB")));
+                return Err(invalid(
+                    format!("channels.{channel}.default_region"),
+                    format!("`{r}` is not an ISO 3166 region code such as GB"),
+                ));
             }
             if ch.max_segments == Some(0) {
                 return Err(invalid(format!("channels.{channel}.max_segments"), "must be at least 1"));

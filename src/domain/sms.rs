@@ -168,10 +168,7 @@ mod tests {
     #[test]
     fn numbers_must_be_able_to_exist_and_are_stored_in_e164() {
         assert_eq!(number("+14155550100", None).map(|p| p.as_str().to_owned()), Ok("+14155550100".into()));
-        assert_eq!(
-            number("07911 123456", region("gb")).map(|p| p.as_str().to_owned()),
-            Ok("+447911123456".into())
-        );
+        assert_eq!(number("07911 123456", region("gb")).map(|p| p.as_str().to_owned()), Ok("+447911123456".into()));
         assert!(number("07911 123456", None).is_err_and(|e| e.contains("default_region")));
         assert!(number("+1415555010", None).is_err_and(|e| e.contains("cannot exist") || e.contains("can exist")));
         assert!(number("+999123", None).is_err());

@@ -23,8 +23,13 @@ async fn tenant_of(t: &TestApp, key: &str) -> TenantId {
 
 /// Queue `n` notifications like `body` straight through the store, 1,000 per transaction.
 async fn queue(t: &TestApp, tenant: TenantId, n: usize, body: &Value) {
-    let opts =
-        ParseOptions { now: time::OffsetDateTime::now_utc(), allow_private_push: false, allow_private_callbacks: true, sms_region: None, sms_max_segments: None };
+    let opts = ParseOptions {
+        now: time::OffsetDateTime::now_utc(),
+        allow_private_push: false,
+        allow_private_callbacks: true,
+        sms_region: None,
+        sms_max_segments: None,
+    };
     let one = NewNotification::parse(body, opts).expect("valid");
     let mut left = n;
     while left > 0 {

@@ -546,8 +546,9 @@ async fn spans_are_exported_over_otlp_in_the_trace_of_the_request() {
 
 /// Secrets never reach the logs, even at `RUST_LOG=trace`: a whole flow (email by SendGrid,
 /// SMS by Twilio with a signed receipt, push by a webhook gateway, a signed status callback,
-/// and Mailgun, Vonage and SES configured besides) with every line Herald writes scanned for
-/// each configured secret, the API key, the database password and the raw recipients.
+/// with every other kind configured besides: SMTP with a password, Mailgun, Vonage, SES, FCM,
+/// APNs, Web Push) with every line Herald writes scanned for each configured secret, the API
+/// key, the database password and the raw recipients.
 #[tokio::test]
 async fn secrets_and_recipients_stay_out_of_trace_logs() {
     use crate::fake_http::{self, FakeHttp};
@@ -567,6 +568,16 @@ async fn secrets_and_recipients_stay_out_of_trace_logs() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
     let public = format!("http://127.0.0.1:{port}");
     let log_path = std::env::temp_dir().join(format!("herald-trace-{port}.log"));
+    let fixtures = format!("{}/tests/fixtures", env!("CARGO_MANIFEST_DIR"));
+    let fcm_key = std::fs::read_to_string(format!("{fixtures}/fcm-test-key.pem")).expect("fcm key");
+    let fcm_private = fcm_key.lines().nth(1).expect("a line of the key").to_owned();
+    let account_path = std::env::temp_dir().join(format!("herald-trace-{port}-fcm.json"));
+    let account = json!({"type": "service_account", "project_id": "p", "private_key_id": "k1", "private_key": fcm_key,
+                         "client_email": "h@p.iam.gserviceaccount.com", "token_uri": "http://127.0.0.1:9/token"});
+    std::fs::write(&account_path, account.to_string()).expect("account file");
+    let apns_key = std::fs::read_to_string(format!("{fixtures}/apns-test-key.p8")).expect("apns key");
+    let apns_private = apns_key.lines().nth(1).expect("a line of the key").to_owned();
+    let (smtp_password, vapid_key) = ("smtp-password-never-logged", "RS0WdYWWo1HajXg3NZR1olzCf31i-ZBGDkFyCs7j1jw");
     let log = std::fs::File::create(&log_path).expect("log file");
     let mut cmd = Command::new(BIN);
     let env: Vec<(String, String)> = [
@@ -601,6 +612,23 @@ async fn secrets_and_recipients_stay_out_of_trace_logs() {
         ("HERALD__PROVIDERS__SES__ACCESS_KEY_ID", fake_http::SES_KEY_ID),
         ("HERALD__PROVIDERS__SES__SECRET_ACCESS_KEY", fake_http::SES_SECRET),
         ("HERALD__PROVIDERS__SES__FROM", "noreply@acme.test"),
+        ("HERALD__PROVIDERS__MAIL__KIND", "smtp"),
+        ("HERALD__PROVIDERS__MAIL__HOST", "127.0.0.1"),
+        ("HERALD__PROVIDERS__MAIL__PORT", &t.smtp.port.to_string()),
+        ("HERALD__PROVIDERS__MAIL__TLS", "none"),
+        ("HERALD__PROVIDERS__MAIL__USERNAME", "herald"),
+        ("HERALD__PROVIDERS__MAIL__PASSWORD", smtp_password),
+        ("HERALD__PROVIDERS__MAIL__FROM", "noreply@acme.test"),
+        ("HERALD__PROVIDERS__FCM__KIND", "fcm"),
+        ("HERALD__PROVIDERS__FCM__SERVICE_ACCOUNT_FILE", account_path.to_str().expect("path")),
+        ("HERALD__PROVIDERS__APNS__KIND", "apns"),
+        ("HERALD__PROVIDERS__APNS__TEAM_ID", fake_http::APNS_TEAM),
+        ("HERALD__PROVIDERS__APNS__KEY_ID", fake_http::APNS_KEY_ID),
+        ("HERALD__PROVIDERS__APNS__TOPIC", fake_http::APNS_TOPIC),
+        ("HERALD__PROVIDERS__APNS__PRIVATE_KEY_FILE", &format!("{fixtures}/apns-test-key.p8")),
+        ("HERALD__PROVIDERS__WP__KIND", "web_push"),
+        ("HERALD__PROVIDERS__WP__VAPID_PRIVATE_KEY", vapid_key),
+        ("HERALD__PROVIDERS__WP__VAPID_SUBJECT", "mailto:ops@acme.test"),
         ("HERALD__CHANNELS__EMAIL__PROVIDERS", "[\"sg\"]"),
         ("HERALD__CHANNELS__SMS__PROVIDERS", "[\"tw\"]"),
         ("HERALD__CHANNELS__PUSH__PROVIDERS", "[\"gw\"]"),
@@ -662,6 +690,7 @@ async fn secrets_and_recipients_stay_out_of_trace_logs() {
 
     let text = std::fs::read_to_string(&log_path).expect("log");
     let _ = std::fs::remove_file(&log_path);
+    let _ = std::fs::remove_file(&account_path);
     assert!(
         text.lines().count() > 100 && text.contains("TRACE"),
         "trace logging was on: {} lines",
@@ -677,6 +706,10 @@ async fn secrets_and_recipients_stay_out_of_trace_logs() {
         ("the callback signing secret", callback_secret.as_str()),
         ("the API key", key.as_str()),
         ("the database password", db_password),
+        ("the SMTP password", smtp_password),
+        ("the FCM service account's key", fcm_private.as_str()),
+        ("the VAPID key", vapid_key),
+        ("the APNs key", apns_private.as_str()),
         ("an email address", email_to),
         ("a phone number", "4155550123"),
         ("a push token", token),

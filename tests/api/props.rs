@@ -50,7 +50,13 @@ fn json_value() -> impl Strategy<Value = Value> {
 }
 
 fn opts() -> ParseOptions {
-    ParseOptions { now: time::OffsetDateTime::now_utc(), allow_private_push: false, allow_private_callbacks: false, sms_region: None, sms_max_segments: None }
+    ParseOptions {
+        now: time::OffsetDateTime::now_utc(),
+        allow_private_push: false,
+        allow_private_callbacks: false,
+        sms_region: None,
+        sms_max_segments: None,
+    }
 }
 
 fn headers(pairs: &[(String, String)]) -> HeaderMap {

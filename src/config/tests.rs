@@ -1,0 +1,153 @@
+//! Loading settings: layers, errors that name the key, provider sections.
+
+use super::*;
+use figment::Jail;
+
+#[test]
+fn defaults_load() {
+    Jail::expect_with(|_| {
+        let s = Settings::from_figment(&Settings::figment(None)).expect("defaults are valid");
+        assert_eq!(s.dispatch.concurrency, 256);
+        assert!(s.providers.is_empty());
+        Ok(())
+    });
+}
+
+#[test]
+fn env_overrides_file_and_names_the_bad_key() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "h.toml",
+            "[dispatch]\nconcurrency = 4\n[providers.m]\nkind = \"log\"\n[channels.sms]\nproviders = [\"m\"]\n",
+        )?;
+        jail.set_env("HERALD__DISPATCH__BATCH_SIZE", "7");
+        jail.set_env("DATABASE_URL", "postgres://u:pw@h/db");
+        let s = Settings::from_figment(&Settings::figment(Some(Path::new("h.toml")))).expect("valid");
+        assert_eq!((s.dispatch.concurrency, s.dispatch.batch_size), (4, 7));
+        assert_eq!(s.database.url.expose(), "postgres://u:pw@h/db");
+        assert!(!format!("{s:?}").contains("pw@"), "secrets stay out of Debug");
+
+        jail.set_env("HERALD__DISPATCH__CONCURRENCY", "lots");
+        let err = Settings::from_figment(&Settings::figment(Some(Path::new("h.toml")))).unwrap_err().to_string();
+        assert!(err.contains("dispatch.concurrency"), "{err}");
+        Ok(())
+    });
+}
+
+#[test]
+fn unknown_provider_in_a_channel_is_named() {
+    Jail::expect_with(|jail| {
+        jail.create_file("h.toml", "[channels.email]\nproviders = [\"mail\"]\n")?;
+        let err = Settings::from_figment(&Settings::figment(Some(Path::new("h.toml")))).unwrap_err().to_string();
+        assert!(err.contains("channels.email.providers[0]") && err.contains("mail"), "{err}");
+        Ok(())
+    });
+}
+
+#[test]
+fn smtp_cannot_carry_sms_and_password_file_is_read() {
+    Jail::expect_with(|jail| {
+        jail.create_file("pw", "s3cret\n")?;
+        jail.create_file(
+            "h.toml",
+            "[providers.m]\nkind = \"smtp\"\nhost = \"x\"\nfrom = \"a@b.cd\"\nusername = \"u\"\npassword_file = \"pw\"\n[channels.sms]\nproviders = [\"m\"]\n",
+        )?;
+        let err = Settings::from_figment(&Settings::figment(Some(Path::new("h.toml")))).unwrap_err().to_string();
+        assert!(err.contains("cannot send sms"), "{err}");
+        jail.create_file(
+            "h.toml",
+            "[providers.m]\nkind = \"smtp\"\nhost = \"x\"\nfrom = \"a@b.cd\"\nusername = \"u\"\npassword_file = \"pw\"\n",
+        )?;
+        let s = Settings::from_figment(&Settings::figment(Some(Path::new("h.toml")))).expect("valid");
+        let crate::providers::ProviderConfig::Smtp(smtp) = &s.providers["m"].vendor else { panic!("smtp") };
+        assert_eq!(smtp.password.as_ref().map(Secret::expose), Some("s3cret"));
+        Ok(())
+    });
+}
+
+#[test]
+fn provider_keys_are_checked_per_kind() {
+    Jail::expect_with(|jail| {
+        let check = |jail: &mut Jail, toml: &str| {
+            jail.create_file("h.toml", toml).expect("file");
+            Settings::from_figment(&Settings::figment(Some(Path::new("h.toml")))).map(|_| ()).map_err(|e| e.to_string())
+        };
+        let err = check(jail, "[providers.sg]\nkind = \"sendgrid\"\nfrom = \"a@b.cd\"\n").expect_err("no key");
+        assert!(err.contains("providers.sg.api_key") && err.contains("required"), "{err}");
+        let err = check(
+            jail,
+            "[providers.sg]\nkind = \"sendgrid\"\napi_key = \"k\"\nfrom = \"a@b.cd\"\naccount_sid = \"AC1\"\n",
+        )
+        .expect_err("foreign key");
+        assert!(err.contains("providers.sg.account_sid") && err.contains("not a setting of kind sendgrid"), "{err}");
+        let err = check(jail, "[providers.tw]\nkind = \"twilio\"\naccount_sid = \"AC1\"\nauth_token = \"t\"\n")
+            .expect_err("no from");
+        assert!(err.contains("providers.tw.from"), "{err}");
+        let err = check(jail, "[providers.x]\nkind = \"carrier-pigeon\"\n").expect_err("kind");
+        assert!(err.contains("providers.x.kind") || err.contains("carrier-pigeon"), "{err}");
+        let err = check(jail, "[providers.sg]\nkind = \"sendgrid\"\napi_key = \"k\"\nfrom = \"a@b.cd\"\nbase_url = \"https://x.test/v3\"\n")
+            .expect_err("path in base_url");
+        assert!(err.contains("providers.sg.base_url"), "{err}");
+        check(jail, "[providers.tw]\nkind = \"twilio\"\naccount_sid = \"AC1\"\nauth_token_file = \"tok\"\nfrom = \"+15005550006\"\n")
+            .expect_err("missing file");
+        jail.create_file("tok", "secret")?;
+        check(jail, "[providers.tw]\nkind = \"twilio\"\naccount_sid = \"AC1\"\nauth_token_file = \"tok\"\nfrom = \"+15005550006\"\nmax_per_second = 5.0\n[channels.sms]\nproviders = [\"tw\"]\n")
+            .expect("valid twilio");
+        // A bad value inside a section names its key and where it came from.
+        let err = check(jail, "[providers.m]\nkind = \"smtp\"\nhost = \"x\"\nfrom = \"a@b.cd\"\nport = \"high\"\n")
+            .expect_err("port");
+        assert!(err.contains("providers.m.port") && err.contains("TOML file"), "{err}");
+        let err = check(jail, "[providers.m]\nkind = \"log\"\ntimeout_ms = 0\n").expect_err("timeout");
+        assert!(err.contains("providers.m.timeout_ms") && err.contains("at least 1"), "{err}");
+        let err = check(jail, "[providers.sg]\nkind = \"sendgrid\"\napi_key = \"\"\nfrom = \"a@b.cd\"\n")
+            .expect_err("empty key");
+        assert!(err.contains("providers.sg.api_key") && err.contains("must not be empty"), "{err}");
+        let err = check(jail, "[providers.tw]\nkind = \"twilio\"\naccount_sid = \"AC1\"\nauth_token = \"t\"\nauth_token_file = \"tok\"\nfrom = \"+1\"\n")
+            .expect_err("both");
+        assert!(err.contains("providers.tw.auth_token_file") && err.contains("not both"), "{err}");
+        Ok(())
+    });
+}
+
+#[test]
+fn provider_keys_come_from_the_environment_too() {
+    Jail::expect_with(|jail| {
+        jail.create_file("h.toml", "[providers.sg]\nkind = \"sendgrid\"\nfrom = \"a@b.cd\"\n")?;
+        jail.set_env("HERALD__PROVIDERS__SG__API_KEY", "SG.from-env");
+        jail.set_env("HERALD__PROVIDERS__SG__TIMEOUT_MS", "1234");
+        let s = Settings::from_figment(&Settings::figment(Some(Path::new("h.toml")))).expect("valid");
+        let sg = &s.providers["sg"];
+        let crate::providers::ProviderConfig::Sendgrid(c) = &sg.vendor else { panic!("sendgrid") };
+        assert_eq!((c.api_key.expose(), sg.common.timeout_ms), ("SG.from-env", 1234));
+        jail.set_env("HERALD__PROVIDERS__SG__BASE_URL", "https://x.test/v3");
+        let err = Settings::from_figment(&Settings::figment(Some(Path::new("h.toml")))).unwrap_err().to_string();
+        assert!(err.contains("providers.sg.base_url") && err.contains("HERALD__"), "{err}");
+        Ok(())
+    });
+}
+
+#[test]
+fn an_e164_sender_from_the_environment_keeps_its_plus() {
+    Jail::expect_with(|jail| {
+        // An E.164 sender keeps its `+` (figment alone reads it as a number).
+        jail.create_file(
+            "t.toml",
+            "[providers.tw]\nkind = \"twilio\"\naccount_sid = \"AC1\"\nauth_token = \"t\"\nfrom = \"x\"\n",
+        )?;
+        jail.set_env("HERALD__PROVIDERS__TW__FROM", "+15005550006");
+        let s = Settings::from_figment(&Settings::figment(Some(Path::new("t.toml")))).expect("valid");
+        let crate::providers::ProviderConfig::Twilio(tw) = &s.providers["tw"].vendor else { panic!("twilio") };
+        assert_eq!(tw.from.as_ref().map(crate::providers::settings::NonEmpty::as_str), Some("+15005550006"));
+        Ok(())
+    });
+}
+
+#[test]
+fn typos_in_keys_are_refused() {
+    Jail::expect_with(|jail| {
+        jail.create_file("h.toml", "[dispatch]\nconcurency = 4\n")?;
+        let err = Settings::from_figment(&Settings::figment(Some(Path::new("h.toml")))).unwrap_err().to_string();
+        assert!(err.contains("concurency"), "{err}");
+        Ok(())
+    });
+}

@@ -222,7 +222,7 @@ pub async fn run(mut settings: Settings, throwaway_db: bool) -> Result<(), AppEr
         // A dev tenant from before per-tenant secrets: give it one.
         None if !shared => {
             let s = crate::domain::webhook::new_signing_secret();
-            keys::set_tenant(&mut conn, DEV_TENANT, None, Some(&s)).await?;
+            keys::set_tenant(&mut conn, DEV_TENANT, None, Some(&s), None).await?;
             Some(s)
         }
         None => None,

@@ -107,6 +107,10 @@ enum TenantsCmd {
         /// Replace the tenant's signing secret with a new one, printed once.
         #[arg(long)]
         rotate_signing_secret: bool,
+        /// The tenant's API request limit per second, over every replica (0: none); without
+        /// it the tenant has `limits.requests_per_second`.
+        #[arg(long, value_name = "N")]
+        requests_per_second: Option<u32>,
     },
 }
 
@@ -214,7 +218,13 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Tenants(TenantsCmd::Set { tenant, callback_url, signing_secret, rotate_signing_secret }) => {
+        Cmd::Tenants(TenantsCmd::Set {
+            tenant,
+            callback_url,
+            signing_secret,
+            rotate_signing_secret,
+            requests_per_second,
+        }) => {
             name_arg(tenant)?;
             let app = connected(&cli).await?;
             if let Some(u) = callback_url {
@@ -233,7 +243,7 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
                 _ => None,
             };
             let secret = signing_secret.as_deref().or(rotated.as_deref());
-            let id = keys::set_tenant(&mut conn, tenant, callback_url.as_deref(), secret).await?;
+            let id = keys::set_tenant(&mut conn, tenant, callback_url.as_deref(), secret, *requests_per_second).await?;
             let shown = rotated.or(created);
             println!("tenant {tenant} ({id}) updated");
             if let Some(s) = shown {

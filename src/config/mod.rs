@@ -49,6 +49,7 @@ pub struct Settings {
     pub receipts: ReceiptSettings,
     pub retention: RetentionSettings,
     pub metrics: MetricsSettings,
+    pub limits: LimitSettings,
     pub tracing: TracingSettings,
     pub lambda: LambdaSettings,
     pub log: LogSettings,
@@ -194,6 +195,13 @@ pub struct MetricsSettings {
     /// Bearer token `GET /metrics` asks for; empty: none.
     pub token: Secret,
     pub refresh_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    /// API requests per second per tenant; 0: none.
+    pub requests_per_second: u32,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -31,16 +31,40 @@ impl FromRequestParts<AppState> for Caller {
             _ => return Err(ApiError::unauthorized("use the Bearer scheme: `Authorization: Bearer <key>`")),
         };
         let hash = keys::hash_key(key);
-        if let Some(caller) = state.keys.get(&hash) {
-            return Ok(caller);
-        }
-        let mut conn = state.pool.acquire().await.map_err(crate::store::StoreError::from)?;
-        let caller = keys::authenticate(&mut conn, key)
-            .await?
-            .ok_or_else(|| ApiError::unauthorized("the API key is unknown or revoked"))?;
-        state.keys.put(hash, caller.clone());
+        let caller = match state.keys.get(&hash) {
+            Some(caller) => caller,
+            None => {
+                let mut conn = state.pool.acquire().await.map_err(crate::store::StoreError::from)?;
+                let caller = keys::authenticate(&mut conn, key)
+                    .await?
+                    .ok_or_else(|| ApiError::unauthorized("the API key is unknown or revoked"))?;
+                state.keys.put(hash, caller.clone());
+                caller
+            }
+        };
+        limit_requests(state, &caller).await?;
         Ok(caller)
     }
+}
+
+/// The tenant's request limit, when one applies: its own, else `limits.requests_per_second`.
+async fn limit_requests(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
+    let limit = caller.requests_per_second.unwrap_or(state.settings.limits.requests_per_second);
+    if limit == 0 {
+        return Ok(());
+    }
+    let count = crate::store::limits::count_request(&state.pool, caller.tenant_id).await?;
+    if count > i64::from(limit) {
+        let mut e = ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "rate-limited",
+            "Too many requests",
+            format!("tenant {} may make {limit} requests a second; try again in a second", caller.tenant),
+        );
+        e.headers.push((header::RETRY_AFTER, axum::http::HeaderValue::from_static("1")));
+        return Err(e);
+    }
+    Ok(())
 }
 
 /// Recently verified keys, by SHA-256.

@@ -90,6 +90,12 @@ pub(super) const PROBLEMS: &[(&str, u16, &str, &str)] = &[
     ("not-found", 404, "Not found", "No such resource, or not one this key's tenant can see."),
     ("method-not-allowed", 405, "Method not allowed", "This path does not take that method."),
     (
+        "rate-limited",
+        429,
+        "Too many requests",
+        "The tenant is over its request limit (`limits.requests_per_second`, or its own). Retry after `Retry-After`.",
+    ),
+    (
         "headers-too-large",
         431,
         "Request headers too large",
@@ -224,6 +230,7 @@ mod tests {
             "not-found",
             "method-not-allowed",
             "headers-too-large",
+            "rate-limited",
             "idempotency-conflict",
             "not-cancellable",
             "not-retryable",

@@ -47,6 +47,9 @@ pub struct Caller {
     pub tenant_signs: bool,
     /// The tenant has a default callback URL.
     pub tenant_callback: bool,
+    /// The tenant's own request rate limit (`tenants set --requests-per-second`; 0: none);
+    /// `None`: `limits.requests_per_second`.
+    pub requests_per_second: Option<u32>,
 }
 
 impl Caller {
@@ -155,15 +158,18 @@ pub async fn set_tenant(
     name: &str,
     callback_url: Option<&str>,
     signing_secret: Option<&str>,
+    requests_per_second: Option<u32>,
 ) -> StoreResult<TenantId> {
     let id = ensure_tenant(conn, name).await?;
     sqlx::query(
-        "UPDATE tenants SET callback_url = coalesce($2, callback_url), signing_secret = coalesce($3, signing_secret)
+        "UPDATE tenants SET callback_url = coalesce($2, callback_url), signing_secret = coalesce($3, signing_secret),
+                            requests_per_second = coalesce($4, requests_per_second)
          WHERE id = $1",
     )
     .bind(id.as_uuid())
     .bind(callback_url)
     .bind(signing_secret)
+    .bind(requests_per_second.map(|n| i32::try_from(n).unwrap_or(i32::MAX)))
     .execute(conn)
     .await?;
     Ok(id)
@@ -227,7 +233,7 @@ pub async fn revoke_key(conn: &mut PgConnection, id: ApiKeyId) -> StoreResult<bo
 pub async fn authenticate(conn: &mut PgConnection, presented: &str) -> StoreResult<Option<Caller>> {
     let row = sqlx::query(
         "SELECT k.id, k.tenant_id, k.scopes, t.name, t.signing_secret IS NOT NULL AS signs,
-                t.callback_url IS NOT NULL AS callback
+                t.callback_url IS NOT NULL AS callback, t.requests_per_second
          FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
          WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
     )
@@ -243,5 +249,6 @@ pub async fn authenticate(conn: &mut PgConnection, presented: &str) -> StoreResu
         tenant: r.try_get("name")?,
         tenant_signs: r.try_get("signs")?,
         tenant_callback: r.try_get("callback")?,
+        requests_per_second: r.try_get::<Option<i32>, _>("requests_per_second")?.and_then(|n| u32::try_from(n).ok()),
     }))
 }

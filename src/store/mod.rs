@@ -8,6 +8,7 @@
 
 pub mod ingest;
 pub mod keys;
+pub mod limits;
 pub mod notifications;
 pub mod receipts;
 pub mod retention;

@@ -354,3 +354,48 @@ async fn a_tenant_sees_nothing_of_another_on_any_endpoint() {
     assert_eq!(t.notification(&mine, &id).await["status"], "scheduled");
     assert_eq!(t.get(&mine, "/v1/suppressions").await.body["items"].as_array().map(Vec::len), Some(1));
 }
+
+/// A tenant's request limit holds across replicas (the count is in PostgreSQL): two API
+/// processes' worth of state (two apps, one database) share it. Over the limit a request is
+/// a 429 problem with `Retry-After`; another tenant is not affected, and a tenant's own limit
+/// (0: none) overrides the default.
+#[tokio::test]
+async fn request_limits_hold_across_replicas() {
+    let t = TestApp::spawn_with(|s| s.limits.requests_per_second = 5).await;
+    // A second replica: its own pools, key cache and router, on the same database.
+    let other = herald::app::App::build(t.app.settings.as_ref().clone()).expect("second app");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let other_addr = format!("http://{}", listener.local_addr().expect("addr"));
+    let router = herald::http::router(other.state());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+
+    let key = t.key("acme", &[Scope::Send, Scope::Read]).await;
+    let (mut statuses, mut seconds) = (Vec::new(), std::collections::BTreeSet::new());
+    for i in 0..16 {
+        let base = if i % 2 == 0 { &t.addr } else { &other_addr };
+        seconds.insert(time::OffsetDateTime::now_utc().unix_timestamp());
+        let r = t.client.get(format!("{base}/v1/notifications?limit=1")).bearer_auth(&key).send().await.expect("get");
+        if r.status() == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(r.headers()["retry-after"], "1");
+            let body: Value = r.json().await.expect("problem");
+            assert!(body["type"].as_str().is_some_and(|k| k.ends_with("/rate-limited")), "{body}");
+            statuses.push(429);
+        } else {
+            assert_eq!(r.status(), StatusCode::OK);
+            statuses.push(200);
+        }
+        seconds.insert(time::OffsetDateTime::now_utc().unix_timestamp());
+    }
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    assert!(ok <= 5 * seconds.len(), "{ok} allowed over {} second(s): {statuses:?}", seconds.len());
+    assert!(statuses.contains(&429), "{statuses:?}");
+
+    // Another tenant has its own count; a tenant of its own limit 0 has none.
+    let theirs = t.key("globex", &[Scope::Read]).await;
+    let mut conn = t.pool().acquire().await.expect("conn");
+    herald::store::keys::set_tenant(&mut conn, "globex", None, None, Some(0)).await.expect("set");
+    drop(conn);
+    for _ in 0..12 {
+        assert_eq!(t.get(&theirs, "/v1/notifications?limit=1").await.status, StatusCode::OK);
+    }
+}

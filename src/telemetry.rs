@@ -19,6 +19,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use crate::config::{LogFormat, Settings};
+use crate::domain::trace::TraceParent;
 
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 
@@ -90,8 +91,19 @@ pub fn shutdown() {
     }
 }
 
+/// Put `span` (declared with an empty `trace_id` field) in the trace of a stored W3C
+/// `traceparent`, when it is a valid one: the trace id on its log lines, and its parent when
+/// spans are exported.
+pub fn join_trace(span: &tracing::Span, traceparent: Option<&str>) {
+    let Some((raw, trace)) = traceparent.and_then(|t| TraceParent::parse(t).map(|p| (t, p))) else {
+        return;
+    };
+    span.record("trace_id", trace.trace_id());
+    continue_trace(span, raw);
+}
+
 /// Make `span` part of the trace of a W3C `traceparent` (no effect when nothing exports).
-pub fn continue_trace(span: &tracing::Span, traceparent: &str) {
+fn continue_trace(span: &tracing::Span, traceparent: &str) {
     if PROVIDER.get().is_none() {
         return;
     }

@@ -63,14 +63,10 @@ impl Dispatcher {
     /// One job: decide, send, record. Never panics out: a panic in a provider is caught and the
     /// job is retried like a transient failure.
     pub(super) async fn process(&self, job: ClaimedJob, deadline: Option<Instant>) -> Outcome {
-        // The trace id of the request that created it: one trace from accept to receipt.
-        let trace = job.traceparent.as_deref().and_then(TraceParent::parse);
-        let trace_id = trace.as_ref().map_or("", TraceParent::trace_id).to_owned();
+        // In the trace of the request that created it: one trace from accept to receipt.
         let span = info_span!("dispatch", notification.id = %job.notification_id, attempt = job.attempt,
-                              channel = %job.channel, trace_id = %trace_id);
-        if let Some(t) = &trace {
-            crate::telemetry::continue_trace(&span, &t.to_string());
-        }
+                              channel = %job.channel, trace_id = tracing::field::Empty);
+        crate::telemetry::join_trace(&span, job.traceparent.as_deref());
         let lease = job.lease();
         let attempt = job.attempt;
         let max_attempts = job.max_attempts;
@@ -151,10 +147,10 @@ impl Dispatcher {
             },
         };
         let limit = route.timeout.min(budget_end.saturating_duration_since(Instant::now()));
-        // Exported spans: the call continues this span; else a new span id in the same trace.
-        if let Some(tp) = crate::telemetry::traceparent_of(&tracing::Span::current()) {
-            message.traceparent = Some(tp);
-        }
+        // The call's own context: this span's when spans are exported, else a new span id in
+        // the notification's trace.
+        message.traceparent = crate::telemetry::traceparent_of(&tracing::Span::current())
+            .or_else(|| job.traceparent.as_deref().and_then(TraceParent::parse).map(|t| t.child().to_string()));
         let called = Instant::now();
         let result = match tokio::time::timeout(limit, provider.send(&message)).await {
             Ok(r) => r,
@@ -227,7 +223,7 @@ fn outbound(job: &ClaimedJob) -> Result<OutboundMessage, String> {
         expires_at: job.expires_at,
         metadata: job.metadata.clone(),
         tags: job.tags.clone(),
-        // A span of its own for this provider call, in the notification's trace.
-        traceparent: job.traceparent.as_deref().and_then(TraceParent::parse).map(|t| t.child().to_string()),
+        // Set when the provider is called (`process_inner`).
+        traceparent: None,
     })
 }

@@ -114,12 +114,10 @@ pub fn router(state: AppState) -> Router {
                     .make_span_with(|req: &Request<_>| {
                         let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
                         // The path only: query strings can carry recipients.
-                        let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id);
-                        if let Some(tp) = req.headers().get("traceparent").and_then(|v| v.to_str().ok())
-                            && crate::domain::trace::TraceParent::parse(tp).is_some()
-                        {
-                            crate::telemetry::continue_trace(&span, tp);
-                        }
+                        let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(),
+                                                       request_id = %id, trace_id = tracing::field::Empty);
+                        let traceparent = req.headers().get("traceparent").and_then(|v| v.to_str().ok());
+                        crate::telemetry::join_trace(&span, traceparent);
                         span
                     })
                     .on_response(DefaultOnResponse::new().level(Level::DEBUG)),

@@ -14,7 +14,6 @@ use tracing::{info, info_span, warn};
 
 use super::AppState;
 use super::problem::ApiError;
-use crate::domain::trace::TraceParent;
 use crate::metrics;
 use crate::receipts::{Incoming, ReceiptContext, ReceiptError, Verified};
 use crate::store::receipts::{self as store, ReceiptOutcome};
@@ -83,12 +82,8 @@ pub(super) async fn receive(
             }
             ReceiptOutcome::Recorded { changed, traceparent } => {
                 // In the notification's trace: accept, attempts and this receipt in one view.
-                let trace = traceparent.as_deref().and_then(TraceParent::parse);
-                let trace_id = trace.as_ref().map_or("", TraceParent::trace_id);
-                let span = info_span!("receipt", provider = %name, trace_id = %trace_id);
-                if let Some(t) = &traceparent {
-                    crate::telemetry::continue_trace(&span, t);
-                }
+                let span = info_span!("receipt", provider = %name, trace_id = tracing::field::Empty);
+                crate::telemetry::join_trace(&span, traceparent.as_deref());
                 span.in_scope(|| info!(provider_status = %r.provider_status, changed, "receipt applied"));
                 applied += 1;
             }

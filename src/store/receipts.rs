@@ -5,7 +5,6 @@
 //! notification are kept as unmatched, and receipts that come before their send is recorded
 //! are applied when it is.
 
-use crate::domain::trace::TraceParent;
 use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool, Row};
 
@@ -21,7 +20,8 @@ pub enum ReceiptOutcome {
     /// No notification has that id or provider message id.
     Unmatched,
     /// Recorded in the timeline; `changed` when it moved the status.
-    /// `traceparent`: the one the notification was created with, to continue its trace.
+    /// `traceparent`: the one the notification was created with (as stored), to continue its
+    /// trace.
     Recorded { changed: bool, traceparent: Option<String> },
     /// Its notification's send is not recorded yet: kept, and applied when it is.
     Held,
@@ -112,7 +112,7 @@ pub async fn apply(pool: &PgPool, provider: &str, r: &Receipt) -> StoreResult<Re
         super::suppressions::add(&mut tx, n.tenant, channel, &n.recipient_key, reason, provider).await?;
     }
     tx.commit().await?;
-    let traceparent = n.traceparent.filter(|t| TraceParent::parse(t).is_some());
+    let traceparent = n.traceparent;
     Ok(if held { ReceiptOutcome::Held } else { ReceiptOutcome::Recorded { changed, traceparent } })
 }
 

@@ -34,6 +34,10 @@ pub struct NotificationView {
     /// As sent: an address, a number or a push target.
     to: Value,
     content: Value,
+    /// When the content was rendered from a template: which one, and the variant used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::domain::template::TemplateUse>)]
+    template: Option<Value>,
     #[schema(value_type = crate::domain::Priority)]
     priority: &'static str,
     tags: Vec<String>,
@@ -89,6 +93,7 @@ impl NotificationView {
             channel: r.channel,
             to: r.to,
             content: r.content,
+            template: r.template,
             priority: r.priority.as_str(),
             tags: r.tags,
             metadata: r.metadata,

@@ -3,12 +3,14 @@
 //! and `store` persists them.
 
 pub mod channel;
+pub mod content;
 pub mod ids;
 pub mod notification;
 pub mod recipient;
 pub mod retry;
 pub mod sms;
 pub mod status;
+pub mod template;
 pub mod tenant;
 pub mod trace;
 pub mod webhook;

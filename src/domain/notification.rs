@@ -1,7 +1,6 @@
 //! A notification as a caller asks for it: `NewNotification::parse` turns a request body into
 //! a well-formed value or a list of every problem found, each addressed by a JSON Pointer.
-
-use std::collections::BTreeMap;
+//! Content is given as is or rendered from a template (looked up beforehand, in a `Book`).
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -10,7 +9,10 @@ use time::format_description::well_known::Rfc3339;
 
 use super::FieldError;
 use super::channel::Channel;
-use super::recipient::{EmailAddress, Recipient, check_endpoint};
+use super::content::{self, Errors, escape};
+pub use super::content::{Content, EmailContent, PushContent, SmsContent, parse_mailbox};
+use super::recipient::{Recipient, check_endpoint};
+use super::template::{self, Book, TemplateUse};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -46,56 +48,6 @@ impl Priority {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EmailContent {
-    pub subject: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub text: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub html: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub from: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reply_to: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unsubscribe_url: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SmsContent {
-    pub text: String,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PushContent {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub title: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub data: BTreeMap<String, String>,
-}
-
-/// What to send, by channel. Serialized (untagged) as the `content` object of the API.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(untagged)]
-pub enum Content {
-    Email(EmailContent),
-    Sms(SmsContent),
-    Push(PushContent),
-}
-
-impl Content {
-    /// Read back stored content for a known channel.
-    pub fn from_stored(channel: Channel, value: Value) -> Result<Content, serde_json::Error> {
-        Ok(match channel {
-            Channel::Email => Content::Email(serde_json::from_value(value)?),
-            Channel::Sms => Content::Sms(serde_json::from_value(value)?),
-            Channel::Push => Content::Push(serde_json::from_value(value)?),
-        })
-    }
-}
-
 #[derive(Clone, Debug, PartialEq)]
 pub struct NewNotification {
     pub channel: Channel,
@@ -107,11 +59,14 @@ pub struct NewNotification {
     pub tags: Vec<String>,
     pub metadata: Map<String, Value>,
     pub callback_url: Option<String>,
+    /// The template the content was rendered from.
+    pub template: Option<TemplateUse>,
 }
 
-/// Limits and switches that parsing needs from configuration.
+/// Limits and switches that parsing needs from configuration, and the templates the request
+/// refers to.
 #[derive(Clone, Copy, Debug)]
-pub struct ParseOptions {
+pub struct ParseOptions<'a> {
     pub now: OffsetDateTime,
     pub allow_private_push: bool,
     pub allow_private_callbacks: bool,
@@ -119,26 +74,34 @@ pub struct ParseOptions {
     pub sms_region: Option<phonenumber::country::Id>,
     /// `channels.sms.max_segments`: longer texts are refused.
     pub sms_max_segments: Option<u32>,
+    pub templates: &'a Book,
 }
 
-const TOP_LEVEL: [&str; 10] =
-    ["channel", "to", "content", "template", "send_at", "expires_at", "priority", "tags", "metadata", "callback_url"];
-const MAX_TAGS: usize = 20;
-const MAX_TAG_LEN: usize = 100;
-const MAX_METADATA_BYTES: usize = 8 * 1024;
-const MAX_SUBJECT_LEN: usize = 998;
-const MAX_SMS_LEN: usize = 1600;
-
-struct Errors(Vec<FieldError>);
-
-impl Errors {
-    fn add(&mut self, pointer: impl Into<String>, detail: impl Into<String>) {
-        self.0.push(FieldError::new(pointer, detail));
+impl ParseOptions<'_> {
+    fn rules(&self) -> content::Rules {
+        content::Rules { allow_private_links: self.allow_private_callbacks, sms_max_segments: self.sms_max_segments }
     }
 }
 
+const TOP_LEVEL: [&str; 11] = [
+    "channel",
+    "to",
+    "content",
+    "template",
+    "locale",
+    "send_at",
+    "expires_at",
+    "priority",
+    "tags",
+    "metadata",
+    "callback_url",
+];
+const MAX_TAGS: usize = 20;
+const MAX_TAG_LEN: usize = 100;
+const MAX_METADATA_BYTES: usize = 8 * 1024;
+
 impl NewNotification {
-    pub fn parse(body: &Value, opts: ParseOptions) -> Result<Self, Vec<FieldError>> {
+    pub fn parse(body: &Value, opts: ParseOptions<'_>) -> Result<Self, Vec<FieldError>> {
         let mut errs = Errors(Vec::new());
         let Some(obj) = body.as_object() else {
             return Err(vec![FieldError::new("", "the body must be a JSON object")]);
@@ -190,20 +153,35 @@ impl NewNotification {
             },
         };
 
+        let locale = match obj.get("locale") {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(l)) if template::valid_locale(l) => Ok(Some(l.as_str())),
+            Some(_) => {
+                errs.add("/locale", "must be a BCP 47 tag such as en or pt-BR");
+                Err(())
+            }
+        };
+        let mut template_use = None;
         let content = match (obj.get("content"), obj.get("template")) {
             (Some(_), Some(_)) => {
                 errs.add("/template", "give exactly one of content and template");
                 None
             }
-            (None, Some(_)) => {
-                errs.add("/template", "templates are not available in this version of Herald; send content");
-                None
-            }
+            (None, Some(t)) => match (channel, locale) {
+                (Some(ch), Ok(locale)) => match from_template(ch, t, locale, opts, &mut errs) {
+                    Some((content, used)) => {
+                        template_use = Some(used);
+                        Some(content)
+                    }
+                    None => None,
+                },
+                _ => None,
+            },
             (None, None) => {
                 errs.add("/content", "is required");
                 None
             }
-            (Some(v), None) => channel.and_then(|ch| parse_content(ch, v, opts, &mut errs)),
+            (Some(v), None) => channel.and_then(|ch| content::parse_into(ch, v, opts.rules(), &mut errs)),
         };
 
         let send_at = parse_time(obj, "send_at", &mut errs);
@@ -284,15 +262,92 @@ impl NewNotification {
                 tags,
                 metadata,
                 callback_url,
+                template: template_use,
             }),
             _ => Err(errs.0),
         }
     }
 }
 
-/// Escape a key for use in a JSON Pointer (RFC 6901 §3).
-fn escape(key: &str) -> String {
-    key.replace('~', "~0").replace('/', "~1")
+/// Render `{"template": {"name", "version", "data"}}` for `channel` and check the result as
+/// content. Problems of the rendered content are the template's, so they point at `/template`.
+fn from_template(
+    channel: Channel,
+    t: &Value,
+    locale: Option<&str>,
+    opts: ParseOptions<'_>,
+    errs: &mut Errors,
+) -> Option<(Content, TemplateUse)> {
+    let Some(obj) = t.as_object() else {
+        errs.add("/template", "must be an object: {\"name\": \"welcome\", \"version\": 3, \"data\": {…}}");
+        return None;
+    };
+    let before = errs.0.len();
+    for key in obj.keys().filter(|k| !["name", "version", "data"].contains(&k.as_str())) {
+        errs.add(format!("/template/{}", escape(key)), "unknown field");
+    }
+    let name = match obj.get("name") {
+        Some(Value::String(n)) if template::valid_name(n) => Some(n.as_str()),
+        Some(_) => {
+            errs.add("/template/name", "must be a template name (letters, digits, `.`, `_`, `-`)");
+            None
+        }
+        None => {
+            errs.add("/template/name", "is required");
+            None
+        }
+    };
+    let version = match obj.get("version") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_i64().and_then(|v| i32::try_from(v).ok()).filter(|v| *v > 0) {
+            Some(v) => Some(v),
+            None => {
+                errs.add("/template/version", "must be a positive integer");
+                None
+            }
+        },
+    };
+    let empty = Map::new();
+    let data = match obj.get("data") {
+        None | Some(Value::Null) => &empty,
+        Some(Value::Object(m)) => m,
+        Some(_) => {
+            errs.add("/template/data", "must be an object");
+            &empty
+        }
+    };
+    let name = name.filter(|_| errs.0.len() == before)?;
+    let Some(found) = opts.templates.get(name, version) else {
+        match version {
+            Some(v) => errs.add("/template/version", format!("template `{name}` has no version {v}")),
+            None => errs.add("/template/name", format!("no template named `{name}`")),
+        }
+        return None;
+    };
+    let Some((variant, parts)) = found.template.part_for(channel, locale) else {
+        errs.add("/template", format!("template `{name}` version {} has no {channel} part", found.version));
+        return None;
+    };
+    let rendered = match template::render(parts, channel, data, "/template/data") {
+        Ok(r) => r,
+        Err(e) => {
+            errs.0.push(e);
+            return None;
+        }
+    };
+    match content::parse(channel, &rendered, opts.rules()) {
+        Ok(c) => {
+            Some((c, TemplateUse { name: name.to_owned(), version: found.version, locale: variant.map(str::to_owned) }))
+        }
+        Err(problems) => {
+            for p in problems {
+                let field = p.pointer.strip_prefix("/content").unwrap_or(&p.pointer);
+                let field = if field.is_empty() { String::new() } else { format!(" {}", &field[1..]) };
+                errs.add("/template", format!("the rendered {channel}{field} {}", p.detail));
+            }
+            None
+        }
+    }
 }
 
 fn parse_time(obj: &Map<String, Value>, key: &str, errs: &mut Errors) -> Option<OffsetDateTime> {
@@ -312,159 +367,23 @@ fn parse_time(obj: &Map<String, Value>, key: &str, errs: &mut Errors) -> Option<
     }
 }
 
-fn opt_string(obj: &Map<String, Value>, key: &str, errs: &mut Errors) -> Option<String> {
-    match obj.get(key) {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => {
-            errs.add(format!("/content/{key}"), "must be a string");
-            None
-        }
-    }
-}
-
-fn parse_content(channel: Channel, v: &Value, opts: ParseOptions, errs: &mut Errors) -> Option<Content> {
-    let Some(obj) = v.as_object() else {
-        errs.add("/content", "must be an object");
-        return None;
-    };
-    let allowed: &[&str] = match channel {
-        Channel::Email => &["subject", "text", "html", "from", "reply_to", "unsubscribe_url"],
-        Channel::Sms => &["text"],
-        Channel::Push => &["title", "body", "data"],
-    };
-    let before = errs.0.len();
-    for key in obj.keys() {
-        if !allowed.contains(&key.as_str()) {
-            errs.add(format!("/content/{}", escape(key)), format!("unknown field for the {channel} channel"));
-        }
-    }
-    let content = match channel {
-        Channel::Email => {
-            let subject = opt_string(obj, "subject", errs);
-            match &subject {
-                None => errs.add("/content/subject", "is required for email"),
-                Some(s) if s.trim().is_empty() => errs.add("/content/subject", "must not be empty"),
-                Some(s) if s.contains(['\r', '\n']) => errs.add("/content/subject", "must be one line"),
-                Some(s) if s.len() > MAX_SUBJECT_LEN => errs.add("/content/subject", "is too long"),
-                _ => {}
-            }
-            let text = opt_string(obj, "text", errs);
-            let html = opt_string(obj, "html", errs);
-            if text.as_deref().is_none_or(str::is_empty) && html.as_deref().is_none_or(str::is_empty) {
-                errs.add("/content", "email needs text and/or html");
-            }
-            let from = opt_string(obj, "from", errs);
-            if let Some(f) = &from
-                && let Err(d) = parse_mailbox(f)
-            {
-                errs.add("/content/from", d);
-            }
-            let reply_to = opt_string(obj, "reply_to", errs);
-            if let Some(r) = &reply_to
-                && let Err(d) = parse_mailbox(r)
-            {
-                errs.add("/content/reply_to", d);
-            }
-            let unsubscribe_url = opt_string(obj, "unsubscribe_url", errs);
-            if let Some(u) = &unsubscribe_url {
-                // RFC 8058 one-click unsubscribe requires https.
-                if let Err(d) = check_endpoint(u, opts.allow_private_callbacks) {
-                    errs.add("/content/unsubscribe_url", d);
-                }
-            }
-            Content::Email(EmailContent {
-                subject: subject.unwrap_or_default(),
-                text,
-                html,
-                from,
-                reply_to,
-                unsubscribe_url,
-            })
-        }
-        Channel::Sms => {
-            let text = opt_string(obj, "text", errs);
-            match &text {
-                None => errs.add("/content/text", "is required for sms"),
-                Some(t) if t.trim().is_empty() => errs.add("/content/text", "must not be empty"),
-                Some(t) if t.chars().count() > MAX_SMS_LEN => {
-                    errs.add("/content/text", format!("at most {MAX_SMS_LEN} characters"));
-                }
-                Some(t) => {
-                    let s = super::sms::segments(t);
-                    if let Some(max) = opts.sms_max_segments
-                        && s.segments > max
-                    {
-                        let why = match s.encoding {
-                            super::sms::Encoding::Gsm7 => "GSM-7".to_owned(),
-                            super::sms::Encoding::Ucs2 => {
-                                let chars: String = s.ucs2_characters.iter().take(5).collect();
-                                format!("UCS-2, because of {chars:?}")
-                            }
-                        };
-                        errs.add(
-                            "/content/text",
-                            format!("takes {} segments ({why}); channels.sms.max_segments allows {max}", s.segments),
-                        );
-                    }
-                }
-            }
-            Content::Sms(SmsContent { text: text.unwrap_or_default() })
-        }
-        Channel::Push => {
-            let title = opt_string(obj, "title", errs);
-            let body = opt_string(obj, "body", errs);
-            if title.as_deref().is_none_or(str::is_empty) && body.as_deref().is_none_or(str::is_empty) {
-                errs.add("/content", "push needs a title and/or a body");
-            }
-            let mut data = BTreeMap::new();
-            match obj.get("data") {
-                None | Some(Value::Null) => {}
-                Some(Value::Object(m)) => {
-                    for (k, v) in m {
-                        match v.as_str() {
-                            Some(s) => {
-                                data.insert(k.clone(), s.to_owned());
-                            }
-                            None => errs.add(format!("/content/data/{}", escape(k)), "values must be strings"),
-                        }
-                    }
-                }
-                Some(_) => errs.add("/content/data", "must be an object of strings"),
-            }
-            Content::Push(PushContent { title, body, data })
-        }
-    };
-    (errs.0.len() == before).then_some(content)
-}
-
-/// Accept `addr@example.com` or `Display Name <addr@example.com>`.
-pub fn parse_mailbox(raw: &str) -> Result<EmailAddress, String> {
-    let addr = match (raw.find('<'), raw.rfind('>')) {
-        (Some(open), Some(close)) if open < close && close == raw.trim_end().len() - 1 => &raw[open + 1..close],
-        (None, None) => raw,
-        _ => return Err("expected addr@example.com or Name <addr@example.com>".into()),
-    };
-    if raw.contains(['\r', '\n']) {
-        return Err("must be one line".into());
-    }
-    EmailAddress::parse(addr)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
-    fn opts() -> ParseOptions {
+    fn opts() -> ParseOptions<'static> {
         ParseOptions {
             now: OffsetDateTime::now_utc(),
             allow_private_push: false,
             allow_private_callbacks: false,
             sms_region: None,
             sms_max_segments: None,
+            templates: &NO_TEMPLATES,
         }
     }
+
+    static NO_TEMPLATES: std::sync::LazyLock<Book> = std::sync::LazyLock::new(Book::default);
 
     fn pointers(body: &Value) -> Vec<String> {
         NewNotification::parse(body, opts()).unwrap_err().into_iter().map(|e| e.pointer).collect()

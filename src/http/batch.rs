@@ -13,10 +13,11 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::auth::require;
 use super::notifications::{
-    idempotency_header, json_body, key_conflict, prepare, request_hash, traceparent, valid_key,
+    idempotency_header, json_body, key_conflict, prepare, request_hash, templates_for, traceparent, valid_key,
 };
 use super::problem::ApiError;
 use crate::domain::FieldError;
+use crate::domain::template::Book;
 use crate::store::ingest::{self, Accepted, Submission};
 use crate::store::keys::{Caller, Scope};
 
@@ -64,10 +65,11 @@ pub(super) async fn create(
     }
 
     // Validate every item; `submissions` holds the valid ones, `indices` where they came from.
+    let templates = templates_for(&state, &caller, items.iter()).await?;
     let mut results: Vec<Option<Value>> = vec![None; items.len()];
     let (mut indices, mut submissions) = (Vec::with_capacity(items.len()), Vec::with_capacity(items.len()));
     for (index, mut item) in items.into_iter().enumerate() {
-        let refused = match item_submission(&state, &caller, index, &mut item, batch_key.as_deref()) {
+        let refused = match item_submission(&state, &caller, index, &mut item, batch_key.as_deref(), &templates) {
             Ok(mut s) => {
                 s.traceparent = traceparent(&headers);
                 indices.push(index);
@@ -104,6 +106,7 @@ fn item_submission(
     index: usize,
     item: &mut Value,
     batch_key: Option<&str>,
+    templates: &Book,
 ) -> Result<Submission, Box<(ApiError, Option<String>)>> {
     let at = |e: FieldError| FieldError::new(format!("/notifications/{index}{}", e.pointer), e.detail);
     let own_key = match item.as_object_mut().and_then(|o| o.remove("idempotency_key")) {
@@ -129,7 +132,7 @@ fn item_submission(
         }
         (None, None) => None,
     };
-    prepare(state, caller, item, key.clone())
+    prepare(state, caller, item, key.clone(), templates)
         .map_err(|errs| Box::new((ApiError::validation(errs.into_iter().map(at).collect()), key)))
 }
 

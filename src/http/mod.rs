@@ -12,6 +12,7 @@ pub mod problem;
 mod schemas;
 mod stats;
 mod suppressions;
+mod templates;
 mod webhooks;
 
 use std::sync::Arc;
@@ -81,6 +82,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/notifications/{id}", get(notifications::get))
         .route("/v1/notifications/{id}/cancel", post(notifications::cancel))
         .route("/v1/notifications/{id}/retry", post(notifications::retry))
+        .route("/v1/templates", get(templates::list))
+        .route("/v1/templates/{name}", get(templates::get).put(templates::put))
+        .route("/v1/templates/{name}/preview", post(templates::preview))
         .route("/v1/stats", get(stats::get))
         .route("/v1/suppressions", get(suppressions::list).post(suppressions::create))
         .route("/v1/suppressions/{channel}/{recipient}", axum::routing::delete(suppressions::delete))

@@ -20,6 +20,7 @@ use super::auth::require;
 use super::problem::ApiError;
 use crate::domain::notification::ParseOptions;
 use crate::domain::recipient::recipient_key;
+use crate::domain::template::Book;
 use crate::domain::{Channel, FieldError, NewNotification, NotificationId, Status, TenantId};
 use crate::store::ingest::{self, Accepted, Submission};
 use crate::store::keys::{Caller, Scope};
@@ -130,6 +131,7 @@ pub(super) fn prepare(
     caller: &Caller,
     value: &Value,
     key: Option<String>,
+    templates: &Book,
 ) -> Result<Submission, Vec<FieldError>> {
     let settings = &state.settings;
     let opts = ParseOptions {
@@ -142,6 +144,7 @@ pub(super) fn prepare(
         allow_private_callbacks: settings.callbacks.allow_private_networks,
         sms_region: settings.channels.sms.default_region.as_deref().and_then(crate::domain::sms::region),
         sms_max_segments: settings.channels.sms.max_segments,
+        templates,
     };
     let n = NewNotification::parse(value, opts)?;
     // A callback that cannot be signed would fail on its first attempt, seen only in the
@@ -167,6 +170,18 @@ pub(super) fn prepare(
     let max_attempts = settings.max_attempts(n.channel);
     let idempotency = key.map(|k| (k, request_hash(value)));
     Ok(Submission::new(caller.tenant_id, n, max_attempts, idempotency))
+}
+
+/// The template versions `bodies` refer to, looked up together (parsing reads no database).
+pub(super) async fn templates_for<'a>(
+    state: &AppState,
+    caller: &Caller,
+    bodies: impl Iterator<Item = &'a Value>,
+) -> Result<Book, ApiError> {
+    let mut wanted: Vec<(String, Option<i32>)> = bodies.filter_map(crate::domain::template::reference).collect();
+    wanted.sort();
+    wanted.dedup();
+    Ok(crate::store::templates::book(&state.pool, caller.tenant_id, &wanted).await?)
 }
 
 /// The trace context to keep with a notification: the request span's when spans are exported
@@ -223,7 +238,8 @@ pub(super) async fn create(
     require(&caller, Scope::Send)?;
     let value = json_body(&body)?;
     let key = idempotency_header(&headers)?.map(str::to_owned);
-    let submission = match prepare(&state, &caller, &value, key.clone()) {
+    let templates = templates_for(&state, &caller, std::iter::once(&value)).await?;
+    let submission = match prepare(&state, &caller, &value, key.clone(), &templates) {
         Ok(mut s) => {
             s.traceparent = traceparent(&headers);
             s

@@ -26,6 +26,10 @@ use super::schemas::Problem;
         super::notifications::get,
         super::notifications::cancel,
         super::notifications::retry,
+        super::templates::put,
+        super::templates::get,
+        super::templates::list,
+        super::templates::preview,
         super::stats::get,
         super::suppressions::list,
         super::suppressions::create,
@@ -43,6 +47,7 @@ use super::schemas::Problem;
     modifiers(&BearerKey),
     tags(
         (name = "notifications", description = "Send notifications and follow them"),
+        (name = "templates", description = "Versioned message texts with locale variants, rendered at acceptance"),
         (name = "operators", description = "Stats, metrics and the dashboard"),
         (name = "suppressions", description = "Recipients that must not be sent to"),
         (name = "receipts", description = "Delivery receipts from providers, checked by each provider's own signature"),

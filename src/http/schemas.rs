@@ -116,7 +116,11 @@ pub(super) struct PushContent {
 pub(super) struct NotificationRequest {
     channel: Channel,
     to: To,
-    content: ContentRequest,
+    /// Exactly one of `content` and `template`.
+    content: Option<ContentRequest>,
+    template: Option<TemplateRef>,
+    /// BCP 47: picks the template's variant (`pt-BR`, else `pt`, else its default).
+    locale: Option<String>,
     /// Send no earlier than this.
     #[serde(with = "time::serde::rfc3339::option")]
     send_at: Option<OffsetDateTime>,
@@ -128,6 +132,30 @@ pub(super) struct NotificationRequest {
     metadata: Option<BTreeMap<String, Value>>,
     /// Status callbacks (Standard Webhooks) go here; the tenant's default URL when absent.
     callback_url: Option<String>,
+}
+
+/// Content rendered from a stored template.
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"name": "welcome", "version": 3, "data": {"first_name": "Alice"}}))]
+pub(super) struct TemplateRef {
+    name: String,
+    /// The latest when absent.
+    version: Option<i32>,
+    /// The template's variables.
+    data: Option<BTreeMap<String, Value>>,
+}
+
+/// `POST /v1/templates/{name}/preview`.
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"data": {"first_name": "Alice"}, "locale": "pt-BR", "channel": "sms"}))]
+pub(super) struct PreviewRequest {
+    data: Option<BTreeMap<String, Value>>,
+    /// BCP 47: the variant to render (with fallback).
+    locale: Option<String>,
+    /// One channel's part only; every part when absent.
+    channel: Option<Channel>,
+    /// A version; the latest when absent.
+    version: Option<i32>,
 }
 
 /// Up to 1,000 notifications; each may carry its own `idempotency_key`.

@@ -83,8 +83,13 @@ impl Submission {
             next_attempt_at: None,
             created_at: self.received_at,
             updated_at: self.received_at,
+            template: template_json(n)?,
         })
     }
+}
+
+fn template_json(n: &NewNotification) -> StoreResult<Option<Value>> {
+    n.template.as_ref().map(|t| serde_json::to_value(t).map_err(|e| StoreError::Corrupt(e.to_string()))).transpose()
 }
 
 fn content_json(n: &NewNotification) -> StoreResult<Value> {
@@ -354,9 +359,10 @@ async fn insert(
                  SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[], $5::text[], $6::jsonb[],
                                       $7::text[], $8::text[], $9::jsonb[], $10::jsonb[], $11::text[],
                                       $12::timestamptz[], $13::timestamptz[], $14::timestamptz[], $15::smallint[],
-                                      $16::int[], $20::text[])
+                                      $16::int[], $20::text[], $21::jsonb[])
                      AS i(id, tenant_id, channel, recipient, recipient_key, content, status, priority, tags,
-                          metadata, callback_url, send_at, expires_at, created_at, lane, max_attempts, traceparent)
+                          metadata, callback_url, send_at, expires_at, created_at, lane, max_attempts, traceparent,
+                          template)
              ), sup AS MATERIALIZED (
                  SELECT i.id, s.reason FROM input i
                  JOIN suppressions s ON s.tenant_id = i.tenant_id AND s.channel = i.channel
@@ -364,13 +370,13 @@ async fn insert(
              ), n AS (
                  INSERT INTO notifications (id, tenant_id, channel, recipient, recipient_key, content, status,
                                             priority, tags, metadata, callback_url, send_at, expires_at,
-                                            created_at, updated_at, traceparent)
+                                            created_at, updated_at, traceparent, template)
                  SELECT i.id, i.tenant_id, i.channel, i.recipient, i.recipient_key, i.content,
                         CASE WHEN sup.id IS NULL THEN i.status ELSE 'suppressed' END, i.priority,
                         CASE WHEN i.tags = '[]' THEN '{{}}'::text[]
                              ELSE ARRAY(SELECT jsonb_array_elements_text(i.tags)) END,
                         i.metadata, i.callback_url, i.send_at, i.expires_at, i.created_at, i.created_at,
-                        i.traceparent
+                        i.traceparent, i.template
                  FROM input i LEFT JOIN sup ON sup.id = i.id
                  RETURNING id, tenant_id, status, callback_url
              ), ev AS (
@@ -413,6 +419,7 @@ async fn insert(
         cols.lane.push(n.priority.lane());
         cols.max_attempts.push(i32::try_from(s.max_attempts).unwrap_or(i32::MAX));
         cols.traceparent.push(s.traceparent.as_deref());
+        cols.template.push(template_json(n)?);
     }
     let rows = sqlx::query(sqlx::AssertSqlSafe(SQL.as_str()))
         .bind(cols.id)
@@ -435,6 +442,7 @@ async fn insert(
         .bind(notify)
         .bind(announced())
         .bind(cols.traceparent)
+        .bind(cols.template)
         .fetch_all(conn)
         .await?;
     let mut out = HashMap::with_capacity(len);
@@ -465,6 +473,7 @@ struct Columns<'a> {
     lane: Vec<i16>,
     max_attempts: Vec<i32>,
     traceparent: Vec<Option<&'a str>>,
+    template: Vec<Option<Value>>,
 }
 
 impl Columns<'_> {
@@ -487,6 +496,7 @@ impl Columns<'_> {
             lane: Vec::with_capacity(n),
             max_attempts: Vec::with_capacity(n),
             traceparent: Vec::with_capacity(n),
+            template: Vec::with_capacity(n),
         }
     }
 }

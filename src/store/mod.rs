@@ -14,6 +14,7 @@ pub mod receipts;
 pub mod retention;
 pub mod stats;
 pub mod suppressions;
+pub mod templates;
 pub mod tracking;
 
 use std::time::Duration;

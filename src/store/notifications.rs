@@ -30,6 +30,8 @@ pub struct NotificationRecord {
     pub next_attempt_at: Option<OffsetDateTime>,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
+    /// The template the content was rendered from: `{"name", "version", "locale"}`.
+    pub template: Option<Value>,
 }
 
 #[derive(Clone, Debug)]
@@ -42,7 +44,8 @@ pub struct EventRecord {
 }
 
 const COLUMNS: &str = "id, tenant_id, channel, recipient, content, status, priority, tags, metadata, callback_url, \
-     attempts, provider, provider_message_id, last_error, send_at, expires_at, next_attempt_at, created_at, updated_at";
+     attempts, provider, provider_message_id, last_error, send_at, expires_at, next_attempt_at, created_at, updated_at, \
+     template";
 
 fn record(r: &PgRow) -> StoreResult<NotificationRecord> {
     let channel: String = r.try_get("channel")?;
@@ -68,6 +71,7 @@ fn record(r: &PgRow) -> StoreResult<NotificationRecord> {
         next_attempt_at: r.try_get("next_attempt_at")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
+        template: r.try_get("template")?,
     })
 }
 

@@ -285,6 +285,7 @@ async fn two_dispatchers_racing_on_1000_jobs_send_each_exactly_once() {
         allow_private_callbacks: false,
         sms_region: None,
         sms_max_segments: None,
+        templates: &herald::domain::template::Book::default(),
     };
     let batch: Vec<Submission> = (0..1000)
         .map(|i| {

@@ -29,6 +29,7 @@ async fn queue(t: &TestApp, tenant: TenantId, n: usize, body: &Value) {
         allow_private_callbacks: true,
         sms_region: None,
         sms_max_segments: None,
+        templates: &herald::domain::template::Book::default(),
     };
     let one = NewNotification::parse(body, opts).expect("valid");
     let mut left = n;

@@ -19,3 +19,4 @@ mod queue;
 mod receipts;
 mod scale;
 mod sms;
+mod templates;

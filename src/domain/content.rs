@@ -1,0 +1,232 @@
+//! What a notification says, by channel, and the rules it must keep: `parse` reads a
+//! `content` object (sent as is, or rendered from a template) into `Content` or every problem
+//! found, each addressed by a JSON Pointer.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::FieldError;
+use super::channel::Channel;
+use super::recipient::{EmailAddress, check_endpoint};
+
+/// What `parse` needs from configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct Rules {
+    /// `callbacks.allow_private_networks`: an unsubscribe URL may be `http://` or private.
+    pub allow_private_links: bool,
+    /// `channels.sms.max_segments`: longer texts are refused.
+    pub sms_max_segments: Option<u32>,
+}
+
+const MAX_SUBJECT_LEN: usize = 998;
+const MAX_SMS_LEN: usize = 1600;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmailContent {
+    pub subject: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub html: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsubscribe_url: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SmsContent {
+    pub text: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushContent {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data: BTreeMap<String, String>,
+}
+
+/// What to send, by channel. Serialized (untagged) as the `content` object of the API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Content {
+    Email(EmailContent),
+    Sms(SmsContent),
+    Push(PushContent),
+}
+
+impl Content {
+    /// Read back stored content for a known channel.
+    pub fn from_stored(channel: Channel, value: Value) -> Result<Content, serde_json::Error> {
+        Ok(match channel {
+            Channel::Email => Content::Email(serde_json::from_value(value)?),
+            Channel::Sms => Content::Sms(serde_json::from_value(value)?),
+            Channel::Push => Content::Push(serde_json::from_value(value)?),
+        })
+    }
+}
+
+pub(super) struct Errors(pub(super) Vec<FieldError>);
+
+impl Errors {
+    pub(super) fn add(&mut self, pointer: impl Into<String>, detail: impl Into<String>) {
+        self.0.push(FieldError::new(pointer, detail));
+    }
+}
+
+/// Escape a key for use in a JSON Pointer (RFC 6901 §3).
+pub fn escape(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+fn opt_string(obj: &Map<String, Value>, key: &str, errs: &mut Errors) -> Option<String> {
+    match obj.get(key) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => {
+            errs.add(format!("/content/{key}"), "must be a string");
+            None
+        }
+    }
+}
+
+/// Read `v` as the content of a `channel` notification, or every problem found.
+pub fn parse(channel: Channel, v: &Value, rules: Rules) -> Result<Content, Vec<FieldError>> {
+    let mut errs = Errors(Vec::new());
+    parse_into(channel, v, rules, &mut errs).ok_or(errs.0)
+}
+
+pub(super) fn parse_into(channel: Channel, v: &Value, rules: Rules, errs: &mut Errors) -> Option<Content> {
+    let Some(obj) = v.as_object() else {
+        errs.add("/content", "must be an object");
+        return None;
+    };
+    let allowed: &[&str] = match channel {
+        Channel::Email => &["subject", "text", "html", "from", "reply_to", "unsubscribe_url"],
+        Channel::Sms => &["text"],
+        Channel::Push => &["title", "body", "data"],
+    };
+    let before = errs.0.len();
+    for key in obj.keys() {
+        if !allowed.contains(&key.as_str()) {
+            errs.add(format!("/content/{}", escape(key)), format!("unknown field for the {channel} channel"));
+        }
+    }
+    let content = match channel {
+        Channel::Email => {
+            let subject = opt_string(obj, "subject", errs);
+            match &subject {
+                None => errs.add("/content/subject", "is required for email"),
+                Some(s) if s.trim().is_empty() => errs.add("/content/subject", "must not be empty"),
+                Some(s) if s.contains(['\r', '\n']) => errs.add("/content/subject", "must be one line"),
+                Some(s) if s.len() > MAX_SUBJECT_LEN => errs.add("/content/subject", "is too long"),
+                _ => {}
+            }
+            let text = opt_string(obj, "text", errs);
+            let html = opt_string(obj, "html", errs);
+            if text.as_deref().is_none_or(str::is_empty) && html.as_deref().is_none_or(str::is_empty) {
+                errs.add("/content", "email needs text and/or html");
+            }
+            let from = opt_string(obj, "from", errs);
+            if let Some(f) = &from
+                && let Err(d) = parse_mailbox(f)
+            {
+                errs.add("/content/from", d);
+            }
+            let reply_to = opt_string(obj, "reply_to", errs);
+            if let Some(r) = &reply_to
+                && let Err(d) = parse_mailbox(r)
+            {
+                errs.add("/content/reply_to", d);
+            }
+            let unsubscribe_url = opt_string(obj, "unsubscribe_url", errs);
+            if let Some(u) = &unsubscribe_url {
+                // RFC 8058 one-click unsubscribe requires https.
+                if let Err(d) = check_endpoint(u, rules.allow_private_links) {
+                    errs.add("/content/unsubscribe_url", d);
+                }
+            }
+            Content::Email(EmailContent {
+                subject: subject.unwrap_or_default(),
+                text,
+                html,
+                from,
+                reply_to,
+                unsubscribe_url,
+            })
+        }
+        Channel::Sms => {
+            let text = opt_string(obj, "text", errs);
+            match &text {
+                None => errs.add("/content/text", "is required for sms"),
+                Some(t) if t.trim().is_empty() => errs.add("/content/text", "must not be empty"),
+                Some(t) if t.chars().count() > MAX_SMS_LEN => {
+                    errs.add("/content/text", format!("at most {MAX_SMS_LEN} characters"));
+                }
+                Some(t) => {
+                    let s = super::sms::segments(t);
+                    if let Some(max) = rules.sms_max_segments
+                        && s.segments > max
+                    {
+                        let why = match s.encoding {
+                            super::sms::Encoding::Gsm7 => "GSM-7".to_owned(),
+                            super::sms::Encoding::Ucs2 => {
+                                let chars: String = s.ucs2_characters.iter().take(5).collect();
+                                format!("UCS-2, because of {chars:?}")
+                            }
+                        };
+                        errs.add(
+                            "/content/text",
+                            format!("takes {} segments ({why}); channels.sms.max_segments allows {max}", s.segments),
+                        );
+                    }
+                }
+            }
+            Content::Sms(SmsContent { text: text.unwrap_or_default() })
+        }
+        Channel::Push => {
+            let title = opt_string(obj, "title", errs);
+            let body = opt_string(obj, "body", errs);
+            if title.as_deref().is_none_or(str::is_empty) && body.as_deref().is_none_or(str::is_empty) {
+                errs.add("/content", "push needs a title and/or a body");
+            }
+            let mut data = BTreeMap::new();
+            match obj.get("data") {
+                None | Some(Value::Null) => {}
+                Some(Value::Object(m)) => {
+                    for (k, v) in m {
+                        match v.as_str() {
+                            Some(s) => {
+                                data.insert(k.clone(), s.to_owned());
+                            }
+                            None => errs.add(format!("/content/data/{}", escape(k)), "values must be strings"),
+                        }
+                    }
+                }
+                Some(_) => errs.add("/content/data", "must be an object of strings"),
+            }
+            Content::Push(PushContent { title, body, data })
+        }
+    };
+    (errs.0.len() == before).then_some(content)
+}
+
+/// Accept `addr@example.com` or `Display Name <addr@example.com>`.
+pub fn parse_mailbox(raw: &str) -> Result<EmailAddress, String> {
+    let addr = match (raw.find('<'), raw.rfind('>')) {
+        (Some(open), Some(close)) if open < close && close == raw.trim_end().len() - 1 => &raw[open + 1..close],
+        (None, None) => raw,
+        _ => return Err("expected addr@example.com or Name <addr@example.com>".into()),
+    };
+    if raw.contains(['\r', '\n']) {
+        return Err("must be one line".into());
+    }
+    EmailAddress::parse(addr)
+}

@@ -1,0 +1,491 @@
+//! Templates: a version's per-channel texts, with variants per BCP 47 locale, rendered with
+//! minijinja in strict mode. `Template::parse` checks a `PUT` body (every text must compile);
+//! `Template::variant` picks the best locale (`pt-BR` → `pt` → the default); `render` turns
+//! one channel's part into a `content` object, which `domain::content` then checks like any
+//! content a caller sent. Nothing here reads the database: `store::templates` keeps versions.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, LazyLock};
+
+use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::FieldError;
+use super::channel::Channel;
+use super::content::escape;
+
+/// One channel's texts. Every string is a template; `html` is auto-escaped, the rest are not.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmailPart {
+    pub subject: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub html: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SmsPart {
+    pub text: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PushPart {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data: BTreeMap<String, String>,
+}
+
+/// A variant: the parts of some channels.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Parts {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<EmailPart>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sms: Option<SmsPart>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<PushPart>,
+}
+
+impl Parts {
+    pub fn has(&self, channel: Channel) -> bool {
+        match channel {
+            Channel::Email => self.email.is_some(),
+            Channel::Sms => self.sms.is_some(),
+            Channel::Push => self.push.is_some(),
+        }
+    }
+
+    pub fn channels(&self) -> Vec<Channel> {
+        Channel::ALL.into_iter().filter(|c| self.has(*c)).collect()
+    }
+
+    /// Each text of the part with its pointer below the part and the name minijinja knows it
+    /// by (its extension decides auto-escaping).
+    fn texts(&self, channel: Channel) -> Vec<(&'static str, &str)> {
+        let mut out: Vec<(&'static str, &str)> = Vec::new();
+        match channel {
+            Channel::Email => {
+                if let Some(e) = &self.email {
+                    out.push(("subject", &e.subject));
+                    out.extend(e.text.as_deref().map(|t| ("text", t)));
+                    out.extend(e.html.as_deref().map(|t| ("html", t)));
+                    out.extend(e.from.as_deref().map(|t| ("from", t)));
+                    out.extend(e.reply_to.as_deref().map(|t| ("reply_to", t)));
+                }
+            }
+            Channel::Sms => out.extend(self.sms.as_ref().map(|s| ("text", s.text.as_str()))),
+            Channel::Push => {
+                if let Some(p) = &self.push {
+                    out.extend(p.title.as_deref().map(|t| ("title", t)));
+                    out.extend(p.body.as_deref().map(|t| ("body", t)));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A template version's body: the default variant's parts, and variants by locale.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "Body", into = "Body")]
+pub struct Template {
+    pub default_locale: Option<String>,
+    pub parts: Parts,
+    pub locales: BTreeMap<String, Parts>,
+}
+
+/// A template version's body, as `PUT` takes it and `GET` returns it: the default parts at
+/// the top level (serde's `flatten` would lose `deny_unknown_fields` and error paths).
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = TemplateBody, example = json!({"default_locale": "en", "email": {"subject": "Welcome, {{ first_name }}",
+    "text": "Hi {{ first_name }}", "html": "<p>Hi {{ first_name }}</p>"}, "sms": {"text": "Hi {{ first_name }}"},
+    "locales": {"pt": {"sms": {"text": "Olá {{ first_name }}"}}, "pt-BR": {"sms": {"text": "Oi {{ first_name }}"}}}}))]
+pub struct Body {
+    /// The locale of the default variant (the top-level parts), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    default_locale: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    email: Option<EmailPart>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sms: Option<SmsPart>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    push: Option<PushPart>,
+    /// Variants by BCP 47 tag; a channel a variant leaves out comes from the default.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    locales: BTreeMap<String, Parts>,
+}
+
+impl From<Body> for Template {
+    fn from(b: Body) -> Self {
+        Template {
+            default_locale: b.default_locale,
+            parts: Parts { email: b.email, sms: b.sms, push: b.push },
+            locales: b.locales,
+        }
+    }
+}
+
+impl From<Template> for Body {
+    fn from(t: Template) -> Self {
+        Body {
+            default_locale: t.default_locale,
+            email: t.parts.email,
+            sms: t.parts.sms,
+            push: t.parts.push,
+            locales: t.locales,
+        }
+    }
+}
+
+const MAX_LOCALES: usize = 100;
+
+/// A template name: what the URL path carries.
+pub fn valid_name(name: &str) -> bool {
+    (1..=100).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+}
+
+/// A well-formed BCP 47 tag (RFC 5646 syntax: a 2–8 letter language, then subtags of 1–8
+/// letters or digits). Whether the language exists is not checked: an unknown one falls back.
+pub fn valid_locale(tag: &str) -> bool {
+    let mut subtags = tag.split('-');
+    let lang_ok =
+        subtags.next().is_some_and(|l| (2..=8).contains(&l.len()) && l.bytes().all(|b| b.is_ascii_alphabetic()));
+    lang_ok && subtags.all(|s| (1..=8).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+impl Template {
+    /// Read a `PUT` body: its shape, its locales, and every text compiled.
+    pub fn parse(body: &Value) -> Result<Template, Vec<FieldError>> {
+        let template: Template = serde_path_to_error::deserialize(body).map_err(|e| {
+            let pointer: String = e
+                .path()
+                .iter()
+                .filter_map(|seg| match seg {
+                    serde_path_to_error::Segment::Map { key } => Some(format!("/{}", escape(key))),
+                    serde_path_to_error::Segment::Seq { index } => Some(format!("/{index}")),
+                    _ => None,
+                })
+                .collect();
+            vec![FieldError::new(pointer, e.into_inner().to_string())]
+        })?;
+        let mut errs = Vec::new();
+        if let Some(d) = &template.default_locale
+            && !valid_locale(d)
+        {
+            errs.push(FieldError::new("/default_locale", "must be a BCP 47 tag such as en or pt-BR"));
+        }
+        if template.parts.channels().is_empty() {
+            errs.push(FieldError::new("", "give the default parts of at least one channel: email, sms or push"));
+        }
+        if template.locales.len() > MAX_LOCALES {
+            errs.push(FieldError::new("/locales", format!("at most {MAX_LOCALES} locales")));
+        }
+        let mut seen = HashSet::new();
+        for (tag, parts) in &template.locales {
+            let at = format!("/locales/{}", escape(tag));
+            if !valid_locale(tag) {
+                errs.push(FieldError::new(&at, "must be keyed by a BCP 47 tag such as en or pt-BR"));
+            } else if !seen.insert(tag.to_ascii_lowercase()) {
+                errs.push(FieldError::new(&at, "is listed twice (tags match whatever their case)"));
+            } else if template.default_locale.as_deref().is_some_and(|d| d.eq_ignore_ascii_case(tag)) {
+                errs.push(FieldError::new(&at, "is the default_locale: put its parts at the top level"));
+            }
+            if parts.channels().is_empty() {
+                errs.push(FieldError::new(&at, "a variant needs the parts of at least one channel"));
+            }
+            compile_all(parts, &at, &mut errs);
+        }
+        compile_all(&template.parts, "", &mut errs);
+        if errs.is_empty() { Ok(template) } else { Err(errs) }
+    }
+
+    /// The variant for `requested`: the longest prefix of the tag that names a variant
+    /// (`pt-BR-x` → `pt-BR` → `pt`, matched whatever the case), else the default. Returns its
+    /// tag (the default's is `default_locale`) and its parts.
+    pub fn variant(&self, requested: Option<&str>) -> (Option<&str>, &Parts) {
+        self.best(requested, |_| true)
+    }
+
+    /// The part of `channel` for `requested`: from the best variant that has one, down the
+    /// same chain (`pt-BR` without an SMS text → `pt` → the default). `None`: no variant has it.
+    pub fn part_for(&self, channel: Channel, requested: Option<&str>) -> Option<(Option<&str>, &Parts)> {
+        let found = self.best(requested, |p| p.has(channel));
+        found.1.has(channel).then_some(found)
+    }
+
+    fn best(&self, requested: Option<&str>, wanted: impl Fn(&Parts) -> bool) -> (Option<&str>, &Parts) {
+        let default = (self.default_locale.as_deref(), &self.parts);
+        let Some(mut tag) = requested else { return default };
+        loop {
+            if self.default_locale.as_deref().is_some_and(|d| d.eq_ignore_ascii_case(tag)) && wanted(&self.parts) {
+                return default;
+            }
+            if let Some((t, p)) = self.locales.iter().find(|(t, p)| t.eq_ignore_ascii_case(tag) && wanted(p)) {
+                return (Some(t.as_str()), p);
+            }
+            match tag.rfind('-') {
+                Some(i) => tag = &tag[..i],
+                None => return default,
+            }
+        }
+    }
+}
+
+/// A stored version.
+#[derive(Clone, Debug)]
+pub struct Version {
+    pub name: String,
+    pub version: i32,
+    pub template: Template,
+    pub created_at: time::OffsetDateTime,
+}
+
+/// The versions a request refers to, looked up before it is parsed (parsing reads no
+/// database): by name and the version asked for (`None`: the latest).
+#[derive(Clone, Debug, Default)]
+pub struct Book(HashMap<(String, Option<i32>), Arc<Version>>);
+
+impl Book {
+    pub fn get(&self, name: &str, version: Option<i32>) -> Option<&Version> {
+        self.0.get(&(name.to_owned(), version)).map(Arc::as_ref)
+    }
+
+    pub fn insert(&mut self, asked: (String, Option<i32>), found: Arc<Version>) {
+        self.0.insert(asked, found);
+    }
+}
+
+/// Where a notification's content came from: stored with it, shown by `GET`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TemplateUse {
+    pub name: String,
+    pub version: i32,
+    /// The variant used: its tag, or the template's `default_locale` (`null` when it has none).
+    pub locale: Option<String>,
+}
+
+/// The template a notification body refers to (`{"template": {"name", "version"}}`), if any,
+/// as far as it is well-formed (parsing reports the rest).
+pub fn reference(body: &Value) -> Option<(String, Option<i32>)> {
+    let t = body.get("template")?;
+    let name = t.get("name")?.as_str().filter(|n| valid_name(n))?;
+    let version = match t.get("version") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(v.as_i64().and_then(|v| i32::try_from(v).ok()).filter(|v| *v > 0)?),
+    };
+    Some((name.to_owned(), version))
+}
+
+fn compile_all(parts: &Parts, at: &str, errs: &mut Vec<FieldError>) {
+    for channel in parts.channels() {
+        for (field, source) in parts.texts(channel) {
+            if let Err(e) = ENV.template_from_named_str(field, source) {
+                errs.push(FieldError::new(
+                    format!("{at}/{channel}/{field}"),
+                    format!("does not compile: {}{}", describe(&e), position(&e, source)),
+                ));
+            }
+        }
+    }
+}
+
+/// Enough for any real message; a template that loops for ever runs out and is refused.
+const FUEL: u64 = 200_000;
+
+/// One environment for every render: strict about undefined values, HTML parts escaped.
+static ENV: LazyLock<Environment<'static>> = LazyLock::new(|| {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_fuel(Some(FUEL));
+    env.set_auto_escape_callback(|name| if name == "html" { AutoEscape::Html } else { AutoEscape::None });
+    env
+});
+
+fn describe(e: &minijinja::Error) -> String {
+    match e.detail() {
+        Some(d) => format!("{}: {d}", e.kind()),
+        None => e.kind().to_string(),
+    }
+}
+
+/// ` (line L, column C)` of an error in `source`, where minijinja knows it.
+fn position(e: &minijinja::Error, source: &str) -> String {
+    let Some(line) = e.line() else { return String::new() };
+    match e.range() {
+        Some(r) if r.start <= source.len() && source.is_char_boundary(r.start) => {
+            let before = &source[..r.start];
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!(" (line {line}, column {column})")
+        }
+        _ => format!(" (line {line})"),
+    }
+}
+
+/// Render one channel's part with `data` into a `content` object. A variable the data lacks
+/// is named, with its pointer into `data`; `data_at` is where `data` is in the request.
+pub fn render(parts: &Parts, channel: Channel, data: &Map<String, Value>, data_at: &str) -> Result<Value, FieldError> {
+    let ctx = minijinja::Value::from(minijinja::value::Serde(data));
+    let mut out = Map::new();
+    for (field, source) in parts.texts(channel) {
+        let rendered = ENV.template_from_named_str(field, source).and_then(|t| match t.render(&ctx) {
+            Ok(s) => Ok(s),
+            Err(e) if e.kind() == ErrorKind::UndefinedError => Err(missing(&t, data, data_at, &e, source)),
+            Err(e) => Err(e),
+        });
+        match rendered {
+            Ok(s) => {
+                out.insert(field.to_owned(), Value::String(s));
+            }
+            Err(e) => {
+                return Err(FieldError::new(
+                    data_at,
+                    format!("{channel}.{field} does not render: {}{}", describe(&e), position(&e, source)),
+                ));
+            }
+        }
+    }
+    if channel == Channel::Push
+        && let Some(p) = &parts.push
+        && !p.data.is_empty()
+    {
+        out.insert("data".into(), serde_json::to_value(&p.data).unwrap_or_default());
+    }
+    Ok(Value::Object(out))
+}
+
+/// Name the variable behind an undefined-value error: the first variable the template reads
+/// that `data` does not hold.
+fn missing(
+    t: &minijinja::Template<'_, '_>,
+    data: &Map<String, Value>,
+    data_at: &str,
+    e: &minijinja::Error,
+    source: &str,
+) -> minijinja::Error {
+    let mut wanted: Vec<String> = t.undeclared_variables(true).into_iter().collect();
+    wanted.sort();
+    let absent = wanted.into_iter().find(|path| !resolves(data, path));
+    match absent {
+        Some(path) => {
+            let pointer: String = path.split('.').map(|p| format!("/{}", escape(p))).collect();
+            minijinja::Error::new(
+                ErrorKind::UndefinedError,
+                format!("data has no `{path}` (expected at {data_at}{pointer}){}", position(e, source)),
+            )
+        }
+        None => minijinja::Error::new(ErrorKind::UndefinedError, format!("an undefined value{}", position(e, source))),
+    }
+}
+
+fn resolves(data: &Map<String, Value>, path: &str) -> bool {
+    let mut parts = path.split('.');
+    let Some(first) = parts.next() else { return true };
+    let Some(mut v) = data.get(first) else { return false };
+    for p in parts {
+        match v.get(p) {
+            Some(next) => v = next,
+            None => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn data(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        }
+    }
+
+    #[test]
+    fn html_is_escaped_and_text_is_not() {
+        let t = Template::parse(&json!({"email": {"subject": "Hi {{ name }}", "text": "Hi {{ name }}",
+                                                   "html": "<p>Hi {{ name }}</p>"}}))
+        .expect("valid");
+        let out = render(&t.parts, Channel::Email, &data(json!({"name": "<Tom & Jerry>"})), "/data").expect("renders");
+        assert_eq!(out["subject"], "Hi <Tom & Jerry>");
+        assert_eq!(out["text"], "Hi <Tom & Jerry>");
+        assert_eq!(out["html"], "<p>Hi &lt;Tom &amp; Jerry&gt;</p>");
+    }
+
+    #[test]
+    fn a_missing_variable_is_named_with_its_pointer() {
+        let t = Template::parse(&json!({"sms": {"text": "Code {{ code }} for {{ user.name }}"}})).expect("valid");
+        let e = render(&t.parts, Channel::Sms, &data(json!({"code": 1, "user": {}})), "/template/data").unwrap_err();
+        assert_eq!(e.pointer, "/template/data");
+        assert!(e.detail.contains("`user.name`") && e.detail.contains("/template/data/user/name"), "{}", e.detail);
+        let e = render(&t.parts, Channel::Sms, &data(json!({"user": {"name": "A"}})), "/data").unwrap_err();
+        assert!(e.detail.contains("`code`"), "{}", e.detail);
+    }
+
+    #[test]
+    fn a_template_that_does_not_compile_is_refused_with_line_and_column() {
+        let errs = Template::parse(&json!({"sms": {"text": "ok"},
+            "locales": {"pt": {"email": {"subject": "Olá", "html": "<p>\n  {{ name </p>"}}}}))
+        .unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].pointer, "/locales/pt/email/html");
+        assert!(errs[0].detail.contains("line 2, column"), "{}", errs[0].detail);
+    }
+
+    #[test]
+    fn shapes_and_locales_are_checked() {
+        let p = |v: Value| Template::parse(&v).unwrap_err().into_iter().map(|e| e.pointer).collect::<Vec<_>>();
+        assert_eq!(p(json!({"sms": {"txt": "x"}})), vec!["/sms/txt"]);
+        assert_eq!(p(json!({})), vec![""]);
+        assert_eq!(
+            p(json!({"sms": {"text": "x"}, "locales": {"not a tag": {"sms": {"text": "y"}}}})),
+            vec!["/locales/not a tag"]
+        );
+        assert_eq!(
+            p(json!({"sms": {"text": "x"}, "default_locale": "en", "locales": {"EN": {"sms": {"text": "y"}}}})),
+            vec!["/locales/EN"]
+        );
+    }
+
+    #[test]
+    fn locales_fall_back_from_region_to_language_to_default() {
+        let t = Template::parse(
+            &json!({"default_locale": "en", "sms": {"text": "Hi"}, "email": {"subject": "Hi", "text": "Hi"},
+            "locales": {"pt": {"sms": {"text": "Olá"}}, "pt-BR": {"sms": {"text": "Oi"}}}}),
+        )
+        .expect("valid");
+        assert_eq!(t.variant(Some("pt-BR")).0, Some("pt-BR"));
+        assert_eq!(t.variant(Some("pt-br")).0, Some("pt-BR"));
+        assert_eq!(t.variant(Some("pt-PT")).0, Some("pt"));
+        assert_eq!(t.variant(Some("de-DE")).0, Some("en"));
+        assert_eq!(t.variant(None).0, Some("en"));
+        // pt-BR has no email part, nor pt: the default's is used.
+        assert_eq!(t.part_for(Channel::Email, Some("pt-BR")).map(|p| p.0), Some(Some("en")));
+        assert!(t.part_for(Channel::Push, Some("pt")).is_none());
+    }
+
+    #[test]
+    fn a_runaway_template_runs_out_of_fuel() {
+        let t = Template::parse(&json!({"sms": {"text": "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}"}}))
+            .expect("compiles");
+        let e = render(&t.parts, Channel::Sms, &Map::new(), "/data").unwrap_err();
+        assert!(e.detail.contains("fuel") || e.detail.contains("out of"), "{}", e.detail);
+    }
+}

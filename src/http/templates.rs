@@ -1,0 +1,348 @@
+//! `/v1/templates`: add a version, read one, list them, preview a rendering. Templates are
+//! the caller's tenant's (an admin key included).
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use time::OffsetDateTime;
+
+use super::AppState;
+use super::auth::require;
+use super::notifications::json_body;
+use super::problem::ApiError;
+use crate::domain::template::{self, Body, Template, Version};
+use crate::domain::{Channel, FieldError, content, sms};
+use crate::store::keys::{Caller, Scope};
+use crate::store::templates as store;
+
+const DEFAULT_LIMIT: i64 = 50;
+const MAX_LIMIT: i64 = 500;
+
+/// A template version as the API returns it: its body with its name, number and date.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"name": "welcome", "version": 2, "created_at": "2026-12-01T09:00:00Z",
+    "channels": ["email", "sms"], "default_locale": "en",
+    "email": {"subject": "Welcome, {{ first_name }}", "text": "Hi {{ first_name }}"},
+    "sms": {"text": "Hi {{ first_name }}"},
+    "locales": {"pt": {"sms": {"text": "Olá {{ first_name }}"}}}}))]
+pub(super) struct TemplateView {
+    name: String,
+    version: i32,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+    /// The channels of the default variant.
+    channels: Vec<Channel>,
+    #[serde(flatten)]
+    body: Body,
+}
+
+impl From<Version> for TemplateView {
+    fn from(v: Version) -> Self {
+        TemplateView {
+            channels: v.template.parts.channels(),
+            name: v.name,
+            version: v.version,
+            created_at: v.created_at,
+            body: v.template.into(),
+        }
+    }
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    if template::valid_name(name) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_parameter("name", "a template name is 1 to 100 letters, digits, `.`, `_` or `-`"))
+    }
+}
+
+fn not_found(name: &str, version: Option<i32>) -> ApiError {
+    match version {
+        Some(v) => ApiError::not_found(format!("template `{name}` has no version {v}")),
+        None => ApiError::not_found(format!("no template named `{name}`")),
+    }
+}
+
+/// Add a version of a template (the first `PUT` creates it). Every text must compile.
+#[utoipa::path(put, path = "/v1/templates/{name}", tag = "templates", security(("api_key" = [])),
+    params(("name" = String, Path, description = "Letters, digits, `.`, `_`, `-`")),
+    request_body = Body,
+    responses((status = 201, description = "The new version", body = TemplateView),
+              (status = 400, response = crate::http::schemas::Problem), (status = 422, response = crate::http::schemas::Problem),
+              (status = 401, response = crate::http::schemas::Problem), (status = 403, response = crate::http::schemas::Problem), (status = 503, response = crate::http::schemas::Problem)))]
+pub(super) async fn put(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    require(&caller, Scope::Send)?;
+    check_name(&name)?;
+    let template = Template::parse(&json_body(&body)?).map_err(ApiError::validation)?;
+    let version = store::put(&state.pool, caller.tenant_id, &name, &template).await?;
+    let location = format!("/v1/templates/{name}?version={}", version.version);
+    let mut resp = (StatusCode::CREATED, Json(TemplateView::from(version))).into_response();
+    if let Ok(loc) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, loc);
+    }
+    Ok(resp)
+}
+
+fn version_param(params: &HashMap<String, String>) -> Result<Option<i32>, ApiError> {
+    params
+        .get("version")
+        .map(|v| {
+            v.parse::<i32>()
+                .ok()
+                .filter(|v| *v > 0)
+                .ok_or_else(|| ApiError::bad_parameter("version", "must be a positive integer"))
+        })
+        .transpose()
+}
+
+/// A template's latest version, or `?version=N`.
+#[utoipa::path(get, path = "/v1/templates/{name}", tag = "templates", security(("api_key" = [])),
+    params(("name" = String, Path), ("version" = Option<i32>, Query, description = "The latest when absent")),
+    responses((status = 200, body = TemplateView), (status = 400, response = crate::http::schemas::Problem),
+              (status = 404, response = crate::http::schemas::Problem), (status = 401, response = crate::http::schemas::Problem), (status = 403, response = crate::http::schemas::Problem), (status = 503, response = crate::http::schemas::Problem)))]
+pub(super) async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<TemplateView>, ApiError> {
+    require(&caller, Scope::Read)?;
+    check_name(&name)?;
+    if let Some(unknown) = params.keys().find(|k| *k != "version") {
+        return Err(ApiError::bad_parameter(unknown, "unknown parameter; known: version"));
+    }
+    let version = version_param(&params)?;
+    let mut conn = state.pool.acquire().await.map_err(crate::store::StoreError::from)?;
+    let found =
+        store::get(&mut conn, caller.tenant_id, &name, version).await?.ok_or_else(|| not_found(&name, version))?;
+    Ok(Json(found.into()))
+}
+
+/// A page of templates by name, each as its latest version.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct TemplatePage {
+    items: Vec<TemplateSummary>,
+    next_cursor: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct TemplateSummary {
+    name: String,
+    /// The latest version.
+    version: i32,
+    channels: Vec<Channel>,
+    default_locale: Option<String>,
+    /// The tags of the latest version's variants.
+    locales: Vec<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+    /// When the latest version was added.
+    #[serde(with = "time::serde::rfc3339")]
+    updated_at: OffsetDateTime,
+}
+
+/// The tenant's templates, by name.
+#[utoipa::path(get, path = "/v1/templates", tag = "templates", security(("api_key" = [])),
+    params(("limit" = Option<i64>, Query, description = "1 to 500, default 50"),
+           ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")),
+    responses((status = 200, body = TemplatePage), (status = 400, response = crate::http::schemas::Problem),
+              (status = 401, response = crate::http::schemas::Problem), (status = 403, response = crate::http::schemas::Problem), (status = 503, response = crate::http::schemas::Problem)))]
+pub(super) async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<TemplatePage>, ApiError> {
+    require(&caller, Scope::Read)?;
+    if let Some(unknown) = params.keys().find(|k| !["limit", "cursor"].contains(&k.as_str())) {
+        return Err(ApiError::bad_parameter(unknown, "unknown parameter; known: limit, cursor"));
+    }
+    let limit = match params.get("limit") {
+        None => DEFAULT_LIMIT,
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=MAX_LIMIT).contains(l))
+            .ok_or_else(|| ApiError::bad_parameter("limit", format!("must be between 1 and {MAX_LIMIT}")))?,
+    };
+    let after = params
+        .get("cursor")
+        .map(|c| {
+            URL_SAFE_NO_PAD
+                .decode(c)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .filter(|n| template::valid_name(n))
+                .ok_or_else(|| ApiError::bad_parameter("cursor", "not a cursor returned by this API"))
+        })
+        .transpose()?;
+    let mut conn = state.pool.acquire().await.map_err(crate::store::StoreError::from)?;
+    let mut rows = store::list(&mut conn, caller.tenant_id, after.as_deref(), limit + 1).await?;
+    let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+    rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    let next_cursor = more.then(|| rows.last().map(|r| URL_SAFE_NO_PAD.encode(&r.latest.name))).flatten();
+    let items = rows
+        .into_iter()
+        .map(|r| TemplateSummary {
+            channels: r.latest.template.parts.channels(),
+            default_locale: r.latest.template.default_locale.clone(),
+            locales: r.latest.template.locales.keys().cloned().collect(),
+            name: r.latest.name,
+            version: r.latest.version,
+            created_at: r.first_created_at,
+            updated_at: r.latest.created_at,
+        })
+        .collect();
+    Ok(Json(TemplatePage { items, next_cursor }))
+}
+
+/// Render a template with `data` as a send would, without sending: each part (or `channel`'s),
+/// the variant used, and for SMS its encoding, segments and a GSM-7-safe rendering.
+#[utoipa::path(post, path = "/v1/templates/{name}/preview", tag = "templates", security(("api_key" = [])),
+    params(("name" = String, Path)),
+    request_body = crate::http::schemas::PreviewRequest,
+    responses((status = 200, description = "The rendered parts", body = Object,
+               example = json!({"name": "welcome", "version": 2, "locale": "pt", "requested_locale": "pt-BR",
+                   "sms": {"locale": "pt", "content": {"text": "Olá Ana — bem-vinda"},
+                           "sms": {"encoding": "UCS-2", "segments": 1, "ucs2_characters": ["—"]},
+                           "gsm7_safe": {"text": "Olá Ana - bem-vinda", "sms": {"encoding": "GSM-7", "segments": 1}}}})),
+              (status = 400, response = crate::http::schemas::Problem), (status = 404, response = crate::http::schemas::Problem),
+              (status = 422, response = crate::http::schemas::Problem), (status = 401, response = crate::http::schemas::Problem), (status = 403, response = crate::http::schemas::Problem), (status = 503, response = crate::http::schemas::Problem)))]
+pub(super) async fn preview(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    if !caller.has(Scope::Read) {
+        require(&caller, Scope::Send)?;
+    }
+    check_name(&name)?;
+    let body = if body.is_empty() { json!({}) } else { json_body(&body)? };
+    let request = PreviewArgs::parse(&body).map_err(ApiError::validation)?;
+    let mut conn = state.pool.acquire().await.map_err(crate::store::StoreError::from)?;
+    let found = store::get(&mut conn, caller.tenant_id, &name, request.version)
+        .await?
+        .ok_or_else(|| not_found(&name, request.version))?;
+    drop(conn);
+    let rules = content::Rules {
+        allow_private_links: state.settings.callbacks.allow_private_networks,
+        sms_max_segments: state.settings.channels.sms.max_segments,
+    };
+    render_preview(&found, &request, rules).map(Json).map_err(ApiError::validation)
+}
+
+struct PreviewArgs {
+    data: Map<String, Value>,
+    locale: Option<String>,
+    channel: Option<Channel>,
+    version: Option<i32>,
+}
+
+impl PreviewArgs {
+    fn parse(body: &Value) -> Result<PreviewArgs, Vec<FieldError>> {
+        let Some(obj) = body.as_object() else {
+            return Err(vec![FieldError::new("", "the body must be a JSON object")]);
+        };
+        let mut errs = Vec::new();
+        for key in obj.keys().filter(|k| !["data", "locale", "channel", "version"].contains(&k.as_str())) {
+            errs.push(FieldError::new(format!("/{}", content::escape(key)), "unknown field"));
+        }
+        let data = match obj.get("data") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(m)) => m.clone(),
+            Some(_) => {
+                errs.push(FieldError::new("/data", "must be an object"));
+                Map::new()
+            }
+        };
+        let locale = match obj.get("locale") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(l)) if template::valid_locale(l) => Some(l.clone()),
+            Some(_) => {
+                errs.push(FieldError::new("/locale", "must be a BCP 47 tag such as en or pt-BR"));
+                None
+            }
+        };
+        let channel = match obj.get("channel") {
+            None | Some(Value::Null) => None,
+            Some(v) => {
+                let c = v.as_str().and_then(Channel::parse);
+                if c.is_none() {
+                    errs.push(FieldError::new("/channel", "must be one of email, sms, push"));
+                }
+                c
+            }
+        };
+        let version = match obj.get("version") {
+            None | Some(Value::Null) => None,
+            Some(v) => {
+                let n = v.as_i64().and_then(|v| i32::try_from(v).ok()).filter(|v| *v > 0);
+                if n.is_none() {
+                    errs.push(FieldError::new("/version", "must be a positive integer"));
+                }
+                n
+            }
+        };
+        if errs.is_empty() { Ok(PreviewArgs { data, locale, channel, version }) } else { Err(errs) }
+    }
+}
+
+/// Each part rendered as a send would render it, and checked as its content would be.
+fn render_preview(found: &Version, args: &PreviewArgs, rules: content::Rules) -> Result<Value, Vec<FieldError>> {
+    let t = &found.template;
+    let channels = match args.channel {
+        Some(c) => vec![c],
+        None => Channel::ALL.into_iter().filter(|c| t.part_for(*c, args.locale.as_deref()).is_some()).collect(),
+    };
+    let mut out = Map::new();
+    out.insert("name".into(), json!(found.name));
+    out.insert("version".into(), json!(found.version));
+    out.insert("locale".into(), json!(t.variant(args.locale.as_deref()).0));
+    out.insert("requested_locale".into(), json!(args.locale));
+    let mut errs = Vec::new();
+    for channel in channels {
+        let Some((variant, parts)) = t.part_for(channel, args.locale.as_deref()) else {
+            errs.push(FieldError::new(
+                "/channel",
+                format!("template `{}` version {} has no {channel} part", found.name, found.version),
+            ));
+            continue;
+        };
+        let rendered = match template::render(parts, channel, &args.data, "/data") {
+            Ok(r) => r,
+            Err(e) => {
+                errs.push(e);
+                continue;
+            }
+        };
+        if let Err(problems) = content::parse(channel, &rendered, rules) {
+            for p in problems {
+                errs.push(FieldError::new("/data", format!("the rendered {channel} {}: {}", p.pointer, p.detail)));
+            }
+            continue;
+        }
+        let mut part = json!({"locale": variant, "content": rendered});
+        if channel == Channel::Sms {
+            let text = rendered["text"].as_str().unwrap_or_default();
+            part["sms"] = json!(sms::segments(text));
+            if let Some(safe) = sms::gsm7_safe(text) {
+                part["gsm7_safe"] = json!({"text": safe, "sms": sms::segments(&safe)});
+            }
+        }
+        out.insert(channel.as_str().into(), part);
+    }
+    if errs.is_empty() { Ok(Value::Object(out)) } else { Err(errs) }
+}

@@ -35,7 +35,8 @@ CREATE TABLE send_windows (
     channel      text        NOT NULL,
     subject      text        NOT NULL,
     window_start timestamptz NOT NULL,
+    ends_at      timestamptz NOT NULL,   -- past it the row counts nothing: retention drops it
     sends        integer     NOT NULL,
     PRIMARY KEY (scope, tenant_id, channel, subject, window_start)
 );
-CREATE INDEX send_windows_start_idx ON send_windows (window_start);
+CREATE INDEX send_windows_ends_idx ON send_windows (ends_at);

@@ -57,6 +57,10 @@ fn describe() {
     );
     describe_counter!("herald_leases_rescued_total", "Expired leases taken back for another attempt.");
     describe_counter!(
+        "herald_sends_deferred_total",
+        "Sends held back by a full throttle or quota, by channel and reason."
+    );
+    describe_counter!(
         "herald_receipts_total",
         "Provider receipt requests, by provider and result (applied, held, duplicate, unmatched, or why they were refused)."
     );
@@ -89,6 +93,10 @@ pub fn accept_to_sent(channel: &'static str, took: Duration) {
 
 pub fn rescued(n: u64) {
     counter!("herald_leases_rescued_total").increment(n);
+}
+
+pub fn deferred(channel: &'static str, reason: &'static str) {
+    counter!("herald_sends_deferred_total", "channel" => channel, "reason" => reason).increment(1);
 }
 
 pub fn receipt(provider: &str, result: &'static str, n: u64) {

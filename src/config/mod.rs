@@ -12,6 +12,7 @@ use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
 use crate::domain::Channel;
+use crate::domain::send_limit::{LimitScope, SendLimit};
 use crate::providers::{BuildError, Registry};
 pub use crate::providers::{ProviderKind, ProviderSettings};
 pub use crate::secret::Secret;
@@ -157,6 +158,46 @@ pub struct ChannelSettings {
     /// SMS: texts of more segments are refused (422).
     #[serde(default)]
     pub max_segments: Option<u32>,
+    /// Sends to one recipient (address, number, push target) per `recipient_window_secs`,
+    /// per tenant; more are deferred to the next window. 0: no throttle.
+    #[serde(default)]
+    pub recipient_max: u32,
+    #[serde(default = "default_recipient_window_secs")]
+    pub recipient_window_secs: u64,
+    /// Sends per tenant per minute (UTC) on this channel; more are deferred. 0: no quota.
+    #[serde(default)]
+    pub tenant_per_minute: u32,
+    /// Sends per tenant per day (UTC) on this channel; more are deferred. 0: no quota.
+    #[serde(default)]
+    pub tenant_per_day: u32,
+}
+
+fn default_recipient_window_secs() -> u64 {
+    3600
+}
+
+/// The longest recipient window: a month.
+const MAX_RECIPIENT_WINDOW_SECS: u64 = 31 * 86_400;
+
+impl ChannelSettings {
+    /// The send limits of this channel that are on, as windows counted per tenant.
+    pub fn send_limits(&self) -> Vec<SendLimit> {
+        let mut out = Vec::new();
+        if self.recipient_max > 0 {
+            out.push(SendLimit {
+                scope: LimitScope::Recipient,
+                max: self.recipient_max,
+                window_secs: self.recipient_window_secs,
+            });
+        }
+        if self.tenant_per_minute > 0 {
+            out.push(SendLimit { scope: LimitScope::TenantMinute, max: self.tenant_per_minute, window_secs: 60 });
+        }
+        if self.tenant_per_day > 0 {
+            out.push(SendLimit { scope: LimitScope::TenantDay, max: self.tenant_per_day, window_secs: 86_400 });
+        }
+        out
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -400,6 +441,12 @@ impl Settings {
             }
             if ch.max_segments == Some(0) {
                 return Err(invalid(format!("channels.{channel}.max_segments"), "must be at least 1"));
+            }
+            if !(1..=MAX_RECIPIENT_WINDOW_SECS).contains(&ch.recipient_window_secs) {
+                return Err(invalid(
+                    format!("channels.{channel}.recipient_window_secs"),
+                    format!("must be between 1 and {MAX_RECIPIENT_WINDOW_SECS} (31 days)"),
+                ));
             }
             if ch.max_attempts == Some(0) {
                 return Err(invalid(format!("channels.{channel}.max_attempts"), "must be at least 1"));

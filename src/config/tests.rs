@@ -151,3 +151,30 @@ fn typos_in_keys_are_refused() {
         Ok(())
     });
 }
+
+#[test]
+fn send_limits_are_off_by_default_and_checked() {
+    Jail::expect_with(|jail| {
+        let s = Settings::from_figment(&Settings::figment(None)).expect("defaults are valid");
+        assert!(Channel::ALL.iter().all(|c| s.channels.get(*c).send_limits().is_empty()), "off unless configured");
+
+        jail.create_file(
+            "h.toml",
+            "[channels.sms]\nrecipient_max = 3\nrecipient_window_secs = 600\ntenant_per_day = 1000\n",
+        )?;
+        let s = Settings::from_figment(&Settings::figment(Some(Path::new("h.toml")))).expect("valid");
+        let limits = s.channels.sms.send_limits();
+        assert_eq!(limits.len(), 2);
+        assert_eq!((limits[0].max, limits[0].window_secs), (3, 600));
+        assert_eq!((limits[1].scope, limits[1].max, limits[1].window_secs), (LimitScope::TenantDay, 1000, 86_400));
+
+        jail.set_env("HERALD__CHANNELS__SMS__RECIPIENT_WINDOW_SECS", "0");
+        let err = Settings::from_figment(&Settings::figment(Some(Path::new("h.toml")))).unwrap_err().to_string();
+        assert!(err.contains("channels.sms.recipient_window_secs"), "{err}");
+        jail.set_env("HERALD__CHANNELS__SMS__RECIPIENT_WINDOW_SECS", "60");
+        jail.set_env("HERALD__CHANNELS__SMS__TENANT_PER_MINUTE", "-1");
+        let err = Settings::from_figment(&Settings::figment(Some(Path::new("h.toml")))).unwrap_err().to_string();
+        assert!(err.contains("channels.sms.tenant_per_minute"), "{err}");
+        Ok(())
+    });
+}

@@ -37,6 +37,7 @@ use crate::config::{CallbackSettings, DispatchSettings, OnUnknown, RetentionSett
 use crate::domain::Channel;
 use crate::domain::Priority;
 use crate::domain::retry::RetryPolicy;
+use crate::domain::send_limit::SendLimit;
 use crate::providers::Registry;
 use crate::store::StoreError;
 use crate::store::tracking::receipt::Recorded;
@@ -139,6 +140,8 @@ struct Inner {
     /// By channel (`Channel::index`): whether an attempt of unknown outcome is tried again
     /// (`channels.X.on_unknown`).
     retry_unknown: [bool; 3],
+    /// By channel: the throttles and quotas a first attempt must fit in (none: no check).
+    send_limits: [Vec<SendLimit>; 3],
     registry: Arc<Registry>,
     settings: DispatchSettings,
     retention: RetentionSettings,
@@ -220,6 +223,7 @@ impl Dispatcher {
                 stopping: CancellationToken::new(),
                 in_flight: Default::default(),
                 retry_unknown: Channel::ALL.map(|c| settings.on_unknown(c) == OnUnknown::Retry),
+                send_limits: Channel::ALL.map(|c| settings.channels.get(c).send_limits()),
                 registry,
                 settings: settings.dispatch.clone(),
                 retention: settings.retention.clone(),

@@ -4,14 +4,16 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tracing::{debug, error, info, warn};
 
 use super::{Attempt, Dispatcher, Outcome};
-use crate::domain::Status;
 use crate::domain::retry::Decision;
+use crate::domain::{Channel, Status};
 use crate::providers::ProviderError;
+use crate::store::limits::Held;
+use crate::store::notifications::rfc3339;
 use crate::store::tracking::{self, Applied, ClaimedJob, Completion, Lease};
 use crate::store::{StoreError, suppressions};
 
@@ -38,6 +40,29 @@ impl Dispatcher {
             .with_retries(lease, || async {
                 let mut conn = self.inner.pool.acquire().await?;
                 tracking::release(&mut conn, lease, delay, Some(reason)).await
+            })
+            .await;
+        match res {
+            Ok(Applied::Yes) => Outcome::Deferred,
+            Ok(Applied::Fenced) => fenced(),
+            Err(e) => unrecorded(&e),
+        }
+    }
+
+    /// Hold a claimed job back until a full send limit has room (a `deferred` event).
+    pub(super) async fn defer(&self, lease: Lease, channel: Channel, held: &Held) -> Outcome {
+        let key = format!("channels.{channel}.{}", held.limit.scope.key());
+        let detail = json!({
+            "reason": held.limit.scope.reason(),
+            "limit": {"key": key, "max": held.limit.max, "window_secs": held.limit.window_secs},
+            "until": rfc3339(held.until),
+        });
+        debug!(reason = held.limit.scope.reason(), until = %rfc3339(held.until), "deferring the send");
+        crate::metrics::deferred(channel.as_str(), held.limit.scope.reason());
+        let res = self
+            .with_retries(lease, || async {
+                let mut conn = self.inner.pool.acquire().await?;
+                tracking::defer(&mut conn, lease, held.until, &detail).await
             })
             .await;
         match res {

@@ -20,6 +20,7 @@ use crate::domain::{Content, Recipient, Status};
 use crate::metrics;
 use crate::providers::resilience::{Admit, Health};
 use crate::providers::{OutboundMessage, ProviderError, Registry, Route};
+use crate::store::limits;
 use crate::store::tracking::{self, Applied, ClaimedJob, Completion};
 
 /// The end of a job that `prepare` decided without calling a provider.
@@ -146,6 +147,20 @@ impl Dispatcher {
                 Err(reason) => return self.put_back(lease, Duration::ZERO, &reason).await,
             },
         };
+        // Throttles and quotas count a notification once, when it is first handed to a
+        // provider (a retry or a rescued attempt was counted then); a full one defers it.
+        let limits = &self.inner.send_limits[job.channel.index()];
+        if job.attempt == 1 && !limits.is_empty() {
+            let slot =
+                limits::take_send_slot(&self.inner.pool, job.tenant_id, job.channel, &job.recipient_key, limits).await;
+            match slot {
+                Ok(None) => {}
+                Ok(Some(held)) => return self.defer(lease, job.channel, &held).await,
+                Err(e) => {
+                    return self.put_back(lease, Duration::from_secs(1), &format!("send limits unknown: {e}")).await;
+                }
+            }
+        }
         let limit = route.timeout.min(budget_end.saturating_duration_since(Instant::now()));
         // The call's own context: this span's when spans are exported, else a new span id in
         // the notification's trace.

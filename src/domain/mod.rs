@@ -8,6 +8,7 @@ pub mod ids;
 pub mod notification;
 pub mod recipient;
 pub mod retry;
+pub mod send_limit;
 pub mod sms;
 pub mod status;
 pub mod template;

@@ -83,11 +83,24 @@ const PRUNE_RECEIPT_TOKENS: &str = "WITH old AS (
      SELECT count(*) FROM d";
 
 /// One batch of one kind.
+/// Send-limit windows that have ended count nothing any more.
+const PRUNE_SEND_WINDOWS: &str = "WITH old AS (
+         SELECT scope, tenant_id, channel, subject, window_start FROM send_windows WHERE ends_at < $1
+         ORDER BY ends_at LIMIT $2
+     ), d AS (
+         DELETE FROM send_windows s USING old
+         WHERE (s.scope, s.tenant_id, s.channel, s.subject, s.window_start)
+             = (old.scope, old.tenant_id, old.channel, old.subject, old.window_start)
+         RETURNING 1
+     )
+     SELECT count(*) FROM d";
+
 enum Step {
     Notifications { cursor: uuid::Uuid },
     UnmatchedReceipts,
     IdempotencyKeys,
     ReceiptTokens,
+    SendWindows,
 }
 
 pub async fn prune(pool: &PgPool, notifications_days: u32, idempotency_hours: u32) -> StoreResult<Pruned> {
@@ -96,12 +109,13 @@ pub async fn prune(pool: &PgPool, notifications_days: u32, idempotency_hours: u3
     let keys_cutoff = now - time::Duration::hours(i64::from(idempotency_hours));
     let tokens_cutoff = now - time::Duration::days(7);
     let mut pruned = Pruned::default();
-    for kind in 0..4 {
+    for kind in 0..5 {
         let mut step = match kind {
             0 => Step::Notifications { cursor: uuid::Uuid::nil() },
             1 => Step::UnmatchedReceipts,
             2 => Step::IdempotencyKeys,
-            _ => Step::ReceiptTokens,
+            3 => Step::ReceiptTokens,
+            _ => Step::SendWindows,
         };
         for _ in 0..MAX_BATCHES {
             let mut tx = pool.begin().await?;
@@ -129,6 +143,7 @@ pub async fn prune(pool: &PgPool, notifications_days: u32, idempotency_hours: u3
                     n
                 }
                 Step::ReceiptTokens => count(&mut tx, PRUNE_RECEIPT_TOKENS, tokens_cutoff).await?,
+                Step::SendWindows => count(&mut tx, PRUNE_SEND_WINDOWS, now).await?,
             };
             tx.commit().await?;
             if n < BATCH as u64 {

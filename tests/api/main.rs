@@ -18,5 +18,6 @@ mod push;
 mod queue;
 mod receipts;
 mod scale;
+mod send_limits;
 mod sms;
 mod templates;

@@ -77,6 +77,8 @@ pub struct ClaimedJob {
     pub tenant_id: TenantId,
     pub channel: Channel,
     pub to: Value,
+    /// The recipient as one string (what throttles count per).
+    pub recipient_key: String,
     pub content: Value,
     pub expires_at: Option<OffsetDateTime>,
     pub priority: Priority,
@@ -208,7 +210,7 @@ pub async fn claim(
                        n.metadata, n.tags, n.traceparent
          )
          SELECT c.id AS job_id, c.kind, c.lease_token, c.attempt, c.max_attempts, c.route_index, c.payload,
-                c.notification_id, m.tenant_id, m.channel, m.recipient, m.content, m.expires_at, m.priority,
+                c.notification_id, m.tenant_id, m.channel, m.recipient, m.recipient_key, m.content, m.expires_at, m.priority,
                 m.metadata, m.tags, m.traceparent,
                 EXISTS (SELECT 1 FROM suppressions s
                         WHERE s.tenant_id = m.tenant_id AND s.channel = m.channel AND s.recipient = m.recipient_key)
@@ -255,6 +257,7 @@ pub async fn claim(
                 tenant_id: TenantId::from_uuid(r.try_get("tenant_id")?),
                 channel: Channel::parse(&channel).ok_or_else(|| StoreError::Corrupt(channel.clone()))?,
                 to: r.try_get("recipient")?,
+                recipient_key: r.try_get("recipient_key")?,
                 content: r.try_get("content")?,
                 expires_at: r.try_get("expires_at")?,
                 priority: Priority::parse(&priority).ok_or_else(|| StoreError::Corrupt(priority.clone()))?,

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool, Row};
+use time::OffsetDateTime;
 
 use super::StoreResult;
 use crate::domain::{NotificationId, Priority, Status, TenantId};
@@ -105,6 +106,40 @@ pub async fn release(
     .bind(delay.as_secs_f64())
     .bind(Status::sources_of(Status::Queued))
     .bind(reason)
+    .fetch_one(conn)
+    .await?;
+    Ok(applied(n))
+}
+
+/// Hold back a claimed job until `until` because a send limit is full: like `release` (no
+/// attempt counted), with a `deferred` event that says which limit and until when.
+pub async fn defer(
+    conn: &mut PgConnection,
+    lease: Lease,
+    until: OffsetDateTime,
+    detail: &Value,
+) -> StoreResult<Applied> {
+    let n: i64 = sqlx::query_scalar(
+        "WITH j AS (
+             UPDATE jobs SET state = 'available', attempt = attempt - 1, leased_until = NULL, locked_by = NULL,
+                             run_at = $3
+             WHERE id = $1 AND lease_token = $2
+             RETURNING notification_id
+         ), upd AS (
+             UPDATE notifications n SET status = 'queued', updated_at = now(), next_attempt_at = $3
+             FROM j WHERE n.id = j.notification_id AND n.status = ANY($4)
+             RETURNING n.id
+         ), ev AS (
+             INSERT INTO notification_events (notification_id, type, status, detail)
+             SELECT id, 'deferred', 'queued', $5 FROM upd
+         )
+         SELECT count(*) FROM upd",
+    )
+    .bind(lease.job_id)
+    .bind(lease.token)
+    .bind(until)
+    .bind(Status::sources_of(Status::Queued))
+    .bind(detail)
     .fetch_one(conn)
     .await?;
     Ok(applied(n))

@@ -338,27 +338,36 @@ fn position(e: &minijinja::Error, source: &str) -> String {
 }
 
 /// Render one channel's part with `data` into a `content` object. A variable the data lacks
-/// is named, with its pointer into `data`; `data_at` is where `data` is in the request.
+/// is named, and pointed at where it belongs in the request (`data_at` is where `data` is).
 pub fn render(parts: &Parts, channel: Channel, data: &Map<String, Value>, data_at: &str) -> Result<Value, FieldError> {
     let ctx = minijinja::Value::from(minijinja::value::Serde(data));
     let mut out = Map::new();
     for (field, source) in parts.texts(channel) {
-        let rendered = ENV.template_from_named_str(field, source).and_then(|t| match t.render(&ctx) {
-            Ok(s) => Ok(s),
-            Err(e) if e.kind() == ErrorKind::UndefinedError => Err(missing(&t, data, data_at, &e, source)),
-            Err(e) => Err(e),
+        // Texts were compiled at `PUT`; a stored one that no longer compiles is reported the same way.
+        let (e, absent) = match ENV.template_from_named_str(field, source) {
+            Ok(t) => match t.render(&ctx) {
+                Ok(s) => {
+                    out.insert(field.to_owned(), Value::String(s));
+                    continue;
+                }
+                Err(e) => {
+                    let absent = (e.kind() == ErrorKind::UndefinedError).then(|| absent_variable(&t, data, &e, source));
+                    (e, absent.flatten())
+                }
+            },
+            Err(e) => (e, None),
+        };
+        let at = position(&e, source);
+        return Err(match absent {
+            Some(path) => {
+                let pointer: String = path.split('.').map(|p| format!("/{}", escape(p))).collect();
+                FieldError::new(
+                    format!("{data_at}{pointer}"),
+                    format!("{channel}.{field} uses `{path}`, which data does not have{at}"),
+                )
+            }
+            None => FieldError::new(data_at, format!("{channel}.{field} does not render: {}{at}", describe(&e))),
         });
-        match rendered {
-            Ok(s) => {
-                out.insert(field.to_owned(), Value::String(s));
-            }
-            Err(e) => {
-                return Err(FieldError::new(
-                    data_at,
-                    format!("{channel}.{field} does not render: {}{}", describe(&e), position(&e, source)),
-                ));
-            }
-        }
     }
     if channel == Channel::Push
         && let Some(p) = &parts.push
@@ -369,27 +378,21 @@ pub fn render(parts: &Parts, channel: Channel, data: &Map<String, Value>, data_a
     Ok(Value::Object(out))
 }
 
-/// Name the variable behind an undefined-value error: the first variable the template reads
-/// that `data` does not hold.
-fn missing(
+/// The variable behind an undefined-value error: the expression minijinja points at when it
+/// is a variable path that `data` lacks, else the first variable the template reads that
+/// `data` lacks (a filter's error points at the filter).
+fn absent_variable(
     t: &minijinja::Template<'_, '_>,
     data: &Map<String, Value>,
-    data_at: &str,
     e: &minijinja::Error,
     source: &str,
-) -> minijinja::Error {
-    let mut wanted: Vec<String> = t.undeclared_variables(true).into_iter().collect();
+) -> Option<String> {
+    let mut wanted: Vec<String> = t.undeclared_variables(true).into_iter().filter(|p| !resolves(data, p)).collect();
     wanted.sort();
-    let absent = wanted.into_iter().find(|path| !resolves(data, path));
-    match absent {
-        Some(path) => {
-            let pointer: String = path.split('.').map(|p| format!("/{}", escape(p))).collect();
-            minijinja::Error::new(
-                ErrorKind::UndefinedError,
-                format!("data has no `{path}` (expected at {data_at}{pointer}){}", position(e, source)),
-            )
-        }
-        None => minijinja::Error::new(ErrorKind::UndefinedError, format!("an undefined value{}", position(e, source))),
+    let pointed = e.range().and_then(|r| source.get(r)).map(str::trim);
+    match pointed.and_then(|p| wanted.iter().find(|w| *w == p)) {
+        Some(p) => Some(p.clone()),
+        None => wanted.into_iter().next(),
     }
 }
 
@@ -433,10 +436,14 @@ mod tests {
     fn a_missing_variable_is_named_with_its_pointer() {
         let t = Template::parse(&json!({"sms": {"text": "Code {{ code }} for {{ user.name }}"}})).expect("valid");
         let e = render(&t.parts, Channel::Sms, &data(json!({"code": 1, "user": {}})), "/template/data").unwrap_err();
-        assert_eq!(e.pointer, "/template/data");
-        assert!(e.detail.contains("`user.name`") && e.detail.contains("/template/data/user/name"), "{}", e.detail);
+        assert_eq!(e.pointer, "/template/data/user/name");
+        assert_eq!(e.detail, "sms.text uses `user.name`, which data does not have (line 1, column 24)");
         let e = render(&t.parts, Channel::Sms, &data(json!({"user": {"name": "A"}})), "/data").unwrap_err();
-        assert!(e.detail.contains("`code`"), "{}", e.detail);
+        assert_eq!((e.pointer.as_str(), e.detail.contains("`code`")), ("/data/code", true), "{}", e.detail);
+        // A filter's error points at the filter; the variable is still the one named.
+        let t = Template::parse(&json!({"sms": {"text": "{{ name | upper }}"}})).expect("valid");
+        let e = render(&t.parts, Channel::Sms, &Map::new(), "/data").unwrap_err();
+        assert_eq!(e.pointer, "/data/name", "{}", e.detail);
     }
 
     #[test]

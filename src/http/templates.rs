@@ -1,7 +1,7 @@
 //! `/v1/templates`: add a version, read one, list them, preview a rendering. Templates are
 //! the caller's tenant's (an admin key included).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use axum::Json;
 use axum::body::Bytes;
@@ -40,18 +40,33 @@ pub(super) struct TemplateView {
     created_at: OffsetDateTime,
     /// The channels of the default variant.
     channels: Vec<Channel>,
-    #[serde(flatten)]
-    body: Body,
+    /// The locale of the default variant (the top-level parts), if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    default_locale: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    email: Option<template::EmailPart>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sms: Option<template::SmsPart>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    push: Option<template::PushPart>,
+    /// Variants by BCP 47 tag.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    locales: BTreeMap<String, template::Parts>,
 }
 
 impl From<Version> for TemplateView {
     fn from(v: Version) -> Self {
+        let t = v.template;
         TemplateView {
-            channels: v.template.parts.channels(),
+            channels: t.parts.channels(),
             name: v.name,
             version: v.version,
             created_at: v.created_at,
-            body: v.template.into(),
+            default_locale: t.default_locale,
+            email: t.parts.email,
+            sms: t.parts.sms,
+            push: t.parts.push,
+            locales: t.locales,
         }
     }
 }

@@ -8,6 +8,7 @@ mod metrics;
 mod notifications;
 pub mod openapi;
 mod ops;
+mod paging;
 pub mod problem;
 mod schemas;
 mod stats;

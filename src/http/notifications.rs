@@ -7,8 +7,6 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -17,6 +15,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::AppState;
 use super::auth::require;
+use super::paging;
 use super::problem::ApiError;
 use crate::domain::notification::ParseOptions;
 use crate::domain::recipient::recipient_key;
@@ -345,25 +344,8 @@ pub(super) async fn list(
         .get("channel")
         .map(|s| Channel::parse(s).ok_or_else(|| ApiError::bad_parameter("channel", "must be email, sms or push")))
         .transpose()?;
-    let limit = match params.get("limit") {
-        None => DEFAULT_LIMIT,
-        Some(l) => l
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=MAX_LIMIT).contains(l))
-            .ok_or_else(|| ApiError::bad_parameter("limit", format!("must be between 1 and {MAX_LIMIT}")))?,
-    };
-    let before_id = params
-        .get("cursor")
-        .map(|c| {
-            URL_SAFE_NO_PAD
-                .decode(c)
-                .ok()
-                .and_then(|b| uuid::Uuid::from_slice(&b).ok())
-                .map(NotificationId::from_uuid)
-                .ok_or_else(|| ApiError::bad_parameter("cursor", "not a cursor returned by this API"))
-        })
-        .transpose()?;
+    let limit = paging::limit(&params, DEFAULT_LIMIT, MAX_LIMIT)?;
+    let before_id = paging::cursor(&params, |b| uuid::Uuid::from_slice(&b).ok().map(NotificationId::from_uuid))?;
     // The same key as stored (a value that is no recipient of any channel matches nothing).
     let to = params.get("to").map(|t| recipient_key(channel, t).unwrap_or_else(|_| t.clone()));
     let mut conn = state.pool.acquire().await.map_err(crate::store::StoreError::from)?;
@@ -399,7 +381,7 @@ pub(super) async fn list(
     let mut rows = store::list(&mut conn, &filter).await?;
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
-    let next_cursor = if more { rows.last().map(|r| URL_SAFE_NO_PAD.encode(r.id.as_uuid().as_bytes())) } else { None };
+    let next_cursor = if more { rows.last().map(|r| paging::next_cursor(r.id.as_uuid().as_bytes())) } else { None };
     let names = tenant_names(&mut conn, &caller, &rows.iter().map(|r| r.tenant_id).collect::<Vec<_>>()).await?;
     let items = rows
         .into_iter()

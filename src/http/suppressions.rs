@@ -7,14 +7,13 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 use serde_json::Value;
 use time::OffsetDateTime;
 
 use super::AppState;
 use super::auth::require;
+use super::paging;
 use super::problem::ApiError;
 use crate::domain::recipient::recipient_key;
 use crate::domain::{Channel, FieldError};
@@ -70,34 +69,16 @@ pub(super) async fn list(
         .get("channel")
         .map(|c| Channel::parse(c).ok_or_else(|| ApiError::bad_parameter("channel", "must be email, sms or push")))
         .transpose()?;
-    let limit = match params.get("limit") {
-        None => 100,
-        Some(l) => l
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=1000).contains(l))
-            .ok_or_else(|| ApiError::bad_parameter("limit", "must be between 1 and 1000"))?,
-    };
-    let after = params
-        .get("cursor")
-        .map(|c| {
-            URL_SAFE_NO_PAD
-                .decode(c)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .and_then(|s| s.split_once('\n').map(|(a, b)| (a.to_owned(), b.to_owned())))
-                .ok_or_else(|| ApiError::bad_parameter("cursor", "not a cursor returned by this API"))
-        })
-        .transpose()?;
+    let limit = paging::limit(&params, 100, 1000)?;
+    let after = paging::cursor(&params, |b| {
+        String::from_utf8(b).ok().and_then(|s| s.split_once('\n').map(|(a, b)| (a.to_owned(), b.to_owned())))
+    })?;
     let mut conn = state.pool.acquire().await.map_err(crate::store::StoreError::from)?;
     let mut rows = suppressions::list(&mut conn, caller.tenant_id, channel, after, limit + 1).await?;
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
-    let next = if more {
-        rows.last().map(|s| URL_SAFE_NO_PAD.encode(format!("{}\n{}", s.channel, s.recipient)))
-    } else {
-        None
-    };
+    let next =
+        if more { rows.last().map(|s| paging::next_cursor(format!("{}\n{}", s.channel, s.recipient))) } else { None };
     let items: Vec<SuppressionView> = rows.into_iter().map(Into::into).collect();
     Ok(Json(serde_json::json!({"items": items, "next_cursor": next})))
 }

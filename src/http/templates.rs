@@ -8,8 +8,6 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
@@ -17,6 +15,7 @@ use time::OffsetDateTime;
 use super::AppState;
 use super::auth::require;
 use super::notifications::json_body;
+use super::paging;
 use super::problem::ApiError;
 use crate::domain::template::{self, Body, Template, Version};
 use crate::domain::{Channel, FieldError, content, sms};
@@ -184,30 +183,13 @@ pub(super) async fn list(
     if let Some(unknown) = params.keys().find(|k| !["limit", "cursor"].contains(&k.as_str())) {
         return Err(ApiError::bad_parameter(unknown, "unknown parameter; known: limit, cursor"));
     }
-    let limit = match params.get("limit") {
-        None => DEFAULT_LIMIT,
-        Some(l) => l
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=MAX_LIMIT).contains(l))
-            .ok_or_else(|| ApiError::bad_parameter("limit", format!("must be between 1 and {MAX_LIMIT}")))?,
-    };
-    let after = params
-        .get("cursor")
-        .map(|c| {
-            URL_SAFE_NO_PAD
-                .decode(c)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .filter(|n| template::valid_name(n))
-                .ok_or_else(|| ApiError::bad_parameter("cursor", "not a cursor returned by this API"))
-        })
-        .transpose()?;
+    let limit = paging::limit(&params, DEFAULT_LIMIT, MAX_LIMIT)?;
+    let after = paging::cursor(&params, |b| String::from_utf8(b).ok().filter(|n| template::valid_name(n)))?;
     let mut conn = state.pool.acquire().await.map_err(crate::store::StoreError::from)?;
     let mut rows = store::list(&mut conn, caller.tenant_id, after.as_deref(), limit + 1).await?;
     let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
     rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-    let next_cursor = more.then(|| rows.last().map(|r| URL_SAFE_NO_PAD.encode(&r.latest.name))).flatten();
+    let next_cursor = more.then(|| rows.last().map(|r| paging::next_cursor(&r.latest.name))).flatten();
     let items = rows
         .into_iter()
         .map(|r| TemplateSummary {

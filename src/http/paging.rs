@@ -1,0 +1,44 @@
+//! The `limit` and `cursor` parameters every list takes. A cursor is opaque to callers: the
+//! last item's key, base64url-encoded, decoded here and read by each list.
+
+use std::collections::HashMap;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use super::problem::ApiError;
+
+/// `limit`: `default` when absent, else 1 to `max`.
+pub(super) fn limit(params: &HashMap<String, String>, default: i64, max: i64) -> Result<i64, ApiError> {
+    match params.get("limit") {
+        None => Ok(default),
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=max).contains(l))
+            .ok_or_else(|| ApiError::bad_parameter("limit", format!("must be between 1 and {max}"))),
+    }
+}
+
+/// `cursor`, read by `read` from its decoded bytes; `None` when absent. One that does not
+/// decode or read is a 400 problem.
+pub(super) fn cursor<T>(
+    params: &HashMap<String, String>,
+    read: impl FnOnce(Vec<u8>) -> Option<T>,
+) -> Result<Option<T>, ApiError> {
+    params
+        .get("cursor")
+        .map(|c| {
+            URL_SAFE_NO_PAD
+                .decode(c)
+                .ok()
+                .and_then(read)
+                .ok_or_else(|| ApiError::bad_parameter("cursor", "not a cursor returned by this API"))
+        })
+        .transpose()
+}
+
+/// The cursor of the page after one ending with the item keyed `last`.
+pub(super) fn next_cursor(last: impl AsRef<[u8]>) -> String {
+    URL_SAFE_NO_PAD.encode(last)
+}

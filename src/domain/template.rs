@@ -293,6 +293,24 @@ pub fn reference(body: &Value) -> Option<(String, Option<i32>)> {
 }
 
 fn compile_all(parts: &Parts, at: &str, errs: &mut Vec<FieldError>) {
+    // What no rendering could make sendable is refused now rather than at every send.
+    if let Some(e) = &parts.email {
+        if e.subject.trim().is_empty() {
+            errs.push(FieldError::new(format!("{at}/email/subject"), "must not be empty"));
+        }
+        if e.text.as_deref().is_none_or(str::is_empty) && e.html.as_deref().is_none_or(str::is_empty) {
+            errs.push(FieldError::new(format!("{at}/email"), "email needs text and/or html"));
+        }
+    }
+    if parts.sms.as_ref().is_some_and(|s| s.text.trim().is_empty()) {
+        errs.push(FieldError::new(format!("{at}/sms/text"), "must not be empty"));
+    }
+    if let Some(p) = &parts.push
+        && p.title.as_deref().is_none_or(str::is_empty)
+        && p.body.as_deref().is_none_or(str::is_empty)
+    {
+        errs.push(FieldError::new(format!("{at}/push"), "push needs a title and/or a body"));
+    }
     for channel in parts.channels() {
         for (field, source) in parts.texts(channel) {
             if let Err(e) = ENV.template_from_named_str(field, source) {
@@ -461,6 +479,10 @@ mod tests {
         let p = |v: Value| Template::parse(&v).unwrap_err().into_iter().map(|e| e.pointer).collect::<Vec<_>>();
         assert_eq!(p(json!({"sms": {"txt": "x"}})), vec!["/sms/txt"]);
         assert_eq!(p(json!({})), vec![""]);
+        assert_eq!(
+            p(json!({"sms": {"text": " "}, "email": {"subject": "s"}, "push": {"data": {"a": "b"}}})),
+            vec!["/email", "/sms/text", "/push"]
+        );
         assert_eq!(
             p(json!({"sms": {"text": "x"}, "locales": {"not a tag": {"sms": {"text": "y"}}}})),
             vec!["/locales/not a tag"]

@@ -222,7 +222,8 @@ pub async fn run(mut settings: Settings, throwaway_db: bool) -> Result<(), AppEr
         // A dev tenant from before per-tenant secrets: give it one.
         None if !shared => {
             let s = crate::domain::webhook::new_signing_secret();
-            keys::set_tenant(&mut conn, DEV_TENANT, None, Some(&s), None).await?;
+            let changes = keys::TenantChanges { signing_secret: Some(&s), ..Default::default() };
+            keys::set_tenant(&mut conn, DEV_TENANT, &changes).await?;
             Some(s)
         }
         None => None,

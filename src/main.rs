@@ -111,6 +111,11 @@ enum TenantsCmd {
         /// it the tenant has `limits.requests_per_second`.
         #[arg(long, value_name = "N")]
         requests_per_second: Option<u32>,
+        /// The tenant's own send quota, replacing `channels.X.tenant_per_minute` or
+        /// `tenant_per_day` for it: `sms.per_day=1000` (0: none; `default`: the configured
+        /// one again). Repeatable.
+        #[arg(long = "quota", value_name = "CHANNEL.WINDOW=N")]
+        quotas: Vec<String>,
     },
 }
 
@@ -166,6 +171,19 @@ async fn connected(cli: &Cli) -> Result<App, AppError> {
 
 fn name_arg(name: &str) -> Result<(), AppError> {
     tenant::check_name(name).map_err(AppError::Usage)
+}
+
+/// `--quota sms.per_day=1000`: the quota's key and its number (`default`: `None`).
+fn quota_arg(arg: &str) -> Result<(String, Option<u32>), AppError> {
+    let usage = |e: String| AppError::Usage(format!("--quota {arg}: {e}"));
+    let (key, n) =
+        arg.split_once('=').ok_or_else(|| usage("expected CHANNEL.WINDOW=N, e.g. sms.per_day=1000".into()))?;
+    let (channel, window) = herald::domain::send_limit::parse_quota_key(key).map_err(usage)?;
+    let n = match n {
+        "default" => None,
+        n => Some(n.parse::<u32>().map_err(|_| usage(format!("`{n}` is not a count of sends (0: none; default)")))?),
+    };
+    Ok((herald::domain::send_limit::quota_key(channel, window), n))
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, AppError> {
@@ -224,8 +242,10 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
             signing_secret,
             rotate_signing_secret,
             requests_per_second,
+            quotas,
         }) => {
             name_arg(tenant)?;
+            let quotas = quotas.iter().map(|q| quota_arg(q)).collect::<Result<Vec<_>, _>>()?;
             let app = connected(&cli).await?;
             if let Some(u) = callback_url {
                 herald::domain::recipient::check_endpoint(u, app.settings.callbacks.allow_private_networks)
@@ -243,9 +263,18 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
                 _ => None,
             };
             let secret = signing_secret.as_deref().or(rotated.as_deref());
-            let id = keys::set_tenant(&mut conn, tenant, callback_url.as_deref(), secret, *requests_per_second).await?;
+            let changes = keys::TenantChanges {
+                callback_url: callback_url.as_deref(),
+                signing_secret: secret,
+                requests_per_second: *requests_per_second,
+                quotas,
+            };
+            let (id, own_quotas) = keys::set_tenant(&mut conn, tenant, &changes).await?;
             let shown = rotated.or(created);
             println!("tenant {tenant} ({id}) updated");
+            if own_quotas.as_object().is_some_and(|q| !q.is_empty()) {
+                println!("its own send quotas: {own_quotas}");
+            }
             if let Some(s) = shown {
                 println!("its callback signing secret is shown only once:");
                 println!("{s}");

@@ -19,8 +19,9 @@ mod wake;
 
 use wake::Wake;
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -36,8 +37,9 @@ use crate::batching::{Coalescer, Limits};
 use crate::config::{CallbackSettings, DispatchSettings, OnUnknown, RetentionSettings, Settings};
 use crate::domain::Channel;
 use crate::domain::Priority;
+use crate::domain::TenantId;
 use crate::domain::retry::RetryPolicy;
-use crate::domain::send_limit::SendLimit;
+use crate::domain::send_limit::{Quotas, SendLimit};
 use crate::providers::Registry;
 use crate::store::StoreError;
 use crate::store::tracking::receipt::Recorded;
@@ -142,6 +144,8 @@ struct Inner {
     retry_unknown: [bool; 3],
     /// By channel: the throttles and quotas a first attempt must fit in (none: no check).
     send_limits: [Vec<SendLimit>; 3],
+    /// The tenants with send quotas of their own, as last read (`refresh_quotas`).
+    tenant_quotas: RwLock<Arc<HashMap<TenantId, Quotas>>>,
     registry: Arc<Registry>,
     settings: DispatchSettings,
     retention: RetentionSettings,
@@ -224,6 +228,7 @@ impl Dispatcher {
                 in_flight: Default::default(),
                 retry_unknown: Channel::ALL.map(|c| settings.on_unknown(c) == OnUnknown::Retry),
                 send_limits: Channel::ALL.map(|c| settings.channels.get(c).send_limits()),
+                tenant_quotas: RwLock::default(),
                 registry,
                 settings: settings.dispatch.clone(),
                 retention: settings.retention.clone(),
@@ -243,9 +248,31 @@ impl Dispatcher {
         }
     }
 
+    /// Read which tenants have send quotas of their own (at each rescue interval, and at the
+    /// start of `run_once` and `drain`): `tenants set --quota` reaches running dispatchers
+    /// within `dispatch.rescue_interval_ms`.
+    async fn refresh_quotas(&self) {
+        match crate::store::limits::tenant_quotas(&self.inner.pool).await {
+            Ok(q) => *self.inner.tenant_quotas.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(q),
+            Err(e) => warn!(error = %e, "could not read the tenants' send quotas; keeping the last ones read"),
+        }
+    }
+
+    /// The throttles and quotas a first attempt must fit in: its channel's, with the tenant's
+    /// own quotas in place of the configured ones.
+    fn send_limits(&self, tenant: TenantId, channel: Channel) -> Vec<SendLimit> {
+        let configured = &self.inner.send_limits[channel.index()];
+        let quotas = self.inner.tenant_quotas.read().unwrap_or_else(PoisonError::into_inner).clone();
+        match quotas.get(&tenant) {
+            Some(own) => own.apply(channel, configured),
+            None => configured.clone(),
+        }
+    }
+
     /// Rescue expired leases, claim one batch, send it, and wait for every send to finish.
     pub async fn run_once(&self) -> Result<Summary, StoreError> {
         let mut summary = Summary { rescued: self.rescue().await?, ..Summary::default() };
+        self.refresh_quotas().await;
         let limit = self.inner.settings.batch_size.min(self.inner.settings.concurrency);
         let jobs = self.claim_batch(limit).await?;
         summary.claimed = jobs.len() as u64;
@@ -265,6 +292,7 @@ impl Dispatcher {
     pub async fn drain(&self, deadline: Instant, margin: Duration) -> Result<Summary, StoreError> {
         let mut summary = Summary { rescued: self.rescue().await?, ..Summary::default() };
         self.prune().await;
+        self.refresh_quotas().await;
         let limit = self.inner.settings.batch_size.min(self.inner.settings.concurrency);
         loop {
             let stop_claiming_at = deadline.checked_sub(margin).unwrap_or(deadline);
@@ -321,6 +349,7 @@ impl Dispatcher {
                     warn!(error = %e, "lease rescue failed");
                 }
                 self.prune().await;
+                self.refresh_quotas().await;
                 wake.reconnect_if_lost().await;
                 next_rescue = Instant::now() + rescue_every;
             }

@@ -149,10 +149,10 @@ impl Dispatcher {
         };
         // Throttles and quotas count a notification once, when it is first handed to a
         // provider (a retry or a rescued attempt was counted then); a full one defers it.
-        let limits = &self.inner.send_limits[job.channel.index()];
-        if job.attempt == 1 && !limits.is_empty() {
+        let limits = if job.attempt == 1 { self.send_limits(job.tenant_id, job.channel) } else { Vec::new() };
+        if !limits.is_empty() {
             let slot =
-                limits::take_send_slot(&self.inner.pool, job.tenant_id, job.channel, &job.recipient_key, limits).await;
+                limits::take_send_slot(&self.inner.pool, job.tenant_id, job.channel, &job.recipient_key, &limits).await;
             match slot {
                 Ok(None) => {}
                 Ok(Some(held)) => return self.defer(lease, job.channel, &held).await,

@@ -152,27 +152,44 @@ pub async fn tenant_id(conn: &mut PgConnection, name: &str) -> StoreResult<Optio
     Ok(id.map(TenantId::from_uuid))
 }
 
-/// Set a tenant's default callback URL and signing secret (creating the tenant if missing).
+/// What `herald tenants set` changes; `None` (and no quotas) leaves a setting as it is.
+#[derive(Clone, Debug, Default)]
+pub struct TenantChanges<'a> {
+    pub callback_url: Option<&'a str>,
+    pub signing_secret: Option<&'a str>,
+    pub requests_per_second: Option<u32>,
+    /// The tenant's own send quotas by key (`sms.per_day`): a number (0: none), or `None` to
+    /// go back to the configured one.
+    pub quotas: Vec<(String, Option<u32>)>,
+}
+
+/// Change a tenant's settings (creating the tenant if missing); returns its id and its own
+/// send quotas as they now are.
 pub async fn set_tenant(
     conn: &mut PgConnection,
     name: &str,
-    callback_url: Option<&str>,
-    signing_secret: Option<&str>,
-    requests_per_second: Option<u32>,
-) -> StoreResult<TenantId> {
+    changes: &TenantChanges<'_>,
+) -> StoreResult<(TenantId, serde_json::Value)> {
     let id = ensure_tenant(conn, name).await?;
-    sqlx::query(
+    let set: serde_json::Map<String, serde_json::Value> =
+        changes.quotas.iter().filter_map(|(k, n)| n.map(|n| (k.clone(), n.into()))).collect();
+    let reset: Vec<&str> = changes.quotas.iter().filter(|(_, n)| n.is_none()).map(|(k, _)| k.as_str()).collect();
+    let quotas: serde_json::Value = sqlx::query_scalar(
         "UPDATE tenants SET callback_url = coalesce($2, callback_url), signing_secret = coalesce($3, signing_secret),
-                            requests_per_second = coalesce($4, requests_per_second)
-         WHERE id = $1",
+                            requests_per_second = coalesce($4, requests_per_second),
+                            send_quotas = (send_quotas || $5) - $6::text[]
+         WHERE id = $1
+         RETURNING send_quotas",
     )
     .bind(id.as_uuid())
-    .bind(callback_url)
-    .bind(signing_secret)
-    .bind(requests_per_second.map(|n| i32::try_from(n).unwrap_or(i32::MAX)))
-    .execute(conn)
+    .bind(changes.callback_url)
+    .bind(changes.signing_secret)
+    .bind(changes.requests_per_second.map(|n| i32::try_from(n).unwrap_or(i32::MAX)))
+    .bind(serde_json::Value::Object(set))
+    .bind(reset)
+    .fetch_one(conn)
     .await?;
-    Ok(id)
+    Ok((id, quotas))
 }
 
 /// Create a key for `tenant` (creating the tenant if needed). Returns the key id and the

@@ -5,11 +5,13 @@
 //! * sends per recipient and per tenant (`channels.X.recipient_max`, `tenant_per_minute`,
 //!   `tenant_per_day`): one transaction per first attempt, only when a limit applies.
 
+use std::collections::HashMap;
+
 use sqlx::{PgPool, Row};
 use time::OffsetDateTime;
 
 use super::StoreResult;
-use crate::domain::send_limit::{LimitScope, SendLimit};
+use crate::domain::send_limit::{LimitScope, Quotas, SendLimit};
 use crate::domain::{Channel, TenantId};
 
 /// Count one request of `tenant` in the current second; the count so far, this one included.
@@ -29,6 +31,19 @@ pub async fn count_request(pool: &PgPool, tenant: TenantId) -> StoreResult<i64> 
     .fetch_one(pool)
     .await?;
     Ok(i64::from(n))
+}
+
+/// The tenants that have send quotas of their own (`tenants set --quota`), with them.
+pub async fn tenant_quotas(pool: &PgPool) -> StoreResult<HashMap<TenantId, Quotas>> {
+    let rows = sqlx::query("SELECT id, send_quotas FROM tenants WHERE send_quotas <> '{}'").fetch_all(pool).await?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for r in &rows {
+        let quotas = Quotas::from_json(&r.try_get::<serde_json::Value, _>("send_quotas")?);
+        if !quotas.is_empty() {
+            out.insert(TenantId::from_uuid(r.try_get("id")?), quotas);
+        }
+    }
+    Ok(out)
 }
 
 /// Over a send limit: the first limit that is full, and when the send may be tried again.

@@ -393,7 +393,8 @@ async fn request_limits_hold_across_replicas() {
     // Another tenant has its own count; a tenant of its own limit 0 has none.
     let theirs = t.key("globex", &[Scope::Read]).await;
     let mut conn = t.pool().acquire().await.expect("conn");
-    herald::store::keys::set_tenant(&mut conn, "globex", None, None, Some(0)).await.expect("set");
+    let changes = herald::store::keys::TenantChanges { requests_per_second: Some(0), ..Default::default() };
+    herald::store::keys::set_tenant(&mut conn, "globex", &changes).await.expect("set");
     drop(conn);
     for _ in 0..12 {
         assert_eq!(t.get(&theirs, "/v1/notifications?limit=1").await.status, StatusCode::OK);

@@ -270,6 +270,13 @@ async fn each_tenant_gets_its_own_callback_secret_shown_once_and_rotatable() {
     let new_tenant = cli(&t, &[], &["tenants", "set", "initech"]).await;
     assert!(new_tenant.iter().any(|l| l.starts_with("whsec_")), "a tenant made by `tenants set` gets one too");
 
+    // A tenant's own send quotas: set, shown, and back to the configured one with `default`.
+    let out =
+        cli(&t, &[], &["tenants", "set", "acme", "--quota", "sms.per_day=1000", "--quota", "email.per_minute=0"]).await;
+    assert!(out.iter().any(|l| l == r#"its own send quotas: {"email.per_minute":0,"sms.per_day":1000}"#), "{out:?}");
+    let out = cli(&t, &[], &["tenants", "set", "acme", "--quota", "email.per_minute=default"]).await;
+    assert!(out.iter().any(|l| l == r#"its own send quotas: {"sms.per_day":1000}"#), "{out:?}");
+
     // With a shared secret configured, new tenants get none of their own: they sign with it.
     let shared = [("HERALD__CALLBACKS__SIGNING_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")];
     let out = cli(&t, &shared, &["keys", "create", "--tenant", "umbrella", "--scopes", "send"]).await;
@@ -467,6 +474,10 @@ async fn the_cli_checks_names_and_secrets_and_explains_itself() {
     assert!(err.contains("--signing-secret: must be a Standard Webhooks secret"), "{err}");
     let err = fails(&["tenants", "set", "acme", "--signing-secret", "whsec_notbase64!!"], &[]).await;
     assert!(err.contains("--signing-secret: must be a Standard Webhooks secret"), "{err}");
+    let err = fails(&["tenants", "set", "acme", "--quota", "fax.per_day=3"], &[]).await;
+    assert!(err.contains("--quota fax.per_day=3") && err.contains("not a channel"), "{err}");
+    let err = fails(&["tenants", "set", "acme", "--quota", "sms.per_day=lots"], &[]).await;
+    assert!(err.contains("`lots` is not a count of sends"), "{err}");
     let err =
         fails(&["keys", "list"], &[("DATABASE_URL", "postgres://nobody-here@127.0.0.1:5432/herald_nowhere")]).await;
     assert!(

@@ -226,15 +226,13 @@ async fn a_tenant_default_callback_url_and_secret_are_used() {
     let key = t.key("acme", SEND_READ).await;
     let secret = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
     let mut conn = t.pool().acquire().await.expect("conn");
-    herald::store::keys::set_tenant(
-        &mut conn,
-        "acme",
-        Some(&format!("{}/tenant-hook", receiver.origin)),
-        Some(secret),
-        None,
-    )
-    .await
-    .expect("set");
+    let url = format!("{}/tenant-hook", receiver.origin);
+    let changes = herald::store::keys::TenantChanges {
+        callback_url: Some(&url),
+        signing_secret: Some(secret),
+        ..Default::default()
+    };
+    herald::store::keys::set_tenant(&mut conn, "acme", &changes).await.expect("set");
     drop(conn);
     let later = (time::OffsetDateTime::now_utc() + time::Duration::hours(1))
         .format(&time::format_description::well_known::Rfc3339)

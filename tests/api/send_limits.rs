@@ -179,3 +179,51 @@ async fn throttles_hold_across_replicas_dispatching_at_once() {
         sqlx::query_scalar("SELECT sum(sends)::int FROM send_windows").fetch_one(t.pool()).await.expect("sum");
     assert_eq!(counted, 24, "every send counted once: 5 made, 19 queued behind them");
 }
+
+#[tokio::test]
+async fn a_tenants_own_quota_replaces_the_configured_one() {
+    let t = TestApp::spawn_with(|s| s.channels.email.tenant_per_minute = 2).await;
+    let keys = [
+        ("acme", t.key("acme", SEND_READ).await),       // its own: 1 per minute
+        ("globex", t.key("globex", SEND_READ).await),   // its own: none
+        ("initech", t.key("initech", SEND_READ).await), // the configured 2
+    ];
+    let mut conn = t.pool().acquire().await.expect("conn");
+    for (tenant, quota) in [("acme", Some(1)), ("globex", Some(0))] {
+        let changes = herald::store::keys::TenantChanges {
+            quotas: vec![("email.per_minute".into(), quota), ("sms.per_day".into(), Some(9))],
+            ..Default::default()
+        };
+        herald::store::keys::set_tenant(&mut conn, tenant, &changes).await.expect("set");
+    }
+    // Back to the configured one for sms (and the other key stays).
+    let changes =
+        herald::store::keys::TenantChanges { quotas: vec![("sms.per_day".into(), None)], ..Default::default() };
+    let (_, own) = herald::store::keys::set_tenant(&mut conn, "acme", &changes).await.expect("set");
+    assert_eq!(own, json!({"email.per_minute": 1}));
+    drop(conn);
+
+    // All in one minute's window.
+    let second = OffsetDateTime::now_utc().second();
+    if second >= 58 {
+        tokio::time::sleep(std::time::Duration::from_secs(u64::from(61 - second))).await;
+    }
+    let mut ids = Vec::new();
+    for (tenant, key) in &keys {
+        for i in 0..3 {
+            ids.push((
+                *tenant,
+                key.clone(),
+                send(&t, key, crate::helpers::email(&format!("{tenant}{i}@example.com"), "hi")).await,
+            ));
+        }
+    }
+    t.dispatcher().run_once().await.expect("dispatch");
+    let mut sent = std::collections::BTreeMap::new();
+    for (tenant, key, id) in &ids {
+        if t.notification(key, id).await["status"] == "sent" {
+            *sent.entry(*tenant).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(sent, std::collections::BTreeMap::from([("acme", 1), ("globex", 3), ("initech", 2)]));
+}

@@ -23,7 +23,8 @@ pub struct Rules {
 const MAX_SUBJECT_LEN: usize = 998;
 const MAX_SMS_LEN: usize = 1600;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct EmailContent {
     pub subject: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -38,12 +39,14 @@ pub struct EmailContent {
     pub unsubscribe_url: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SmsContent {
     pub text: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct PushContent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub title: Option<String>,

@@ -13,50 +13,19 @@ use serde_json::{Map, Value};
 
 use super::FieldError;
 use super::channel::Channel;
-use super::content::escape;
+use super::content::{EmailContent, PushContent, SmsContent, escape};
 
-/// One channel's texts. Every string is a template; `html` is auto-escaped, the rest are not.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct EmailPart {
-    pub subject: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub text: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub html: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub from: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reply_to: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SmsPart {
-    pub text: String,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PushPart {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub title: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub data: BTreeMap<String, String>,
-}
-
-/// A variant: the parts of some channels.
+/// A variant: the parts of some channels, each shaped as the channel's `content` with every
+/// string a template (`html` auto-escaped, the rest not; push `data` values are sent as they are).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Parts {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub email: Option<EmailPart>,
+    pub email: Option<EmailContent>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sms: Option<SmsPart>,
+    pub sms: Option<SmsContent>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub push: Option<PushPart>,
+    pub push: Option<PushContent>,
 }
 
 impl Parts {
@@ -84,6 +53,7 @@ impl Parts {
                     out.extend(e.html.as_deref().map(|t| ("html", t)));
                     out.extend(e.from.as_deref().map(|t| ("from", t)));
                     out.extend(e.reply_to.as_deref().map(|t| ("reply_to", t)));
+                    out.extend(e.unsubscribe_url.as_deref().map(|t| ("unsubscribe_url", t)));
                 }
             }
             Channel::Sms => out.extend(self.sms.as_ref().map(|s| ("text", s.text.as_str()))),
@@ -119,11 +89,11 @@ pub struct Body {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     default_locale: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    email: Option<EmailPart>,
+    email: Option<EmailContent>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    sms: Option<SmsPart>,
+    sms: Option<SmsContent>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    push: Option<PushPart>,
+    push: Option<PushContent>,
     /// Variants by BCP 47 tag; a channel a variant leaves out comes from the default.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     locales: BTreeMap<String, Parts>,

@@ -43,11 +43,11 @@ pub(super) struct TemplateView {
     #[serde(skip_serializing_if = "Option::is_none")]
     default_locale: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    email: Option<template::EmailPart>,
+    email: Option<crate::domain::content::EmailContent>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    sms: Option<template::SmsPart>,
+    sms: Option<crate::domain::content::SmsContent>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    push: Option<template::PushPart>,
+    push: Option<crate::domain::content::PushContent>,
     /// Variants by BCP 47 tag.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     locales: BTreeMap<String, template::Parts>,

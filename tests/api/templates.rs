@@ -259,6 +259,31 @@ async fn a_preview_renders_every_part_says_the_variant_and_offers_gsm7() {
     assert_eq!(r.body["email"]["content"]["text"], "Hi <Ana>");
     assert!(r.body.get("sms").is_none());
 
+    // Any part of the content may be a template, the unsubscribe link too, and is checked.
+    put(
+        &t,
+        &key,
+        "digest",
+        json!({"email": {"subject": "Digest", "text": "…",
+        "unsubscribe_url": "{{ site }}/u/{{ user_id }}"}}),
+    )
+    .await;
+    let r = preview("digest", json!({"data": {"site": "https://acme.example", "user_id": 17}})).await;
+    assert_eq!(r.body["email"]["content"]["unsubscribe_url"], "https://acme.example/u/17", "{}", r.body);
+    let r = t
+        .post(
+            &key,
+            json!({"channel": "email", "to": "a@example.com",
+                                "template": {"name": "digest", "data": {"site": "acme", "user_id": 1}}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    assert!(
+        r.body["errors"][0]["detail"].as_str().is_some_and(|d| d.contains("rendered email unsubscribe_url")),
+        "{}",
+        r.body
+    );
+
     let r = preview("quotes", json!({"data": {"first_name": "Ana"}})).await;
     assert_eq!(
         r.body["sms"]["sms"],

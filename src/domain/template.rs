@@ -293,8 +293,48 @@ fn compile_all(parts: &Parts, at: &str, errs: &mut Vec<FieldError>) {
     }
 }
 
-/// Enough for any real message; a template that loops for ever runs out and is refused.
-const FUEL: u64 = 200_000;
+/// Enough for any real message (a few thousand loop steps), and under a millisecond of
+/// rendering (measured in a release build): a template that loops for ever runs out and is
+/// refused, and a batch of them cannot hold a request thread for long.
+const FUEL: u64 = 50_000;
+
+/// The most one text may render to; past it the render stops and is refused. Above every
+/// channel's own limit (an API body is 1 MiB by default), so it only stops runaway templates.
+const MAX_RENDERED_BYTES: usize = 1024 * 1024;
+
+/// Rendered output, refused past `MAX_RENDERED_BYTES` (minijinja stops at the first failed write).
+struct Capped(Vec<u8>);
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > MAX_RENDERED_BYTES {
+            return Err(std::io::Error::other("the rendered text is too long"));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Render one text, at most `MAX_RENDERED_BYTES` of it.
+fn render_text(t: &minijinja::Template<'_, '_>, ctx: &minijinja::Value) -> Result<String, minijinja::Error> {
+    let mut out = Capped(Vec::new());
+    t.render_captured_to(ctx, &mut out).map_err(|e| {
+        if e.kind() == ErrorKind::WriteFailure {
+            minijinja::Error::new(
+                ErrorKind::WriteFailure,
+                format!("renders to more than {} KiB", MAX_RENDERED_BYTES / 1024),
+            )
+        } else {
+            e
+        }
+    })?;
+    // minijinja writes whole UTF-8 strings, and a refused write ends the render.
+    String::from_utf8(out.0).map_err(|_| minijinja::Error::new(ErrorKind::WriteFailure, "rendered invalid UTF-8"))
+}
 
 /// One environment for every render: strict about undefined values, HTML parts escaped.
 static ENV: LazyLock<Environment<'static>> = LazyLock::new(|| {
@@ -333,7 +373,7 @@ pub fn render(parts: &Parts, channel: Channel, data: &Map<String, Value>, data_a
     for (field, source) in parts.texts(channel) {
         // Texts were compiled at `PUT`; a stored one that no longer compiles is reported the same way.
         let (e, absent) = match ENV.template_from_named_str(field, source) {
-            Ok(t) => match t.render(&ctx) {
+            Ok(t) => match render_text(&t, &ctx) {
                 Ok(s) => {
                     out.insert(field.to_owned(), Value::String(s));
                     continue;
@@ -486,5 +526,18 @@ mod tests {
             .expect("compiles");
         let e = render(&t.parts, Channel::Sms, &Map::new(), "/data").unwrap_err();
         assert!(e.detail.contains("fuel") || e.detail.contains("out of"), "{}", e.detail);
+        // Output is bounded too, whatever the fuel: 300 × 10,000 characters is over 1 MiB.
+        let t = Template::parse(
+            &json!({"email": {"subject": "s", "text": "{% for i in range(300) %}{{ 'x' * 10000 }}{% endfor %}"}}),
+        )
+        .expect("compiles");
+        let e = render(&t.parts, Channel::Email, &Map::new(), "/data").unwrap_err();
+        assert!(e.detail.contains("renders to more than 1024 KiB"), "{}", e.detail);
+        let t = Template::parse(
+            &json!({"email": {"subject": "s", "text": "{% for i in range(50) %}{{ 'x' * 10000 }}{% endfor %}"}}),
+        )
+        .expect("compiles");
+        let out = render(&t.parts, Channel::Email, &Map::new(), "/data").expect("half a MiB renders");
+        assert_eq!(out["text"].as_str().map(str::len), Some(500_000));
     }
 }

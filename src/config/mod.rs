@@ -188,13 +188,24 @@ impl ChannelSettings {
                 scope: LimitScope::Recipient,
                 max: self.recipient_max,
                 window_secs: self.recipient_window_secs,
+                own: false,
             });
         }
         if self.tenant_per_minute > 0 {
-            out.push(SendLimit { scope: LimitScope::TenantMinute, max: self.tenant_per_minute, window_secs: 60 });
+            out.push(SendLimit {
+                scope: LimitScope::TenantMinute,
+                max: self.tenant_per_minute,
+                window_secs: 60,
+                own: false,
+            });
         }
         if self.tenant_per_day > 0 {
-            out.push(SendLimit { scope: LimitScope::TenantDay, max: self.tenant_per_day, window_secs: 86_400 });
+            out.push(SendLimit {
+                scope: LimitScope::TenantDay,
+                max: self.tenant_per_day,
+                window_secs: 86_400,
+                own: false,
+            });
         }
         out
     }

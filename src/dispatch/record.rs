@@ -51,14 +51,13 @@ impl Dispatcher {
 
     /// Hold a claimed job back until a full send limit has room (a `deferred` event).
     pub(super) async fn defer(&self, lease: Lease, channel: Channel, held: &Held) -> Outcome {
-        let key = format!("channels.{channel}.{}", held.limit.scope.key());
+        let key = held.limit.key(channel);
         let detail = json!({
             "reason": held.limit.scope.reason(),
             "limit": {"key": key, "max": held.limit.max, "window_secs": held.limit.window_secs},
             "until": rfc3339(held.until),
         });
         debug!(reason = held.limit.scope.reason(), until = %rfc3339(held.until), "deferring the send");
-        crate::metrics::deferred(channel.as_str(), held.limit.scope.reason());
         let res = self
             .with_retries(lease, || async {
                 let mut conn = self.inner.pool.acquire().await?;
@@ -66,7 +65,10 @@ impl Dispatcher {
             })
             .await;
         match res {
-            Ok(Applied::Yes) => Outcome::Deferred,
+            Ok(Applied::Yes) => {
+                crate::metrics::deferred(channel.as_str(), held.limit.scope.reason());
+                Outcome::Deferred
+            }
             Ok(Applied::Fenced) => fenced(),
             Err(e) => unrecorded(&e),
         }

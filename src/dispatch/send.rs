@@ -20,7 +20,8 @@ use crate::domain::{Content, Recipient, Status};
 use crate::metrics;
 use crate::providers::resilience::{Admit, Health};
 use crate::providers::{OutboundMessage, ProviderError, Registry, Route};
-use crate::store::limits;
+use crate::store::limits::{self, SlotOutcome};
+use crate::store::notifications::rfc3339;
 use crate::store::tracking::{self, Applied, ClaimedJob, Completion};
 
 /// The end of a job that `prepare` decided without calling a provider.
@@ -114,6 +115,47 @@ impl Dispatcher {
         let route = &candidates[index];
         let provider = &route.provider;
 
+        // Throttles and quotas count a notification once (`slot_taken` is kept on its job, so
+        // a put-back, a rescue or a retry is not counted again), before it waits for a
+        // provider's pacing: a send held back here takes no provider's turn.
+        if !job.slot_taken {
+            let limits = self.send_limits(job.tenant_id, job.channel);
+            if !limits.is_empty() {
+                let slot = limits::take_send_slot(
+                    &self.inner.pool,
+                    lease,
+                    job.tenant_id,
+                    job.channel,
+                    &job.recipient_key,
+                    &limits,
+                )
+                .await;
+                match slot {
+                    Ok(SlotOutcome::Taken) => {}
+                    Ok(SlotOutcome::Held(held)) => {
+                        // Held past its expiry, it would only expire later: it expires now.
+                        if let Some(exp) = job.expires_at.filter(|e| *e <= held.until) {
+                            let error = format!(
+                                "a send limit ({}) holds it until {}, after its expires_at {}",
+                                held.limit.describe(job.channel),
+                                rfc3339(held.until),
+                                rfc3339(exp)
+                            );
+                            let detail = json!({"reason": held.limit.scope.reason(), "until": rfc3339(held.until)});
+                            return self.finish(lease, Status::Expired, "expired", None, &error, detail).await;
+                        }
+                        return self.defer(lease, job.channel, &held).await;
+                    }
+                    Ok(SlotOutcome::Fenced) => return fenced(),
+                    Err(e) => {
+                        return self
+                            .put_back(lease, Duration::from_secs(1), &format!("send limits unknown: {e}"))
+                            .await;
+                    }
+                }
+            }
+        }
+
         // Sends are bounded well inside the lease (so nobody rescues a live send) and, in
         // Lambda, by the time left before the deadline. Pacing may use part of that budget;
         // a job that cannot get its turn in time is put back, not failed.
@@ -147,20 +189,6 @@ impl Dispatcher {
                 Err(reason) => return self.put_back(lease, Duration::ZERO, &reason).await,
             },
         };
-        // Throttles and quotas count a notification once, when it is first handed to a
-        // provider (a retry or a rescued attempt was counted then); a full one defers it.
-        let limits = if job.attempt == 1 { self.send_limits(job.tenant_id, job.channel) } else { Vec::new() };
-        if !limits.is_empty() {
-            let slot =
-                limits::take_send_slot(&self.inner.pool, job.tenant_id, job.channel, &job.recipient_key, &limits).await;
-            match slot {
-                Ok(None) => {}
-                Ok(Some(held)) => return self.defer(lease, job.channel, &held).await,
-                Err(e) => {
-                    return self.put_back(lease, Duration::from_secs(1), &format!("send limits unknown: {e}")).await;
-                }
-            }
-        }
         let limit = route.timeout.min(budget_end.saturating_duration_since(Instant::now()));
         // The call's own context: this span's when spans are exported, else a new span id in
         // the notification's trace.

@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 
 use super::Channel;
 
-/// What a send limit counts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What a send limit counts. Their order is the order windows are counted (and locked) in,
+/// the same in every replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LimitScope {
     /// Sends to one recipient of one tenant (`channels.X.recipient_max`).
     Recipient,
@@ -53,6 +54,24 @@ pub struct SendLimit {
     pub scope: LimitScope,
     pub max: u32,
     pub window_secs: u64,
+    /// The tenant's own quota (`tenants set --quota`), not the configured one.
+    pub own: bool,
+}
+
+impl SendLimit {
+    /// Where the limit comes from: the config key, or the tenant's own quota.
+    pub fn key(&self, channel: Channel) -> String {
+        match (self.own, self.scope) {
+            (true, LimitScope::TenantMinute) => format!("tenant quota {}", quota_key(channel, Window::Minute)),
+            (true, _) => format!("tenant quota {}", quota_key(channel, Window::Day)),
+            (false, scope) => format!("channels.{channel}.{}", scope.key()),
+        }
+    }
+
+    /// `channels.sms.recipient_max: 2 per 3600 s`, for messages.
+    pub fn describe(&self, channel: Channel) -> String {
+        format!("{}: {} per {} s", self.key(channel), self.max, self.window_secs)
+    }
 }
 
 /// A tenant's own quotas, each replacing the configured one of its channel and window
@@ -134,7 +153,7 @@ impl Quotas {
             }
             out.retain(|l| l.scope != window.scope());
             if max > 0 {
-                out.push(SendLimit { scope: window.scope(), max, window_secs: window.secs() });
+                out.push(SendLimit { scope: window.scope(), max, window_secs: window.secs(), own: true });
             }
         }
         out
@@ -149,16 +168,21 @@ mod tests {
     #[test]
     fn a_tenants_quotas_replace_the_configured_ones() {
         let configured = [
-            SendLimit { scope: LimitScope::Recipient, max: 3, window_secs: 3600 },
-            SendLimit { scope: LimitScope::TenantMinute, max: 100, window_secs: 60 },
+            SendLimit { scope: LimitScope::Recipient, max: 3, window_secs: 3600, own: false },
+            SendLimit { scope: LimitScope::TenantMinute, max: 100, window_secs: 60, own: false },
         ];
         let q = Quotas::from_json(
             &json!({"sms.per_minute": 0, "sms.per_day": 500, "email.per_minute": 7, "fax.per_day": 1}),
         );
         let sms = q.apply(Channel::Sms, &configured);
-        assert_eq!(sms, vec![configured[0], SendLimit { scope: LimitScope::TenantDay, max: 500, window_secs: 86_400 }]);
+        assert_eq!(
+            sms,
+            vec![configured[0], SendLimit { scope: LimitScope::TenantDay, max: 500, window_secs: 86_400, own: true }]
+        );
+        assert_eq!(sms[1].key(Channel::Sms), "tenant quota sms.per_day");
+        assert_eq!(configured[1].describe(Channel::Sms), "channels.sms.tenant_per_minute: 100 per 60 s");
         let email = q.apply(Channel::Email, &configured);
-        assert_eq!(email[1], SendLimit { scope: LimitScope::TenantMinute, max: 7, window_secs: 60 });
+        assert_eq!(email[1], SendLimit { scope: LimitScope::TenantMinute, max: 7, window_secs: 60, own: true });
         assert_eq!(q.apply(Channel::Push, &configured), configured.to_vec());
         assert_eq!(parse_quota_key("push.per_day"), Ok((Channel::Push, Window::Day)));
         assert!(parse_quota_key("sms.per_week").unwrap_err().contains("per_week"));

@@ -11,6 +11,7 @@ use sqlx::{PgPool, Row};
 use time::OffsetDateTime;
 
 use super::StoreResult;
+use super::tracking::Lease;
 use crate::domain::send_limit::{LimitScope, Quotas, SendLimit};
 use crate::domain::{Channel, TenantId};
 
@@ -61,15 +62,20 @@ pub struct Held {
 /// `max` comes back `(n - 1) / max` windows later, so a backlog is spread over the windows
 /// that can take it instead of all returning at the next window's start. The other windows'
 /// slots are given back (no send was made).
+///
+/// The job (`lease`) is marked as counted in the same transaction, so it is never counted
+/// again: not when it is put back or rescued before its send, nor when it is retried. A lost
+/// lease counts nothing (`Held` is not returned then: the job is someone else's now).
 pub async fn take_send_slot(
     pool: &PgPool,
+    lease: Lease,
     tenant: TenantId,
     channel: Channel,
     subject: &str,
     limits: &[SendLimit],
-) -> StoreResult<Option<Held>> {
+) -> StoreResult<SlotOutcome> {
     if limits.is_empty() {
-        return Ok(None);
+        return Ok(SlotOutcome::Taken);
     }
     let scopes: Vec<&str> = limits.iter().map(|l| l.scope.as_str()).collect();
     let subjects: Vec<&str> =
@@ -116,22 +122,60 @@ pub async fn take_send_slot(
             held = Some(Held { limit: *limit, until });
         }
     }
-    if held.is_some() && !within.is_empty() {
-        sqlx::query(
-            "UPDATE send_windows s SET sends = s.sends - 1
+    if let Some(h) = held {
+        // Nothing else to write for the job: it stays uncounted and comes back at `until`.
+        if !within.is_empty() {
+            give_back(&mut tx, tenant, channel, subject, &within).await?;
+        }
+        tx.commit().await?;
+        return Ok(SlotOutcome::Held(h));
+    }
+    let mine =
+        sqlx::query("UPDATE jobs SET slot_taken = true WHERE id = $1 AND lease_token = $2 AND state = 'running'")
+            .bind(lease.job_id)
+            .bind(lease.token)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+    if mine == 0 {
+        return Ok(SlotOutcome::Fenced); // rolled back: nothing counted
+    }
+    tx.commit().await?;
+    Ok(SlotOutcome::Taken)
+}
+
+/// What `take_send_slot` did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SlotOutcome {
+    /// Counted in every window: send.
+    Taken,
+    /// A window is full: come back at `Held::until`.
+    Held(Held),
+    /// The lease was lost: the job is no longer this worker's.
+    Fenced,
+}
+
+/// Give back the slots taken in the windows that had room, when another was full.
+async fn give_back(
+    tx: &mut sqlx::PgConnection,
+    tenant: TenantId,
+    channel: Channel,
+    subject: &str,
+    within: &[(String, OffsetDateTime)],
+) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE send_windows s SET sends = s.sends - 1
              FROM unnest($3::text[], $4::timestamptz[]) AS g(scope, window_start)
              WHERE s.scope = g.scope AND s.tenant_id = $1 AND s.channel = $2
                AND s.subject = CASE WHEN g.scope = 'recipient' THEN $5 ELSE '' END
                AND s.window_start = g.window_start",
-        )
-        .bind(tenant.as_uuid())
-        .bind(channel.as_str())
-        .bind(within.iter().map(|w| w.0.as_str()).collect::<Vec<_>>())
-        .bind(within.iter().map(|w| w.1).collect::<Vec<_>>())
-        .bind(subject)
-        .execute(&mut *tx)
-        .await?;
-    }
-    tx.commit().await?;
-    Ok(held)
+    )
+    .bind(tenant.as_uuid())
+    .bind(channel.as_str())
+    .bind(within.iter().map(|w| w.0.as_str()).collect::<Vec<_>>())
+    .bind(within.iter().map(|w| w.1).collect::<Vec<_>>())
+    .bind(subject)
+    .execute(tx)
+    .await?;
+    Ok(())
 }

@@ -85,7 +85,7 @@ const PRUNE_RECEIPT_TOKENS: &str = "WITH old AS (
 /// One batch of one kind.
 /// Send-limit windows that have ended count nothing any more.
 const PRUNE_SEND_WINDOWS: &str = "WITH old AS (
-         SELECT scope, tenant_id, channel, subject, window_start FROM send_windows WHERE ends_at < $1
+         SELECT scope, tenant_id, channel, subject, window_start FROM send_windows WHERE ends_at < least($1, now())
          ORDER BY ends_at LIMIT $2
      ), d AS (
          DELETE FROM send_windows s USING old

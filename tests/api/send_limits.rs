@@ -178,6 +178,11 @@ async fn throttles_hold_across_replicas_dispatching_at_once() {
     let counted: i32 =
         sqlx::query_scalar("SELECT sum(sends)::int FROM send_windows").fetch_one(t.pool()).await.expect("sum");
     assert_eq!(counted, 24, "every send counted once: 5 made, 19 queued behind them");
+    let deferred: i64 = sqlx::query_scalar("SELECT count(*) FROM notification_events WHERE type = 'deferred'")
+        .fetch_one(t.pool())
+        .await
+        .expect("count");
+    assert_eq!(deferred, 19, "each held back with a deferred event");
 }
 
 #[tokio::test]
@@ -226,4 +231,75 @@ async fn a_tenants_own_quota_replaces_the_configured_one() {
         }
     }
     assert_eq!(sent, std::collections::BTreeMap::from([("acme", 1), ("globex", 3), ("initech", 2)]));
+}
+
+#[tokio::test]
+async fn a_send_is_counted_once_across_retries_and_rescues_and_never_sent_uncounted() {
+    let t = TestApp::spawn_with(|s| {
+        s.channels.email.recipient_max = 1;
+        s.channels.sms.recipient_max = 1;
+    })
+    .await;
+    let key = t.key("acme", SEND_READ).await;
+
+    // A transient failure and a retry: counted at the first attempt only.
+    t.smtp.plan(&["451 4.3.0 try again later"]);
+    let a = send(&t, &key, crate::helpers::email("ann@example.com", "hi")).await;
+    t.dispatch_until_idle().await;
+    let n = t.notification(&key, &a).await;
+    assert_eq!((n["status"].clone(), n["attempts"].clone()), (json!("sent"), json!(2)), "{n}");
+    assert!(!n["events"].as_array().expect("events").iter().any(|e| e["type"] == "deferred"), "{n}");
+    let b = send(&t, &key, crate::helpers::email("ann@example.com", "again")).await;
+    t.dispatcher().run_once().await.expect("dispatch");
+    assert_eq!(t.notification(&key, &b).await["status"], "queued", "the one slot went to the first");
+
+    // A worker that claims and dies before taking a slot: the rescued attempt takes it.
+    let c = send(&t, &key, sms("+14155550100")).await;
+    let mut conn = t.pool().acquire().await.expect("conn");
+    let lanes = herald::store::tracking::Lane::all(10);
+    let claimed = herald::store::tracking::claim(&mut conn, &lanes, 10, std::time::Duration::from_secs(60), "doomed")
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    sqlx::query("UPDATE jobs SET leased_until = now() - interval '1 second' WHERE state = 'running'")
+        .execute(&mut *conn)
+        .await
+        .expect("lapse");
+    drop(conn);
+    let s = t.dispatcher().run_once().await.expect("dispatch");
+    assert_eq!((s.rescued, s.sent), (1, 1), "{s:?}");
+    assert_eq!(t.notification(&key, &c).await["attempts"], 2);
+    let d = send(&t, &key, sms("+14155550100")).await;
+    t.dispatcher().run_once().await.expect("dispatch");
+    assert_eq!(t.notification(&key, &d).await["status"], "queued", "the rescued send was counted");
+    let counted: i32 = sqlx::query_scalar("SELECT sum(sends)::int FROM send_windows WHERE scope = 'recipient'")
+        .fetch_one(t.pool())
+        .await
+        .expect("sum");
+    assert_eq!(counted, 4, "a, b (over), c, d (over): each once");
+}
+
+#[tokio::test]
+async fn a_send_held_past_its_expiry_expires_at_once() {
+    // A month-long window: its end is weeks away, far past the expiry.
+    let t = TestApp::spawn_with(|s| {
+        s.channels.sms.recipient_max = 1;
+        s.channels.sms.recipient_window_secs = 31 * 86_400;
+    })
+    .await;
+    let key = t.key("acme", SEND_READ).await;
+    let first = send(&t, &key, sms("+14155550100")).await;
+    t.dispatcher().run_once().await.expect("dispatch");
+    let expires = (OffsetDateTime::now_utc() + time::Duration::minutes(10)).format(&Rfc3339).expect("format");
+    let mut body = sms("+14155550100");
+    body["expires_at"] = json!(expires);
+    let second = send(&t, &key, body).await;
+    t.dispatcher().run_once().await.expect("dispatch");
+    assert_eq!(t.notification(&key, &first).await["status"], "sent");
+    let n = t.notification(&key, &second).await;
+    assert_eq!(n["status"], "expired", "{n}");
+    let expired = n["events"].as_array().expect("events").iter().find(|e| e["type"] == "expired").expect("expired");
+    assert_eq!(expired["detail"]["reason"], "recipient_throttle", "{expired}");
+    assert!(n["error"].as_str().is_some_and(|e| e.contains("after its expires_at")), "{n}");
+    assert_eq!(t.job_count().await, 0, "nothing left queued");
 }

@@ -79,6 +79,8 @@ pub struct ClaimedJob {
     pub to: Value,
     /// The recipient as one string (what throttles count per).
     pub recipient_key: String,
+    /// Its send was counted in the send limits' windows already (`limits::take_send_slot`).
+    pub slot_taken: bool,
     pub content: Value,
     pub expires_at: Option<OffsetDateTime>,
     pub priority: Priority,
@@ -201,7 +203,7 @@ pub async fn claim(
                  leased_until = now() + make_interval(secs => $6), locked_by = $7
              WHERE j.id = ANY(ARRAY(SELECT id FROM picked WHERE live))
              RETURNING j.id, j.kind, j.notification_id, j.attempt, j.max_attempts, j.lease_token, j.route_index,
-                       j.payload
+                       j.payload, j.slot_taken
          ), marked AS (
              UPDATE notifications n
              SET status = 'sending', next_attempt_at = NULL, updated_at = now()
@@ -209,7 +211,7 @@ pub async fn claim(
              RETURNING n.id, n.tenant_id, n.channel, n.recipient, n.recipient_key, n.content, n.expires_at, n.priority,
                        n.metadata, n.tags, n.traceparent
          )
-         SELECT c.id AS job_id, c.kind, c.lease_token, c.attempt, c.max_attempts, c.route_index, c.payload,
+         SELECT c.id AS job_id, c.kind, c.lease_token, c.attempt, c.max_attempts, c.route_index, c.payload, c.slot_taken,
                 c.notification_id, m.tenant_id, m.channel, m.recipient, m.recipient_key, m.content, m.expires_at, m.priority,
                 m.metadata, m.tags, m.traceparent,
                 EXISTS (SELECT 1 FROM suppressions s
@@ -258,6 +260,7 @@ pub async fn claim(
                 channel: Channel::parse(&channel).ok_or_else(|| StoreError::Corrupt(channel.clone()))?,
                 to: r.try_get("recipient")?,
                 recipient_key: r.try_get("recipient_key")?,
+                slot_taken: r.try_get("slot_taken")?,
                 content: r.try_get("content")?,
                 expires_at: r.try_get("expires_at")?,
                 priority: Priority::parse(&priority).ok_or_else(|| StoreError::Corrupt(priority.clone()))?,

@@ -90,7 +90,7 @@ pub async fn release(
         "WITH j AS (
              UPDATE jobs SET state = 'available', attempt = attempt - 1, leased_until = NULL, locked_by = NULL,
                              run_at = now() + make_interval(secs => $3)
-             WHERE id = $1 AND lease_token = $2
+             WHERE id = $1 AND lease_token = $2 AND state = 'running'
              RETURNING notification_id, run_at
          ), upd AS (
              UPDATE notifications n
@@ -123,7 +123,7 @@ pub async fn defer(
         "WITH j AS (
              UPDATE jobs SET state = 'available', attempt = attempt - 1, leased_until = NULL, locked_by = NULL,
                              run_at = $3
-             WHERE id = $1 AND lease_token = $2
+             WHERE id = $1 AND lease_token = $2 AND state = 'running'
              RETURNING notification_id
          ), upd AS (
              UPDATE notifications n SET status = 'queued', updated_at = now(), next_attempt_at = $3

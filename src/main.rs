@@ -178,12 +178,12 @@ fn quota_arg(arg: &str) -> Result<(String, Option<u32>), AppError> {
     let usage = |e: String| AppError::Usage(format!("--quota {arg}: {e}"));
     let (key, n) =
         arg.split_once('=').ok_or_else(|| usage("expected CHANNEL.WINDOW=N, e.g. sms.per_day=1000".into()))?;
-    let (channel, window) = herald::domain::send_limit::parse_quota_key(key).map_err(usage)?;
+    herald::domain::send_limit::parse_quota_key(key).map_err(usage)?;
     let n = match n {
         "default" => None,
         n => Some(n.parse::<u32>().map_err(|_| usage(format!("`{n}` is not a count of sends (0: none; default)")))?),
     };
-    Ok((herald::domain::send_limit::quota_key(channel, window), n))
+    Ok((key.to_owned(), n))
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, AppError> {

@@ -182,32 +182,15 @@ const MAX_RECIPIENT_WINDOW_SECS: u64 = 31 * 86_400;
 impl ChannelSettings {
     /// The send limits of this channel that are on, as windows counted per tenant.
     pub fn send_limits(&self) -> Vec<SendLimit> {
-        let mut out = Vec::new();
-        if self.recipient_max > 0 {
-            out.push(SendLimit {
-                scope: LimitScope::Recipient,
-                max: self.recipient_max,
-                window_secs: self.recipient_window_secs,
-                own: false,
-            });
-        }
-        if self.tenant_per_minute > 0 {
-            out.push(SendLimit {
-                scope: LimitScope::TenantMinute,
-                max: self.tenant_per_minute,
-                window_secs: 60,
-                own: false,
-            });
-        }
-        if self.tenant_per_day > 0 {
-            out.push(SendLimit {
-                scope: LimitScope::TenantDay,
-                max: self.tenant_per_day,
-                window_secs: 86_400,
-                own: false,
-            });
-        }
-        out
+        [
+            (LimitScope::Recipient, self.recipient_max, self.recipient_window_secs),
+            (LimitScope::TenantMinute, self.tenant_per_minute, 60),
+            (LimitScope::TenantDay, self.tenant_per_day, 86_400),
+        ]
+        .into_iter()
+        .filter(|(_, max, _)| *max > 0)
+        .map(|(scope, max, window_secs)| SendLimit { scope, max, window_secs, own: false })
+        .collect()
     }
 }
 

@@ -264,13 +264,7 @@ impl Dispatcher {
         let configured = &self.inner.send_limits[channel.index()];
         let quotas = self.inner.tenant_quotas.read().unwrap_or_else(PoisonError::into_inner).clone();
         match quotas.get(&tenant) {
-            Some(own) => {
-                let mut limits = own.apply(channel, configured);
-                // One order in every replica, whatever each one's snapshot of the quotas: windows
-                // are locked in it (no deadlock between two replicas counting one tenant).
-                limits.sort_by_key(|l| l.scope);
-                limits
-            }
+            Some(own) => own.apply(channel, configured),
             None => configured.clone(),
         }
     }

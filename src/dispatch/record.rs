@@ -20,10 +20,10 @@ use crate::store::{StoreError, suppressions};
 impl Dispatcher {
     /// A provider said the recipient cannot receive: stop sending to it (hard bounce, opt-out,
     /// dead push token). Best effort: the failure itself is recorded either way.
-    pub(super) async fn suppress(&self, job: &ClaimedJob, recipient: &str, reason: &str, provider: &str) {
+    pub(super) async fn suppress(&self, job: &ClaimedJob, reason: &str, provider: &str) {
         let res = async {
             let mut conn = self.inner.pool.acquire().await?;
-            suppressions::add(&mut conn, job.tenant_id, job.channel, recipient, reason, provider).await
+            suppressions::add(&mut conn, job.tenant_id, job.channel, &job.recipient_key, reason, provider).await
         }
         .await;
         match res {

@@ -233,7 +233,7 @@ impl Dispatcher {
             }
             Err(failure) => {
                 if let ProviderError::RecipientInvalid(reason) = &failure {
-                    self.suppress(&job, &message.to.key(), reason, route.name.as_str()).await;
+                    self.suppress(&job, reason, route.name.as_str()).await;
                 }
                 // A transient failure moves the next attempt to the next provider in the list.
                 let next_route = i32::try_from((index + 1) % n).unwrap_or(0);

@@ -174,8 +174,8 @@ pub(super) fn parse_into(channel: Channel, v: &Value, rules: Rules, errs: &mut E
                     errs.add("/content/text", format!("at most {MAX_SMS_LEN} characters"));
                 }
                 Some(t) => {
-                    let s = super::sms::segments(t);
                     if let Some(max) = rules.sms_max_segments
+                        && let s = super::sms::segments(t)
                         && s.segments > max
                     {
                         let why = match s.encoding {

@@ -299,7 +299,7 @@ fn from_template(
     };
     let version = match obj.get("version") {
         None | Some(Value::Null) => None,
-        Some(v) => match v.as_i64().and_then(|v| i32::try_from(v).ok()).filter(|v| *v > 0) {
+        Some(v) => match template::version_number(v) {
             Some(v) => Some(v),
             None => {
                 errs.add("/template/version", "must be a positive integer");
@@ -328,23 +328,12 @@ fn from_template(
         errs.add("/template", format!("template `{name}` version {} has no {channel} part", found.version));
         return None;
     };
-    let rendered = match template::render(parts, channel, data, "/template/data") {
-        Ok(r) => r,
-        Err(e) => {
-            errs.0.push(e);
-            return None;
-        }
-    };
-    match content::parse(channel, &rendered, opts.rules()) {
-        Ok(c) => {
+    match template::render_checked(parts, channel, data, "/template/data", "/template", opts.rules()) {
+        Ok((_, c)) => {
             Some((c, TemplateUse { name: name.to_owned(), version: found.version, locale: variant.map(str::to_owned) }))
         }
         Err(problems) => {
-            for p in problems {
-                let field = p.pointer.strip_prefix("/content").unwrap_or(&p.pointer);
-                let field = if field.is_empty() { String::new() } else { format!(" {}", &field[1..]) };
-                errs.add("/template", format!("the rendered {channel}{field} {}", p.detail));
-            }
+            errs.0.extend(problems);
             None
         }
     }

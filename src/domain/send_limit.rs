@@ -144,7 +144,9 @@ impl Quotas {
     }
 
     /// The limits of `channel` for this tenant: `configured`, with its quotas replaced by the
-    /// tenant's own (a 0 removes one; one the configuration lacks is added).
+    /// tenant's own (a 0 removes one; one the configuration lacks is added), in `LimitScope`
+    /// order like the configured ones: windows are locked in it, so two replicas counting one
+    /// tenant with different snapshots of its quotas cannot deadlock.
     pub fn apply(&self, channel: Channel, configured: &[SendLimit]) -> Vec<SendLimit> {
         let mut out: Vec<SendLimit> = configured.to_vec();
         for (&(ch, window), &max) in &self.0 {
@@ -156,6 +158,7 @@ impl Quotas {
                 out.push(SendLimit { scope: window.scope(), max, window_secs: window.secs(), own: true });
             }
         }
+        out.sort_by_key(|l| l.scope);
         out
     }
 }

@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 use super::FieldError;
 use super::channel::Channel;
-use super::content::{EmailContent, PushContent, SmsContent, escape};
+use super::content::{self, Content, EmailContent, PushContent, Rules, SmsContent, escape};
 
 /// A variant: the parts of some channels, each shaped as the channel's `content` with every
 /// string a template (`html` auto-escaped, the rest not; push `data` values are sent as they are).
@@ -257,9 +257,39 @@ pub fn reference(body: &Value) -> Option<(String, Option<i32>)> {
     let name = t.get("name")?.as_str().filter(|n| valid_name(n))?;
     let version = match t.get("version") {
         None | Some(Value::Null) => None,
-        Some(v) => Some(v.as_i64().and_then(|v| i32::try_from(v).ok()).filter(|v| *v > 0)?),
+        Some(v) => Some(version_number(v)?),
     };
     Some((name.to_owned(), version))
+}
+
+/// A version number as a request gives it: a positive integer.
+pub fn version_number(v: &Value) -> Option<i32> {
+    v.as_i64().and_then(|v| i32::try_from(v).ok()).filter(|v| *v > 0)
+}
+
+/// Render one channel's part and check it as that channel's content, as a send would: the
+/// rendered object and the content read from it. A missing variable points into `data`
+/// (`data_at`); a rendered text the channel refuses is reported at `at`.
+pub fn render_checked(
+    parts: &Parts,
+    channel: Channel,
+    data: &Map<String, Value>,
+    data_at: &str,
+    at: &str,
+    rules: Rules,
+) -> Result<(Value, Content), Vec<FieldError>> {
+    let rendered = render(parts, channel, data, data_at).map_err(|e| vec![e])?;
+    match content::parse(channel, &rendered, rules) {
+        Ok(c) => Ok((rendered, c)),
+        Err(problems) => Err(problems
+            .into_iter()
+            .map(|p| {
+                let field = p.pointer.strip_prefix("/content").unwrap_or(&p.pointer);
+                let field = if field.is_empty() { String::new() } else { format!(" {}", &field[1..]) };
+                FieldError::new(at, format!("the rendered {channel}{field} {}", p.detail))
+            })
+            .collect()),
+    }
 }
 
 fn compile_all(parts: &Parts, at: &str, errs: &mut Vec<FieldError>) {

@@ -17,6 +17,14 @@ use super::AppState;
 use super::problem::ApiError;
 use crate::store::keys::{self, Caller, Scope};
 
+/// The credentials of an `Authorization: Bearer <credentials>` value (the scheme in any case).
+pub(super) fn bearer(value: &str) -> Option<&str> {
+    match value.split_once(' ') {
+        Some((scheme, key)) if scheme.eq_ignore_ascii_case("bearer") && !key.trim().is_empty() => Some(key.trim()),
+        _ => None,
+    }
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
@@ -26,10 +34,8 @@ impl FromRequestParts<AppState> for Caller {
             .get(header::AUTHORIZATION)
             .ok_or_else(|| ApiError::unauthorized("send an API key as `Authorization: Bearer <key>`"))?;
         let value = value.to_str().map_err(|_| ApiError::unauthorized("the Authorization header is not valid text"))?;
-        let key = match value.split_once(' ') {
-            Some((scheme, key)) if scheme.eq_ignore_ascii_case("bearer") && !key.trim().is_empty() => key.trim(),
-            _ => return Err(ApiError::unauthorized("use the Bearer scheme: `Authorization: Bearer <key>`")),
-        };
+        let key = bearer(value)
+            .ok_or_else(|| ApiError::unauthorized("use the Bearer scheme: `Authorization: Bearer <key>`"))?;
         let hash = keys::hash_key(key);
         let caller = match state.keys.get(&hash) {
             Some(caller) => caller,

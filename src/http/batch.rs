@@ -13,11 +13,13 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::auth::require;
 use super::notifications::{
-    idempotency_header, json_body, key_conflict, prepare, request_hash, templates_for, traceparent, valid_key,
+    idempotency_header, json_body, key_conflict, parse_options, prepare, request_hash, templates_for, traceparent,
+    valid_key,
 };
 use super::problem::ApiError;
+use crate::domain::Channel;
 use crate::domain::FieldError;
-use crate::domain::template::Book;
+use crate::domain::notification::ParseOptions;
 use crate::store::ingest::{self, Accepted, Submission};
 use crate::store::keys::{Caller, Scope};
 
@@ -66,12 +68,14 @@ pub(super) async fn create(
 
     // Validate every item; `submissions` holds the valid ones, `indices` where they came from.
     let templates = templates_for(&state, &caller, items.iter()).await?;
+    let opts = parse_options(&state, &templates);
+    let traceparent = traceparent(&headers);
     let mut results: Vec<Option<Value>> = vec![None; items.len()];
     let (mut indices, mut submissions) = (Vec::with_capacity(items.len()), Vec::with_capacity(items.len()));
     for (index, mut item) in items.into_iter().enumerate() {
-        let refused = match item_submission(&state, &caller, index, &mut item, batch_key.as_deref(), &templates) {
+        let refused = match item_submission(&state, &caller, index, &mut item, batch_key.as_deref(), opts) {
             Ok(mut s) => {
-                s.traceparent = traceparent(&headers);
+                s.traceparent.clone_from(&traceparent);
                 indices.push(index);
                 submissions.push(s);
                 continue;
@@ -90,8 +94,15 @@ pub(super) async fn create(
         });
     }
     let outcomes = ingest::accept_batch(&state.pool, &submissions, state.settings.dispatch.listen_notify).await;
+    let mut accepted = [0u64; 3];
     for (index, outcome) in indices.into_iter().zip(outcomes) {
+        if let Ok(Accepted::Created { record, .. }) = &outcome {
+            accepted[record.channel.index()] += 1;
+        }
         results[index] = Some(item_result(index, outcome.map_err(ApiError::from)));
+    }
+    for (channel, n) in Channel::ALL.into_iter().zip(accepted).filter(|(_, n)| *n > 0) {
+        crate::metrics::accepted(channel.as_str(), n);
     }
     let results: Vec<Value> = results.into_iter().flatten().collect();
     Ok((StatusCode::OK, Json(json!({ "results": results }))))
@@ -106,7 +117,7 @@ fn item_submission(
     index: usize,
     item: &mut Value,
     batch_key: Option<&str>,
-    templates: &Book,
+    opts: ParseOptions<'_>,
 ) -> Result<Submission, Box<(ApiError, Option<String>)>> {
     let at = |e: FieldError| FieldError::new(format!("/notifications/{index}{}", e.pointer), e.detail);
     let own_key = match item.as_object_mut().and_then(|o| o.remove("idempotency_key")) {
@@ -132,7 +143,7 @@ fn item_submission(
         }
         (None, None) => None,
     };
-    prepare(state, caller, item, key.clone(), templates)
+    prepare(state, caller, item, key.clone(), opts)
         .map_err(|errs| Box::new((ApiError::validation(errs.into_iter().map(at).collect()), key)))
 }
 
@@ -140,10 +151,7 @@ fn item_submission(
 /// its problem.
 fn item_result(index: usize, outcome: Result<Accepted, ApiError>) -> Value {
     match outcome {
-        Ok(Accepted::Created { record, .. }) => {
-            crate::metrics::accepted(record.channel.as_str(), 1);
-            json!({"index": index, "id": record.id, "status": record.status})
-        }
+        Ok(Accepted::Created { record, .. }) => json!({"index": index, "id": record.id, "status": record.status}),
         Ok(Accepted::Replayed { id, status }) => json!({"index": index, "id": id, "status": status, "replayed": true}),
         Ok(Accepted::KeyConflict) => item_problem(index, &key_conflict()),
         Err(e) => item_problem(index, &e),

@@ -7,7 +7,6 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use subtle::ConstantTimeEq;
 
 use super::AppState;
 use super::problem::ApiError;
@@ -23,9 +22,9 @@ pub(super) async fn scrape(State(state): State<AppState>, headers: HeaderMap) ->
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(super::auth::bearer)
             .unwrap_or_default();
-        if !bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+        if !crate::receipts::same(given.as_bytes(), token.as_bytes()) {
             return Err(ApiError::unauthorized("send the metrics token as `Authorization: Bearer <metrics.token>`"));
         }
     }

@@ -124,16 +124,11 @@ pub(super) fn valid_key(k: &str) -> bool {
     !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| (0x21..0x7f).contains(&b))
 }
 
-/// Validate one notification (a request body, or an item of a batch) into a submission.
-pub(super) fn prepare(
-    state: &AppState,
-    caller: &Caller,
-    value: &Value,
-    key: Option<String>,
-    templates: &Book,
-) -> Result<Submission, Vec<FieldError>> {
+/// What parsing needs from the configuration, and the templates the request refers to: once
+/// per request (a batch's items share it).
+pub(super) fn parse_options<'a>(state: &AppState, templates: &'a Book) -> ParseOptions<'a> {
     let settings = &state.settings;
-    let opts = ParseOptions {
+    ParseOptions {
         now: OffsetDateTime::now_utc(),
         // Web Push endpoints must be public https unless a web_push provider allows otherwise.
         allow_private_push: settings
@@ -144,7 +139,18 @@ pub(super) fn prepare(
         sms_region: settings.channels.sms.default_region.as_deref().and_then(crate::domain::sms::region),
         sms_max_segments: settings.channels.sms.max_segments,
         templates,
-    };
+    }
+}
+
+/// Validate one notification (a request body, or an item of a batch) into a submission.
+pub(super) fn prepare(
+    state: &AppState,
+    caller: &Caller,
+    value: &Value,
+    key: Option<String>,
+    opts: ParseOptions<'_>,
+) -> Result<Submission, Vec<FieldError>> {
+    let settings = &state.settings;
     let n = NewNotification::parse(value, opts)?;
     // A callback that cannot be signed would fail on its first attempt, seen only in the
     // timeline: refuse the notification now instead.
@@ -238,7 +244,7 @@ pub(super) async fn create(
     let value = json_body(&body)?;
     let key = idempotency_header(&headers)?.map(str::to_owned);
     let templates = templates_for(&state, &caller, std::iter::once(&value)).await?;
-    let submission = match prepare(&state, &caller, &value, key.clone(), &templates) {
+    let submission = match prepare(&state, &caller, &value, key.clone(), parse_options(&state, &templates)) {
         Ok(mut s) => {
             s.traceparent = traceparent(&headers);
             s
@@ -378,10 +384,8 @@ pub(super) async fn list(
         before_id,
         limit: limit + 1,
     };
-    let mut rows = store::list(&mut conn, &filter).await?;
-    let more = rows.len() as i64 > limit;
-    rows.truncate(limit as usize);
-    let next_cursor = if more { rows.last().map(|r| paging::next_cursor(r.id.as_uuid().as_bytes())) } else { None };
+    let (rows, next_cursor) =
+        paging::page(store::list(&mut conn, &filter).await?, limit, |r| *r.id.as_uuid().as_bytes());
     let names = tenant_names(&mut conn, &caller, &rows.iter().map(|r| r.tenant_id).collect::<Vec<_>>()).await?;
     let items = rows
         .into_iter()

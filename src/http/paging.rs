@@ -38,7 +38,13 @@ pub(super) fn cursor<T>(
         .transpose()
 }
 
-/// The cursor of the page after one ending with the item keyed `last`.
-pub(super) fn next_cursor(last: impl AsRef<[u8]>) -> String {
-    URL_SAFE_NO_PAD.encode(last)
+/// A page from `rows`, read with a limit of `limit + 1` (the extra row says whether another
+/// page follows): the first `limit` rows, and the cursor after the last of them when more
+/// follow, made from that row's `key`.
+pub(super) fn page<T, K: AsRef<[u8]>>(mut rows: Vec<T>, limit: i64, key: impl Fn(&T) -> K) -> (Vec<T>, Option<String>) {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    let next = if more { rows.last().map(|last| URL_SAFE_NO_PAD.encode(key(last))) } else { None };
+    (rows, next)
 }

@@ -3,7 +3,7 @@
 //! window for a couple of seconds, so that many open dashboards cost what one does.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use axum::Json;
@@ -36,7 +36,7 @@ type CacheKey = (Option<TenantId>, &'static str);
 /// Recent snapshots, with when they were read.
 #[derive(Default)]
 pub struct StatsCache {
-    entries: Mutex<HashMap<CacheKey, (Instant, Snapshot)>>,
+    entries: Mutex<HashMap<CacheKey, (Instant, Arc<Snapshot>)>>,
 }
 
 impl StatsCache {
@@ -45,17 +45,17 @@ impl StatsCache {
         state: &AppState,
         tenant: Option<TenantId>,
         window: (&'static str, time::Duration),
-    ) -> Result<Snapshot, ApiError> {
+    ) -> Result<Arc<Snapshot>, ApiError> {
         let key = (tenant, window.0);
         if let Some((at, snap)) = self.entries.lock().unwrap_or_else(PoisonError::into_inner).get(&key)
             && at.elapsed() < CACHE_FOR
         {
-            return Ok(snap.clone());
+            return Ok(Arc::clone(snap));
         }
-        let snap = stats::snapshot(&state.pool, window.1, tenant).await?;
+        let snap = Arc::new(stats::snapshot(&state.pool, window.1, tenant).await?);
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         entries.retain(|_, (at, _)| at.elapsed() < CACHE_FOR);
-        entries.insert(key, (Instant::now(), snap.clone()));
+        entries.insert(key, (Instant::now(), Arc::clone(&snap)));
         Ok(snap)
     }
 }

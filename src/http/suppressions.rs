@@ -20,7 +20,7 @@ use crate::domain::{Channel, FieldError};
 use crate::store::keys::{Caller, Scope};
 use crate::store::suppressions::{self, Suppression};
 
-#[derive(Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(super) struct SuppressionView {
     channel: Channel,
     recipient: String,
@@ -31,8 +31,7 @@ pub(super) struct SuppressionView {
 }
 
 /// A page of items and the cursor of the next page (null on the last).
-#[derive(serde::Deserialize, utoipa::ToSchema)]
-#[allow(dead_code, reason = "describes the answer of `list`, which builds it as JSON")]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(super) struct SuppressionPage {
     items: Vec<SuppressionView>,
     next_cursor: Option<String>,
@@ -63,7 +62,7 @@ pub(super) async fn list(
     State(state): State<AppState>,
     caller: Caller,
     Query(params): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SuppressionPage>, ApiError> {
     require(&caller, Scope::Read)?;
     let channel = params
         .get("channel")
@@ -74,13 +73,9 @@ pub(super) async fn list(
         String::from_utf8(b).ok().and_then(|s| s.split_once('\n').map(|(a, b)| (a.to_owned(), b.to_owned())))
     })?;
     let mut conn = state.pool.acquire().await.map_err(crate::store::StoreError::from)?;
-    let mut rows = suppressions::list(&mut conn, caller.tenant_id, channel, after, limit + 1).await?;
-    let more = rows.len() as i64 > limit;
-    rows.truncate(limit as usize);
-    let next =
-        if more { rows.last().map(|s| paging::next_cursor(format!("{}\n{}", s.channel, s.recipient))) } else { None };
-    let items: Vec<SuppressionView> = rows.into_iter().map(Into::into).collect();
-    Ok(Json(serde_json::json!({"items": items, "next_cursor": next})))
+    let rows = suppressions::list(&mut conn, caller.tenant_id, channel, after, limit + 1).await?;
+    let (rows, next) = paging::page(rows, limit, |s| format!("{}\n{}", s.channel, s.recipient));
+    Ok(Json(SuppressionPage { items: rows.into_iter().map(Into::into).collect(), next_cursor: next }))
 }
 
 /// Suppress a recipient: nothing is sent to it on that channel until it is deleted.

@@ -186,10 +186,8 @@ pub(super) async fn list(
     let limit = paging::limit(&params, DEFAULT_LIMIT, MAX_LIMIT)?;
     let after = paging::cursor(&params, |b| String::from_utf8(b).ok().filter(|n| template::valid_name(n)))?;
     let mut conn = state.pool.acquire().await.map_err(crate::store::StoreError::from)?;
-    let mut rows = store::list(&mut conn, caller.tenant_id, after.as_deref(), limit + 1).await?;
-    let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
-    rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-    let next_cursor = more.then(|| rows.last().map(|r| paging::next_cursor(&r.latest.name))).flatten();
+    let rows = store::list(&mut conn, caller.tenant_id, after.as_deref(), limit + 1).await?;
+    let (rows, next_cursor) = paging::page(rows, limit, |r| r.latest.name.clone());
     let items = rows
         .into_iter()
         .map(|r| TemplateSummary {
@@ -286,7 +284,7 @@ impl PreviewArgs {
         let version = match obj.get("version") {
             None | Some(Value::Null) => None,
             Some(v) => {
-                let n = v.as_i64().and_then(|v| i32::try_from(v).ok()).filter(|v| *v > 0);
+                let n = template::version_number(v);
                 if n.is_none() {
                     errs.push(FieldError::new("/version", "must be a positive integer"));
                 }
@@ -318,19 +316,13 @@ fn render_preview(found: &Version, args: &PreviewArgs, rules: content::Rules) ->
             ));
             continue;
         };
-        let rendered = match template::render(parts, channel, &args.data, "/data") {
-            Ok(r) => r,
-            Err(e) => {
-                errs.push(e);
+        let rendered = match template::render_checked(parts, channel, &args.data, "/data", "/data", rules) {
+            Ok((rendered, _)) => rendered,
+            Err(problems) => {
+                errs.extend(problems);
                 continue;
             }
         };
-        if let Err(problems) = content::parse(channel, &rendered, rules) {
-            for p in problems {
-                errs.push(FieldError::new("/data", format!("the rendered {channel} {}: {}", p.pointer, p.detail)));
-            }
-            continue;
-        }
         let mut part = json!({"locale": variant, "content": rendered});
         if channel == Channel::Sms {
             let text = rendered["text"].as_str().unwrap_or_default();

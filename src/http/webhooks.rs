@@ -53,12 +53,11 @@ pub(super) async fn receive(
             info!(provider = %name, "{what}");
             return Ok((StatusCode::OK, Json(json!({"acknowledged": what}))));
         }
-        Err(ReceiptError::Malformed(why)) => {
-            metrics::receipt(&name, "malformed", 1);
-            return Err(ApiError::malformed(why));
-        }
         Err(why) => {
             metrics::receipt(&name, why.reason(), 1);
+            if let ReceiptError::Malformed(detail) = why {
+                return Err(ApiError::malformed(detail));
+            }
             warn!(provider = %name, reason = why.reason(), "receipt refused: {why}");
             return Err(ApiError::unauthorized(format!("receipt signature check failed: {why}")));
         }

@@ -89,7 +89,7 @@ impl Apns {
             topic: cfg.topic.clone(),
             key,
             token: Mutex::new(None),
-            timeout: Duration::from_millis(common.timeout_ms),
+            timeout: common.timeout(),
         })
     }
 

@@ -44,7 +44,7 @@ impl Vendor for Config {
             account,
             key,
             token: Mutex::new(None),
-            timeout: Duration::from_millis(common.timeout_ms),
+            timeout: common.timeout(),
         }))
     }
 }

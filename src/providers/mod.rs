@@ -34,7 +34,6 @@ use crate::domain::{Channel, Content, NotificationId, Priority, Recipient};
 use crate::receipts::{Incoming, ReceiptContext, ReceiptError, Verified};
 pub use kinds::{ProviderConfig, ProviderKind, ProviderSettings};
 use resilience::{Breaker, Pacer};
-pub use settings::Common;
 use time::OffsetDateTime;
 
 /// One message, ready to hand to a provider.
@@ -221,7 +220,7 @@ impl Registry {
                 cfg.vendor.build(name, c, &env).map_err(|message| BuildError { name: name.clone(), message })?;
             let route = Route {
                 name: name.clone(),
-                timeout: provider.send_timeout(Duration::from_millis(c.timeout_ms)),
+                timeout: provider.send_timeout(c.timeout()),
                 provider,
                 breaker: Breaker::new(name, c.breaker_failures, Duration::from_millis(c.breaker_cooldown_ms)),
                 pacer: Pacer::new(c.max_per_second, c.max_in_flight),

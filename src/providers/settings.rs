@@ -54,6 +54,11 @@ pub struct Common {
 }
 
 impl Common {
+    /// `timeout_ms`: the longest one send may take.
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.timeout_ms)
+    }
+
     /// The keys above, as spelled in TOML (checked against the struct by a test).
     pub(super) const KEYS: [&'static str; 6] = [
         "timeout_ms",

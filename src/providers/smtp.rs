@@ -75,7 +75,7 @@ impl Vendor for Config {
     }
 
     fn build(&self, _: &str, common: &Common, _: &BuildEnv<'_>) -> Result<Arc<dyn Provider>, String> {
-        Ok(Arc::new(SmtpProvider::new(self, Duration::from_millis(common.timeout_ms))?))
+        Ok(Arc::new(SmtpProvider::new(self, common.timeout())?))
     }
 }
 

@@ -79,7 +79,7 @@ impl WebPush {
             vapid_public,
             subject: cfg.vapid_subject.clone(),
             allow_private: common.allow_private_networks,
-            timeout: Duration::from_millis(common.timeout_ms),
+            timeout: common.timeout(),
         })
     }
 

@@ -69,7 +69,7 @@ impl Vendor for Config {
             client: env.client.clone(),
             url: self.url.0.clone(),
             key: webhook::signing_key(self.signing_secret.expose())?,
-            timeout: Duration::from_millis(common.timeout_ms),
+            timeout: common.timeout(),
         }))
     }
 }

@@ -82,7 +82,6 @@ const PRUNE_RECEIPT_TOKENS: &str = "WITH old AS (
      )
      SELECT count(*) FROM d";
 
-/// One batch of one kind.
 /// Send-limit windows that have ended count nothing any more.
 const PRUNE_SEND_WINDOWS: &str = "WITH old AS (
          SELECT scope, tenant_id, channel, subject, window_start FROM send_windows WHERE ends_at < least($1, now())
@@ -95,6 +94,7 @@ const PRUNE_SEND_WINDOWS: &str = "WITH old AS (
      )
      SELECT count(*) FROM d";
 
+/// One batch of one kind.
 enum Step {
     Notifications { cursor: uuid::Uuid },
     UnmatchedReceipts,
@@ -109,14 +109,14 @@ pub async fn prune(pool: &PgPool, notifications_days: u32, idempotency_hours: u3
     let keys_cutoff = now - time::Duration::hours(i64::from(idempotency_hours));
     let tokens_cutoff = now - time::Duration::days(7);
     let mut pruned = Pruned::default();
-    for kind in 0..5 {
-        let mut step = match kind {
-            0 => Step::Notifications { cursor: uuid::Uuid::nil() },
-            1 => Step::UnmatchedReceipts,
-            2 => Step::IdempotencyKeys,
-            3 => Step::ReceiptTokens,
-            _ => Step::SendWindows,
-        };
+    let steps = [
+        Step::Notifications { cursor: uuid::Uuid::nil() },
+        Step::UnmatchedReceipts,
+        Step::IdempotencyKeys,
+        Step::ReceiptTokens,
+        Step::SendWindows,
+    ];
+    for mut step in steps {
         for _ in 0..MAX_BATCHES {
             let mut tx = pool.begin().await?;
             let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext('herald:retention'))")

@@ -41,7 +41,7 @@ impl Vendor for Config {
             url: format!("{origin}/v3/{}/messages", self.domain),
             api_key: self.api_key.clone(),
             from: self.from.as_str().to_owned(),
-            timeout: Duration::from_millis(common.timeout_ms),
+            timeout: common.timeout(),
             signing_key: self.webhook_signing_key.clone().unwrap_or_else(|| self.api_key.clone()),
         }))
     }

@@ -49,7 +49,7 @@ impl Vendor for Config {
             url: format!("{}/v3/mail/send", Origin::or(self.base_url.as_ref(), "https://api.sendgrid.com")),
             api_key: self.api_key.clone(),
             from: self.from.as_str().to_owned(),
-            timeout: Duration::from_millis(common.timeout_ms),
+            timeout: common.timeout(),
             webhook_key: self.webhook_public_key.as_deref().and_then(receipts::verifying_key),
         }))
     }

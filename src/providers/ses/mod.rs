@@ -81,7 +81,7 @@ impl Ses {
             session_token: cfg.session_token.clone(),
             configuration_set: cfg.configuration_set.clone(),
             from: cfg.from.as_str().to_owned(),
-            timeout: Duration::from_millis(common.timeout_ms),
+            timeout: common.timeout(),
             sns: receipts::Sns {
                 topic_arns: cfg.sns_topic_arns.clone(),
                 cert_hosts: cfg.sns_cert_hosts.clone(),

@@ -50,7 +50,7 @@ impl Vendor for Config {
             from: self.from.as_ref().map(|f| f.as_str().to_owned()),
             messaging_service_sid: self.messaging_service_sid.clone(),
             status_callback: env.receipts_url(name),
-            timeout: Duration::from_millis(common.timeout_ms),
+            timeout: common.timeout(),
         }))
     }
 }

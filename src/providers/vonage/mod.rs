@@ -57,7 +57,7 @@ impl Vendor for Config {
             api_secret: self.api_secret.clone(),
             from: self.from.as_str().to_owned(),
             callback: env.receipts_url(name),
-            timeout: Duration::from_millis(common.timeout_ms),
+            timeout: common.timeout(),
             signature_secret: self.signature_secret.clone(),
             signature_method: self.signature_method.clone().unwrap_or_else(|| "md5hash".into()),
         }))
@@ -123,7 +123,8 @@ impl Provider for Vonage {
 #[async_trait]
 impl ReceiptVerifier for Vonage {
     async fn verify(&self, incoming: &Incoming<'_>, ctx: &ReceiptContext<'_>) -> Result<Verified, ReceiptError> {
-        let secret = self.signature_secret.as_ref().map(super::super::secret::Secret::expose).filter(|s| !s.is_empty());
+        // An empty secret is refused when the section is read.
+        let secret = self.signature_secret.as_ref().map(Secret::expose);
         receipts::verify(incoming, secret, &self.signature_method, ctx.max_age).map(Verified::Receipts)
     }
 }

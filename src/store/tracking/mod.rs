@@ -86,60 +86,65 @@ pub async fn release(
     delay: Duration,
     reason: Option<&str>,
 ) -> StoreResult<Applied> {
-    let n: i64 = sqlx::query_scalar(
-        "WITH j AS (
-             UPDATE jobs SET state = 'available', attempt = attempt - 1, leased_until = NULL, locked_by = NULL,
-                             run_at = now() + make_interval(secs => $3)
-             WHERE id = $1 AND lease_token = $2 AND state = 'running'
-             RETURNING notification_id, run_at
-         ), upd AS (
-             UPDATE notifications n
-             SET status = 'queued', updated_at = now(), last_error = coalesce($5, n.last_error),
-                 next_attempt_at = CASE WHEN $3 > 0 THEN j.run_at END
-             FROM j WHERE n.id = j.notification_id AND n.status = ANY($4)
-             RETURNING n.id
-         )
-         SELECT count(*) FROM upd",
-    )
-    .bind(lease.job_id)
-    .bind(lease.token)
-    .bind(delay.as_secs_f64())
-    .bind(Status::sources_of(Status::Queued))
-    .bind(reason)
-    .fetch_one(conn)
-    .await?;
-    Ok(applied(n))
+    give_back(conn, lease, Due::After(delay), reason, None).await
 }
 
-/// Hold back a claimed job until `until` because a send limit is full: like `release` (no
-/// attempt counted), with a `deferred` event that says which limit and until when.
+/// Hold back a claimed job until `until` because a send limit is full: `release` with a
+/// `deferred` event that says which limit and until when.
 pub async fn defer(
     conn: &mut PgConnection,
     lease: Lease,
     until: OffsetDateTime,
     detail: &Value,
 ) -> StoreResult<Applied> {
+    give_back(conn, lease, Due::At(until), None, Some(detail)).await
+}
+
+/// When a job given back is due again.
+enum Due {
+    After(Duration),
+    At(OffsetDateTime),
+}
+
+/// The job back to `available` (its claim not counted as an attempt), the notification back
+/// to `queued` with `next_attempt_at` when it is due later, and a `deferred` event with
+/// `deferred`'s detail when given.
+async fn give_back(
+    conn: &mut PgConnection,
+    lease: Lease,
+    due: Due,
+    reason: Option<&str>,
+    deferred: Option<&Value>,
+) -> StoreResult<Applied> {
+    let (at, delay) = match due {
+        Due::After(d) => (None, d.as_secs_f64()),
+        Due::At(t) => (Some(t), 0.0),
+    };
     let n: i64 = sqlx::query_scalar(
         "WITH j AS (
              UPDATE jobs SET state = 'available', attempt = attempt - 1, leased_until = NULL, locked_by = NULL,
-                             run_at = $3
+                             run_at = coalesce($6, now() + make_interval(secs => $3))
              WHERE id = $1 AND lease_token = $2 AND state = 'running'
-             RETURNING notification_id
+             RETURNING notification_id, run_at
          ), upd AS (
-             UPDATE notifications n SET status = 'queued', updated_at = now(), next_attempt_at = $3
+             UPDATE notifications n
+             SET status = 'queued', updated_at = now(), last_error = coalesce($5, n.last_error),
+                 next_attempt_at = CASE WHEN $6 IS NOT NULL OR $3 > 0 THEN j.run_at END
              FROM j WHERE n.id = j.notification_id AND n.status = ANY($4)
              RETURNING n.id
          ), ev AS (
              INSERT INTO notification_events (notification_id, type, status, detail)
-             SELECT id, 'deferred', 'queued', $5 FROM upd
+             SELECT id, 'deferred', 'queued', $7 FROM upd WHERE $7::jsonb IS NOT NULL
          )
          SELECT count(*) FROM upd",
     )
     .bind(lease.job_id)
     .bind(lease.token)
-    .bind(until)
+    .bind(delay)
     .bind(Status::sources_of(Status::Queued))
-    .bind(detail)
+    .bind(reason)
+    .bind(at)
+    .bind(deferred)
     .fetch_one(conn)
     .await?;
     Ok(applied(n))

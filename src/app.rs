@@ -75,6 +75,8 @@ pub struct App {
     pub pool: PgPool,
     /// The dispatcher's pool, so a busy API and a busy dispatcher never starve each other.
     pub dispatch_pool: PgPool,
+    /// Slow reads (stats, lists, the queue gauges), so they never take the accepts' connections.
+    pub read_pool: PgPool,
     pub settings: Arc<Settings>,
     pub registry: Arc<Registry>,
     /// Status callbacks' client: no redirects, public addresses only (unless allowed).
@@ -82,6 +84,7 @@ pub struct App {
     keys: Arc<KeyCache>,
     ingest: Ingest,
     stats: Arc<http::StatsCache>,
+    cpu: Arc<tokio::sync::Semaphore>,
 }
 
 impl App {
@@ -99,6 +102,7 @@ impl App {
         let pool = store::pool(db.url.expose(), db.max_connections, acquire_timeout).map_err(invalid_url)?;
         let dispatch_size = db.dispatch_pool_size(settings.dispatch.concurrency);
         let dispatch_pool = store::pool(db.url.expose(), dispatch_size, acquire_timeout).map_err(invalid_url)?;
+        let read_pool = store::pool(db.url.expose(), db.read_max_connections, acquire_timeout).map_err(invalid_url)?;
         let registry = Arc::new(settings.registry()?);
         let callbacks_http = crate::providers::public_net::client(settings.callbacks.allow_private_networks)
             .map_err(|e| AppError::Task(format!("cannot build the HTTP client for status callbacks: {e}")))?;
@@ -106,12 +110,25 @@ impl App {
         let ingest = http::ingest(pool.clone(), &settings);
         let stats = Arc::default();
         crate::metrics::handle();
-        Ok(App { pool, dispatch_pool, settings: Arc::new(settings), registry, callbacks_http, keys, ingest, stats })
+        Ok(App {
+            pool,
+            dispatch_pool,
+            read_pool,
+            settings: Arc::new(settings),
+            registry,
+            callbacks_http,
+            keys,
+            ingest,
+            stats,
+            cpu: Arc::new(tokio::sync::Semaphore::new(http::cpu_threads())),
+        })
     }
 
     pub fn state(&self) -> AppState {
         AppState {
             pool: self.pool.clone(),
+            reads: self.read_pool.clone(),
+            cpu: self.cpu.clone(),
             settings: self.settings.clone(),
             registry: self.registry.clone(),
             keys: self.keys.clone(),
@@ -179,7 +196,7 @@ impl App {
         let api = if let Some(listener) = listener.filter(|_| roles.api) {
             info!(addr = %local_addr(&listener), "api listening");
             tokio::spawn(refresh_gauges(
-                self.pool.clone(),
+                self.read_pool.clone(),
                 self.registry.clone(),
                 self.settings.clone(),
                 cancel.clone(),

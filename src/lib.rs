@@ -11,6 +11,7 @@ pub mod config;
 pub mod dev;
 pub mod dispatch;
 pub mod domain;
+pub mod fair;
 pub mod http;
 pub mod lambda;
 pub mod metrics;

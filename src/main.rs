@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use herald::app::{self, App, AppError, Roles};
 use herald::config::Settings;
-use herald::domain::{ApiKeyId, tenant, webhook};
-use herald::store::{self, keys};
+use herald::domain::{ApiKeyId, Channel, send_limit, tenant, webhook};
+use herald::store::{self, keys, tracking};
 
 const AFTER_HELP: &str = "Every command but `dev` and `healthcheck` needs the database: DATABASE_URL \
      (e.g. postgres://herald@127.0.0.1:5432/herald) or database.url in the config. `herald dev` \
@@ -116,6 +116,10 @@ enum TenantsCmd {
         /// one again). Repeatable.
         #[arg(long = "quota", value_name = "CHANNEL.WINDOW=N")]
         quotas: Vec<String>,
+        /// The email domains the tenant's `from` may use, subdomains included (`a.com,b.com`),
+        /// replacing `channels.email.sender_domains` for it; `-` clears its own list.
+        #[arg(long, value_name = "DOMAINS")]
+        sender_domains: Option<String>,
     },
 }
 
@@ -171,6 +175,18 @@ async fn connected(cli: &Cli) -> Result<App, AppError> {
 
 fn name_arg(name: &str) -> Result<(), AppError> {
     tenant::check_name(name).map_err(AppError::Usage)
+}
+
+/// `--sender-domains a.com,b.com` (`-`: none of its own).
+fn sender_domains_arg(arg: &str) -> Result<Option<Vec<String>>, AppError> {
+    if arg == "-" {
+        return Ok(None);
+    }
+    let domains: Vec<String> = arg.split(',').map(|d| d.trim().to_ascii_lowercase()).collect();
+    for d in &domains {
+        herald::domain::content::check_domain(d).map_err(|e| AppError::Usage(format!("--sender-domains: {e}")))?;
+    }
+    Ok(Some(domains))
 }
 
 /// `--quota sms.per_day=1000`: the quota's key and its number (`default`: `None`).
@@ -243,9 +259,11 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
             rotate_signing_secret,
             requests_per_second,
             quotas,
+            sender_domains,
         }) => {
             name_arg(tenant)?;
             let quotas = quotas.iter().map(|q| quota_arg(q)).collect::<Result<Vec<_>, _>>()?;
+            let sender_domains = sender_domains.as_deref().map(sender_domains_arg).transpose()?;
             let app = connected(&cli).await?;
             if let Some(u) = callback_url {
                 herald::domain::recipient::check_endpoint(u, app.settings.callbacks.allow_private_networks)
@@ -268,8 +286,22 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
                 signing_secret: secret,
                 requests_per_second: *requests_per_second,
                 quotas,
+                sender_domains,
             };
             let (id, own_quotas) = keys::set_tenant(&mut conn, tenant, &changes).await?;
+            // Sends that the old quota deferred are due again at once, so the new one decides.
+            let channels: Vec<Channel> = changes
+                .quotas
+                .iter()
+                .filter_map(|(k, _)| send_limit::parse_quota_key(k).ok())
+                .map(|(c, _)| c)
+                .collect();
+            if !channels.is_empty() {
+                let woken = tracking::wake_deferred(&mut conn, id, &channels).await?;
+                if woken > 0 {
+                    println!("{woken} deferred sends are due again under the new quota");
+                }
+            }
             let shown = rotated.or(created);
             println!("tenant {tenant} ({id}) updated");
             if own_quotas.as_object().is_some_and(|q| !q.is_empty()) {

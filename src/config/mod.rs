@@ -67,6 +67,10 @@ pub struct ServerSettings {
     pub key_cache_ms: u64,
     pub group_commit_max_items: usize,
     pub group_commit_linger_us: u64,
+    /// A client that has not sent its whole request head within this long is dropped.
+    pub header_read_timeout_ms: u64,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -78,6 +82,9 @@ pub struct DatabaseSettings {
     pub acquire_timeout_ms: u64,
     /// 0: derived from `dispatch.concurrency` (see `dispatch_pool_size`).
     pub dispatch_max_connections: u32,
+    /// The pool that stats, lists and the queue gauges read through, apart from the one that
+    /// accepts notifications: reads can never take the connections that accepts need.
+    pub read_max_connections: u32,
 }
 
 impl DatabaseSettings {
@@ -105,6 +112,8 @@ pub struct DispatchSettings {
     pub max_attempts: u32,
     pub shutdown_grace_ms: u64,
     pub rescue_interval_ms: u64,
+    /// The content (and metadata) a worker holds at once, in bytes: claims stop short of it.
+    pub max_held_bytes: u64,
 }
 
 impl DispatchSettings {
@@ -170,6 +179,19 @@ pub struct ChannelSettings {
     /// Sends per tenant per day (UTC) on this channel; more are deferred. 0: no quota.
     #[serde(default)]
     pub tenant_per_day: u32,
+    /// Email: the most bytes of subject, text and html together (default 524288).
+    #[serde(default)]
+    pub max_content_bytes: Option<usize>,
+    /// Push: the most bytes of title, body and data as JSON (default 4096, the platforms').
+    #[serde(default)]
+    pub max_payload_bytes: Option<usize>,
+    /// SMS: the most characters of text (default 1600).
+    #[serde(default)]
+    pub max_characters: Option<usize>,
+    /// Email: the domains `from` may use (and their subdomains); unset: any. A tenant's own
+    /// list (`herald tenants set T --sender-domains`) replaces it.
+    #[serde(default)]
+    pub sender_domains: Option<Vec<String>>,
 }
 
 fn default_recipient_window_secs() -> u64 {
@@ -208,6 +230,11 @@ pub struct CallbackSettings {
     pub allow_private_networks: bool,
     pub max_attempts: u32,
     pub timeout_ms: u64,
+    /// Callback requests in flight per process: their own budget, never the sends'.
+    pub concurrency: usize,
+    /// Callback requests in flight per tenant and process: a tenant's hanging receiver holds
+    /// no more than this.
+    pub per_tenant_concurrency: usize,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -416,13 +443,28 @@ impl Settings {
                     Some(_) => {}
                 }
             }
-            if channel != Channel::Sms {
-                for (set, key) in
-                    [(ch.default_region.is_some(), "default_region"), (ch.max_segments.is_some(), "max_segments")]
-                {
-                    if set {
-                        return Err(invalid(format!("channels.{channel}.{key}"), "is a setting of channels.sms only"));
-                    }
+            for (set, key, only) in [
+                (ch.default_region.is_some(), "default_region", Channel::Sms),
+                (ch.max_segments.is_some(), "max_segments", Channel::Sms),
+                (ch.max_characters.is_some(), "max_characters", Channel::Sms),
+                (ch.max_content_bytes.is_some(), "max_content_bytes", Channel::Email),
+                (ch.sender_domains.is_some(), "sender_domains", Channel::Email),
+                (ch.max_payload_bytes.is_some(), "max_payload_bytes", Channel::Push),
+            ] {
+                if set && channel != only {
+                    return Err(invalid(
+                        format!("channels.{channel}.{key}"),
+                        format!("is a setting of channels.{only} only"),
+                    ));
+                }
+            }
+            for (v, key) in [
+                (ch.max_characters, "max_characters"),
+                (ch.max_content_bytes, "max_content_bytes"),
+                (ch.max_payload_bytes, "max_payload_bytes"),
+            ] {
+                if v == Some(0) {
+                    return Err(invalid(format!("channels.{channel}.{key}"), "must be at least 1"));
                 }
             }
             if let Some(r) = &ch.default_region
@@ -468,6 +510,25 @@ impl Settings {
         if self.callbacks.max_attempts == 0 {
             return Err(invalid("callbacks.max_attempts", "must be at least 1"));
         }
+        for (key, v) in [
+            ("callbacks.concurrency", self.callbacks.concurrency as u64),
+            ("callbacks.per_tenant_concurrency", self.callbacks.per_tenant_concurrency as u64),
+            ("server.header_read_timeout_ms", srv.header_read_timeout_ms),
+            ("server.max_connections", srv.max_connections as u64),
+            ("database.read_max_connections", u64::from(self.database.read_max_connections)),
+            ("dispatch.max_held_bytes", d.max_held_bytes),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if let Some(domains) = &self.channels.email.sender_domains {
+            for (i, d) in domains.iter().enumerate() {
+                if let Err(e) = crate::domain::content::check_domain(d) {
+                    return Err(invalid(format!("channels.email.sender_domains[{i}]"), e));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -478,6 +539,16 @@ impl Settings {
             Channel::Sms => OnUnknown::Fail,
             Channel::Email | Channel::Push => OnUnknown::Retry,
         })
+    }
+
+    /// The size caps content is checked against (`channels.X.max_*`, else their defaults).
+    pub fn content_caps(&self) -> crate::domain::content::Caps {
+        let d = crate::domain::content::Caps::default();
+        crate::domain::content::Caps {
+            email_bytes: self.channels.email.max_content_bytes.unwrap_or(d.email_bytes),
+            push_bytes: self.channels.push.max_payload_bytes.unwrap_or(d.push_bytes),
+            sms_characters: self.channels.sms.max_characters.unwrap_or(d.sms_characters),
+        }
     }
 
     pub fn max_attempts(&self, channel: Channel) -> u32 {

@@ -144,9 +144,6 @@ impl Dispatcher {
         if let Some(d) = deadline {
             timeout = timeout.min(d.saturating_duration_since(Instant::now()));
         }
-        let Ok(_sending) = self.inner.sends.acquire().await else {
-            return Delivery::failed(&url, "the dispatcher is stopping", false);
-        };
         let sent = self
             .inner
             .http

@@ -20,8 +20,8 @@ mod wake;
 use wake::Wake;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -40,10 +40,11 @@ use crate::domain::Priority;
 use crate::domain::TenantId;
 use crate::domain::retry::RetryPolicy;
 use crate::domain::send_limit::{Quotas, SendLimit};
+use crate::fair::FairGate;
 use crate::providers::Registry;
 use crate::store::StoreError;
 use crate::store::tracking::receipt::Recorded;
-use crate::store::tracking::{self, Applied, Claimed, Completion, Lane, Lease};
+use crate::store::tracking::{self, Applied, Bounds, Claimed, Completion, Lane, Lease};
 
 /// Claimed jobs a dispatcher holds per send slot (`dispatch.concurrency`): measured with the
 /// `log` provider, 4 gave about a quarter more throughput than 1 (claims overlap completions).
@@ -127,8 +128,15 @@ pub struct Dispatcher {
 
 struct Inner {
     pool: PgPool,
-    /// Provider calls (and status callback requests) in flight: `dispatch.concurrency`.
-    sends: Semaphore,
+    /// Provider calls in flight: `dispatch.concurrency`, taken in turn by tenant, so one
+    /// tenant's waiting backlog does not hold back another tenant's message.
+    sends: FairGate<TenantId>,
+    /// Status callbacks in flight, by tenant: the claim keeps them within
+    /// `callbacks.concurrency` and `callbacks.per_tenant_concurrency`, apart from the sends.
+    callbacks_in_flight: Mutex<HashMap<TenantId, i64>>,
+    /// Bytes of content (and metadata) of the sends claimed and not yet finished: claims stay
+    /// within `dispatch.max_held_bytes`.
+    held_bytes: AtomicI64,
     /// Cancelled when `run` stops: jobs not yet handed to a provider are given back.
     stopping: CancellationToken,
     /// Outcomes of concurrent sends, written together (`tracking::complete`).
@@ -182,21 +190,7 @@ impl Dispatcher {
             Limits { max_items: 500, max_writers: 2, linger: Duration::ZERO },
             move |items: Vec<Completion>| {
                 let pool = writer_pool.clone();
-                async move {
-                    let res = async {
-                        let mut conn = pool.acquire().await?;
-                        tracking::complete(&mut conn, &items).await
-                    }
-                    .await;
-                    match res {
-                        Ok(applied) => applied.into_iter().map(Ok).collect(),
-                        // Each caller retries on its own (`with_retries`), in a later batch.
-                        Err(e) => {
-                            let msg = e.to_string();
-                            items.iter().map(|_| Err(StoreError::Unavailable(msg.clone()))).collect()
-                        }
-                    }
-                }
+                async move { write_completions(&pool, &items).await }
             },
         );
         let early_pool = pool.clone();
@@ -223,7 +217,9 @@ impl Dispatcher {
                 pool,
                 completions,
                 early_receipts,
-                sends: Semaphore::new(settings.dispatch.concurrency),
+                sends: FairGate::new(settings.dispatch.concurrency),
+                callbacks_in_flight: Mutex::default(),
+                held_bytes: AtomicI64::new(0),
                 stopping: CancellationToken::new(),
                 in_flight: Default::default(),
                 retry_unknown: Channel::ALL.map(|c| settings.on_unknown(c) == OnUnknown::Retry),
@@ -431,31 +427,50 @@ impl Dispatcher {
         Ok(n)
     }
 
-    /// Claim up to `limit` jobs, shared fairly between the lanes (`tracking::claim`). A channel
-    /// whose every provider is paced gets no more than they admit within a lease, less what
-    /// it already has in flight.
+    /// Claim up to `limit` jobs, shared fairly between the lanes and, inside each, between
+    /// tenants (`tracking::claim`). A channel whose every provider is paced gets no more than
+    /// they admit within a lease, less what it already has in flight; one whose every circuit
+    /// is open gets none until the first cool-down ends (claiming it would only put the jobs
+    /// back); and no send is claimed past `dispatch.max_held_bytes` of content held. Callbacks
+    /// get their own budget, per process and per tenant.
     async fn claim_batch(&self, limit: usize) -> Result<Vec<Claimed>, StoreError> {
-        let lease = self.inner.settings.lease();
+        let s = &self.inner.settings;
+        let lease = s.lease();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let held = self.inner.held_bytes.load(Ordering::Relaxed);
+        let room = i64::try_from(s.max_held_bytes).unwrap_or(i64::MAX).saturating_sub(held);
         let mut lanes = Vec::with_capacity(10);
         for p in Priority::ALL {
             for c in Channel::ALL {
-                let cap = match self.inner.registry.admits_within(c, pacing_window(lease)) {
-                    Some(admits) => {
-                        let busy = self.inner.in_flight[c.index()].load(Ordering::Relaxed);
-                        i64::try_from(admits.saturating_sub(busy)).unwrap_or(0).min(limit)
+                let cap = if room <= 0 || self.inner.registry.closed_for(c).is_some() {
+                    0
+                } else {
+                    match self.inner.registry.admits_within(c, pacing_window(lease)) {
+                        Some(admits) => {
+                            let busy = self.inner.in_flight[c.index()].load(Ordering::Relaxed);
+                            i64::try_from(admits.saturating_sub(busy)).unwrap_or(0).min(limit)
+                        }
+                        None => limit,
                     }
-                    None => limit,
                 };
                 lanes.push(Lane::send(c, p, cap));
             }
         }
-        lanes.push(Lane::callbacks(limit));
+        let busy: Vec<(TenantId, i64)> = self.callbacks_in_flight().iter().map(|(t, n)| (*t, *n)).collect();
+        let total: i64 = busy.iter().map(|(_, n)| n).sum();
+        let cb = &self.inner.callbacks;
+        let cb_room = i64::try_from(cb.concurrency).unwrap_or(i64::MAX).saturating_sub(total).clamp(0, limit);
+        lanes.push(Lane::callbacks(cb_room, i64::try_from(cb.per_tenant_concurrency).unwrap_or(i64::MAX)));
+        let bounds = Bounds { limit, bytes: room.max(1), busy: &busy };
         let mut conn = self.inner.pool.acquire().await?;
-        let work = tracking::claim(&mut conn, &lanes, limit, lease, &self.inner.worker_id).await?;
+        let work = tracking::claim_within(&mut conn, &lanes, bounds, lease, &self.inner.worker_id).await?;
         for w in &work {
-            if let Claimed::Send(job) = w {
-                self.inner.in_flight[job.channel.index()].fetch_add(1, Ordering::Relaxed);
+            match w {
+                Claimed::Send(job) => {
+                    self.inner.in_flight[job.channel.index()].fetch_add(1, Ordering::Relaxed);
+                    self.inner.held_bytes.fetch_add(job.size_bytes, Ordering::Relaxed);
+                }
+                Claimed::Callback(cb) => *self.callbacks_in_flight().entry(cb.tenant_id).or_default() += 1,
             }
         }
         if !work.is_empty() {
@@ -464,20 +479,64 @@ impl Dispatcher {
         Ok(work)
     }
 
+    fn callbacks_in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, i64>> {
+        self.inner.callbacks_in_flight.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     async fn process_work(&self, work: Claimed, deadline: Option<Instant>) -> Outcome {
         match work {
             Claimed::Send(job) => {
-                let channel = job.channel;
+                let (channel, size) = (job.channel, job.size_bytes);
                 let outcome = self.process(job, deadline).await;
                 self.inner.in_flight[channel.index()].fetch_sub(1, Ordering::Relaxed);
+                self.inner.held_bytes.fetch_sub(size, Ordering::Relaxed);
                 outcome
             }
             Claimed::Callback(cb) => {
+                let tenant = cb.tenant_id;
                 let span = info_span!("callback", notification.id = %cb.notification_id, attempt = cb.attempt);
-                self.deliver_callback(cb, deadline).instrument(span).await
+                let outcome = self.deliver_callback(cb, deadline).instrument(span).await;
+                let mut busy = self.callbacks_in_flight();
+                if let Some(n) = busy.get_mut(&tenant) {
+                    *n -= 1;
+                    if *n <= 0 {
+                        busy.remove(&tenant);
+                    }
+                }
+                outcome
             }
         }
     }
+}
+
+/// Write concurrent outcomes together. One the database refuses as it is fails alone
+/// (`store::isolating`), and is written again without the provider's details
+/// (`Completion::plain`), so that it is recorded rather than left `sending` and sent again.
+/// Any other failure is each caller's to retry (`with_retries`), in a later batch.
+async fn write_completions(pool: &PgPool, items: &[Completion]) -> Vec<Result<Applied, StoreError>> {
+    let mut results = crate::store::isolating(items, |chunk| {
+        let pool = pool.clone();
+        Box::pin(async move {
+            let mut conn = pool.acquire().await?;
+            tracking::complete(&mut conn, chunk).await
+        })
+    })
+    .await;
+    for (item, result) in items.iter().zip(results.iter_mut()) {
+        let Err(e) = result else { continue };
+        if !crate::store::is_data_error(e) {
+            continue;
+        }
+        warn!(error = %e, notification.id = %item.lease.notification_id, "an outcome could not be stored as it was; storing it without the provider's details");
+        let plain = item.plain(&e.to_string());
+        *result = async {
+            let mut conn = pool.acquire().await?;
+            tracking::complete(&mut conn, std::slice::from_ref(&plain)).await
+        }
+        .await
+        .and_then(|mut a| a.pop().ok_or_else(|| StoreError::Corrupt("no result for an outcome".into())));
+    }
+    results
 }
 
 fn hostname() -> String {

@@ -169,7 +169,7 @@ impl Dispatcher {
         let waits = async {
             let paced = if route.pacer.is_limited() {
                 let pace_budget = budget_end.saturating_duration_since(Instant::now()) / 2;
-                match route.pacer.acquire(pace_budget).await {
+                match route.pacer.acquire(job.tenant_id, pace_budget).await {
                     Some(p) => Some(p),
                     None => return Err(format!("provider {} is at its pacing limit; waiting", route.name.as_str())),
                 }
@@ -177,9 +177,9 @@ impl Dispatcher {
                 None
             };
             // `dispatch.concurrency` bounds the provider calls in flight; waiting for a turn
-            // counts against the send's budget like pacing does.
-            let sending = self.inner.sends.acquire().await.map_err(|_| "the dispatcher is stopping".to_owned())?;
-            Ok((paced, sending))
+            // (given round robin between tenants) counts against the send's budget like pacing.
+            let sending = self.inner.sends.acquire(job.tenant_id).await;
+            Ok::<_, String>((paced, sending))
         };
         let (_paced, _sending) = tokio::select! {
             biased;

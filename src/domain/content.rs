@@ -11,17 +11,106 @@ use super::FieldError;
 use super::channel::Channel;
 use super::recipient::{EmailAddress, check_endpoint};
 
-/// What `parse` needs from configuration.
-#[derive(Clone, Copy, Debug)]
-pub struct Rules {
+/// What `parse` needs from configuration and from the tenant.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Rules<'a> {
     /// `callbacks.allow_private_networks`: an unsubscribe URL may be `http://` or private.
     pub allow_private_links: bool,
     /// `channels.sms.max_segments`: longer texts are refused.
     pub sms_max_segments: Option<u32>,
+    pub caps: Caps,
+    /// The domains `from` may use (and their subdomains); `None`: any.
+    pub sender_domains: Option<&'a [String]>,
+}
+
+/// How big content may be, by channel: what one message may make a worker hold, and the
+/// providers' own limits (`channels.email.max_content_bytes`, `channels.push.max_payload_bytes`,
+/// `channels.sms.max_characters`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caps {
+    /// Bytes of subject, text and html together.
+    pub email_bytes: usize,
+    /// Bytes of title, body and data (as JSON) together: APNs and FCM take 4 KiB.
+    pub push_bytes: usize,
+    /// Characters of text.
+    pub sms_characters: usize,
+}
+
+impl Default for Caps {
+    fn default() -> Self {
+        Caps { email_bytes: 512 * 1024, push_bytes: 4096, sms_characters: 1600 }
+    }
 }
 
 const MAX_SUBJECT_LEN: usize = 998;
-const MAX_SMS_LEN: usize = 1600;
+
+/// Every string in `v` (keys too) that holds a NUL character, as problems at their pointers
+/// below `at`: PostgreSQL stores no NUL in text or jsonb, so such a request is refused whole
+/// at validation rather than failing (with its neighbours) at the database.
+pub fn nul_problems(v: &Value, at: &str) -> Vec<FieldError> {
+    fn walk(v: &Value, at: &str, out: &mut Vec<FieldError>) {
+        match v {
+            Value::String(s) if s.contains('\0') => out.push(FieldError::new(at, NUL_DETAIL)),
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    walk(item, &format!("{at}/{i}"), out);
+                }
+            }
+            Value::Object(m) => {
+                for (k, item) in m {
+                    let here = format!("{at}/{}", escape(k));
+                    if k.contains('\0') {
+                        out.push(FieldError::new(&here, "the field name contains a NUL character (\\u0000)"));
+                    }
+                    walk(item, &here, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(v, at, &mut out);
+    out
+}
+
+const NUL_DETAIL: &str = "contains a NUL character (\\u0000), which cannot be stored";
+
+/// Check a domain as `channels.email.sender_domains` and `--sender-domains` take it: a DNS
+/// name such as `acme.com` (no scheme, no `@`).
+pub fn check_domain(d: &str) -> Result<(), String> {
+    let labels: Vec<&str> = d.split('.').collect();
+    let ok = !d.is_empty()
+        && d.len() <= 253
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if ok { Ok(()) } else { Err(format!("`{d}` is not a domain such as acme.com")) }
+}
+
+/// Whether `address`'s domain is one of `allowed` or a subdomain of one (case aside).
+pub fn domain_allowed(address: &EmailAddress, allowed: &[String]) -> bool {
+    let domain = address.as_str().rsplit_once('@').map_or("", |(_, d)| d).to_ascii_lowercase();
+    allowed.iter().any(|a| {
+        let a = a.to_ascii_lowercase();
+        domain == a || domain.strip_suffix(&a).is_some_and(|rest| rest.ends_with('.'))
+    })
+}
+
+/// Over a cap: the one field that alone exceeds it, else the content as a whole.
+fn over_cap(errs: &mut Errors, fields: &[(&str, usize)], total: usize, cap: usize, what: &str, key: &str) {
+    if total <= cap {
+        return;
+    }
+    let pointer = match fields.iter().find(|(_, n)| *n > cap) {
+        Some((field, _)) => format!("/content/{field}"),
+        None => "/content".to_owned(),
+    };
+    errs.add(pointer, format!("{what} {total} bytes; {key} allows {cap}"));
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -101,12 +190,12 @@ fn opt_string(obj: &Map<String, Value>, key: &str, errs: &mut Errors) -> Option<
 }
 
 /// Read `v` as the content of a `channel` notification, or every problem found.
-pub fn parse(channel: Channel, v: &Value, rules: Rules) -> Result<Content, Vec<FieldError>> {
+pub fn parse(channel: Channel, v: &Value, rules: Rules<'_>) -> Result<Content, Vec<FieldError>> {
     let mut errs = Errors(Vec::new());
     parse_into(channel, v, rules, &mut errs).ok_or(errs.0)
 }
 
-pub(super) fn parse_into(channel: Channel, v: &Value, rules: Rules, errs: &mut Errors) -> Option<Content> {
+pub(super) fn parse_into(channel: Channel, v: &Value, rules: Rules<'_>, errs: &mut Errors) -> Option<Content> {
     let Some(obj) = v.as_object() else {
         errs.add("/content", "must be an object");
         return None;
@@ -137,11 +226,35 @@ pub(super) fn parse_into(channel: Channel, v: &Value, rules: Rules, errs: &mut E
             if text.as_deref().is_none_or(str::is_empty) && html.as_deref().is_none_or(str::is_empty) {
                 errs.add("/content", "email needs text and/or html");
             }
+            let len = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+            let (subject_len, text_len, html_len) = (len(&subject), len(&text), len(&html));
+            over_cap(
+                errs,
+                &[("subject", subject_len), ("text", text_len), ("html", html_len)],
+                subject_len + text_len + html_len,
+                rules.caps.email_bytes,
+                "subject, text and html together are",
+                "channels.email.max_content_bytes",
+            );
             let from = opt_string(obj, "from", errs);
-            if let Some(f) = &from
-                && let Err(d) = parse_mailbox(f)
-            {
-                errs.add("/content/from", d);
+            if let Some(f) = &from {
+                match parse_mailbox(f) {
+                    Err(d) => errs.add("/content/from", d),
+                    Ok(addr) => {
+                        if let Some(allowed) = rules.sender_domains
+                            && !domain_allowed(&addr, allowed)
+                        {
+                            errs.add(
+                                "/content/from",
+                                format!(
+                                    "this tenant may send only from {} (or their subdomains); set with \
+                                     channels.email.sender_domains or `herald tenants set T --sender-domains`",
+                                    allowed.join(", ")
+                                ),
+                            );
+                        }
+                    }
+                }
             }
             let reply_to = opt_string(obj, "reply_to", errs);
             if let Some(r) = &reply_to
@@ -170,8 +283,10 @@ pub(super) fn parse_into(channel: Channel, v: &Value, rules: Rules, errs: &mut E
             match &text {
                 None => errs.add("/content/text", "is required for sms"),
                 Some(t) if t.trim().is_empty() => errs.add("/content/text", "must not be empty"),
-                Some(t) if t.chars().count() > MAX_SMS_LEN => {
-                    errs.add("/content/text", format!("at most {MAX_SMS_LEN} characters"));
+                Some(t) if t.chars().count() > rules.caps.sms_characters => {
+                    let n = t.chars().count();
+                    let cap = rules.caps.sms_characters;
+                    errs.add("/content/text", format!("is {n} characters; channels.sms.max_characters allows {cap}"));
                 }
                 Some(t) => {
                     if let Some(max) = rules.sms_max_segments
@@ -215,6 +330,16 @@ pub(super) fn parse_into(channel: Channel, v: &Value, rules: Rules, errs: &mut E
                 }
                 Some(_) => errs.add("/content/data", "must be an object of strings"),
             }
+            let len = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+            let data_len = if data.is_empty() { 0 } else { serde_json::to_string(&data).map_or(0, |s| s.len()) };
+            over_cap(
+                errs,
+                &[("title", len(&title)), ("body", len(&body)), ("data", data_len)],
+                len(&title) + len(&body) + data_len,
+                rules.caps.push_bytes,
+                "title, body and data together are",
+                "channels.push.max_payload_bytes",
+            );
             Content::Push(PushContent { title, body, data })
         }
     };

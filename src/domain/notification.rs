@@ -74,12 +74,40 @@ pub struct ParseOptions<'a> {
     pub sms_region: Option<phonenumber::country::Id>,
     /// `channels.sms.max_segments`: longer texts are refused.
     pub sms_max_segments: Option<u32>,
+    /// `channels.X.max_*`: how big content may be.
+    pub caps: content::Caps,
+    /// The domains the tenant's `from` may use (its own list, else
+    /// `channels.email.sender_domains`); `None`: any.
+    pub sender_domains: Option<&'a [String]>,
     pub templates: &'a Book,
+    /// What the request's renders may still spend, together.
+    pub render_budget: &'a template::RenderBudget,
 }
 
-impl ParseOptions<'_> {
-    fn rules(&self) -> content::Rules {
-        content::Rules { allow_private_links: self.allow_private_callbacks, sms_max_segments: self.sms_max_segments }
+impl<'a> ParseOptions<'a> {
+    /// Defaults (nothing private allowed, no limits but the default caps) over `templates`,
+    /// rendering within `budget`.
+    pub fn new(templates: &'a Book, budget: &'a template::RenderBudget) -> Self {
+        ParseOptions {
+            now: OffsetDateTime::now_utc(),
+            allow_private_push: false,
+            allow_private_callbacks: false,
+            sms_region: None,
+            sms_max_segments: None,
+            caps: content::Caps::default(),
+            sender_domains: None,
+            templates,
+            render_budget: budget,
+        }
+    }
+
+    fn rules(&self) -> content::Rules<'a> {
+        content::Rules {
+            allow_private_links: self.allow_private_callbacks,
+            sms_max_segments: self.sms_max_segments,
+            caps: self.caps,
+            sender_domains: self.sender_domains,
+        }
     }
 }
 
@@ -106,6 +134,10 @@ impl NewNotification {
         let Some(obj) = body.as_object() else {
             return Err(vec![FieldError::new("", "the body must be a JSON object")]);
         };
+        let nul = content::nul_problems(body, "");
+        if !nul.is_empty() {
+            return Err(nul);
+        }
         for key in obj.keys() {
             if !TOP_LEVEL.contains(&key.as_str()) {
                 errs.add(format!("/{}", escape(key)), "unknown field");
@@ -328,7 +360,15 @@ fn from_template(
         errs.add("/template", format!("template `{name}` version {} has no {channel} part", found.version));
         return None;
     };
-    match template::render_checked(parts, channel, data, "/template/data", "/template", opts.rules()) {
+    match template::render_checked(
+        parts,
+        channel,
+        data,
+        "/template/data",
+        "/template",
+        opts.rules(),
+        opts.render_budget,
+    ) {
         Ok((_, c)) => {
             Some((c, TemplateUse { name: name.to_owned(), version: found.version, locale: variant.map(str::to_owned) }))
         }
@@ -362,14 +402,7 @@ mod tests {
     use serde_json::json;
 
     fn opts() -> ParseOptions<'static> {
-        ParseOptions {
-            now: OffsetDateTime::now_utc(),
-            allow_private_push: false,
-            allow_private_callbacks: false,
-            sms_region: None,
-            sms_max_segments: None,
-            templates: &NO_TEMPLATES,
-        }
+        ParseOptions::new(&NO_TEMPLATES, Box::leak(Box::new(template::RenderBudget::per_request())))
     }
 
     static NO_TEMPLATES: std::sync::LazyLock<Book> = std::sync::LazyLock::new(Book::default);
@@ -447,6 +480,58 @@ mod tests {
         assert_eq!(pointers(&with("http://example.com/h")), vec!["/callback_url"]);
         assert_eq!(pointers(&with("https://192.168.1.2/h")), vec!["/callback_url"]);
         assert!(NewNotification::parse(&with("https://example.com/h"), opts()).is_ok());
+    }
+
+    #[test]
+    fn a_nul_anywhere_is_refused_at_its_pointer() {
+        let body = json!({"channel": "sms", "to": "+14155550100", "content": {"text": "a\u{0}b"},
+                          "metadata": {"k": ["x", "y\u{0}"]}});
+        assert_eq!(pointers(&body), vec!["/content/text", "/metadata/k/1"]);
+    }
+
+    #[test]
+    fn content_over_its_cap_is_refused_naming_the_cap() {
+        let big = "x".repeat(300 * 1024);
+        let p = NewNotification::parse(
+            &json!({"channel": "email", "to": "a@example.com", "content": {"subject": "s", "text": big, "html": big}}),
+            opts(),
+        )
+        .unwrap_err();
+        assert_eq!(p[0].pointer, "/content");
+        assert!(p[0].detail.contains("channels.email.max_content_bytes allows 524288"), "{}", p[0].detail);
+        let huge = "x".repeat(600 * 1024);
+        assert_eq!(
+            pointers(&json!({"channel": "email", "to": "a@example.com", "content": {"subject": "s", "html": huge}})),
+            vec!["/content/html"]
+        );
+        let body = "y".repeat(5000);
+        assert_eq!(
+            pointers(&json!({"channel": "push", "to": {"fcm": "t"}, "content": {"title": "t", "body": body}})),
+            vec!["/content/body"]
+        );
+        assert_eq!(
+            pointers(&json!({"channel": "push", "to": {"fcm": "t"},
+                             "content": {"title": "t".repeat(3000), "body": "b".repeat(1500)}})),
+            vec!["/content"]
+        );
+        assert_eq!(
+            pointers(&json!({"channel": "sms", "to": "+14155550100", "content": {"text": "z".repeat(1601)}})),
+            vec!["/content/text"]
+        );
+    }
+
+    #[test]
+    fn a_from_outside_the_sender_domains_is_refused() {
+        let allowed = vec!["acme.com".to_owned()];
+        let opts = ParseOptions { sender_domains: Some(&allowed), ..opts() };
+        let with = |from: &str| json!({"channel": "email", "to": "a@example.com", "content": {"subject": "s", "text": "t", "from": from}});
+        assert!(NewNotification::parse(&with("Billing <billing@acme.com>"), opts).is_ok());
+        assert!(NewNotification::parse(&with("billing@mail.ACME.com"), opts).is_ok());
+        for bad in ["billing@tenant-b.example", "billing@notacme.com", "x@acme.com.evil.example"] {
+            let e = NewNotification::parse(&with(bad), opts).unwrap_err();
+            assert_eq!(e[0].pointer, "/content/from", "{bad}");
+            assert!(e[0].detail.contains("acme.com"), "{}", e[0].detail);
+        }
     }
 
     #[test]

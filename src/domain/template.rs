@@ -4,6 +4,7 @@
 //! one channel's part into a `content` object, which `domain::content` then checks like any
 //! content a caller sent. Nothing here reads the database: `store::templates` keeps versions.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, LazyLock};
 
@@ -276,9 +277,10 @@ pub fn render_checked(
     data: &Map<String, Value>,
     data_at: &str,
     at: &str,
-    rules: Rules,
+    rules: Rules<'_>,
+    budget: &RenderBudget,
 ) -> Result<(Value, Content), Vec<FieldError>> {
-    let rendered = render(parts, channel, data, data_at).map_err(|e| vec![e])?;
+    let rendered = render(parts, channel, data, data_at, budget).map_err(|e| vec![e])?;
     match content::parse(channel, &rendered, rules) {
         Ok(c) => Ok((rendered, c)),
         Err(problems) => Err(problems
@@ -323,10 +325,41 @@ fn compile_all(parts: &Parts, at: &str, errs: &mut Vec<FieldError>) {
     }
 }
 
-/// Enough for any real message (a few thousand loop steps), and under a millisecond of
-/// rendering (measured in a release build): a template that loops for ever runs out and is
-/// refused, and a batch of them cannot hold a request thread for long.
+/// Enough for any real message (a few thousand loop steps): a template that loops for ever
+/// runs out and is refused. A text that spends all of it takes about 2 ms to render (measured
+/// in a release build); `REQUEST_FUEL` bounds what a request's texts spend together.
 const FUEL: u64 = 50_000;
+
+/// What the renders of one request (a single POST, a preview, or every item of a batch) may
+/// spend together: 40 texts that each spend all their `FUEL`, about 80 ms of one thread, while
+/// a thousand ordinary items (a few dozen steps a text) spend a small part of it. Past it, the
+/// request's remaining templated items are refused with a 422 rather than rendered.
+pub const REQUEST_FUEL: u64 = 40 * FUEL;
+
+/// The fuel one request's renders have left (see `REQUEST_FUEL`).
+#[derive(Debug)]
+pub struct RenderBudget {
+    left: Cell<u64>,
+}
+
+impl RenderBudget {
+    pub fn new(fuel: u64) -> Self {
+        RenderBudget { left: Cell::new(fuel) }
+    }
+
+    pub fn per_request() -> Self {
+        Self::new(REQUEST_FUEL)
+    }
+
+    /// Fuel left.
+    pub fn left(&self) -> u64 {
+        self.left.get()
+    }
+
+    fn spend(&self, fuel: u64) {
+        self.left.set(self.left.get().saturating_sub(fuel));
+    }
+}
 
 /// The most one text may render to; past it the render stops and is refused. Above every
 /// channel's own limit (an API body is 1 MiB by default), so it only stops runaway templates.
@@ -349,10 +382,17 @@ impl std::io::Write for Capped {
     }
 }
 
-/// Render one text, at most `MAX_RENDERED_BYTES` of it.
-fn render_text(t: &minijinja::Template<'_, '_>, ctx: &minijinja::Value) -> Result<String, minijinja::Error> {
+/// Render one text, at most `MAX_RENDERED_BYTES` of it, charging the fuel it used to `budget`.
+fn render_text(
+    t: &minijinja::Template<'_, '_>,
+    ctx: &minijinja::Value,
+    budget: &RenderBudget,
+) -> Result<String, minijinja::Error> {
     let mut out = Capped(Vec::new());
-    t.render_captured_to(ctx, &mut out).map_err(|e| {
+    let rendered = t.render_captured_to(ctx, &mut out);
+    // A failed render is charged in full: it may have run out of fuel (or come close).
+    budget.spend(rendered.as_ref().ok().and_then(|c| c.state().fuel_levels()).map_or(FUEL, |(used, _)| used));
+    rendered.map_err(|e| {
         if e.kind() == ErrorKind::WriteFailure {
             minijinja::Error::new(
                 ErrorKind::WriteFailure,
@@ -397,13 +437,29 @@ fn position(e: &minijinja::Error, source: &str) -> String {
 
 /// Render one channel's part with `data` into a `content` object. A variable the data lacks
 /// is named, and pointed at where it belongs in the request (`data_at` is where `data` is).
-pub fn render(parts: &Parts, channel: Channel, data: &Map<String, Value>, data_at: &str) -> Result<Value, FieldError> {
+/// Every text is charged to `budget`; once it is spent, the render is refused.
+pub fn render(
+    parts: &Parts,
+    channel: Channel,
+    data: &Map<String, Value>,
+    data_at: &str,
+    budget: &RenderBudget,
+) -> Result<Value, FieldError> {
     let ctx = minijinja::Value::from(minijinja::value::Serde(data));
     let mut out = Map::new();
     for (field, source) in parts.texts(channel) {
+        if budget.left() == 0 {
+            return Err(FieldError::new(
+                data_at,
+                format!(
+                    "not rendered: this request's templates used up its rendering budget ({REQUEST_FUEL} steps); \
+                     send its templated items in smaller batches"
+                ),
+            ));
+        }
         // Texts were compiled at `PUT`; a stored one that no longer compiles is reported the same way.
         let (e, absent) = match ENV.template_from_named_str(field, source) {
-            Ok(t) => match render_text(&t, &ctx) {
+            Ok(t) => match render_text(&t, &ctx, budget) {
                 Ok(s) => {
                     out.insert(field.to_owned(), Value::String(s));
                     continue;
@@ -472,6 +528,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn budget() -> RenderBudget {
+        RenderBudget::per_request()
+    }
+
     fn data(v: Value) -> Map<String, Value> {
         match v {
             Value::Object(m) => m,
@@ -484,7 +544,8 @@ mod tests {
         let t = Template::parse(&json!({"email": {"subject": "Hi {{ name }}", "text": "Hi {{ name }}",
                                                    "html": "<p>Hi {{ name }}</p>"}}))
         .expect("valid");
-        let out = render(&t.parts, Channel::Email, &data(json!({"name": "<Tom & Jerry>"})), "/data").expect("renders");
+        let out = render(&t.parts, Channel::Email, &data(json!({"name": "<Tom & Jerry>"})), "/data", &budget())
+            .expect("renders");
         assert_eq!(out["subject"], "Hi <Tom & Jerry>");
         assert_eq!(out["text"], "Hi <Tom & Jerry>");
         assert_eq!(out["html"], "<p>Hi &lt;Tom &amp; Jerry&gt;</p>");
@@ -493,14 +554,15 @@ mod tests {
     #[test]
     fn a_missing_variable_is_named_with_its_pointer() {
         let t = Template::parse(&json!({"sms": {"text": "Code {{ code }} for {{ user.name }}"}})).expect("valid");
-        let e = render(&t.parts, Channel::Sms, &data(json!({"code": 1, "user": {}})), "/template/data").unwrap_err();
+        let e = render(&t.parts, Channel::Sms, &data(json!({"code": 1, "user": {}})), "/template/data", &budget())
+            .unwrap_err();
         assert_eq!(e.pointer, "/template/data/user/name");
         assert_eq!(e.detail, "sms.text uses `user.name`, which data does not have (line 1, column 24)");
-        let e = render(&t.parts, Channel::Sms, &data(json!({"user": {"name": "A"}})), "/data").unwrap_err();
+        let e = render(&t.parts, Channel::Sms, &data(json!({"user": {"name": "A"}})), "/data", &budget()).unwrap_err();
         assert_eq!((e.pointer.as_str(), e.detail.contains("`code`")), ("/data/code", true), "{}", e.detail);
         // A filter's error points at the filter; the variable is still the one named.
         let t = Template::parse(&json!({"sms": {"text": "{{ name | upper }}"}})).expect("valid");
-        let e = render(&t.parts, Channel::Sms, &Map::new(), "/data").unwrap_err();
+        let e = render(&t.parts, Channel::Sms, &Map::new(), "/data", &budget()).unwrap_err();
         assert_eq!(e.pointer, "/data/name", "{}", e.detail);
     }
 
@@ -551,23 +613,53 @@ mod tests {
     }
 
     #[test]
+    fn a_request_renders_within_one_budget_then_refuses() {
+        // Each text spends just under its own fuel; the request's budget runs out after about
+        // REQUEST_FUEL / FUEL of them, and the rest are refused without being rendered.
+        let t =
+            Template::parse(&json!({"sms": {"text": "{% for i in range(12000) %}{% endfor %}x"}})).expect("compiles");
+        let b = budget();
+        let mut rendered = 0;
+        let mut refused = 0;
+        for _ in 0..1000 {
+            match render(&t.parts, Channel::Sms, &Map::new(), "/data", &b) {
+                Ok(_) => rendered += 1,
+                Err(e) => {
+                    assert!(e.detail.contains("rendering budget"), "{}", e.detail);
+                    refused += 1;
+                }
+            }
+        }
+        assert!((40..=200).contains(&rendered), "{rendered} rendered");
+        assert_eq!(rendered + refused, 1000);
+        // An ordinary text costs a few steps: a thousand items are far inside the budget.
+        let t = Template::parse(&json!({"sms": {"text": "Hi {{ name }}, your code is {{ code }}"}})).expect("compiles");
+        let b = budget();
+        let d = data(json!({"name": "Ana", "code": "123456"}));
+        for _ in 0..1000 {
+            render(&t.parts, Channel::Sms, &d, "/data", &b).expect("renders");
+        }
+        assert!(b.left() > REQUEST_FUEL / 2, "{} left", b.left());
+    }
+
+    #[test]
     fn a_runaway_template_runs_out_of_fuel() {
         let t = Template::parse(&json!({"sms": {"text": "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}"}}))
             .expect("compiles");
-        let e = render(&t.parts, Channel::Sms, &Map::new(), "/data").unwrap_err();
+        let e = render(&t.parts, Channel::Sms, &Map::new(), "/data", &budget()).unwrap_err();
         assert!(e.detail.contains("fuel") || e.detail.contains("out of"), "{}", e.detail);
         // Output is bounded too, whatever the fuel: 300 × 10,000 characters is over 1 MiB.
         let t = Template::parse(
             &json!({"email": {"subject": "s", "text": "{% for i in range(300) %}{{ 'x' * 10000 }}{% endfor %}"}}),
         )
         .expect("compiles");
-        let e = render(&t.parts, Channel::Email, &Map::new(), "/data").unwrap_err();
+        let e = render(&t.parts, Channel::Email, &Map::new(), "/data", &budget()).unwrap_err();
         assert!(e.detail.contains("renders to more than 1024 KiB"), "{}", e.detail);
         let t = Template::parse(
             &json!({"email": {"subject": "s", "text": "{% for i in range(50) %}{{ 'x' * 10000 }}{% endfor %}"}}),
         )
         .expect("compiles");
-        let out = render(&t.parts, Channel::Email, &Map::new(), "/data").expect("half a MiB renders");
+        let out = render(&t.parts, Channel::Email, &Map::new(), "/data", &budget()).expect("half a MiB renders");
         assert_eq!(out["text"].as_str().map(str::len), Some(500_000));
     }
 }

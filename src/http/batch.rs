@@ -10,16 +10,18 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
-use super::AppState;
 use super::auth::require;
+use super::deadline::Committing;
 use super::notifications::{
     idempotency_header, json_body, key_conflict, parse_options, prepare, request_hash, templates_for, traceparent,
     valid_key,
 };
 use super::problem::ApiError;
+use super::{AppState, off_runtime};
 use crate::domain::Channel;
 use crate::domain::FieldError;
 use crate::domain::notification::ParseOptions;
+use crate::domain::template::RenderBudget;
 use crate::store::ingest::{self, Accepted, Submission};
 use crate::store::keys::{Caller, Scope};
 
@@ -38,6 +40,7 @@ pub(super) const MAX_BODY_BYTES: usize = MAX_ITEMS * 16 * 1024;
 pub(super) async fn create(
     State(state): State<AppState>,
     caller: Caller,
+    committing: Option<axum::Extension<Committing>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -66,14 +69,29 @@ pub(super) async fn create(
         return Err(e);
     }
 
-    // Validate every item; `submissions` holds the valid ones, `indices` where they came from.
+    // Validate every item, off the runtime (templates render there, and a thousand SMS
+    // numbers are checked against libphonenumber's metadata), within one rendering budget.
     let templates = templates_for(&state, &caller, items.iter()).await?;
-    let opts = parse_options(&state, &templates);
     let traceparent = traceparent(&headers);
-    let mut results: Vec<Option<Value>> = vec![None; items.len()];
-    let (mut indices, mut submissions) = (Vec::with_capacity(items.len()), Vec::with_capacity(items.len()));
-    for (index, mut item) in items.into_iter().enumerate() {
-        let refused = match item_submission(&state, &caller, index, &mut item, batch_key.as_deref(), opts) {
+    let max_item_bytes = state.settings.server.max_body_bytes;
+    let (st, c) = (state.clone(), caller.clone());
+    let checked = off_runtime(&state, move || {
+        let budget = RenderBudget::per_request();
+        let opts = parse_options(&st, &c, &templates, &budget);
+        items
+            .into_iter()
+            .enumerate()
+            .map(|(index, mut item)| {
+                let checked = item_submission(&st, &c, index, &mut item, batch_key.as_deref(), max_item_bytes, opts);
+                (index, checked, item)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await?;
+    let mut results: Vec<Option<Value>> = vec![None; checked.len()];
+    let (mut indices, mut submissions) = (Vec::with_capacity(checked.len()), Vec::with_capacity(checked.len()));
+    for (index, checked, item) in checked {
+        let refused = match checked {
             Ok(mut s) => {
                 s.traceparent.clone_from(&traceparent);
                 indices.push(index);
@@ -92,6 +110,10 @@ pub(super) async fn create(
             }
             (problem, None) => item_problem(index, &problem),
         });
+    }
+    // From here on the answer is the write's outcome, whatever the request timeout.
+    if let Some(axum::Extension(c)) = committing {
+        c.begin();
     }
     let outcomes = ingest::accept_batch(&state.pool, &submissions, state.settings.dispatch.listen_notify).await;
     let mut accepted = [0u64; 3];
@@ -117,9 +139,19 @@ fn item_submission(
     index: usize,
     item: &mut Value,
     batch_key: Option<&str>,
+    max_item_bytes: usize,
     opts: ParseOptions<'_>,
 ) -> Result<Submission, Box<(ApiError, Option<String>)>> {
     let at = |e: FieldError| FieldError::new(format!("/notifications/{index}{}", e.pointer), e.detail);
+    // An item that could not be sent on its own (server.max_body_bytes) is not taken in a batch.
+    let size = crate::store::ingest::json_len(item);
+    if size > max_item_bytes {
+        let e = FieldError::new(
+            "",
+            format!("this item is {size} bytes; an item may be at most server.max_body_bytes ({max_item_bytes})"),
+        );
+        return Err(Box::new((ApiError::validation(vec![at(e)]), None)));
+    }
     let own_key = match item.as_object_mut().and_then(|o| o.remove("idempotency_key")) {
         None => None,
         Some(Value::String(k)) if valid_key(&k) => Some(k),

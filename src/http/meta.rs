@@ -126,6 +126,12 @@ pub(super) const PROBLEMS: &[(&str, u16, &str, &str)] = &[
         "Herald cannot reach its database, or the request took too long. Nothing was accepted: retry after `Retry-After` (or a second).",
     ),
     (
+        "outcome-unknown",
+        503,
+        "Outcome unknown",
+        "The database went away while this request was being written, and did not come back in time to say whether it was stored. Retry with the same `Idempotency-Key`: you get the stored notification if there is one, and a new one if not.",
+    ),
+    (
         "not-ready",
         503,
         "Not ready",
@@ -176,6 +182,15 @@ fn code_spans(text: &str) -> String {
 /// The most header bytes (names and values) a request may carry: real clients send a few
 /// hundred; a flood of them is refused before any handler parses them.
 pub(super) const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// A NUL in a path segment or a query parameter (`%00`) can never name anything Herald
+/// stores, and PostgreSQL would refuse it as a parameter: refused here, for every route.
+pub(super) async fn refuse_nul_in_url(req: Request, next: Next) -> Response {
+    if req.uri().path_and_query().is_some_and(|pq| pq.as_str().contains("%00")) {
+        return ApiError::malformed("the URL contains a NUL character (%00)").into_response();
+    }
+    next.run(req).await
+}
 
 pub(super) async fn limit_headers(req: Request, next: Next) -> Response {
     let size: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
@@ -235,6 +250,7 @@ mod tests {
             "not-cancellable",
             "not-retryable",
             "unavailable",
+            "outcome-unknown",
             "not-ready",
             "internal",
         ];

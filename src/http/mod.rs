@@ -2,6 +2,7 @@
 
 mod auth;
 mod batch;
+mod deadline;
 mod health;
 mod meta;
 mod metrics;
@@ -21,7 +22,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, Request, StatusCode, header};
+use axum::http::{HeaderName, Request, header};
 use axum::middleware;
 use axum::routing::{get, post};
 use sqlx::PgPool;
@@ -29,7 +30,6 @@ use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
@@ -47,6 +47,12 @@ pub type Ingest = Coalescer<Submission, StoreResult<Accepted>>;
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
+    /// The pool of reads that can be slow (stats, lists), apart from `pool`, whose
+    /// connections accepts need (`database.read_max_connections`).
+    pub reads: PgPool,
+    /// Work that is CPU-bound and can be long (template renders, a batch's validation) runs
+    /// off the async runtime, on at most this many threads at once (`off_runtime`).
+    pub cpu: Arc<tokio::sync::Semaphore>,
     pub settings: Arc<Settings>,
     pub registry: Arc<Registry>,
     pub keys: Arc<KeyCache>,
@@ -68,6 +74,26 @@ pub fn ingest(pool: PgPool, settings: &Settings) -> Ingest {
         let pool = pool.clone();
         async move { store::ingest::accept_batch(&pool, &items, notify).await }
     })
+}
+
+/// Run `f` on the blocking pool, at most `state.cpu` of them at once: a request that renders
+/// a thousand templates holds one of those threads, never the runtime's, so `/healthz` and
+/// every other request keep being served.
+pub(crate) async fn off_runtime<R: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce() -> R + Send + 'static,
+) -> Result<R, problem::ApiError> {
+    let _turn = state.cpu.acquire().await.map_err(|_| problem::ApiError::internal())?;
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        tracing::error!(error = %e, "a CPU-bound task failed");
+        problem::ApiError::internal()
+    })
+}
+
+/// Threads for `off_runtime`: one fewer than the cores (at least one), so the runtime always
+/// has a core to answer on.
+pub fn cpu_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1)).max(1)
 }
 
 pub fn router(state: AppState) -> Router {
@@ -129,8 +155,9 @@ pub fn router(state: AppState) -> Router {
             )
             .layer(middleware::from_fn(problem::problem_context))
             .layer(middleware::from_fn(meta::limit_headers))
+            .layer(middleware::from_fn(meta::refuse_nul_in_url))
             .layer(middleware::from_fn(meta::json_only))
             .layer(CatchPanicLayer::new())
-            .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout)),
+            .layer(middleware::from_fn_with_state(timeout, deadline::limit)),
     )
 }

@@ -13,13 +13,14 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::AppState;
 use super::auth::require;
+use super::deadline::Committing;
 use super::paging;
 use super::problem::ApiError;
+use super::{AppState, off_runtime};
 use crate::domain::notification::ParseOptions;
 use crate::domain::recipient::recipient_key;
-use crate::domain::template::Book;
+use crate::domain::template::{Book, RenderBudget};
 use crate::domain::{Channel, FieldError, NewNotification, NotificationId, Status, TenantId};
 use crate::store::ingest::{self, Accepted, Submission};
 use crate::store::keys::{Caller, Scope};
@@ -108,6 +109,13 @@ pub(super) fn json_body(body: &Bytes) -> Result<Value, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::malformed(format!("the body is not valid JSON: {e}")))
 }
 
+/// A body whose strings hold a NUL character is refused whole, each at its pointer: nothing
+/// of it could be stored. (A batch checks each item on its own instead, in its parse.)
+pub(super) fn refuse_nul(v: &Value) -> Result<(), ApiError> {
+    let problems = crate::domain::content::nul_problems(v, "");
+    if problems.is_empty() { Ok(()) } else { Err(ApiError::validation(problems)) }
+}
+
 /// Validate the `Idempotency-Key` header: 1 to 255 visible ASCII characters.
 pub(super) fn idempotency_header(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
@@ -124,9 +132,14 @@ pub(super) fn valid_key(k: &str) -> bool {
     !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| (0x21..0x7f).contains(&b))
 }
 
-/// What parsing needs from the configuration, and the templates the request refers to: once
-/// per request (a batch's items share it).
-pub(super) fn parse_options<'a>(state: &AppState, templates: &'a Book) -> ParseOptions<'a> {
+/// What parsing needs from the configuration and the caller's tenant, the templates the
+/// request refers to and its rendering budget: once per request (a batch's items share it).
+pub(super) fn parse_options<'a>(
+    state: &'a AppState,
+    caller: &'a Caller,
+    templates: &'a Book,
+    budget: &'a RenderBudget,
+) -> ParseOptions<'a> {
     let settings = &state.settings;
     ParseOptions {
         now: OffsetDateTime::now_utc(),
@@ -138,7 +151,11 @@ pub(super) fn parse_options<'a>(state: &AppState, templates: &'a Book) -> ParseO
         allow_private_callbacks: settings.callbacks.allow_private_networks,
         sms_region: settings.channels.sms.default_region.as_deref().and_then(crate::domain::sms::region),
         sms_max_segments: settings.channels.sms.max_segments,
+        caps: settings.content_caps(),
+        // The tenant's own list replaces the configured one.
+        sender_domains: caller.sender_domains.as_deref().or(settings.channels.email.sender_domains.as_deref()),
         templates,
+        render_budget: budget,
     }
 }
 
@@ -237,6 +254,7 @@ pub(super) fn key_conflict() -> ApiError {
 pub(super) async fn create(
     State(state): State<AppState>,
     caller: Caller,
+    committing: Option<axum::Extension<Committing>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -244,7 +262,20 @@ pub(super) async fn create(
     let value = json_body(&body)?;
     let key = idempotency_header(&headers)?.map(str::to_owned);
     let templates = templates_for(&state, &caller, std::iter::once(&value)).await?;
-    let submission = match prepare(&state, &caller, &value, key.clone(), parse_options(&state, &templates)) {
+    // Rendering a template is CPU work (up to its fuel): off the runtime's threads.
+    let (prepared, value) = if value.get("template").is_some() {
+        let (st, c, k) = (state.clone(), caller.clone(), key.clone());
+        off_runtime(&state, move || {
+            let budget = RenderBudget::per_request();
+            let prepared = prepare(&st, &c, &value, k, parse_options(&st, &c, &templates, &budget));
+            (prepared, value)
+        })
+        .await?
+    } else {
+        let budget = RenderBudget::per_request();
+        (prepare(&state, &caller, &value, key.clone(), parse_options(&state, &caller, &templates, &budget)), value)
+    };
+    let submission = match prepared {
         Ok(mut s) => {
             s.traceparent = traceparent(&headers);
             s
@@ -259,7 +290,11 @@ pub(super) async fn create(
         },
     };
     // Written with whatever other requests are being accepted at the same moment: one
-    // statement and one commit for the group, and the 202 only after that commit.
+    // statement and one commit for the group, and the 202 only after that commit. From here
+    // on the answer is the write's outcome, whatever the request timeout.
+    if let Some(axum::Extension(c)) = committing {
+        c.begin();
+    }
     let outcome = state.ingest.submit(submission).await.map_err(|_| ApiError::internal())??;
     answer(&state, &caller, outcome).await
 }

@@ -123,6 +123,28 @@ impl From<StoreError> for ApiError {
         if let StoreError::Unavailable(why) = &e {
             return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", why.clone());
         }
+        if let StoreError::OutcomeUnknown(why) = &e {
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "outcome-unknown",
+                "Outcome unknown",
+                format!(
+                    "the database went away while this request was being written ({why}) and has not come back to \
+                     say whether it was stored: retry with the same Idempotency-Key to get the stored one, if any"
+                ),
+            );
+        }
+        // 57014: a read ran past its statement timeout (server.request_timeout_ms).
+        if let StoreError::Db(sqlx::Error::Database(db)) = &e
+            && db.code().as_deref() == Some("57014")
+        {
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+                "the query took longer than server.request_timeout_ms; try again, or ask for less",
+            );
+        }
         if let StoreError::Db(db) = &e
             && crate::store::is_transient(db)
         {

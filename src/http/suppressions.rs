@@ -87,6 +87,7 @@ pub(super) async fn create(State(state): State<AppState>, caller: Caller, body: 
     require(&caller, Scope::Send)?;
     let value: Value =
         serde_json::from_slice(&body).map_err(|e| ApiError::malformed(format!("the body is not valid JSON: {e}")))?;
+    super::notifications::refuse_nul(&value)?;
     let mut errors = Vec::new();
     let channel = match value.get("channel").and_then(Value::as_str).and_then(Channel::parse) {
         Some(c) => Some(c),

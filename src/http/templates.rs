@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 
 use super::AppState;
 use super::auth::require;
-use super::notifications::json_body;
+use super::notifications::{json_body, refuse_nul};
 use super::paging;
 use super::problem::ApiError;
 use crate::domain::template::{self, Body, Template, Version};
@@ -100,7 +100,9 @@ pub(super) async fn put(
 ) -> Result<Response, ApiError> {
     require(&caller, Scope::Send)?;
     check_name(&name)?;
-    let template = Template::parse(&json_body(&body)?).map_err(ApiError::validation)?;
+    let body = json_body(&body)?;
+    refuse_nul(&body)?;
+    let template = Template::parse(&body).map_err(ApiError::validation)?;
     let version = store::put(&state.pool, caller.tenant_id, &name, &template).await?;
     let location = format!("/v1/templates/{name}?version={}", version.version);
     let mut resp = (StatusCode::CREATED, Json(TemplateView::from(version))).into_response();
@@ -226,17 +228,26 @@ pub(super) async fn preview(
     }
     check_name(&name)?;
     let body = if body.is_empty() { json!({}) } else { json_body(&body)? };
+    refuse_nul(&body)?;
     let request = PreviewArgs::parse(&body).map_err(ApiError::validation)?;
     let mut conn = state.pool.acquire().await.map_err(crate::store::StoreError::from)?;
     let found = store::get(&mut conn, caller.tenant_id, &name, request.version)
         .await?
         .ok_or_else(|| not_found(&name, request.version))?;
     drop(conn);
-    let rules = content::Rules {
-        allow_private_links: state.settings.callbacks.allow_private_networks,
-        sms_max_segments: state.settings.channels.sms.max_segments,
-    };
-    render_preview(&found, &request, rules).map(Json).map_err(ApiError::validation)
+    let settings = state.settings.clone();
+    // Rendering is CPU work (up to the request's budget): off the runtime's threads.
+    let preview = super::off_runtime(&state, move || {
+        let rules = content::Rules {
+            allow_private_links: settings.callbacks.allow_private_networks,
+            sms_max_segments: settings.channels.sms.max_segments,
+            caps: settings.content_caps(),
+            sender_domains: caller.sender_domains.as_deref().or(settings.channels.email.sender_domains.as_deref()),
+        };
+        render_preview(&found, &request, rules, &template::RenderBudget::per_request())
+    })
+    .await?;
+    preview.map(Json).map_err(ApiError::validation)
 }
 
 struct PreviewArgs {
@@ -296,7 +307,12 @@ impl PreviewArgs {
 }
 
 /// Each part rendered as a send would render it, and checked as its content would be.
-fn render_preview(found: &Version, args: &PreviewArgs, rules: content::Rules) -> Result<Value, Vec<FieldError>> {
+fn render_preview(
+    found: &Version,
+    args: &PreviewArgs,
+    rules: content::Rules<'_>,
+    budget: &template::RenderBudget,
+) -> Result<Value, Vec<FieldError>> {
     let t = &found.template;
     let channels = match args.channel {
         Some(c) => vec![c],
@@ -316,7 +332,7 @@ fn render_preview(found: &Version, args: &PreviewArgs, rules: content::Rules) ->
             ));
             continue;
         };
-        let rendered = match template::render_checked(parts, channel, &args.data, "/data", "/data", rules) {
+        let rendered = match template::render_checked(parts, channel, &args.data, "/data", "/data", rules, budget) {
             Ok((rendered, _)) => rendered,
             Err(problems) => {
                 errs.extend(problems);

@@ -62,34 +62,58 @@ pub(super) async fn receive(
             return Err(ApiError::unauthorized(format!("receipt signature check failed: {why}")));
         }
     };
-    let (mut applied, mut held, mut duplicates, mut unmatched) = (0, 0, 0, 0);
+    // Each receipt on its own: one the database refuses as it is (a value it cannot keep) is
+    // kept as malformed and the rest are applied, so a redelivery of the batch does not fail
+    // again on it and lose the others. The database being away fails the request (503), and
+    // the provider delivers the batch again; what was applied is then a duplicate.
+    let (mut applied, mut held, mut duplicates, mut unmatched, mut malformed) = (0, 0, 0, 0, 0);
     for r in &receipts {
-        if let Some(token) = &r.replay_token
-            && !store::bind_token(&state.pool, &name, token, &r.dedupe_key).await?
-        {
-            metrics::receipt(&name, "replayed", 1);
-            warn!(provider = %name, "receipt refused: its signed token was already used for another event");
-            return Err(ApiError::unauthorized(
-                "this signature's token was already used for another event (a replayed signature)",
-            ));
+        if let Some(token) = &r.replay_token {
+            match store::bind_token(&state.pool, &name, token, &r.dedupe_key).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    metrics::receipt(&name, "replayed", 1);
+                    warn!(provider = %name, "receipt refused: its signed token was already used for another event");
+                    return Err(ApiError::unauthorized(
+                        "this signature's token was already used for another event (a replayed signature)",
+                    ));
+                }
+                Err(e) if crate::store::is_data_error(&e) => {
+                    keep_malformed(&state, &name, r, &e).await?;
+                    malformed += 1;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
-        match store::apply(&state.pool, &name, r).await? {
-            ReceiptOutcome::Duplicate => duplicates += 1,
-            ReceiptOutcome::Unmatched => {
+        match store::apply(&state.pool, &name, r).await {
+            Ok(ReceiptOutcome::Duplicate) => duplicates += 1,
+            Ok(ReceiptOutcome::Unmatched) => {
                 warn!(provider = %name, provider_status = %r.provider_status, "receipt matches no notification; kept as unmatched");
                 unmatched += 1;
             }
-            ReceiptOutcome::Recorded { changed, traceparent } => {
+            Ok(ReceiptOutcome::Recorded { changed, traceparent }) => {
                 // In the notification's trace: accept, attempts and this receipt in one view.
                 let span = info_span!("receipt", provider = %name, trace_id = tracing::field::Empty);
                 crate::telemetry::join_trace(&span, traceparent.as_deref());
                 span.in_scope(|| info!(provider_status = %r.provider_status, changed, "receipt applied"));
                 applied += 1;
             }
-            ReceiptOutcome::Held => held += 1,
+            Ok(ReceiptOutcome::Held) => held += 1,
+            Err(e) if crate::store::is_data_error(&e) => {
+                keep_malformed(&state, &name, r, &e).await?;
+                malformed += 1;
+            }
+            Err(e) => return Err(e.into()),
         }
     }
-    for (result, n) in [("applied", applied), ("held", held), ("duplicate", duplicates), ("unmatched", unmatched)] {
+    for (result, n) in [
+        ("applied", applied),
+        ("held", held),
+        ("duplicate", duplicates),
+        ("unmatched", unmatched),
+        ("malformed", malformed),
+    ] {
         if n > 0 {
             metrics::receipt(&name, result, n);
         }
@@ -97,6 +121,17 @@ pub(super) async fn receive(
     Ok((
         StatusCode::OK,
         Json(json!({"received": receipts.len(), "applied": applied, "held": held, "duplicates": duplicates,
-                    "unmatched": unmatched})),
+                    "unmatched": unmatched, "malformed": malformed})),
     ))
+}
+
+/// Keep a receipt that could not be applied as malformed (`store::receipts::keep_malformed`).
+async fn keep_malformed(
+    state: &AppState,
+    provider: &str,
+    r: &crate::receipts::Receipt,
+    e: &crate::store::StoreError,
+) -> Result<(), ApiError> {
+    warn!(provider, error = %e, "receipt could not be applied; kept as malformed");
+    Ok(store::keep_malformed(&state.pool, provider, r, &e.to_string()).await?)
 }

@@ -265,6 +265,16 @@ impl Registry {
         routes.iter().map(|r| r.pacer.admits_within(window)).sum()
     }
 
+    /// How long until any provider of `channel` takes a send again, when none takes one now
+    /// (every circuit open); `None` when one would.
+    pub fn closed_for(&self, channel: Channel) -> Option<Duration> {
+        let routes = self.route(channel);
+        if routes.is_empty() {
+            return None;
+        }
+        routes.iter().map(|r| r.breaker.closed_for()).try_fold(Duration::MAX, |soonest, w| w.map(|w| soonest.min(w)))
+    }
+
     /// Every route of a channel (empty when none is configured).
     pub fn route(&self, channel: Channel) -> &[Arc<Route>] {
         self.routes.get(channel.as_str()).map_or(&[], Vec::as_slice)

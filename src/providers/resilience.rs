@@ -1,14 +1,16 @@
 //! Per-provider resilience: a circuit breaker (skip a provider that keeps failing, then probe
-//! it) and pacing (`max_per_second`, `max_in_flight`: sends over the limit wait their turn).
-//! Both are per process; with several replicas each keeps its own view, which is what makes
-//! them safe to run without coordination.
+//! it) and pacing (`max_per_second`, `max_in_flight`: sends over the limit wait their turn,
+//! and turns go round robin between tenants). Both are per process; with several replicas each
+//! keeps its own view, which is what makes them safe to run without coordination.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::{info, warn};
+
+use crate::domain::TenantId;
+use crate::fair::{FairGate, FairPermit};
 
 /// What a send told us about the provider's health.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,6 +108,21 @@ impl Breaker {
         !matches!(*self.lock(), State::Closed { .. })
     }
 
+    /// How long until this provider may be tried again when it takes no send now (open and
+    /// cooling down, or half-open with its probe out); `None` when `admit` would let one
+    /// through. Changes nothing.
+    pub fn closed_for(&self) -> Option<Duration> {
+        let now = Instant::now();
+        match *self.lock() {
+            State::Closed { .. } => None,
+            State::Open { until } => (now < until).then(|| until - now),
+            State::HalfOpen { probe_since } => {
+                let elapsed = now - probe_since;
+                (elapsed < self.cooldown).then(|| self.cooldown - elapsed)
+            }
+        }
+    }
+
     /// `closed`, `open` or `half_open` (one probe let through), for operators.
     pub fn state_name(&self) -> &'static str {
         match *self.lock() {
@@ -118,21 +135,26 @@ impl Breaker {
 
 /// Pacing for one provider. `acquire` waits for a free slot and for the next send time, but
 /// no longer than the caller's budget: a job that cannot start in time is put back, not failed.
+/// Waiting sends are served round robin between tenants, so one tenant's backlog waiting here
+/// does not hold back another tenant's message.
 pub struct Pacer {
-    in_flight: Option<Arc<Semaphore>>,
+    in_flight: Option<FairGate<TenantId>>,
     interval: Option<Duration>,
+    /// Whose turn it is to book the next send time: one booking at a time, in tenant order.
+    turn: FairGate<TenantId>,
     next_slot: Mutex<Instant>,
 }
 
 pub struct PacePermit {
-    _slot: Option<OwnedSemaphorePermit>,
+    _slot: Option<FairPermit<TenantId>>,
 }
 
 impl Pacer {
     pub fn new(max_per_second: Option<f64>, max_in_flight: Option<usize>) -> Self {
         Pacer {
-            in_flight: max_in_flight.map(|n| Arc::new(Semaphore::new(n))),
+            in_flight: max_in_flight.map(FairGate::new),
             interval: max_per_second.map(|r| Duration::from_secs_f64(1.0 / r)),
+            turn: FairGate::new(1),
             next_slot: Mutex::new(Instant::now()),
         }
     }
@@ -146,14 +168,18 @@ impl Pacer {
         self.in_flight.is_some() || self.interval.is_some()
     }
 
-    pub async fn acquire(&self, budget: Duration) -> Option<PacePermit> {
+    /// Wait for `tenant`'s turn to send, at most `budget`.
+    pub async fn acquire(&self, tenant: TenantId, budget: Duration) -> Option<PacePermit> {
         let deadline = Instant::now() + budget;
         let slot = match &self.in_flight {
-            Some(sem) => Some(tokio::time::timeout_at(deadline, sem.clone().acquire_owned()).await.ok()?.ok()?),
+            Some(gate) => Some(tokio::time::timeout_at(deadline, gate.acquire(tenant)).await.ok()?),
             None => None,
         };
         if let Some(interval) = self.interval {
-            // Sends are spaced `interval` apart: each caller books the next free instant.
+            // Sends are spaced `interval` apart. The caller whose turn it is books the next free
+            // instant and keeps the turn until then, so the order of sends is the order of turns
+            // (round robin between tenants), not the order of arrival.
+            let _turn = tokio::time::timeout_at(deadline, self.turn.acquire(tenant)).await.ok()?;
             let at = {
                 let mut next = self.next_slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 let at = (*next).max(Instant::now());
@@ -172,6 +198,10 @@ impl Pacer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn t() -> TenantId {
+        TenantId::from_uuid(uuid::Uuid::nil())
+    }
 
     #[tokio::test(start_paused = true)]
     async fn the_breaker_opens_after_n_failures_then_probes_once() {
@@ -208,20 +238,44 @@ mod tests {
         let p = Pacer::new(Some(10.0), None);
         let start = Instant::now();
         for _ in 0..5 {
-            assert!(p.acquire(Duration::from_secs(1)).await.is_some());
+            assert!(p.acquire(t(), Duration::from_secs(1)).await.is_some());
         }
         assert!(Instant::now() - start >= Duration::from_millis(400));
         // The next slot is 100 ms away: a 10 ms budget is not enough, and nothing is booked.
-        assert!(p.acquire(Duration::from_millis(10)).await.is_none());
-        assert!(p.acquire(Duration::from_millis(200)).await.is_some());
+        assert!(p.acquire(t(), Duration::from_millis(10)).await.is_none());
+        assert!(p.acquire(t(), Duration::from_millis(200)).await.is_some());
     }
 
     #[tokio::test(start_paused = true)]
     async fn in_flight_limit_waits_for_a_free_slot() {
         let p = Pacer::new(None, Some(1));
-        let first = p.acquire(Duration::from_secs(1)).await.expect("first");
-        assert!(p.acquire(Duration::from_millis(50)).await.is_none());
+        let first = p.acquire(t(), Duration::from_secs(1)).await.expect("first");
+        assert!(p.acquire(t(), Duration::from_millis(50)).await.is_none());
         drop(first);
-        assert!(p.acquire(Duration::from_millis(50)).await.is_some());
+        assert!(p.acquire(t(), Duration::from_millis(50)).await.is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn paced_turns_go_round_robin_between_tenants() {
+        let p = std::sync::Arc::new(Pacer::new(Some(100.0), None));
+        let a = TenantId::from_uuid(uuid::Uuid::from_u128(1));
+        let b = TenantId::from_uuid(uuid::Uuid::from_u128(2));
+        let order = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for (i, tenant) in std::iter::repeat_n(a, 100).chain([b]).enumerate() {
+            let (p, o) = (p.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                p.acquire(tenant, Duration::from_secs(60)).await.expect("a turn");
+                o.lock().expect("order").push(i);
+            }));
+            tokio::task::yield_now().await;
+        }
+        for t in tasks {
+            t.await.expect("task");
+        }
+        let order = order.lock().expect("order").clone();
+        // Before b: the sends already booked or holding the turn when b came, and one turn of a.
+        let b_at = order.iter().position(|&i| i == 100).expect("b sent");
+        assert!(b_at <= 3, "b's one send waited for {b_at} of a's 100");
     }
 }

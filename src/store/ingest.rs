@@ -10,7 +10,8 @@
 //! sharing keys wait on each other instead of deadlocking.
 //!
 //! One item's failure does not fail its neighbours: if the batch statement fails on the data,
-//! every item is written again on its own, and only the culprit gets the error.
+//! the halves are written apart down to the culprit, and only it gets the error
+//! (`store::isolating`). A write whose outcome is unknown is settled before it is answered.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -122,30 +123,108 @@ enum Plan {
 
 /// Accept `items`, all in one transaction. One result per item, in order. `notify` sends a
 /// wake-up (one per commit, whatever the batch size) when any new job is due now.
+///
+/// An item the database refuses fails alone (`isolating`). A write whose outcome is unknown
+/// (the connection was lost after the statement or `COMMIT` went out) is settled before
+/// answering: each of its notifications is found committed (and answered as created) or not
+/// (and answered with an error saying nothing was stored), never guessed.
 pub async fn accept_batch(pool: &PgPool, items: &[Submission], notify: bool) -> Vec<StoreResult<Accepted>> {
-    match try_batch(pool, items, notify).await {
-        Ok(results) => results,
-        // The data of some item was refused: find it by writing each on its own.
-        Err(StoreError::Db(sqlx::Error::Database(_))) if items.len() > 1 => {
-            let mut results = Vec::with_capacity(items.len());
-            for item in items {
-                let one = try_batch(pool, std::slice::from_ref(item), notify).await;
-                results.push(one.and_then(|mut r| r.pop().unwrap_or_else(|| Err(lost()))));
+    let results = super::isolating(items, |chunk| {
+        let pool = pool.clone();
+        Box::pin(async move { try_batch(&pool, chunk, notify).await })
+    })
+    .await;
+    let mut results: Vec<StoreResult<Accepted>> = results.into_iter().map(|r| r.and_then(|r| r)).collect();
+    let unknown: Vec<usize> =
+        (0..items.len()).filter(|&i| matches!(results[i], Err(StoreError::OutcomeUnknown(_)))).collect();
+    if unknown.is_empty() {
+        return results;
+    }
+    let ids: Vec<Uuid> = unknown.iter().map(|&i| items[i].id.as_uuid()).collect();
+    match settle(pool, &ids).await {
+        Ok(committed) => {
+            for i in unknown {
+                let s = &items[i];
+                results[i] = match committed.get(&s.id.as_uuid()) {
+                    Some(status) => {
+                        s.record(*status).map(|r| Accepted::Created { record: Box::new(r), suppressed_reason: None })
+                    }
+                    None => Err(StoreError::Unavailable(
+                        "the database connection was lost during the write; it did not commit, so nothing was \
+                         stored"
+                            .into(),
+                    )),
+                };
             }
-            results
+            tracing::warn!(items = ids.len(), committed = committed.len(), "settled a write whose outcome was unknown");
         }
-        Err(e) => {
-            let msg = e.to_string();
-            tracing::error!(error = %msg, items = items.len(), "accepting a batch failed");
-            let mut results: Vec<StoreResult<Accepted>> = vec![Err(e)];
-            results.extend(items.iter().skip(1).map(|_| Err(StoreError::Unavailable(msg.clone()))));
-            results
+        Err(e) => tracing::error!(error = %e, items = ids.len(), "could not learn whether a write committed"),
+    }
+    results
+}
+
+/// How long `settle` keeps trying to reach the database: a restart or a failover takes
+/// seconds; past this the outcome stays unknown (and is answered so).
+const SETTLE_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Which of `ids` (notifications of a write whose outcome is unknown) were committed, with their
+/// status. A plain read could run before a transaction still in flight commits them, so each
+/// id is first inserted again, in a transaction that is then rolled back: an insert waits for
+/// any transaction in flight that wrote the same id, and conflicts if that one committed.
+async fn settle(pool: &PgPool, ids: &[Uuid]) -> StoreResult<HashMap<Uuid, Status>> {
+    let give_up = std::time::Instant::now() + SETTLE_FOR;
+    let mut wait = std::time::Duration::from_millis(100);
+    loop {
+        match settle_once(pool, ids).await {
+            Ok(found) => return Ok(found),
+            Err(StoreError::Db(e)) if super::is_transient(&e) && std::time::Instant::now() + wait < give_up => {
+                tracing::warn!(error = %e, "the database is away; will ask again whether the write committed");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(2));
+            }
+            Err(e) => return Err(e),
         }
     }
 }
 
+async fn settle_once(pool: &PgPool, ids: &[Uuid]) -> StoreResult<HashMap<Uuid, Status>> {
+    let mut tx = pool.begin().await?;
+    let _absent: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO notifications (id, tenant_id, channel, recipient, recipient_key, content, status, priority,
+                                    created_at, updated_at)
+         SELECT id, '00000000-0000-0000-0000-000000000000', 'email', 'null', '', '{}', 'cancelled', 'normal', now(), now()
+         FROM unnest($1::uuid[]) AS id
+         ON CONFLICT (id) DO NOTHING
+         RETURNING id",
+    )
+    .bind(ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    // A new statement, so a new snapshot: it sees what committed while the insert waited. The
+    // probe's own rows (tenant nil) are not ours to count.
+    let rows: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT id, status FROM notifications
+         WHERE id = ANY($1) AND tenant_id <> '00000000-0000-0000-0000-000000000000'",
+    )
+    .bind(ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.rollback().await?;
+    rows.into_iter()
+        .map(|(id, st)| Ok((id, Status::parse(&st).ok_or_else(|| StoreError::Corrupt(format!("status {st}")))?)))
+        .collect()
+}
+
 fn lost() -> StoreError {
     StoreError::Corrupt("a batch result is missing".into())
+}
+
+/// A failed write whose outcome may be a commit (`is_ambiguous`), as such.
+fn unknown_if_ambiguous(e: StoreError) -> StoreError {
+    match e {
+        StoreError::Db(db) if super::is_ambiguous(&db) => StoreError::OutcomeUnknown(super::describe(&db)),
+        other => other,
+    }
 }
 
 async fn try_batch(pool: &PgPool, items: &[Submission], notify: bool) -> StoreResult<Vec<StoreResult<Accepted>>> {
@@ -183,16 +262,18 @@ async fn try_batch(pool: &PgPool, items: &[Submission], notify: bool) -> StoreRe
     };
     // For keys used before (by another request): (stored hash, original id, its status).
     let (earlier, written) = if keyed.is_empty() {
-        // One statement is atomic on its own: no transaction needed.
+        // One statement is atomic on its own: no transaction needed. Once it went out, a lost
+        // connection leaves its outcome unknown.
         let mut conn = pool.acquire().await?;
         let earlier = HashMap::new();
-        let written = insert(&mut conn, &to_write(&earlier), notify).await?;
+        let written = insert(&mut conn, &to_write(&earlier), notify).await.map_err(unknown_if_ambiguous)?;
         (earlier, written)
     } else {
+        // Before `COMMIT` a lost connection rolls the transaction back; during it, who knows.
         let mut tx = pool.begin().await?;
         let earlier = claim_keys(&mut tx, items, &keyed).await?;
         let written = insert(&mut tx, &to_write(&earlier), notify).await?;
-        tx.commit().await?;
+        tx.commit().await.map_err(|e| unknown_if_ambiguous(e.into()))?;
         (earlier, written)
     };
 
@@ -359,10 +440,10 @@ async fn insert(
                  SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[], $5::text[], $6::jsonb[],
                                       $7::text[], $8::text[], $9::jsonb[], $10::jsonb[], $11::text[],
                                       $12::timestamptz[], $13::timestamptz[], $14::timestamptz[], $15::smallint[],
-                                      $16::int[], $20::text[], $21::jsonb[])
+                                      $16::int[], $20::text[], $21::jsonb[], $22::int[])
                      AS i(id, tenant_id, channel, recipient, recipient_key, content, status, priority, tags,
                           metadata, callback_url, send_at, expires_at, created_at, lane, max_attempts, traceparent,
-                          template)
+                          template, size_bytes)
              ), sup AS MATERIALIZED (
                  SELECT i.id, s.reason FROM input i
                  JOIN suppressions s ON s.tenant_id = i.tenant_id AND s.channel = i.channel
@@ -370,13 +451,13 @@ async fn insert(
              ), n AS (
                  INSERT INTO notifications (id, tenant_id, channel, recipient, recipient_key, content, status,
                                             priority, tags, metadata, callback_url, send_at, expires_at,
-                                            created_at, updated_at, traceparent, template)
+                                            created_at, updated_at, traceparent, template, size_bytes)
                  SELECT i.id, i.tenant_id, i.channel, i.recipient, i.recipient_key, i.content,
                         CASE WHEN sup.id IS NULL THEN i.status ELSE 'suppressed' END, i.priority,
                         CASE WHEN i.tags = '[]' THEN '{{}}'::text[]
                              ELSE ARRAY(SELECT jsonb_array_elements_text(i.tags)) END,
                         i.metadata, i.callback_url, i.send_at, i.expires_at, i.created_at, i.created_at,
-                        i.traceparent, i.template
+                        i.traceparent, i.template, i.size_bytes
                  FROM input i LEFT JOIN sup ON sup.id = i.id
                  RETURNING id, tenant_id, status, callback_url
              ), ev AS (
@@ -384,8 +465,8 @@ async fn insert(
                  SELECT i.id, i.created_at, 'suppressed', 'suppressed', jsonb_build_object('reason', sup.reason)
                  FROM sup JOIN input i ON i.id = sup.id
              ), j AS (
-                 INSERT INTO jobs (notification_id, queue, priority, run_at, max_attempts)
-                 SELECT i.id, i.channel, i.lane, coalesce(i.send_at, i.created_at), i.max_attempts
+                 INSERT INTO jobs (notification_id, tenant_id, queue, priority, run_at, max_attempts)
+                 SELECT i.id, i.tenant_id, i.channel, i.lane, coalesce(i.send_at, i.created_at), i.max_attempts
                  FROM input i WHERE NOT EXISTS (SELECT 1 FROM sup WHERE sup.id = i.id)
                  RETURNING run_at
              ), upd AS (
@@ -407,11 +488,14 @@ async fn insert(
         cols.channel.push(n.channel.as_str());
         cols.recipient.push(n.to.to_json());
         cols.recipient_key.push(n.to.key());
-        cols.content.push(content_json(n)?);
+        let content = content_json(n)?;
+        let metadata = Value::Object(n.metadata.clone());
+        cols.size_bytes.push(i32::try_from(json_len(&content) + json_len(&metadata)).unwrap_or(i32::MAX));
+        cols.content.push(content);
         cols.status.push(if s.scheduled() { Status::Scheduled } else { Status::Queued }.as_str());
         cols.priority.push(n.priority.as_str());
         cols.tags.push(Value::from(n.tags.clone()));
-        cols.metadata.push(Value::Object(n.metadata.clone()));
+        cols.metadata.push(metadata);
         cols.callback_url.push(n.callback_url.clone());
         cols.send_at.push(n.send_at);
         cols.expires_at.push(n.expires_at);
@@ -443,6 +527,7 @@ async fn insert(
         .bind(announced())
         .bind(cols.traceparent)
         .bind(cols.template)
+        .bind(cols.size_bytes)
         .fetch_all(conn)
         .await?;
     let mut out = HashMap::with_capacity(len);
@@ -452,6 +537,25 @@ async fn insert(
         out.insert(NotificationId::from_uuid(r.try_get("id")?), (status, r.try_get("reason")?));
     }
     Ok(out)
+}
+
+/// The length of `v` as JSON, without building the text: what a claim and a list page count
+/// (`notifications.size_bytes`).
+pub fn json_len(v: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut n = Count(0);
+    // Writing a `Value` into a sink that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut n, v);
+    n.0
 }
 
 /// The batch as columns, for `unnest`.
@@ -474,6 +578,7 @@ struct Columns<'a> {
     max_attempts: Vec<i32>,
     traceparent: Vec<Option<&'a str>>,
     template: Vec<Option<Value>>,
+    size_bytes: Vec<i32>,
 }
 
 impl Columns<'_> {
@@ -497,6 +602,7 @@ impl Columns<'_> {
             max_attempts: Vec::with_capacity(n),
             traceparent: Vec::with_capacity(n),
             template: Vec::with_capacity(n),
+            size_bytes: Vec::with_capacity(n),
         }
     }
 }

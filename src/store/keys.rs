@@ -50,6 +50,9 @@ pub struct Caller {
     /// The tenant's own request rate limit (`tenants set --requests-per-second`; 0: none);
     /// `None`: `limits.requests_per_second`.
     pub requests_per_second: Option<u32>,
+    /// The email domains the tenant's `from` may use (`tenants set --sender-domains`);
+    /// `None`: `channels.email.sender_domains`.
+    pub sender_domains: Option<Vec<String>>,
 }
 
 impl Caller {
@@ -161,6 +164,9 @@ pub struct TenantChanges<'a> {
     /// The tenant's own send quotas by key (`sms.per_day`): a number (0: none), or `None` to
     /// go back to the configured one.
     pub quotas: Vec<(String, Option<u32>)>,
+    /// The email domains its `from` may use: `Some(None)` clears its own list (back to
+    /// `channels.email.sender_domains`).
+    pub sender_domains: Option<Option<Vec<String>>>,
 }
 
 /// Change a tenant's settings (creating the tenant if missing); returns its id and its own
@@ -177,7 +183,8 @@ pub async fn set_tenant(
     let quotas: serde_json::Value = sqlx::query_scalar(
         "UPDATE tenants SET callback_url = coalesce($2, callback_url), signing_secret = coalesce($3, signing_secret),
                             requests_per_second = coalesce($4, requests_per_second),
-                            send_quotas = (send_quotas || $5) - $6::text[]
+                            send_quotas = (send_quotas || $5) - $6::text[],
+                            sender_domains = CASE WHEN $7 THEN $8 ELSE sender_domains END
          WHERE id = $1
          RETURNING send_quotas",
     )
@@ -187,6 +194,8 @@ pub async fn set_tenant(
     .bind(changes.requests_per_second.map(|n| i32::try_from(n).unwrap_or(i32::MAX)))
     .bind(serde_json::Value::Object(set))
     .bind(reset)
+    .bind(changes.sender_domains.is_some())
+    .bind(changes.sender_domains.clone().flatten())
     .fetch_one(conn)
     .await?;
     Ok((id, quotas))
@@ -250,7 +259,7 @@ pub async fn revoke_key(conn: &mut PgConnection, id: ApiKeyId) -> StoreResult<bo
 pub async fn authenticate(conn: &mut PgConnection, presented: &str) -> StoreResult<Option<Caller>> {
     let row = sqlx::query(
         "SELECT k.id, k.tenant_id, k.scopes, t.name, t.signing_secret IS NOT NULL AS signs,
-                t.callback_url IS NOT NULL AS callback, t.requests_per_second
+                t.callback_url IS NOT NULL AS callback, t.requests_per_second, t.sender_domains
          FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
          WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
     )
@@ -267,5 +276,6 @@ pub async fn authenticate(conn: &mut PgConnection, presented: &str) -> StoreResu
         tenant_signs: r.try_get("signs")?,
         tenant_callback: r.try_get("callback")?,
         requests_per_second: r.try_get::<Option<i32>, _>("requests_per_second")?.and_then(|n| u32::try_from(n).ok()),
+        sender_domains: r.try_get("sender_domains")?,
     }))
 }

@@ -6,6 +6,7 @@
 //! Lock order, everywhere: a `jobs` row before its `notifications` row. Claim, completion,
 //! rescue and cancel all follow it, which is what keeps them from deadlocking each other.
 
+pub mod clean;
 pub mod ingest;
 pub mod keys;
 pub mod limits;
@@ -40,9 +41,37 @@ pub enum StoreError {
     /// Not done, for a reason that passes (a neighbour's failure in a batch, a race): retry.
     #[error("temporarily unavailable: {0}")]
     Unavailable(String),
+    /// A write whose statement went out and whose outcome could not be learnt (the connection
+    /// was lost before the answer, and the database stayed away): it may have committed.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+impl StoreError {
+    /// The error the other items of a failed batch statement get: its kind, not its cause.
+    pub fn for_neighbour(&self) -> StoreError {
+        match self {
+            StoreError::OutcomeUnknown(m) => StoreError::OutcomeUnknown(m.clone()),
+            other => StoreError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// Whether a failed write may have committed all the same: the connection failed or was
+/// closed, or the server went down, after the statement (or the `COMMIT`) was sent. Errors
+/// that come before anything is sent (no connection in time, too many connections) or that
+/// roll back by definition (a serialization failure, a deadlock) are not.
+pub fn is_ambiguous(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => {
+            db.code().is_some_and(|c| c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03"))
+        }
+        _ => false,
+    }
+}
 
 /// Whether a database error is the database being away or busy, not the request: the
 /// connection failed, was reset or closed, no connection came in time, the server is
@@ -61,6 +90,49 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
         }),
         _ => false,
     }
+}
+
+/// Whether `e` is the database refusing a statement for its data (a value it cannot store,
+/// a constraint, an index entry too large), not the database being away: worth isolating the
+/// items of a batch that cause it, not retrying.
+pub fn is_data_error(e: &StoreError) -> bool {
+    matches!(e, StoreError::Db(sqlx::Error::Database(_))) && !matches!(e, StoreError::Db(db) if is_transient(db))
+}
+
+/// Write `items` with `write`, one result per item. When the write is refused for the data of
+/// some item (`is_data_error`), the halves are written apart, and so on down to the items
+/// that cause it: a poisoned item costs its batch about 2·log2(n) writes instead of n, and
+/// only it gets the error. Any other failure fails the items of the write that met it.
+pub async fn isolating<I, O, F>(items: &[I], write: F) -> Vec<StoreResult<O>>
+where
+    F: for<'a> Fn(&'a [I]) -> futures::future::BoxFuture<'a, StoreResult<Vec<O>>>,
+{
+    let mut out: Vec<Option<StoreResult<O>>> = items.iter().map(|_| None).collect();
+    let mut todo = vec![(0, items.len())];
+    while let Some((lo, hi)) = todo.pop() {
+        if lo == hi {
+            continue;
+        }
+        match write(&items[lo..hi]).await {
+            Ok(results) => {
+                for (slot, r) in out[lo..hi].iter_mut().zip(results) {
+                    *slot = Some(Ok(r));
+                }
+            }
+            Err(e) if hi - lo > 1 && is_data_error(&e) => {
+                let mid = lo + (hi - lo) / 2;
+                todo.push((mid, hi));
+                todo.push((lo, mid));
+            }
+            Err(e) => {
+                for slot in &mut out[lo + 1..hi] {
+                    *slot = Some(Err(e.for_neighbour()));
+                }
+                out[lo] = Some(Err(e));
+            }
+        }
+    }
+    out.into_iter().map(|r| r.unwrap_or_else(|| Err(StoreError::Corrupt("a batch result is missing".into())))).collect()
 }
 
 /// A database error as a person should read it: the server's message and its SQLSTATE, not

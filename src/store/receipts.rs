@@ -8,8 +8,8 @@
 use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool, Row};
 
-use super::StoreResult;
 use super::tracking::receipt;
+use super::{StoreResult, clean};
 use crate::domain::{NotificationId, Status};
 use crate::receipts::{Receipt, Target};
 
@@ -31,6 +31,7 @@ pub enum ReceiptOutcome {
 /// another receipt (a replayed signature carrying forged event data). The same receipt again
 /// (a provider's redelivery) is fine: the inbox dedupes it.
 pub async fn bind_token(pool: &PgPool, provider: &str, token: &str, dedupe_key: &str) -> StoreResult<bool> {
+    let (token, dedupe_key) = (clean::text(token), clean::text(dedupe_key));
     let bound: String = sqlx::query_scalar(
         "WITH ins AS (
              INSERT INTO receipt_tokens (provider, token, dedupe_key) VALUES ($1, $2, $3)
@@ -42,14 +43,16 @@ pub async fn bind_token(pool: &PgPool, provider: &str, token: &str, dedupe_key: 
          SELECT dedupe_key FROM receipt_tokens WHERE provider = $1 AND token = $2 AND NOT EXISTS (SELECT 1 FROM ins)",
     )
     .bind(provider)
-    .bind(token)
-    .bind(dedupe_key)
+    .bind(token.as_ref())
+    .bind(dedupe_key.as_ref())
     .fetch_one(pool)
     .await?;
     Ok(bound == dedupe_key)
 }
 
 pub async fn apply(pool: &PgPool, provider: &str, r: &Receipt) -> StoreResult<ReceiptOutcome> {
+    // What a provider sent (a bounce reason echoing a remote server) may hold a NUL.
+    let r = &storable(r);
     let mut tx = pool.begin().await?;
     // `suppress` is kept so that a receipt applied later (see `tracking::receipt`) still adds
     // its suppression.
@@ -114,6 +117,41 @@ pub async fn apply(pool: &PgPool, provider: &str, r: &Receipt) -> StoreResult<Re
     tx.commit().await?;
     let traceparent = n.traceparent;
     Ok(if held { ReceiptOutcome::Held } else { ReceiptOutcome::Recorded { changed, traceparent } })
+}
+
+/// `r` with every text made storable (`clean`).
+fn storable(r: &Receipt) -> Receipt {
+    let text = |s: &str| clean::text(s).into_owned();
+    Receipt {
+        dedupe_key: text(&r.dedupe_key),
+        target: match &r.target {
+            Target::ProviderMessageId(p) => Target::ProviderMessageId(text(p)),
+            t @ Target::Notification(_) => t.clone(),
+        },
+        provider_message_id: r.provider_message_id.as_deref().map(text),
+        provider_status: text(&r.provider_status),
+        status: r.status,
+        suppress: r.suppress.as_deref().map(text),
+        detail: clean::json(&r.detail).into_owned(),
+        replay_token: r.replay_token.as_deref().map(text),
+    }
+}
+
+/// Keep a verified receipt that could not be applied (the database refused it as it was),
+/// as malformed and unmatched, under a key derived from its own: the rest of its batch is
+/// applied and acknowledged, and this one is there to look at until retention.
+pub async fn keep_malformed(pool: &PgPool, provider: &str, r: &Receipt, error: &str) -> StoreResult<()> {
+    let payload = json!({"malformed": clean::text(error), "provider_status": clean::text(&r.provider_status)});
+    sqlx::query(
+        "INSERT INTO receipts (provider, dedupe_key, provider_status, payload) VALUES ($1, $2, 'malformed', $3)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(provider)
+    .bind(format!("malformed:{}", crate::receipts::hashed_key(&[&r.dedupe_key])))
+    .bind(payload)
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 async fn by_message_id(conn: &mut PgConnection, provider: &str, pmid: &str) -> StoreResult<Option<NotificationId>> {

@@ -31,7 +31,8 @@ pub async fn add(
     .bind(tenant.as_uuid())
     .bind(channel.as_str())
     .bind(recipient)
-    .bind(reason)
+    // A reason may quote a provider's answer.
+    .bind(super::clean::text(reason).as_ref())
     .bind(source)
     .execute(conn)
     .await?;

@@ -279,14 +279,9 @@ async fn two_dispatchers_racing_on_1000_jobs_send_each_exactly_once() {
         let mut conn = t.pool().acquire().await.expect("conn");
         herald::store::keys::authenticate(&mut conn, &key).await.expect("auth").expect("caller").tenant_id
     };
-    let opts = ParseOptions {
-        now: time::OffsetDateTime::now_utc(),
-        allow_private_push: false,
-        allow_private_callbacks: false,
-        sms_region: None,
-        sms_max_segments: None,
-        templates: &herald::domain::template::Book::default(),
-    };
+    let (book, budget) =
+        (herald::domain::template::Book::default(), herald::domain::template::RenderBudget::per_request());
+    let opts = ParseOptions::new(&book, &budget);
     let batch: Vec<Submission> = (0..1000)
         .map(|i| {
             let n = NewNotification::parse(&email(&format!("r{i}@example.com"), "race"), opts).expect("valid");

@@ -23,14 +23,9 @@ async fn tenant_of(t: &TestApp, key: &str) -> TenantId {
 
 /// Queue `n` notifications like `body` straight through the store, 1,000 per transaction.
 async fn queue(t: &TestApp, tenant: TenantId, n: usize, body: &Value) {
-    let opts = ParseOptions {
-        now: time::OffsetDateTime::now_utc(),
-        allow_private_push: false,
-        allow_private_callbacks: true,
-        sms_region: None,
-        sms_max_segments: None,
-        templates: &herald::domain::template::Book::default(),
-    };
+    let (book, budget) =
+        (herald::domain::template::Book::default(), herald::domain::template::RenderBudget::per_request());
+    let opts = ParseOptions { allow_private_callbacks: true, ..ParseOptions::new(&book, &budget) };
     let one = NewNotification::parse(body, opts).expect("valid");
     let mut left = n;
     while left > 0 {

@@ -93,7 +93,7 @@ async fn batch_answers_per_item_and_commits_the_valid_ones() {
         sms("first"),
         {"channel": "sms", "to": "not a number", "content": {"text": "bad"}},
         {"channel": "email", "to": "bob@example.com", "content": {"subject": "Hi", "text": "Hello"}, "tags": ["t1"]},
-        // PostgreSQL cannot store a NUL: the item fails at the write, its neighbours do not.
+        // PostgreSQL cannot store a NUL: the item is refused at its pointer, its neighbours are not.
         {"channel": "sms", "to": "+14155550101", "content": {"text": "nul \u{0000} here"}},
     ]});
     let r = t.request("POST", "/v1/notifications/batch", Some(&key), Some(body)).await;
@@ -108,7 +108,8 @@ async fn batch_answers_per_item_and_commits_the_valid_ones() {
     let problem = &results[1]["problem"];
     assert_eq!(problem["status"], 422);
     assert_eq!(problem["errors"][0]["pointer"], "/notifications/1/to", "{problem}");
-    assert_eq!(results[3]["problem"]["status"], 400, "{}", results[3]);
+    assert_eq!(results[3]["problem"]["status"], 422, "{}", results[3]);
+    assert_eq!(results[3]["problem"]["errors"][0]["pointer"], "/notifications/3/content/text", "{}", results[3]);
 
     for i in [0, 2] {
         let id = results[i]["id"].as_str().expect("id");

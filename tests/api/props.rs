@@ -52,14 +52,7 @@ fn json_value() -> impl Strategy<Value = Value> {
 static NO_TEMPLATES: std::sync::LazyLock<herald::domain::template::Book> = std::sync::LazyLock::new(Default::default);
 
 fn opts() -> ParseOptions<'static> {
-    ParseOptions {
-        now: time::OffsetDateTime::now_utc(),
-        allow_private_push: false,
-        allow_private_callbacks: false,
-        sms_region: None,
-        sms_max_segments: None,
-        templates: &NO_TEMPLATES,
-    }
+    ParseOptions::new(&NO_TEMPLATES, Box::leak(Box::new(herald::domain::template::RenderBudget::per_request())))
 }
 
 fn headers(pairs: &[(String, String)]) -> HeaderMap {

@@ -17,8 +17,8 @@ async fn orphan(t: &TestApp, state: &str) -> uuid::Uuid {
     let id = uuid::Uuid::now_v7();
     let leased = if state == "running" { "now() - interval '1 second'" } else { "NULL" };
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO jobs (notification_id, kind, queue, priority, run_at, max_attempts, state, leased_until)
-         VALUES ($1, 'send', 'email', 1, now(), 5, '{state}', {leased})"
+        "INSERT INTO jobs (notification_id, tenant_id, kind, queue, priority, run_at, max_attempts, state, leased_until)
+         VALUES ($1, gen_random_uuid(), 'send', 'email', 1, now(), 5, '{state}', {leased})"
     )))
     .bind(id)
     .execute(t.pool())

@@ -4,10 +4,22 @@
 //! in one lane never fills the whole claim (200,000 low-priority emails do not hold back a
 //! high-priority one, nor any SMS), `high` goes first but `normal` and `low` always get a
 //! share, and callbacks keep theirs while sends drain. A lane with little work leaves its share
-//! to the others. Each lane may also be capped (a paced provider's channel).
+//! to the others. Each lane may also be capped (a paced provider's channel, the callbacks'
+//! budget).
 //!
-//! One statement: count each lane's due work (up to its cap, without locking), choose the
-//! shares, then lock that many rows per lane with `SKIP LOCKED` and lease them.
+//! Inside a lane, the share is dealt round robin between the tenants that have due work in
+//! it: each tenant's oldest job, then each one's second, and so on. A tenant's backlog of any
+//! size therefore holds another tenant's lone message back by at most one claim. A lane may
+//! also cap what one tenant gets, less what that tenant already has in flight (callbacks: a
+//! tenant's hanging receiver holds only its own share).
+//!
+//! A claim is bounded in bytes too: jobs are taken in the order of the round robin while the
+//! content claimed stays under the caller's budget (at least one job), so a worker's memory
+//! follows bytes, not job counts.
+//!
+//! One statement: find each lane's tenants (a skip scan of the claim index), count each
+//! tenant's due work (up to the caps, without locking), choose the shares, then lock that many
+//! rows per lane and tenant with `SKIP LOCKED` and lease those within the byte budget.
 
 use std::time::{Duration, Instant};
 
@@ -23,14 +35,16 @@ use crate::store::{StoreError, StoreResult};
 pub const CALLBACK_QUEUE: &str = "callback";
 const CALLBACK_PRIORITY: i16 = 1;
 
-/// One lane of the claim: its queue and priority, its weight in the share, and the most
-/// jobs it may be given in one claim.
+/// One lane of the claim: its queue and priority, its weight in the share, the most jobs it
+/// may be given in one claim, and the most one tenant may hold of it (counting what the
+/// tenant has in flight: `Bounds::busy`).
 #[derive(Clone, Debug)]
 pub struct Lane {
     pub queue: &'static str,
     pub priority: i16,
     pub weight: f64,
     pub cap: i64,
+    pub tenant_cap: i64,
 }
 
 /// Shares by priority: of every 7 jobs claimed from a channel's full lanes, 4 high, 2 normal
@@ -48,19 +62,49 @@ pub const CALLBACK_WEIGHT: f64 = 2.0;
 
 impl Lane {
     pub fn send(channel: Channel, priority: Priority, cap: i64) -> Lane {
-        Lane { queue: channel.as_str(), priority: priority.lane(), weight: priority_weight(priority), cap }
+        Lane {
+            queue: channel.as_str(),
+            priority: priority.lane(),
+            weight: priority_weight(priority),
+            cap,
+            tenant_cap: cap,
+        }
     }
 
-    pub fn callbacks(cap: i64) -> Lane {
-        Lane { queue: CALLBACK_QUEUE, priority: CALLBACK_PRIORITY, weight: CALLBACK_WEIGHT, cap }
+    /// The status callbacks' lane: at most `cap` jobs, at most `per_tenant` a tenant.
+    pub fn callbacks(cap: i64, per_tenant: i64) -> Lane {
+        Lane {
+            queue: CALLBACK_QUEUE,
+            priority: CALLBACK_PRIORITY,
+            weight: CALLBACK_WEIGHT,
+            cap,
+            tenant_cap: per_tenant,
+        }
     }
 
     /// Every lane, each capped at `cap`.
     pub fn all(cap: i64) -> Vec<Lane> {
         let mut lanes: Vec<Lane> =
             Priority::ALL.into_iter().flat_map(|p| Channel::ALL.map(|c| Lane::send(c, p, cap))).collect();
-        lanes.push(Lane::callbacks(cap));
+        lanes.push(Lane::callbacks(cap, cap));
         lanes
+    }
+}
+
+/// What one claim may take besides the lanes' caps: at most `limit` jobs and, past the first,
+/// `bytes` of content; `busy` is what each tenant already holds of the lanes with a tenant
+/// cap (callbacks in flight).
+#[derive(Clone, Copy, Debug)]
+pub struct Bounds<'a> {
+    pub limit: i64,
+    pub bytes: i64,
+    pub busy: &'a [(TenantId, i64)],
+}
+
+impl Bounds<'_> {
+    /// `limit` jobs, whatever their size.
+    pub fn jobs(limit: i64) -> Bounds<'static> {
+        Bounds { limit, bytes: i64::MAX, busy: &[] }
     }
 }
 
@@ -86,6 +130,8 @@ pub struct ClaimedJob {
     pub priority: Priority,
     /// The recipient is on the tenant's suppression list: do not send.
     pub suppressed: bool,
+    /// The bytes of its content and metadata as JSON (what the claim's byte budget counted).
+    pub size_bytes: i64,
     pub metadata: Value,
     pub tags: Vec<String>,
     /// The W3C `traceparent` of the request that created it.
@@ -112,6 +158,7 @@ pub struct ClaimedCallback {
     pub lease_token: i64,
     pub attempt: i32,
     pub notification_id: NotificationId,
+    pub tenant_id: TenantId,
     /// `{"type", "status", "at"}` as queued.
     pub event: Value,
     /// When the lease ends (see `Lease::until`).
@@ -145,9 +192,7 @@ impl Claimed {
     }
 }
 
-/// Claim up to `limit` due jobs from `lanes`, shared by weight, under a lease of `lease`. The
-/// row locks last only for this statement: the provider call happens after commit, protected
-/// by the lease.
+/// Claim up to `limit` due jobs from `lanes`, shared by weight, under a lease of `lease`.
 pub async fn claim(
     conn: &mut PgConnection,
     lanes: &[Lane],
@@ -155,65 +200,120 @@ pub async fn claim(
     lease: Duration,
     worker: &str,
 ) -> StoreResult<Vec<Claimed>> {
-    // `due` ranks each lane's due jobs 1, 2, 3…; ordering all of them by rank / weight and
-    // taking `limit` is a weighted round robin (ties to the heavier lane), and `share` counts
-    // what each lane won. `picked` is MATERIALIZED so the LIMITs bound the locking
-    // (PostgreSQL BUG #15715). The `ORDER BY` in `due` and the `= ANY(ARRAY(…))` updates keep
-    // the planner on indexes even with a generic plan and a million-row backlog (with plain
-    // joins it chose sequential scans of `jobs` and `notifications`, and a claim took a
-    // second). The state literal matches the partial index `jobs_claim_idx`; each lane's
-    // `run_at <= now()` is an index range, so future rows are never walked.
+    claim_within(conn, lanes, Bounds::jobs(limit), lease, worker).await
+}
+
+/// Claim due jobs from `lanes` within `bounds`, shared by weight between lanes and round robin
+/// between tenants, under a lease of `lease`. The row locks last only for this statement: the
+/// provider call happens after commit, protected by the lease.
+pub async fn claim_within(
+    conn: &mut PgConnection,
+    lanes: &[Lane],
+    bounds: Bounds<'_>,
+    lease: Duration,
+    worker: &str,
+) -> StoreResult<Vec<Claimed>> {
+    // `tenants` is a skip scan of the claim index: one descent per tenant with work in a lane
+    // (a recursive CTE, PostgreSQL having no loose index scan), whatever the backlog's size.
+    // `due` ranks each tenant's due jobs in a lane 1, 2, 3…; `ranked` deals the lane out round
+    // robin between its tenants (ties in random order, so no tenant is always first), and
+    // ordering every lane's jobs by rank / weight and taking `limit` is the weighted round
+    // robin between lanes; `share` counts what each (lane, tenant) won. The inner `LIMIT $6`s
+    // keep the row estimates small (an unknown LIMIT is planned as a tenth of the table, which
+    // turned JIT compilation on: a second per claim). `picked` is MATERIALIZED so the LIMITs
+    // bound the locking (PostgreSQL BUG #15715); `sized` keeps, in round-robin order, the jobs
+    // whose content fits in the byte budget (the first always does). The `= ANY(ARRAY(…))`
+    // updates keep the planner on indexes even with a generic plan and a million-row backlog.
+    // The state literal matches the partial index `jobs_claim_idx`; each `run_at <= now()` is
+    // an index range, so future rows are never walked.
     //
     // A send job is claimed only with a notification that may be sent (the status machine's
     // sources of `sending`); one whose notification is gone (deleted by hand, or by retention
     // racing a late receipt) or may not be sent any more is deleted instead (`dead`), so it
     // neither loops through claims and rescues nor resurrects a finished notification.
     let leased_until = Instant::now() + lease;
+    let (busy_tenants, busy_counts): (Vec<uuid::Uuid>, Vec<i64>) =
+        bounds.busy.iter().map(|(t, n)| (t.as_uuid(), *n)).unzip();
     let rows = sqlx::query(
         "WITH lanes AS (
-             SELECT * FROM unnest($1::text[], $2::smallint[], $3::float8[], $4::bigint[]) AS l(q, p, w, cap)
+             SELECT * FROM unnest($1::text[], $2::smallint[], $3::float8[], $4::bigint[], $5::bigint[])
+                 AS l(q, p, w, cap, tcap)
+         ), busy AS (
+             SELECT * FROM unnest($10::uuid[], $11::bigint[]) AS b(t, n)
+         ), tenants AS (
+             SELECT l.q, l.p, l.w, l.cap, t.tenant_id,
+                    least(l.cap, l.tcap - coalesce((SELECT b.n FROM busy b WHERE b.t = t.tenant_id), 0)) AS tcap
+             FROM lanes l CROSS JOIN LATERAL (
+                 WITH RECURSIVE r(tenant_id) AS (
+                     (SELECT tenant_id FROM jobs WHERE state = 'available' AND queue = l.q AND priority = l.p
+                      ORDER BY tenant_id LIMIT 1)
+                     UNION ALL
+                     SELECT (SELECT j.tenant_id FROM jobs j
+                             WHERE j.state = 'available' AND j.queue = l.q AND j.priority = l.p
+                               AND j.tenant_id > r.tenant_id
+                             ORDER BY j.tenant_id LIMIT 1)
+                     FROM r WHERE r.tenant_id IS NOT NULL
+                 )
+                 SELECT tenant_id FROM r WHERE tenant_id IS NOT NULL
+             ) t
+             WHERE l.cap > 0
          ), due AS (
-             SELECT lanes.q, lanes.p, lanes.w, d.rn FROM lanes CROSS JOIN LATERAL (
+             SELECT t.q, t.p, t.w, t.cap, t.tenant_id, d.rn FROM tenants t CROSS JOIN LATERAL (
                  SELECT row_number() OVER () AS rn FROM (
                      SELECT 1 FROM jobs
-                     WHERE state = 'available' AND queue = lanes.q AND priority = lanes.p AND run_at <= now()
+                     WHERE state = 'available' AND queue = t.q AND priority = t.p AND tenant_id = t.tenant_id
+                       AND run_at <= now()
                      ORDER BY run_at, id
-                     LIMIT lanes.cap
+                     LIMIT $6
                  ) x
              ) d
-             WHERE lanes.cap > 0
+             WHERE d.rn <= t.tcap
+         ), ranked AS (
+             SELECT q, p, w, cap, tenant_id, row_number() OVER (PARTITION BY q, p ORDER BY rn, random()) AS lrn
+             FROM due
          ), share AS (
-             SELECT q, p, count(*) AS n FROM (SELECT q, p FROM due ORDER BY rn / w, w DESC LIMIT $5) s GROUP BY q, p
+             SELECT q, p, tenant_id, count(*) AS n
+             FROM (SELECT q, p, tenant_id FROM ranked WHERE lrn <= cap ORDER BY lrn / w, w DESC LIMIT $6) s
+             GROUP BY q, p, tenant_id
          ), picked AS MATERIALIZED (
-             SELECT j.id, j.kind = 'callback' OR EXISTS (
-                        SELECT 1 FROM notifications n WHERE n.id = j.notification_id AND n.status = ANY($8)) AS live
+             SELECT j.id, j.rn, j.kind = 'callback' OR j.size IS NOT NULL AS live, coalesce(j.size, 0) AS size
              FROM share CROSS JOIN LATERAL (
-                 SELECT id, kind, notification_id FROM jobs
-                 WHERE state = 'available' AND queue = share.q AND priority = share.p AND run_at <= now()
-                 ORDER BY run_at, id
-                 LIMIT share.n
-                 FOR NO KEY UPDATE SKIP LOCKED
+                 SELECT x.id, x.kind, row_number() OVER () AS rn,
+                        CASE WHEN x.kind = 'callback' THEN 0
+                             ELSE (SELECT coalesce(n.size_bytes, octet_length(n.content::text) + octet_length(n.metadata::text))
+                                   FROM notifications n WHERE n.id = x.notification_id AND n.status = ANY($9)) END AS size
+                 FROM (
+                     SELECT id, kind, notification_id FROM jobs
+                     WHERE state = 'available' AND queue = share.q AND priority = share.p
+                       AND tenant_id = share.tenant_id AND run_at <= now()
+                     ORDER BY run_at, id
+                     LIMIT share.n
+                     FOR NO KEY UPDATE SKIP LOCKED
+                 ) x
              ) j
-             LIMIT $5
+             LIMIT $6
+         ), sized AS (
+             SELECT id, live, sum(size) OVER (ORDER BY rn, id ROWS UNBOUNDED PRECEDING) - size AS before FROM picked
          ), dead AS (
              DELETE FROM jobs WHERE id = ANY(ARRAY(SELECT id FROM picked WHERE NOT live))
          ), claimed AS (
              UPDATE jobs j
              SET state = 'running', attempt = j.attempt + 1, lease_token = j.lease_token + 1,
-                 leased_until = now() + make_interval(secs => $6), locked_by = $7
-             WHERE j.id = ANY(ARRAY(SELECT id FROM picked WHERE live))
-             RETURNING j.id, j.kind, j.notification_id, j.attempt, j.max_attempts, j.lease_token, j.route_index,
-                       j.payload, j.slot_taken
+                 leased_until = now() + make_interval(secs => $7), locked_by = $8
+             WHERE j.id = ANY(ARRAY(SELECT id FROM sized WHERE live AND before < $12))
+             RETURNING j.id, j.kind, j.notification_id, j.tenant_id, j.attempt, j.max_attempts, j.lease_token,
+                       j.route_index, j.payload, j.slot_taken
          ), marked AS (
              UPDATE notifications n
              SET status = 'sending', next_attempt_at = NULL, updated_at = now()
-             WHERE n.id = ANY(ARRAY(SELECT notification_id FROM claimed WHERE kind = 'send')) AND n.status = ANY($8)
+             WHERE n.id = ANY(ARRAY(SELECT notification_id FROM claimed WHERE kind = 'send')) AND n.status = ANY($9)
              RETURNING n.id, n.tenant_id, n.channel, n.recipient, n.recipient_key, n.content, n.expires_at, n.priority,
-                       n.metadata, n.tags, n.traceparent
+                       n.metadata, n.tags, n.traceparent,
+                       coalesce(n.size_bytes, octet_length(n.content::text) + octet_length(n.metadata::text)) AS size_bytes
          )
          SELECT c.id AS job_id, c.kind, c.lease_token, c.attempt, c.max_attempts, c.route_index, c.payload, c.slot_taken,
-                c.notification_id, m.tenant_id, m.channel, m.recipient, m.recipient_key, m.content, m.expires_at, m.priority,
-                m.metadata, m.tags, m.traceparent,
+                c.notification_id, c.tenant_id, m.channel, m.recipient, m.recipient_key, m.content, m.expires_at,
+                m.priority, m.metadata, m.tags, m.traceparent, m.size_bytes,
                 EXISTS (SELECT 1 FROM suppressions s
                         WHERE s.tenant_id = m.tenant_id AND s.channel = m.channel AND s.recipient = m.recipient_key)
                     AS suppressed
@@ -227,10 +327,14 @@ pub async fn claim(
     .bind(lanes.iter().map(|l| l.priority).collect::<Vec<_>>())
     .bind(lanes.iter().map(|l| l.weight).collect::<Vec<_>>())
     .bind(lanes.iter().map(|l| l.cap).collect::<Vec<_>>())
-    .bind(limit)
+    .bind(lanes.iter().map(|l| l.tenant_cap).collect::<Vec<_>>())
+    .bind(bounds.limit)
     .bind(lease.as_secs_f64())
     .bind(worker)
     .bind(Status::sources_of(Status::Sending))
+    .bind(busy_tenants)
+    .bind(busy_counts)
+    .bind(bounds.bytes.max(1))
     .fetch_all(conn)
     .await?;
     rows.iter()
@@ -243,6 +347,7 @@ pub async fn claim(
                     lease_token: r.try_get("lease_token")?,
                     attempt: r.try_get("attempt")?,
                     notification_id,
+                    tenant_id: TenantId::from_uuid(r.try_get("tenant_id")?),
                     event: r.try_get::<Option<Value>, _>("payload")?.unwrap_or(Value::Null),
                     leased_until,
                 }));
@@ -265,6 +370,7 @@ pub async fn claim(
                 expires_at: r.try_get("expires_at")?,
                 priority: Priority::parse(&priority).ok_or_else(|| StoreError::Corrupt(priority.clone()))?,
                 suppressed: r.try_get("suppressed")?,
+                size_bytes: r.try_get::<Option<i32>, _>("size_bytes")?.map_or(0, i64::from),
                 metadata: r.try_get("metadata")?,
                 tags: r.try_get("tags")?,
                 traceparent: r.try_get("traceparent")?,

@@ -24,7 +24,7 @@ use tracing::warn;
 use super::receipt::{self, Recorded};
 use super::{Applied, Lease, announced, queue_callback};
 use crate::domain::Status;
-use crate::store::StoreResult;
+use crate::store::{StoreResult, clean};
 
 /// What became of one claimed send.
 #[derive(Clone, Debug)]
@@ -142,6 +142,39 @@ pub async fn complete(conn: &mut PgConnection, items: &[Completion]) -> StoreRes
     Ok(items.iter().map(|c| if ended.contains(&c.lease.job_id) { Applied::Yes } else { Applied::Fenced }).collect())
 }
 
+impl Completion {
+    /// This outcome without what came from the provider beyond its class (its message id, its
+    /// answer and error text), for an outcome the database refused as it was: the job still
+    /// ends as it should (sent, retrying or failed) instead of being sent again when its lease
+    /// runs out, and the timeline says why the details are missing.
+    pub fn plain(&self, why: &str) -> Completion {
+        let note = format!("the provider's answer could not be stored ({why})");
+        let outcome = match &self.outcome {
+            Outcome::Sent { provider, .. } => Outcome::Sent { provider: provider.clone(), provider_message_id: None },
+            Outcome::Retrying { provider, delay, next_route, .. } => Outcome::Retrying {
+                provider: provider.clone(),
+                delay: *delay,
+                next_route: *next_route,
+                error: note.clone(),
+            },
+            Outcome::Finished { status, event, provider, .. } => Outcome::Finished {
+                status: *status,
+                event: event.clone(),
+                provider: provider.clone(),
+                error: note.clone(),
+            },
+        };
+        let mut detail = serde_json::Map::new();
+        for key in ["attempt", "error_class"] {
+            if let Some(v) = self.detail.get(key) {
+                detail.insert(key.into(), v.clone());
+            }
+        }
+        detail.insert("unstorable".into(), Value::String(note));
+        Completion { lease: self.lease, outcome, detail: Value::Object(detail) }
+    }
+}
+
 /// The send `c` recorded, for `receipt::apply_early`; `None` for other outcomes.
 pub fn recorded_send(c: &Completion) -> Option<Recorded> {
     match &c.outcome {
@@ -189,17 +222,18 @@ impl Columns {
                 (*status, event.as_str(), provider.clone(), None, Some(error.clone()), 0.0, 0)
             }
         };
+        // Provider answers and their errors come from outside: made storable (`clean`).
         self.job_id.push(c.lease.job_id);
         self.token.push(c.lease.token);
         self.nid.push(c.lease.notification_id.as_uuid());
         self.status.push(status.as_str());
         self.event.push(event.to_owned());
         self.provider.push(provider);
-        self.pmid.push(pmid);
-        self.error.push(error);
+        self.pmid.push(pmid.map(|p| clean::text(&p).into_owned()));
+        self.error.push(error.map(|e| clean::text(&e).into_owned()));
         self.delay.push(delay);
         self.next_route.push(next_route);
-        self.detail.push(c.detail.clone());
+        self.detail.push(clean::json(&c.detail).into_owned());
         self.sources
             .push(Status::sources_of(status).iter().map(std::string::String::as_str).collect::<Vec<_>>().join(","));
     }

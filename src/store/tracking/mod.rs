@@ -22,10 +22,10 @@ use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool, Row};
 use time::OffsetDateTime;
 
-use super::StoreResult;
-use crate::domain::{NotificationId, Priority, Status, TenantId};
+use super::{StoreResult, clean};
+use crate::domain::{Channel, NotificationId, Priority, Status, TenantId};
 
-pub use claim::{Claimed, ClaimedCallback, ClaimedJob, Lane, claim};
+pub use claim::{Bounds, Claimed, ClaimedCallback, ClaimedJob, Lane, claim, claim_within};
 pub use complete::{Completion, Outcome, complete, mark_finished, mark_retrying, mark_sent, recorded_send};
 
 /// A CTE appended to statements whose `upd` CTE returns `(id, tenant_id, status, callback_url)`
@@ -43,8 +43,8 @@ pub(crate) fn announced() -> Vec<&'static str> {
 }
 
 const QUEUE_CALLBACK: &str = ", cb AS (
-             INSERT INTO jobs (notification_id, kind, queue, priority, run_at, max_attempts, payload)
-             SELECT u.id, 'callback', 'callback', 1, now(), 0,
+             INSERT INTO jobs (notification_id, tenant_id, kind, queue, priority, run_at, max_attempts, payload)
+             SELECT u.id, u.tenant_id, 'callback', 'callback', 1, now(), 0,
                     jsonb_build_object('type', 'notification.' || u.status, 'status', u.status,
                                        'at', to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'))
              FROM upd u JOIN tenants t ON t.id = u.tenant_id
@@ -142,12 +142,43 @@ async fn give_back(
     .bind(lease.token)
     .bind(delay)
     .bind(Status::sources_of(Status::Queued))
-    .bind(reason)
+    .bind(reason.map(|r| clean::text(r).into_owned()))
     .bind(at)
     .bind(deferred)
     .fetch_one(conn)
     .await?;
     Ok(applied(n))
+}
+
+/// Bring `tenant`'s deferred sends on `channels` due now (after its quotas changed), so the
+/// new quota decides about them at once instead of the old deferral's wait: `queued`
+/// notifications whose job waits for a later time without its send counted yet. Each is
+/// looked at again by the next claim and sent, or deferred anew with a `deferred` event.
+/// Returns how many were woken.
+pub async fn wake_deferred(conn: &mut PgConnection, tenant: TenantId, channels: &[Channel]) -> StoreResult<u64> {
+    let queues: Vec<&str> = channels.iter().map(|c| c.as_str()).collect();
+    let lanes: Vec<i16> = Priority::ALL.iter().map(|p| p.lane()).collect();
+    let n: i64 = sqlx::query_scalar(
+        "WITH j AS (
+             UPDATE jobs j SET run_at = now()
+             FROM notifications n
+             WHERE j.state = 'available' AND j.queue = ANY($2) AND j.priority = ANY($3) AND j.tenant_id = $1
+               AND j.kind = 'send' AND NOT j.slot_taken AND j.run_at > now()
+               AND n.id = j.notification_id AND n.status = 'queued'
+             RETURNING j.notification_id
+         ), upd AS (
+             UPDATE notifications SET next_attempt_at = NULL, updated_at = now()
+             WHERE id = ANY(ARRAY(SELECT notification_id FROM j)) AND status = 'queued'
+             RETURNING id
+         )
+         SELECT count(*) FROM upd",
+    )
+    .bind(tenant.as_uuid())
+    .bind(queues)
+    .bind(lanes)
+    .fetch_one(conn)
+    .await?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 /// Take back jobs whose lease expired (their worker died or stalled). Runs under a
@@ -294,10 +325,10 @@ pub async fn retry(
              SET status = 'queued', attempts = 0, next_attempt_at = NULL, last_error = NULL,
                  expires_at = CASE WHEN status = 'expired' THEN NULL ELSE expires_at END, updated_at = now()
              WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2) AND status = ANY($3)
-             RETURNING id, channel, priority
+             RETURNING id, tenant_id, channel, priority
          ), j AS (
-             INSERT INTO jobs (notification_id, queue, priority, run_at, max_attempts)
-             SELECT u.id, u.channel, p.lane, now(), $4
+             INSERT INTO jobs (notification_id, tenant_id, queue, priority, run_at, max_attempts)
+             SELECT u.id, u.tenant_id, u.channel, p.lane, now(), $4
              FROM upd u JOIN unnest($6::text[], $7::int2[]) AS p(name, lane) ON p.name = u.priority
              ON CONFLICT (notification_id) WHERE kind = 'send' DO NOTHING
          ), ev AS (
@@ -359,7 +390,8 @@ pub async fn callback_attempted(
     .bind(retry_in.unwrap_or_default().as_secs_f64())
     .bind(retry_in.is_some())
     .bind(lease.notification_id.as_uuid())
-    .bind(detail)
+    // A receiver's error may carry anything.
+    .bind(clean::json(&detail).as_ref())
     .fetch_one(conn)
     .await?;
     Ok(applied(n))

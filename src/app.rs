@@ -202,16 +202,24 @@ impl App {
                 cancel.clone(),
             ));
             let router = http::router(self.state());
+            let limits = http::serve::Limits::of(&self.settings);
+            if let Some(files) = http::serve::raise_open_files_limit()
+                && files < limits.max_connections as u64 + 64
+            {
+                warn!(
+                    open_files = files,
+                    max_connections = limits.max_connections,
+                    "the open-files limit is below server.max_connections: connections past it fail to be accepted"
+                );
+            }
             let grace = Duration::from_millis(self.settings.server.shutdown_grace_ms);
             let token = cancel.clone();
             Some(tokio::spawn(async move {
-                let server = axum::serve(listener, router).with_graceful_shutdown(token.clone().cancelled_owned());
-                let mut server = std::pin::pin!(server.into_future());
+                let server = http::serve::serve(listener, router, limits, token.clone());
                 tokio::select! {
-                    res = &mut server => res,
+                    () = server => {}
                     () = async { cancel_then(grace, &token).await } => {
                         warn!("in-flight requests did not finish within server.shutdown_grace_ms");
-                        Ok(())
                     }
                 }
             }))
@@ -222,7 +230,7 @@ impl App {
             self.dispatcher().run(cancel.clone()).await;
         }
         if let Some(handle) = api {
-            handle.await.map_err(|e| AppError::Task(format!("the API stopped: {e}")))??;
+            handle.await.map_err(|e| AppError::Task(format!("the API stopped: {e}")))?;
         }
         Ok(())
     }

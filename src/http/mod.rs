@@ -12,6 +12,7 @@ mod ops;
 mod paging;
 pub mod problem;
 mod schemas;
+pub mod serve;
 mod stats;
 mod suppressions;
 mod templates;

@@ -31,6 +31,9 @@ use crate::views::NotificationView;
 
 const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;
+/// A list page ends early (with a `next_cursor`) once its notifications' content and metadata
+/// reach this many bytes: 500 emails of 512 KiB would otherwise be a 250 MiB answer.
+const PAGE_BYTES: i64 = 4 * 1024 * 1024;
 
 async fn load(state: &AppState, id: NotificationId, caller: &Caller) -> Result<NotificationView, ApiError> {
     let mut conn = state.pool.acquire().await.map_err(crate::store::StoreError::from)?;
@@ -389,7 +392,11 @@ pub(super) async fn list(
     let before_id = paging::cursor(&params, |b| uuid::Uuid::from_slice(&b).ok().map(NotificationId::from_uuid))?;
     // The same key as stored (a value that is no recipient of any channel matches nothing).
     let to = params.get("to").map(|t| recipient_key(channel, t).unwrap_or_else(|_| t.clone()));
-    let mut conn = state.pool.acquire().await.map_err(crate::store::StoreError::from)?;
+    // Lists read through the reads' pool, under the request timeout: a slow list never holds
+    // a connection that accepts need.
+    let timeout = std::time::Duration::from_millis(state.settings.server.request_timeout_ms);
+    let mut tx = crate::store::read_tx(&state.reads, timeout).await?;
+    let conn = &mut *tx;
     // `tenant` narrows an admin's view to one tenant; any other key sees only its own.
     let tenant = match params.get("tenant") {
         None => caller.tenant_filter(),
@@ -397,9 +404,7 @@ pub(super) async fn list(
         Some(name) if caller.is_admin() => {
             crate::domain::tenant::check_name(name).map_err(|e| ApiError::bad_parameter("tenant", e))?;
             // An unknown tenant has no notifications: the nil id matches none.
-            Some(
-                crate::store::keys::tenant_id(&mut conn, name).await?.unwrap_or(TenantId::from_uuid(uuid::Uuid::nil())),
-            )
+            Some(crate::store::keys::tenant_id(conn, name).await?.unwrap_or(TenantId::from_uuid(uuid::Uuid::nil())))
         }
         Some(_) => {
             return Err(ApiError::forbidden(format!(
@@ -418,10 +423,17 @@ pub(super) async fn list(
         created_before: parse_time_param(&params, "created_before")?,
         before_id,
         limit: limit + 1,
+        max_bytes: PAGE_BYTES,
     };
-    let (rows, next_cursor) =
-        paging::page(store::list(&mut conn, &filter).await?, limit, |r| *r.id.as_uuid().as_bytes());
-    let names = tenant_names(&mut conn, &caller, &rows.iter().map(|r| r.tenant_id).collect::<Vec<_>>()).await?;
+    let (rows, fetched) = store::list(conn, &filter).await?;
+    let (rows, next_cursor) = if rows.len() < fetched {
+        // Ended by its bytes: the next page starts after its last row.
+        let next = rows.last().map(|r| paging::encode(r.id.as_uuid().as_bytes()));
+        (rows, next)
+    } else {
+        paging::page(rows, limit, |r| *r.id.as_uuid().as_bytes())
+    };
+    let names = tenant_names(conn, &caller, &rows.iter().map(|r| r.tenant_id).collect::<Vec<_>>()).await?;
     let items = rows
         .into_iter()
         .map(|r| {

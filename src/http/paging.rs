@@ -45,6 +45,11 @@ pub(super) fn page<T, K: AsRef<[u8]>>(mut rows: Vec<T>, limit: i64, key: impl Fn
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     let more = rows.len() > limit;
     rows.truncate(limit);
-    let next = if more { rows.last().map(|last| URL_SAFE_NO_PAD.encode(key(last))) } else { None };
+    let next = if more { rows.last().map(|last| encode(key(last))) } else { None };
     (rows, next)
+}
+
+/// The cursor of a page that follows the row whose key is `key`.
+pub(super) fn encode(key: impl AsRef<[u8]>) -> String {
+    URL_SAFE_NO_PAD.encode(key)
 }

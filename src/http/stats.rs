@@ -16,6 +16,7 @@ use super::AppState;
 use super::auth::require;
 use super::problem::ApiError;
 use crate::domain::TenantId;
+use crate::store::StoreError;
 use crate::store::keys::{Caller, Scope};
 use crate::store::stats::{self, Snapshot};
 
@@ -27,16 +28,22 @@ const WINDOWS: [(&str, time::Duration); 4] = [
     ("7d", time::Duration::days(7)),
 ];
 
-/// How long a snapshot is served again before it is read anew.
+/// How long a snapshot is served again before it is read anew. Snapshots are read through
+/// the reads' own pool (`database.read_max_connections`) under a statement timeout, so however
+/// many keys ask, they never take the connections accepts need.
 const CACHE_FOR: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Whose stats, over which window.
 type CacheKey = (Option<TenantId>, &'static str);
 
-/// Recent snapshots, with when they were read.
+/// One snapshot: read once by whoever asks first, shared with everyone who asks while it is
+/// read (single flight) and for `CACHE_FOR` after.
+type Slot = Arc<tokio::sync::OnceCell<(Instant, Arc<Snapshot>)>>;
+
+/// Recent snapshots, and those being read.
 #[derive(Default)]
 pub struct StatsCache {
-    entries: Mutex<HashMap<CacheKey, (Instant, Arc<Snapshot>)>>,
+    entries: Mutex<HashMap<CacheKey, Slot>>,
 }
 
 impl StatsCache {
@@ -46,17 +53,28 @@ impl StatsCache {
         tenant: Option<TenantId>,
         window: (&'static str, time::Duration),
     ) -> Result<Arc<Snapshot>, ApiError> {
-        let key = (tenant, window.0);
-        if let Some((at, snap)) = self.entries.lock().unwrap_or_else(PoisonError::into_inner).get(&key)
-            && at.elapsed() < CACHE_FOR
-        {
-            return Ok(Arc::clone(snap));
-        }
-        let snap = Arc::new(stats::snapshot(&state.pool, window.1, tenant).await?);
-        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        entries.retain(|_, (at, _)| at.elapsed() < CACHE_FOR);
-        entries.insert(key, (Instant::now(), Arc::clone(&snap)));
-        Ok(snap)
+        let timeout = std::time::Duration::from_millis(state.settings.server.request_timeout_ms);
+        let read = stats::snapshot(&state.reads, window.1, tenant, timeout);
+        Ok(self.get_or_read((tenant, window.0), read).await?)
+    }
+
+    /// The snapshot of `key`: a fresh one from the cache, else the one being read by another
+    /// request, else `read`. Concurrent misses of one key read once.
+    async fn get_or_read(
+        &self,
+        key: CacheKey,
+        read: impl Future<Output = Result<Snapshot, StoreError>>,
+    ) -> Result<Arc<Snapshot>, StoreError> {
+        let slot = {
+            let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+            // Stale snapshots go; snapshots being read (not set yet) stay, to be shared.
+            entries.retain(|_, slot| slot.get().is_none_or(|(at, _)| at.elapsed() < CACHE_FOR));
+            Arc::clone(entries.entry(key).or_default())
+        };
+        // A failed read leaves the slot empty: the next waiter reads again.
+        let (_, snap) =
+            slot.get_or_try_init(|| async { Ok::<_, StoreError>((Instant::now(), Arc::new(read.await?))) }).await?;
+        Ok(Arc::clone(snap))
     }
 }
 
@@ -142,4 +160,49 @@ fn render(state: &AppState, caller: &Caller, window: (&str, time::Duration), s: 
         "stuck": s.stuck,
         "recent_failures": failures,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn empty() -> Snapshot {
+        Snapshot {
+            counts: vec![],
+            accepted_to_sent: stats::Latency::default(),
+            accepted_to_delivered: stats::Latency::default(),
+            attempts: vec![],
+            throughput: vec![],
+            queue: vec![],
+            stuck: 0,
+            recent_failures: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_of_one_key_read_once() {
+        let cache = Arc::new(StatsCache::default());
+        let reads = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..14 {
+            let (cache, reads) = (cache.clone(), reads.clone());
+            tasks.push(tokio::spawn(async move {
+                let read = async {
+                    reads.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    Ok(empty())
+                };
+                cache.get_or_read((None, "7d"), read).await.expect("snapshot");
+            }));
+        }
+        for t in tasks {
+            t.await.expect("task");
+        }
+        assert_eq!(reads.load(Ordering::SeqCst), 1, "14 identical requests, one read");
+        // Another key is its own read; a failed read is not kept.
+        let failed = cache.get_or_read((None, "1h"), async { Err(StoreError::Unavailable("down".into())) }).await;
+        assert!(failed.is_err());
+        cache.get_or_read((None, "1h"), async { Ok(empty()) }).await.expect("read again");
+    }
 }

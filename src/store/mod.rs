@@ -186,6 +186,19 @@ pub fn pool(url: &str, max_connections: u32, acquire_timeout: Duration) -> Resul
     Ok(PgPoolOptions::new().max_connections(max_connections).acquire_timeout(acquire_timeout).connect_lazy_with(opts))
 }
 
+/// A transaction for reads that may be slow (stats, lists), whose statements are cancelled past
+/// `timeout` (SQLSTATE 57014). `SET LOCAL` lasts for the transaction only, so it is safe
+/// behind a transaction-mode pooler. Dropped without a commit, it is rolled back: nothing to
+/// keep.
+pub async fn read_tx(pool: &PgPool, timeout: Duration) -> StoreResult<sqlx::Transaction<'static, sqlx::Postgres>> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT set_config('statement_timeout', $1, true)")
+        .bind(format!("{}ms", timeout.as_millis().max(1)))
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
 pub async fn migrate(pool: &PgPool) -> StoreResult<()> {
     MIGRATOR.run(pool).await?;
     Ok(())

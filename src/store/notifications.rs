@@ -155,6 +155,9 @@ pub struct ListFilter {
     pub created_before: Option<OffsetDateTime>,
     pub before_id: Option<NotificationId>,
     pub limit: i64,
+    /// A page ends early, after at least one row, once its rows' content and metadata reach
+    /// this many bytes (`notifications.size_bytes`).
+    pub max_bytes: i64,
 }
 
 /// The statement behind `list`. Public for the scale test, which EXPLAINs it.
@@ -162,9 +165,19 @@ pub struct ListFilter {
 /// Time bounds are also id bounds (`$10`, `$11`): UUIDv7 ids sort by creation time, so every
 /// index ending in `id` (by tenant, by tenant and status, by recipient, the primary key)
 /// answers them as a range instead of discarding the rows outside it.
+///
+/// A page is also bounded in bytes (`$12`): rows are kept, newest first, while the bytes of
+/// those before them stay under it, so one page of big messages costs what `$12` allows, not
+/// `limit` times the biggest. `fetched` says how many rows the limit alone would have given.
 pub fn list_sql() -> String {
     format!(
-        "SELECT {COLUMNS} FROM notifications
+        "SELECT * FROM (
+             SELECT p.*, sum(p.bytes) OVER (ORDER BY p.id DESC ROWS UNBOUNDED PRECEDING) - p.bytes AS before,
+                    count(*) OVER () AS fetched
+             FROM (
+         SELECT {COLUMNS},
+                coalesce(size_bytes, octet_length(content::text) + octet_length(metadata::text)) AS bytes
+         FROM notifications
          WHERE ($1::uuid IS NULL OR tenant_id = $1)
            AND ($2::text IS NULL OR status = $2)
            AND ($3::text IS NULL OR channel = $3)
@@ -176,7 +189,11 @@ pub fn list_sql() -> String {
            AND ($10::uuid IS NULL OR id >= $10)
            AND ($11::uuid IS NULL OR id < $11)
          ORDER BY id DESC
-         LIMIT $9"
+         LIMIT $9
+             ) p
+         ) page
+         WHERE before < $12
+         ORDER BY id DESC"
     )
 }
 
@@ -191,7 +208,9 @@ pub fn id_bounds(
     (after.map(|t| NotificationId::floor_at(t - slack)), before.map(|t| NotificationId::floor_at(t + slack)))
 }
 
-pub async fn list(conn: &mut PgConnection, f: &ListFilter) -> StoreResult<Vec<NotificationRecord>> {
+/// A page of notifications, and how many rows the limit alone would have given (more than the
+/// page holds when its bytes cut it short).
+pub async fn list(conn: &mut PgConnection, f: &ListFilter) -> StoreResult<(Vec<NotificationRecord>, usize)> {
     let (from_id, to_id) = id_bounds(f.created_after, f.created_before);
     let rows = sqlx::query(sqlx::AssertSqlSafe(list_sql()))
         .bind(f.tenant.map(|t| t.as_uuid()))
@@ -205,9 +224,14 @@ pub async fn list(conn: &mut PgConnection, f: &ListFilter) -> StoreResult<Vec<No
         .bind(f.limit)
         .bind(from_id)
         .bind(to_id)
+        .bind(f.max_bytes.max(1))
         .fetch_all(conn)
         .await?;
-    rows.iter().map(record).collect()
+    let fetched = match rows.first() {
+        Some(r) => usize::try_from(r.try_get::<i64, _>("fetched")?).unwrap_or(0),
+        None => 0,
+    };
+    Ok((rows.iter().map(record).collect::<StoreResult<_>>()?, fetched))
 }
 
 /// A notification's channel, if it exists (for its attempt budget).

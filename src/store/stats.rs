@@ -2,7 +2,9 @@
 //! a window of time, for one tenant or all. Every query is bounded by the window and backed by
 //! an index, so its cost follows the traffic of the window, not the size of the tables:
 //! notifications by UUIDv7 id range (the primary key), their events by the BRIN index on `at`,
-//! the queue by the claim and lease indexes, recent failures by `(status, id)`.
+//! the queue by the claim and lease indexes, recent failures by `(status, id)`. One tenant's
+//! read only that tenant's rows (see the queries). Each snapshot is read in one read-only
+//! transaction under a statement timeout.
 
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool, Row};
@@ -10,7 +12,7 @@ use time::{Duration, OffsetDateTime};
 
 use super::StoreResult;
 use crate::domain::recipient::mask;
-use crate::domain::{NotificationId, Priority, TenantId};
+use crate::domain::{Channel, NotificationId, Priority, TenantId};
 
 /// Notifications created in the window, by status, channel and provider.
 #[derive(Clone, Debug, Serialize)]
@@ -91,29 +93,57 @@ pub struct Snapshot {
     pub recent_failures: Vec<Failure>,
 }
 
-// The queries, public so that the scale test can EXPLAIN them on a million rows.
+// The queries, public so that the scale test can EXPLAIN them on a million rows. Each comes
+// in two forms: every tenant's (admin), over the window's events by the BRIN index on `at`,
+// and one tenant's, which reads only that tenant's rows: its notifications created in the
+// window by `(tenant_id, id)`, their events by `(notification_id, id)`, its queue by the claim
+// index (which leads with the lane, then the tenant). A tenant's stats therefore cost what its
+// own traffic costs, whatever the other tenants do.
 pub const COUNTS_SQL: &str = "SELECT status, channel, provider, count(*) AS n FROM notifications
          WHERE id >= $1 AND ($2::uuid IS NULL OR tenant_id = $2)
          GROUP BY status, channel, provider ORDER BY status, channel, provider";
 
 /// Latency from acceptance without reading the notification: a UUIDv7 id holds its creation
 /// millisecond in its first 48 bits.
-pub const LATENCY_SQL: &str = "SELECT e.type, count(*) AS n,
+macro_rules! latency_of_events {
+    () => {
+        "SELECT e.type, count(*) AS n,
                 percentile_cont(ARRAY[0.5, 0.9, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM e.at)
-                    - ('x' || substr(replace(e.notification_id::text, '-', ''), 1, 12))::bit(48)::bigint / 1000.0) AS p
-         FROM notification_events e
+                    - ('x' || substr(replace(e.notification_id::text, '-', ''), 1, 12))::bit(48)::bigint / 1000.0) AS p"
+    };
+}
+
+pub const LATENCY_SQL: &str = concat!(
+    latency_of_events!(),
+    " FROM notification_events e
          WHERE e.at >= $1
            AND ((e.type = 'attempt' AND e.status = 'sent') OR (e.type = 'receipt' AND e.status = 'delivered'))
-           AND ($2::uuid IS NULL OR EXISTS (SELECT 1 FROM notifications n WHERE n.id = e.notification_id AND n.tenant_id = $2))
-         GROUP BY e.type";
+         GROUP BY e.type"
+);
 
-pub const ATTEMPTS_SQL: &str = "SELECT e.provider, count(*) AS attempts, count(*) FILTER (WHERE e.detail ? 'error_class') AS failed
+pub const TENANT_LATENCY_SQL: &str = concat!(
+    latency_of_events!(),
+    " FROM notifications n JOIN notification_events e ON e.notification_id = n.id
+         WHERE n.tenant_id = $2 AND n.id >= $3 AND e.at >= $1
+           AND ((e.type = 'attempt' AND e.status = 'sent') OR (e.type = 'receipt' AND e.status = 'delivered'))
+         GROUP BY e.type"
+);
+
+pub const ATTEMPTS_SQL: &str =
+    "SELECT e.provider, count(*) AS attempts, count(*) FILTER (WHERE e.detail ? 'error_class') AS failed
          FROM notification_events e
          WHERE e.at >= $1 AND e.type = 'attempt' AND e.provider IS NOT NULL
-           AND ($2::uuid IS NULL OR EXISTS (SELECT 1 FROM notifications n WHERE n.id = e.notification_id AND n.tenant_id = $2))
          GROUP BY e.provider ORDER BY e.provider";
 
-pub const THROUGHPUT_SQL: &str = "WITH buckets AS (
+pub const TENANT_ATTEMPTS_SQL: &str =
+    "SELECT e.provider, count(*) AS attempts, count(*) FILTER (WHERE e.detail ? 'error_class') AS failed
+         FROM notifications n JOIN notification_events e ON e.notification_id = n.id
+         WHERE n.tenant_id = $2 AND n.id >= $3 AND e.at >= $1 AND e.type = 'attempt' AND e.provider IS NOT NULL
+         GROUP BY e.provider ORDER BY e.provider";
+
+macro_rules! throughput_buckets {
+    () => {
+        "WITH buckets AS (
              SELECT generate_series(date_bin($3, $1, 'epoch'), $4, $3) AS at
          ), acc AS (
              SELECT date_bin($3, created_at, 'epoch') AS at, count(*) AS n FROM notifications
@@ -122,31 +152,59 @@ pub const THROUGHPUT_SQL: &str = "WITH buckets AS (
              SELECT date_bin($3, e.at, 'epoch') AS at,
                     count(*) FILTER (WHERE e.type = 'attempt' AND e.status = 'sent') AS sent,
                     count(*) FILTER (WHERE e.type = 'receipt' AND e.status = 'delivered') AS delivered,
-                    count(*) FILTER (WHERE e.status = 'failed') AS failed
-             FROM notification_events e
-             WHERE e.at >= $1 AND (e.type IN ('attempt', 'receipt', 'expired') AND e.status IS NOT NULL)
-               AND ($2::uuid IS NULL OR EXISTS (SELECT 1 FROM notifications n WHERE n.id = e.notification_id AND n.tenant_id = $2))
-             GROUP BY 1
+                    count(*) FILTER (WHERE e.status = 'failed') AS failed"
+    };
+}
+
+macro_rules! throughput_end {
+    () => {
+        " GROUP BY 1
          )
          SELECT b.at, coalesce(acc.n, 0) AS accepted, coalesce(ev.sent, 0) AS sent,
                 coalesce(ev.delivered, 0) AS delivered, coalesce(ev.failed, 0) AS failed
-         FROM buckets b LEFT JOIN acc ON acc.at = b.at LEFT JOIN ev ON ev.at = b.at ORDER BY b.at";
+         FROM buckets b LEFT JOIN acc ON acc.at = b.at LEFT JOIN ev ON ev.at = b.at ORDER BY b.at"
+    };
+}
+
+pub const THROUGHPUT_SQL: &str = concat!(
+    throughput_buckets!(),
+    " FROM notification_events e
+             WHERE e.at >= $1 AND (e.type IN ('attempt', 'receipt', 'expired') AND e.status IS NOT NULL)",
+    throughput_end!()
+);
+
+pub const TENANT_THROUGHPUT_SQL: &str = concat!(
+    throughput_buckets!(),
+    " FROM notifications n JOIN notification_events e ON e.notification_id = n.id
+             WHERE n.tenant_id = $2 AND n.id >= $5 AND e.at >= $1
+               AND (e.type IN ('attempt', 'receipt', 'expired') AND e.status IS NOT NULL)",
+    throughput_end!()
+);
 
 pub const FAILURES_SQL: &str = "SELECT id, channel, recipient_key, provider, last_error, updated_at FROM notifications
          WHERE status = 'failed' AND ($1::uuid IS NULL OR tenant_id = $1)
          ORDER BY id DESC LIMIT 10";
 
-pub const LANES_SQL: &str = "SELECT j.queue, j.priority, count(*) FILTER (WHERE j.state = 'available') AS waiting,
-                count(*) FILTER (WHERE j.state = 'available' AND j.run_at <= now()) AS due,
-                count(*) FILTER (WHERE j.state = 'running') AS running,
-                extract(epoch FROM now() - min(j.run_at) FILTER (WHERE j.state = 'available' AND j.run_at <= now()))::float8 AS oldest
-         FROM jobs j
-         WHERE j.kind = 'send'
-           AND ($1::uuid IS NULL OR EXISTS (SELECT 1 FROM notifications n WHERE n.id = j.notification_id AND n.tenant_id = $1))
-         GROUP BY j.queue, j.priority ORDER BY j.queue, j.priority";
+/// Send jobs by lane: each lane's waiting work by the claim index, what is being sent by the
+/// lease index. `$1` is the lanes' queues, `$2` their priorities; `$3` a tenant, or NULL.
+pub const LANES_SQL: &str = "SELECT l.q AS queue, l.p AS priority, w.waiting, w.due, r.running, w.oldest
+         FROM unnest($1::text[], $2::smallint[]) AS l(q, p)
+         CROSS JOIN LATERAL (
+             SELECT count(*) AS waiting, count(*) FILTER (WHERE j.run_at <= now()) AS due,
+                    extract(epoch FROM now() - min(j.run_at) FILTER (WHERE j.run_at <= now()))::float8 AS oldest
+             FROM jobs j
+             WHERE j.state = 'available' AND j.queue = l.q AND j.priority = l.p
+               AND ($3::uuid IS NULL OR j.tenant_id = $3)
+         ) w
+         CROSS JOIN LATERAL (
+             SELECT count(*) AS running FROM jobs j
+             WHERE j.state = 'running' AND j.queue = l.q AND j.priority = l.p AND ($3::uuid IS NULL OR j.tenant_id = $3)
+         ) r
+         WHERE w.waiting > 0 OR r.running > 0
+         ORDER BY l.q, l.p";
 
 pub const STUCK_SQL: &str = "SELECT count(*) FROM jobs j WHERE j.state = 'running' AND j.leased_until < now()
-           AND ($1::uuid IS NULL OR EXISTS (SELECT 1 FROM notifications n WHERE n.id = j.notification_id AND n.tenant_id = $1))";
+           AND ($1::uuid IS NULL OR j.tenant_id = $1)";
 
 /// The bucket width of the throughput chart for a window: about 60 buckets.
 pub fn bucket_for(window: Duration) -> Duration {
@@ -158,14 +216,21 @@ pub fn bucket_for(window: Duration) -> Duration {
         .map_or(Duration::seconds(secs), Duration::seconds)
 }
 
-/// Read the snapshot of the window ending now, for `tenant` (or every tenant).
-pub async fn snapshot(pool: &PgPool, window: Duration, tenant: Option<TenantId>) -> StoreResult<Snapshot> {
+/// Read the snapshot of the window ending now, for `tenant` (or every tenant), each statement
+/// cancelled past `timeout`.
+pub async fn snapshot(
+    pool: &PgPool,
+    window: Duration,
+    tenant: Option<TenantId>,
+    timeout: std::time::Duration,
+) -> StoreResult<Snapshot> {
     let now = OffsetDateTime::now_utc();
     let since = now - window;
     let floor = NotificationId::floor_at(since);
     let tenant_id = tenant;
     let tenant = tenant.map(|t| t.as_uuid());
-    let mut conn = pool.acquire().await?;
+    let mut tx = super::read_tx(pool, timeout).await?;
+    let conn = &mut *tx;
 
     let counts = sqlx::query(COUNTS_SQL)
         .bind(floor)
@@ -183,8 +248,10 @@ pub async fn snapshot(pool: &PgPool, window: Duration, tenant: Option<TenantId>)
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
 
-    // Events of the window by the BRIN index; the join to their notification is by primary key.
-    let latencies = sqlx::query(LATENCY_SQL).bind(since).bind(tenant).fetch_all(&mut *conn).await?;
+    let latencies = match tenant {
+        None => sqlx::query(LATENCY_SQL).bind(since).fetch_all(&mut *conn).await?,
+        Some(t) => sqlx::query(TENANT_LATENCY_SQL).bind(since).bind(t).bind(floor).fetch_all(&mut *conn).await?,
+    };
     let (mut accepted_to_sent, mut accepted_to_delivered) = (Latency::default(), Latency::default());
     for r in latencies {
         let p: Vec<f64> = r.try_get("p")?;
@@ -196,23 +263,22 @@ pub async fn snapshot(pool: &PgPool, window: Duration, tenant: Option<TenantId>)
         }
     }
 
-    let attempts = sqlx::query(ATTEMPTS_SQL)
-        .bind(since)
-        .bind(tenant)
-        .fetch_all(&mut *conn)
-        .await?
-        .into_iter()
-        .map(|r| {
-            Ok(AttemptRow {
-                provider: r.try_get("provider")?,
-                attempts: r.try_get("attempts")?,
-                failed: r.try_get("failed")?,
-            })
+    let attempts = match tenant {
+        None => sqlx::query(ATTEMPTS_SQL).bind(since).fetch_all(&mut *conn).await?,
+        Some(t) => sqlx::query(TENANT_ATTEMPTS_SQL).bind(since).bind(t).bind(floor).fetch_all(&mut *conn).await?,
+    }
+    .into_iter()
+    .map(|r| {
+        Ok(AttemptRow {
+            provider: r.try_get("provider")?,
+            attempts: r.try_get("attempts")?,
+            failed: r.try_get("failed")?,
         })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    })
+    .collect::<Result<Vec<_>, sqlx::Error>>()?;
 
     let width = bucket_for(window);
-    let throughput = sqlx::query(THROUGHPUT_SQL)
+    let throughput = sqlx::query(if tenant.is_some() { TENANT_THROUGHPUT_SQL } else { THROUGHPUT_SQL })
         .bind(since)
         .bind(tenant)
         .bind(pg_interval(width))
@@ -232,8 +298,8 @@ pub async fn snapshot(pool: &PgPool, window: Duration, tenant: Option<TenantId>)
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
 
-    let queue = lanes(&mut conn, tenant_id).await?;
-    let stuck = stuck(&mut conn, tenant_id).await?;
+    let queue = lanes(&mut *conn, tenant_id).await?;
+    let stuck = stuck(&mut *conn, tenant_id).await?;
 
     let recent_failures = sqlx::query(FAILURES_SQL)
         .bind(tenant)
@@ -264,10 +330,18 @@ pub async fn snapshot(pool: &PgPool, window: Duration, tenant: Option<TenantId>)
     })
 }
 
+/// The send lanes, for `LANES_SQL`: their queues and priorities.
+pub fn lane_keys() -> (Vec<&'static str>, Vec<i16>) {
+    Priority::ALL.iter().flat_map(|p| Channel::ALL.map(|c| (c.as_str(), p.lane()))).unzip()
+}
+
 /// Send jobs by lane (channel and priority): by the claim index (waiting) and the lease
 /// index (running). For the dashboard and the `herald_queue_*` gauges.
 pub async fn lanes(conn: &mut PgConnection, tenant: Option<TenantId>) -> StoreResult<Vec<LaneRow>> {
+    let (queues, priorities) = lane_keys();
     Ok(sqlx::query(LANES_SQL)
+        .bind(queues)
+        .bind(priorities)
         .bind(tenant.map(|t| t.as_uuid()))
         .fetch_all(&mut *conn)
         .await?

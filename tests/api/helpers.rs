@@ -85,7 +85,8 @@ impl TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = format!("http://{}", listener.local_addr().expect("addr"));
         let router = herald::http::router(app.state());
-        tokio::spawn(async move { axum::serve(listener, router).await });
+        let limits = herald::http::serve::Limits::of(&app.settings);
+        tokio::spawn(herald::http::serve::serve(listener, router, limits, tokio_util::sync::CancellationToken::new()));
         TestApp { app, addr, smtp, client: reqwest::Client::new(), db_name, admin_url }
     }
 

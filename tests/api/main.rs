@@ -8,6 +8,7 @@ mod faults;
 mod first_hour;
 mod helpers;
 mod ingest;
+mod isolation;
 mod notifications;
 mod ops;
 mod process;

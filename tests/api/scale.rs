@@ -131,6 +131,7 @@ async fn retention_and_time_bounded_lists_read_few_pages_of_a_million_rows() {
             .bind(51_i64)
             .bind(from_id)
             .bind(to_id)
+            .bind(4_i64 * 1024 * 1024)
             .fetch_one(t.pool())
             .await
             .expect("explain");
@@ -176,10 +177,11 @@ async fn stats_read_the_window_not_the_table() {
 
     let now = OffsetDateTime::now_utc();
     let mut refresh_pages = 0;
-    // Every tenant's: the window's rows and little else. One tenant's: the window's events
-    // each look up their notification (events carry no tenant), about four pages an event.
+    // Every tenant's: the window's rows and little else. One tenant's: its own notifications of
+    // the window and their events, by index, never the other tenant's (so no more pages than
+    // every tenant's, though the other half of the rows is another tenant's).
     for (window, max_pages, max_tenant_pages) in
-        [(time::Duration::hours(1), 2_000, 25_000), (time::Duration::hours(24), 20_000, 500_000)]
+        [(time::Duration::hours(1), 2_000, 2_000), (time::Duration::hours(24), 20_000, 20_000)]
     {
         let since = now - window;
         let floor = NotificationId::floor_at(since);
@@ -189,21 +191,47 @@ async fn stats_read_the_window_not_the_table() {
                 days: 0,
                 microseconds: stats::bucket_for(window).whole_microseconds() as i64,
             };
-            let plans: Vec<(&str, Value)> = vec![
-                ("counts", explain_with(&t, stats::COUNTS_SQL, |q| q.bind(floor).bind(tenant)).await),
-                ("latency", explain_with(&t, stats::LATENCY_SQL, |q| q.bind(since).bind(tenant)).await),
-                ("attempts", explain_with(&t, stats::ATTEMPTS_SQL, |q| q.bind(since).bind(tenant)).await),
-                (
-                    "throughput",
-                    explain_with(&t, stats::THROUGHPUT_SQL, |q| {
-                        q.bind(since).bind(tenant).bind(width).bind(now).bind(floor)
-                    })
-                    .await,
-                ),
-                ("failures", explain_with(&t, stats::FAILURES_SQL, |q| q.bind(tenant)).await),
-                ("queue", explain_with(&t, stats::LANES_SQL, |q| q.bind(tenant)).await),
-                ("stuck", explain_with(&t, stats::STUCK_SQL, |q| q.bind(tenant)).await),
-            ];
+            let (queues, priorities) = stats::lane_keys();
+            let (q, p) = (queues.clone(), priorities.clone());
+            let lanes = explain_with(&t, stats::LANES_SQL, move |x| x.bind(q).bind(p).bind(tenant)).await;
+            let plans: Vec<(&str, Value)> = match tenant {
+                None => vec![
+                    ("counts", explain_with(&t, stats::COUNTS_SQL, |q| q.bind(floor).bind(tenant)).await),
+                    ("latency", explain_with(&t, stats::LATENCY_SQL, |q| q.bind(since)).await),
+                    ("attempts", explain_with(&t, stats::ATTEMPTS_SQL, |q| q.bind(since)).await),
+                    (
+                        "throughput",
+                        explain_with(&t, stats::THROUGHPUT_SQL, |q| {
+                            q.bind(since).bind(tenant).bind(width).bind(now).bind(floor)
+                        })
+                        .await,
+                    ),
+                    ("failures", explain_with(&t, stats::FAILURES_SQL, |q| q.bind(tenant)).await),
+                    ("queue", lanes),
+                    ("stuck", explain_with(&t, stats::STUCK_SQL, |q| q.bind(tenant)).await),
+                ],
+                Some(_) => vec![
+                    ("counts", explain_with(&t, stats::COUNTS_SQL, |q| q.bind(floor).bind(tenant)).await),
+                    (
+                        "latency",
+                        explain_with(&t, stats::TENANT_LATENCY_SQL, |q| q.bind(since).bind(tenant).bind(floor)).await,
+                    ),
+                    (
+                        "attempts",
+                        explain_with(&t, stats::TENANT_ATTEMPTS_SQL, |q| q.bind(since).bind(tenant).bind(floor)).await,
+                    ),
+                    (
+                        "throughput",
+                        explain_with(&t, stats::TENANT_THROUGHPUT_SQL, |q| {
+                            q.bind(since).bind(tenant).bind(width).bind(now).bind(floor)
+                        })
+                        .await,
+                    ),
+                    ("failures", explain_with(&t, stats::FAILURES_SQL, |q| q.bind(tenant)).await),
+                    ("queue", lanes),
+                    ("stuck", explain_with(&t, stats::STUCK_SQL, |q| q.bind(tenant)).await),
+                ],
+            };
             let mut total = 0;
             for (name, plan) in &plans {
                 let c = cost(plan);
@@ -223,12 +251,13 @@ async fn stats_read_the_window_not_the_table() {
     // The dashboard reads the last hour, the last day and its selected window (1h by default).
     let started = std::time::Instant::now();
     for window in [time::Duration::hours(1), time::Duration::hours(24), time::Duration::hours(1)] {
-        let s = stats::snapshot(t.pool(), window, None).await.expect("snapshot");
+        let s = stats::snapshot(t.pool(), window, None, std::time::Duration::from_secs(60)).await.expect("snapshot");
         assert!(s.counts.iter().map(|c| c.count).sum::<i64>() > 0);
     }
     println!("one dashboard refresh (admin): about {} pages, {:?} here", refresh_pages, started.elapsed());
     let started = std::time::Instant::now();
-    stats::snapshot(t.pool(), time::Duration::hours(24), Some(herald::domain::TenantId::from_uuid(acme)))
+    let tenant = Some(herald::domain::TenantId::from_uuid(acme));
+    stats::snapshot(t.pool(), time::Duration::hours(24), tenant, std::time::Duration::from_secs(60))
         .await
         .expect("snapshot");
     println!("one tenant's last day: {:?} here", started.elapsed());
@@ -243,4 +272,81 @@ async fn explain_with<'q>(
 ) -> Value {
     let text: &'q str = Box::leak(explain(sql).into_boxed_str());
     bind(sqlx::query_scalar(sqlx::AssertSqlSafe(text))).fetch_one(t.pool()).await.expect("explain")
+}
+
+/// The claim with 1,000,000 jobs queued by one tenant and one by another: it stays on the claim
+/// index (no sequential scan, a bounded number of pages), and the other tenant's lone job is in
+/// the first claim of 256, whatever the backlog before it.
+#[tokio::test]
+async fn a_claim_stays_on_the_index_behind_a_million_jobs_and_deals_tenants_round_robin() {
+    use herald::store::tracking::{self, Bounds, Claimed, Lane};
+    let t = TestApp::spawn().await;
+    t.key("bulk", &[Scope::Send]).await;
+    t.key("otp", &[Scope::Send]).await;
+    let tenants: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT id FROM tenants ORDER BY name").fetch_all(t.pool()).await.expect("tenants");
+    let (bulk, otp) = (tenants[0], tenants[1]);
+    // The backlog is older than the lone job: FIFO alone would send it last.
+    sqlx::query(
+        "INSERT INTO notifications (id, tenant_id, channel, recipient, recipient_key, content, status, priority,
+                                    created_at, updated_at, size_bytes)
+         SELECT gen_random_uuid(), CASE WHEN i = 0 THEN $2 ELSE $1 END, 'sms', '\"+14155550100\"', '+14155550100',
+                '{\"text\": \"hi\"}', 'queued', 'normal', now(), now(), 14
+         FROM generate_series(0, $3) AS i",
+    )
+    .bind(bulk)
+    .bind(otp)
+    .bind(ROWS)
+    .execute(t.pool())
+    .await
+    .expect("seed notifications");
+    sqlx::query(
+        "INSERT INTO jobs (notification_id, tenant_id, queue, priority, run_at, max_attempts)
+         SELECT id, tenant_id, 'sms', 1, now() - CASE WHEN tenant_id = $1 THEN interval '1 hour' ELSE interval '1 second' END, 5
+         FROM notifications",
+    )
+    .bind(bulk)
+    .execute(t.pool())
+    .await
+    .expect("seed jobs");
+    sqlx::query("VACUUM ANALYZE jobs").execute(t.pool()).await.expect("analyze");
+    sqlx::query("VACUUM ANALYZE notifications").execute(t.pool()).await.expect("analyze");
+
+    let lanes = Lane::all(256);
+    let sending = herald::domain::Status::sources_of(herald::domain::Status::Sending);
+    // EXPLAIN ANALYZE runs the claim: in a transaction that is rolled back.
+    let mut tx = t.pool().begin().await.expect("tx");
+    let plan: Value = sqlx::query_scalar(sqlx::AssertSqlSafe(explain(tracking::claim::CLAIM_SQL)))
+        .bind(lanes.iter().map(|l| l.queue).collect::<Vec<_>>())
+        .bind(lanes.iter().map(|l| l.priority).collect::<Vec<_>>())
+        .bind(lanes.iter().map(|l| l.weight).collect::<Vec<_>>())
+        .bind(lanes.iter().map(|l| l.cap).collect::<Vec<_>>())
+        .bind(lanes.iter().map(|l| l.tenant_cap).collect::<Vec<_>>())
+        .bind(256_i64)
+        .bind(60.0_f64)
+        .bind("explain")
+        .bind(&sending)
+        .bind(Vec::<uuid::Uuid>::new())
+        .bind(Vec::<i64>::new())
+        .bind(i64::MAX)
+        .fetch_one(&mut *tx)
+        .await
+        .expect("explain");
+    tx.rollback().await.expect("rollback");
+    let c = cost(&plan);
+    let top = &plan[0]["Plan"];
+    println!("claim of 256 behind 1,000,000 queued: {} pages, {} rows", c.pages, top["Actual Rows"]);
+    assert!(!c.seq_scans.iter().any(|r| r == "jobs" || r == "notifications"), "{:?}\n{plan:#}", c.seq_scans);
+    // About 40 pages a job, nearly all of them the writes (the job and its notification, and
+    // their indexes), as before tenants were dealt round robin; reading the lane is a few.
+    assert!(c.pages < 20_000, "{} pages\n{plan:#}", c.pages);
+
+    let mut tx = t.pool().begin().await.expect("tx");
+    let claimed = tracking::claim_within(&mut tx, &lanes, Bounds::jobs(256), std::time::Duration::from_secs(60), "w")
+        .await
+        .expect("claim");
+    tx.rollback().await.expect("rollback");
+    assert_eq!(claimed.len(), 256);
+    let otp_jobs = claimed.iter().filter(|c| matches!(c, Claimed::Send(j) if j.tenant_id.as_uuid() == otp)).count();
+    assert_eq!(otp_jobs, 1, "the other tenant's one job is in the first claim");
 }

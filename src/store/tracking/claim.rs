@@ -203,39 +203,28 @@ pub async fn claim(
     claim_within(conn, lanes, Bounds::jobs(limit), lease, worker).await
 }
 
-/// Claim due jobs from `lanes` within `bounds`, shared by weight between lanes and round robin
-/// between tenants, under a lease of `lease`. The row locks last only for this statement: the
-/// provider call happens after commit, protected by the lease.
-pub async fn claim_within(
-    conn: &mut PgConnection,
-    lanes: &[Lane],
-    bounds: Bounds<'_>,
-    lease: Duration,
-    worker: &str,
-) -> StoreResult<Vec<Claimed>> {
-    // `tenants` is a skip scan of the claim index: one descent per tenant with work in a lane
-    // (a recursive CTE, PostgreSQL having no loose index scan), whatever the backlog's size.
-    // `due` ranks each tenant's due jobs in a lane 1, 2, 3…; `ranked` deals the lane out round
-    // robin between its tenants (ties in random order, so no tenant is always first), and
-    // ordering every lane's jobs by rank / weight and taking `limit` is the weighted round
-    // robin between lanes; `share` counts what each (lane, tenant) won. The inner `LIMIT $6`s
-    // keep the row estimates small (an unknown LIMIT is planned as a tenth of the table, which
-    // turned JIT compilation on: a second per claim). `picked` is MATERIALIZED so the LIMITs
-    // bound the locking (PostgreSQL BUG #15715); `sized` keeps, in round-robin order, the jobs
-    // whose content fits in the byte budget (the first always does). The `= ANY(ARRAY(…))`
-    // updates keep the planner on indexes even with a generic plan and a million-row backlog.
-    // The state literal matches the partial index `jobs_claim_idx`; each `run_at <= now()` is
-    // an index range, so future rows are never walked.
-    //
-    // A send job is claimed only with a notification that may be sent (the status machine's
-    // sources of `sending`); one whose notification is gone (deleted by hand, or by retention
-    // racing a late receipt) or may not be sent any more is deleted instead (`dead`), so it
-    // neither loops through claims and rescues nor resurrects a finished notification.
-    let leased_until = Instant::now() + lease;
-    let (busy_tenants, busy_counts): (Vec<uuid::Uuid>, Vec<i64>) =
-        bounds.busy.iter().map(|(t, n)| (t.as_uuid(), *n)).unzip();
-    let rows = sqlx::query(
-        "WITH lanes AS (
+/// The claim statement (see `claim_within`). Public for the scale test, which EXPLAINs it on
+/// a million queued jobs.
+///
+/// `tenants` is a skip scan of the claim index: one descent per tenant with work in a lane
+/// (a recursive CTE, PostgreSQL having no loose index scan), whatever the backlog's size.
+/// `due` ranks each tenant's due jobs in a lane 1, 2, 3…; `ranked` deals the lane out round
+/// robin between its tenants (ties in random order, so no tenant is always first), and
+/// ordering every lane's jobs by rank / weight and taking `limit` is the weighted round
+/// robin between lanes; `share` counts what each (lane, tenant) won. The inner `LIMIT $6`s
+/// keep the row estimates small (an unknown LIMIT is planned as a tenth of the table, which
+/// turned JIT compilation on: a second per claim). `picked` is MATERIALIZED so the LIMITs
+/// bound the locking (PostgreSQL BUG #15715); `sized` keeps, in round-robin order, the jobs
+/// whose content fits in the byte budget (the first always does). The `= ANY(ARRAY(…))`
+/// updates keep the planner on indexes even with a generic plan and a million-row backlog.
+/// The state literal matches the partial index `jobs_claim_idx`; each `run_at <= now()` is
+/// an index range, so future rows are never walked.
+///
+/// A send job is claimed only with a notification that may be sent (the status machine's
+/// sources of `sending`); one whose notification is gone (deleted by hand, or by retention
+/// racing a late receipt) or may not be sent any more is deleted instead (`dead`), so it
+/// neither loops through claims and rescues nor resurrects a finished notification.
+pub const CLAIM_SQL: &str = "WITH lanes AS (
              SELECT * FROM unnest($1::text[], $2::smallint[], $3::float8[], $4::bigint[], $5::bigint[])
                  AS l(q, p, w, cap, tcap)
          ), busy AS (
@@ -318,25 +307,39 @@ pub async fn claim_within(
                         WHERE s.tenant_id = m.tenant_id AND s.channel = m.channel AND s.recipient = m.recipient_key)
                     AS suppressed
          FROM claimed c LEFT JOIN marked m ON c.kind = 'send' AND m.id = c.notification_id
-         WHERE c.kind = 'callback' OR m.id IS NOT NULL",
-    )
-    // Planned for its parameters on every call: a cached generic plan of this statement took
-    // half a second against a million-row backlog where a custom plan takes milliseconds.
-    .persistent(false)
-    .bind(lanes.iter().map(|l| l.queue).collect::<Vec<_>>())
-    .bind(lanes.iter().map(|l| l.priority).collect::<Vec<_>>())
-    .bind(lanes.iter().map(|l| l.weight).collect::<Vec<_>>())
-    .bind(lanes.iter().map(|l| l.cap).collect::<Vec<_>>())
-    .bind(lanes.iter().map(|l| l.tenant_cap).collect::<Vec<_>>())
-    .bind(bounds.limit)
-    .bind(lease.as_secs_f64())
-    .bind(worker)
-    .bind(Status::sources_of(Status::Sending))
-    .bind(busy_tenants)
-    .bind(busy_counts)
-    .bind(bounds.bytes.max(1))
-    .fetch_all(conn)
-    .await?;
+         WHERE c.kind = 'callback' OR m.id IS NOT NULL";
+
+/// Claim due jobs from `lanes` within `bounds`, shared by weight between lanes and round robin
+/// between tenants, under a lease of `lease`. The row locks last only for this statement: the
+/// provider call happens after commit, protected by the lease.
+pub async fn claim_within(
+    conn: &mut PgConnection,
+    lanes: &[Lane],
+    bounds: Bounds<'_>,
+    lease: Duration,
+    worker: &str,
+) -> StoreResult<Vec<Claimed>> {
+    let leased_until = Instant::now() + lease;
+    let (busy_tenants, busy_counts): (Vec<uuid::Uuid>, Vec<i64>) =
+        bounds.busy.iter().map(|(t, n)| (t.as_uuid(), *n)).unzip();
+    let rows = sqlx::query(CLAIM_SQL)
+        // Planned for its parameters on every call: a cached generic plan of this statement took
+        // half a second against a million-row backlog where a custom plan takes milliseconds.
+        .persistent(false)
+        .bind(lanes.iter().map(|l| l.queue).collect::<Vec<_>>())
+        .bind(lanes.iter().map(|l| l.priority).collect::<Vec<_>>())
+        .bind(lanes.iter().map(|l| l.weight).collect::<Vec<_>>())
+        .bind(lanes.iter().map(|l| l.cap).collect::<Vec<_>>())
+        .bind(lanes.iter().map(|l| l.tenant_cap).collect::<Vec<_>>())
+        .bind(bounds.limit)
+        .bind(lease.as_secs_f64())
+        .bind(worker)
+        .bind(Status::sources_of(Status::Sending))
+        .bind(busy_tenants)
+        .bind(busy_counts)
+        .bind(bounds.bytes.max(1))
+        .fetch_all(conn)
+        .await?;
     rows.iter()
         .map(|r| {
             let kind: String = r.try_get("kind")?;

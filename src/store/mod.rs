@@ -219,6 +219,80 @@ pub async fn migrations_current(pool: &PgPool) -> StoreResult<bool> {
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A refusal for its data, as PostgreSQL would give it.
+    fn refused() -> StoreError {
+        StoreError::Db(sqlx::Error::Protocol("stand-in".into())).for_neighbour()
+    }
+
+    #[tokio::test]
+    async fn a_poisoned_item_costs_its_batch_a_few_writes_and_fails_alone() {
+        // Any write holding item 317 is refused for its data.
+        let writes = AtomicUsize::new(0);
+        let items: Vec<usize> = (0..500).collect();
+        let results = isolating(&items, |chunk: &[usize]| {
+            writes.fetch_add(1, Ordering::SeqCst);
+            let poisoned = chunk.contains(&317);
+            Box::pin(async move {
+                if poisoned {
+                    // `is_data_error` is what isolating asks: make one of those.
+                    Err(data_error())
+                } else {
+                    Ok(chunk.iter().map(|i| i * 2).collect())
+                }
+            })
+        })
+        .await;
+        assert!(results[317].is_err());
+        assert!(results.iter().enumerate().all(|(i, r)| i == 317 || r.as_ref().is_ok_and(|v| *v == i * 2)));
+        let n = writes.load(Ordering::SeqCst);
+        assert!(n <= 2 * 9 + 1, "{n} writes for 500 items with one poisoned (one by one would be 500)");
+        // Not a data error (the database away): the whole write fails, nothing is split.
+        let writes = AtomicUsize::new(0);
+        let results = isolating(&items, |_chunk: &[usize]| {
+            writes.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { Err::<Vec<usize>, _>(refused()) })
+        })
+        .await;
+        assert_eq!(writes.load(Ordering::SeqCst), 1);
+        assert!(results.iter().all(Result::is_err));
+    }
+
+    /// A database error with SQLSTATE 54000 (program limit exceeded: an index row too large).
+    fn data_error() -> StoreError {
+        #[derive(Debug)]
+        struct TooBig;
+        impl std::fmt::Display for TooBig {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("index row size exceeds the maximum")
+            }
+        }
+        impl std::error::Error for TooBig {}
+        impl sqlx::error::DatabaseError for TooBig {
+            fn message(&self) -> &str {
+                "index row size exceeds the maximum"
+            }
+            fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+                Some("54000".into())
+            }
+            fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+                self
+            }
+            fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+                self
+            }
+            fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+                self
+            }
+            fn kind(&self) -> sqlx::error::ErrorKind {
+                sqlx::error::ErrorKind::Other
+            }
+        }
+        StoreError::Db(sqlx::Error::Database(Box::new(TooBig)))
+    }
 
     /// Delivery status has one writer, `store::tracking` (the status machine is applied there):
     /// no other module of `src/` updates `notifications.status`. Rows are created with their

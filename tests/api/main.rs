@@ -7,6 +7,7 @@ mod fake_smtp;
 mod faults;
 mod first_hour;
 mod helpers;
+mod hostile;
 mod ingest;
 mod isolation;
 mod notifications;

@@ -29,7 +29,9 @@
 //! - drain: the `log` dispatch rate of the first 10,000 jobs of a 1,000,000 backlog vs of a
 //!   10,000 backlog (quick: 100,000 vs 10,000).
 //! - memory: `herald serve` RSS at idle, and its peak (VmHWM) after the latency run and a
-//!   burst of single and batch ingest.
+//!   burst of single and batch ingest; and with the biggest messages a tenant may send (600
+//!   emails of 512 KiB), the peaks of `herald worker` sending them and of `herald api`
+//!   accepting them and answering a list page of `limit=500`.
 //!
 //! Rates of drains are timed from the first poll that saw progress to the poll that saw the
 //! end, so process start-up is not counted. A scenario that fails shows its error in its row
@@ -121,7 +123,7 @@ pub struct Ctx {
 #[tokio::main]
 async fn main() -> ExitCode {
     const USAGE: &str = "usage: cargo run --release --example bench -- [--quick] [--only SCENARIO,…]
-scenarios: graphile, naive, single, batch, log, fake, serve, drain (default: all)";
+scenarios: graphile, naive, single, batch, log, fake, serve, drain, big (default: all)";
     let mut quick = false;
     let mut only: Option<Vec<String>> = None;
     let mut args = std::env::args().skip(1);
@@ -251,5 +253,13 @@ async fn measure(ctx: &Ctx) -> report::Results {
     let big =
         step(ctx, "drain", &format!("drain from a {} backlog", s.drain_big), scenarios::drain(ctx, s.drain_big)).await;
 
-    report::Results { graphile, naive, single, batch, log, fake, serve, small, big }
+    let big_messages = step(
+        ctx,
+        "big",
+        "herald api and worker with the biggest emails a tenant may send: peak memory",
+        scenarios::big_messages(ctx),
+    )
+    .await;
+
+    report::Results { graphile, naive, single, batch, log, fake, serve, small, big, big_messages }
 }

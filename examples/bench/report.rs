@@ -15,6 +15,7 @@ pub struct Results {
     pub serve: Outcome<(Outcome<scenarios::Latency>, Outcome<scenarios::Memory>)>,
     pub small: Outcome<scenarios::Drain>,
     pub big: Outcome<scenarios::Drain>,
+    pub big_messages: Outcome<scenarios::BigMemory>,
 }
 
 impl Results {
@@ -30,7 +31,7 @@ impl Results {
         };
         [bad(&self.graphile), bad(&self.naive), bad(&self.single), bad(&self.batch), bad(&self.log), bad(&self.fake)]
             .into_iter()
-            .chain([bad(&self.small), bad(&self.big)])
+            .chain([bad(&self.small), bad(&self.big), bad(&self.big_messages)])
             .filter(|failed| *failed)
             .count()
             + serve
@@ -40,7 +41,7 @@ impl Results {
 pub const HEADER: &str = "| figure | Herald | baseline, same run | Herald ÷ baseline | target | met |\n| --- | --- | --- | --- | --- | --- |";
 
 pub fn rows(results: Results, s: &Sizes) -> Vec<[String; 6]> {
-    let Results { graphile, naive, single, batch, log, fake, serve, small, big } = results;
+    let Results { graphile, naive, single, batch, log, fake, serve, small, big, big_messages } = results;
     let (latency, memory) = match serve {
         Ok((l, m)) => (l, m),
         Err(e) => (Err(e.clone()), Err(e)),
@@ -222,6 +223,38 @@ pub fn rows(results: Results, s: &Sizes) -> Vec<[String; 6]> {
         "—".into(),
         "≤ 256 MiB".into(),
         peak.1,
+    ]);
+    let emails = format!("{} emails of {} KiB", scenarios::BIG_EMAILS, scenarios::BIG_EMAIL_BYTES / 1024);
+    let (worker, api) = match &big_messages {
+        Ok(b) => (
+            (mib(b.worker_peak_kib), verdict(b.worker_peak_kib <= 256 * 1024, 0)),
+            (
+                format!(
+                    "{} (a list page of `limit=500` held {} of them{})",
+                    mib(b.api_peak_kib),
+                    b.page_items,
+                    if b.page_more { " and a next_cursor" } else { "" }
+                ),
+                verdict(b.api_peak_kib <= 256 * 1024, 0),
+            ),
+        ),
+        Err(e) => ((failed(e), "—".into()), (failed(e), "—".into())),
+    };
+    rows.push([
+        format!("memory: `herald worker` peak RSS sending {emails} (`log` provider)"),
+        worker.0,
+        "—".into(),
+        "—".into(),
+        "≤ 256 MiB".into(),
+        worker.1,
+    ]);
+    rows.push([
+        format!("memory: `herald api` peak RSS accepting the {emails} (batches of 30) and listing them"),
+        api.0,
+        "—".into(),
+        "—".into(),
+        "≤ 256 MiB".into(),
+        api.1,
     ]);
     rows
 }

@@ -64,6 +64,9 @@ from = "+14155550100"
 
 [channels.sms]
 providers = ["{sms_provider}"]
+
+[channels.email]
+providers = ["console"]
 "#
     )
 }
@@ -379,4 +382,72 @@ async fn wait_delivered(ctx: &Ctx, total: u64, proc: &mut Proc) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
+}
+
+/// How many emails of `BIG_EMAIL_BYTES` the big-messages scenario sends.
+pub const BIG_EMAILS: u64 = 600;
+/// The default cap of an email's subject, text and html together
+/// (`channels.email.max_content_bytes`): the biggest email a tenant may send.
+pub const BIG_EMAIL_BYTES: usize = 512 * 1024;
+
+pub struct BigMemory {
+    pub worker_peak_kib: u64,
+    pub api_peak_kib: u64,
+    /// Items on the first page of `GET /v1/notifications?limit=500`, and whether it said more.
+    pub page_items: usize,
+    pub page_more: bool,
+}
+
+/// Memory with the biggest messages a tenant may send: `BIG_EMAILS` emails of
+/// `BIG_EMAIL_BYTES` accepted by `herald api` (the batch API, 30 a request: its body limit is
+/// 16 MiB) while one `herald worker` sends them through the `log` provider; then one list page
+/// of up to 500 of them. The peaks (VmHWM) of both processes.
+pub async fn big_messages(ctx: &Ctx) -> Result<BigMemory> {
+    let s = ctx.setup("big", Sms::Console).await?;
+    let api = s.herald.start("api").await?;
+    let mut worker = s.herald.start("worker").await?;
+    let pool = crate::db::pool(&s.url).await?;
+    let client = load::connection()?;
+    let html = "x".repeat(BIG_EMAIL_BYTES - 3);
+    let item =
+        serde_json::json!({"channel": "email", "to": "big@example.com", "content": {"subject": "big", "html": html}});
+    let per_request = 30;
+    eprintln!("bench:   {BIG_EMAILS} emails of {} KiB, {per_request} a request", BIG_EMAIL_BYTES / 1024);
+    for first in (0..BIG_EMAILS).step_by(per_request) {
+        let n = per_request.min(usize::try_from(BIG_EMAILS - first).unwrap_or(0));
+        let body = serde_json::json!({"notifications": vec![item.clone(); n]}).to_string();
+        let resp = client
+            .post(format!("{}/v1/notifications/batch", api.base))
+            .bearer_auth(&s.key)
+            .header(CONTENT_TYPE, JSON)
+            .body(body)
+            .send()
+            .await?;
+        let status = resp.status();
+        let v: serde_json::Value = resp.json().await?;
+        let ok = v["results"].as_array().map_or(0, |r| r.iter().filter(|i| i.get("id").is_some()).count());
+        if !status.is_success() || ok != n {
+            return Err(format!("a batch of big emails: {status}, {ok} of {n} accepted: {v:.300}").into());
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while crate::db::count(&pool, SENT).await? < i64::try_from(BIG_EMAILS)? {
+        worker.proc.check_alive()?;
+        if Instant::now() > deadline {
+            return Err("the big emails were not all sent within 300 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let worker_peak_kib =
+        procs::proc_status_kib(worker.proc.pid(), "VmHWM").ok_or("cannot read VmHWM of herald worker")?;
+    let page: serde_json::Value =
+        client.get(format!("{}/v1/notifications?limit=500", api.base)).bearer_auth(&s.key).send().await?.json().await?;
+    let api_peak_kib = procs::proc_status_kib(api.proc.pid(), "VmHWM").ok_or("cannot read VmHWM of herald api")?;
+    let page_items = page["items"].as_array().map_or(0, Vec::len);
+    let page_more = page["next_cursor"].is_string();
+    worker.proc.stop().await?;
+    api.proc.stop().await?;
+    pool.close().await;
+    ctx.dbs.drop_database(&s.db).await?;
+    Ok(BigMemory { worker_peak_kib, api_peak_kib, page_items, page_more })
 }

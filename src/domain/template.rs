@@ -325,15 +325,16 @@ fn compile_all(parts: &Parts, at: &str, errs: &mut Vec<FieldError>) {
     }
 }
 
-/// Enough for any real message (a few thousand loop steps): a template that loops for ever
-/// runs out and is refused. A text that spends all of it takes about 2 ms to render (measured
-/// in a release build); `REQUEST_FUEL` bounds what a request's texts spend together.
+/// Enough for any real message (a few thousand loop steps; a typical text spends about 50): a
+/// template that loops for ever runs out and is refused. A text that spends all of it takes
+/// about 1 ms to render in a release build (2 ms on a busy machine), so `REQUEST_FUEL` bounds
+/// what a request's texts spend together.
 const FUEL: u64 = 50_000;
 
 /// What the renders of one request (a single POST, a preview, or every item of a batch) may
-/// spend together: 40 texts that each spend all their `FUEL`, about 80 ms of one thread, while
-/// a thousand ordinary items (a few dozen steps a text) spend a small part of it. Past it, the
-/// request's remaining templated items are refused with a 422 rather than rendered.
+/// spend together: 40 texts that each spend all their `FUEL`, 40 to 80 ms of one thread, while
+/// a thousand ordinary items of three texts (about 50 steps a text) spend a tenth of it. Past
+/// it, the request's remaining templated items are refused with a 422 rather than rendered.
 pub const REQUEST_FUEL: u64 = 40 * FUEL;
 
 /// The fuel one request's renders have left (see `REQUEST_FUEL`).

@@ -366,7 +366,7 @@ fn parse_time_param(params: &HashMap<String, String>, name: &str) -> Result<Opti
            ("created_after" = Option<String>, Query, description = "RFC 3339"),
            ("created_before" = Option<String>, Query, description = "RFC 3339"),
            ("tenant" = Option<String>, Query, description = "Admin keys: one tenant's"),
-           ("limit" = Option<i64>, Query, description = "1 to 100, default 50"),
+           ("limit" = Option<i64>, Query, description = "1 to 500, default 50; a page also ends early (with a next_cursor) once its notifications' content and metadata reach 4 MiB"),
            ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")),
     responses((status = 200, body = Page), (status = 400, response = crate::http::schemas::Problem), (status = 401, response = crate::http::schemas::Problem), (status = 403, response = crate::http::schemas::Problem), (status = 503, response = crate::http::schemas::Problem)))]
 pub(super) async fn list(

@@ -456,8 +456,9 @@ impl Dispatcher {
                 lanes.push(Lane::send(c, p, cap));
             }
         }
-        let busy: Vec<(TenantId, i64)> = self.callbacks_in_flight().iter().map(|(t, n)| (*t, *n)).collect();
-        let total: i64 = busy.iter().map(|(_, n)| n).sum();
+        let busy: Vec<(&'static str, TenantId, i64)> =
+            self.callbacks_in_flight().iter().map(|(t, n)| (tracking::claim::CALLBACK_QUEUE, *t, *n)).collect();
+        let total: i64 = busy.iter().map(|(_, _, n)| n).sum();
         let cb = &self.inner.callbacks;
         let cb_room = i64::try_from(cb.concurrency).unwrap_or(i64::MAX).saturating_sub(total).clamp(0, limit);
         lanes.push(Lane::callbacks(cb_room, i64::try_from(cb.per_tenant_concurrency).unwrap_or(i64::MAX)));

@@ -196,3 +196,27 @@ async fn retention_prunes_old_unmatched_receipts() {
         sqlx::query_scalar("SELECT dedupe_key FROM receipts").fetch_all(t.pool()).await.expect("left");
     assert_eq!(left, ["new"]);
 }
+
+/// What a tenant holds of a lane counts against that lane's per-tenant cap only: a tenant with
+/// callbacks in flight still has its sends claimed in full, and its callbacks in flight fill
+/// the callbacks' cap for it.
+#[tokio::test]
+async fn what_a_tenant_holds_counts_against_that_lane_only() {
+    let t = TestApp::spawn().await;
+    let key = t.key("acme", SEND_READ).await;
+    for i in 0..3 {
+        t.post(&key, email(&format!("u{i}@example.com"), "x")).await;
+    }
+    let tenant: uuid::Uuid =
+        sqlx::query_scalar("SELECT id FROM tenants WHERE name = 'acme'").fetch_one(t.pool()).await.expect("tenant");
+    let tenant = herald::domain::TenantId::from_uuid(tenant);
+    // Each send lane takes 3, as many as there are sends: holding 2 callbacks must not cut that.
+    let mut lanes = Lane::all(3);
+    lanes.pop();
+    lanes.push(Lane::callbacks(10, 2));
+    let busy = [(tracking::claim::CALLBACK_QUEUE, tenant, 2)];
+    let bounds = tracking::Bounds { limit: 10, bytes: i64::MAX, busy: &busy };
+    let mut conn = t.pool().acquire().await.expect("conn");
+    let claimed = tracking::claim_within(&mut conn, &lanes, bounds, Duration::from_secs(60), "w").await.expect("claim");
+    assert_eq!(claimed.iter().filter(|c| matches!(c, Claimed::Send(_))).count(), 3);
+}

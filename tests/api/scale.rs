@@ -326,6 +326,7 @@ async fn a_claim_stays_on_the_index_behind_a_million_jobs_and_deals_tenants_roun
         .bind(60.0_f64)
         .bind("explain")
         .bind(&sending)
+        .bind(Vec::<String>::new())
         .bind(Vec::<uuid::Uuid>::new())
         .bind(Vec::<i64>::new())
         .bind(i64::MAX)

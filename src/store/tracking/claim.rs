@@ -92,13 +92,13 @@ impl Lane {
 }
 
 /// What one claim may take besides the lanes' caps: at most `limit` jobs and, past the first,
-/// `bytes` of content; `busy` is what each tenant already holds of the lanes with a tenant
-/// cap (callbacks in flight).
+/// `bytes` of content; `busy` is what tenants already hold of a lane's queue (callbacks in
+/// flight), counted against the lane's `tenant_cap`.
 #[derive(Clone, Copy, Debug)]
 pub struct Bounds<'a> {
     pub limit: i64,
     pub bytes: i64,
-    pub busy: &'a [(TenantId, i64)],
+    pub busy: &'a [(&'static str, TenantId, i64)],
 }
 
 impl Bounds<'_> {
@@ -228,10 +228,11 @@ pub const CLAIM_SQL: &str = "WITH lanes AS (
              SELECT * FROM unnest($1::text[], $2::smallint[], $3::float8[], $4::bigint[], $5::bigint[])
                  AS l(q, p, w, cap, tcap)
          ), busy AS (
-             SELECT * FROM unnest($10::uuid[], $11::bigint[]) AS b(t, n)
+             SELECT * FROM unnest($10::text[], $11::uuid[], $12::bigint[]) AS b(q, t, n)
          ), tenants AS (
              SELECT l.q, l.p, l.w, l.cap, t.tenant_id,
-                    least(l.cap, l.tcap - coalesce((SELECT b.n FROM busy b WHERE b.t = t.tenant_id), 0)) AS tcap
+                    least(l.cap, l.tcap - coalesce((SELECT b.n FROM busy b WHERE b.q = l.q AND b.t = t.tenant_id), 0))
+                        AS tcap
              FROM lanes l CROSS JOIN LATERAL (
                  WITH RECURSIVE r(tenant_id) AS (
                      (SELECT tenant_id FROM jobs WHERE state = 'available' AND queue = l.q AND priority = l.p
@@ -289,7 +290,7 @@ pub const CLAIM_SQL: &str = "WITH lanes AS (
              UPDATE jobs j
              SET state = 'running', attempt = j.attempt + 1, lease_token = j.lease_token + 1,
                  leased_until = now() + make_interval(secs => $7), locked_by = $8
-             WHERE j.id = ANY(ARRAY(SELECT id FROM sized WHERE live AND before < $12))
+             WHERE j.id = ANY(ARRAY(SELECT id FROM sized WHERE live AND before < $13))
              RETURNING j.id, j.kind, j.notification_id, j.tenant_id, j.attempt, j.max_attempts, j.lease_token,
                        j.route_index, j.payload, j.slot_taken
          ), marked AS (
@@ -320,8 +321,9 @@ pub async fn claim_within(
     worker: &str,
 ) -> StoreResult<Vec<Claimed>> {
     let leased_until = Instant::now() + lease;
+    let busy_queues: Vec<&str> = bounds.busy.iter().map(|(q, ..)| *q).collect();
     let (busy_tenants, busy_counts): (Vec<uuid::Uuid>, Vec<i64>) =
-        bounds.busy.iter().map(|(t, n)| (t.as_uuid(), *n)).unzip();
+        bounds.busy.iter().map(|(_, t, n)| (t.as_uuid(), *n)).unzip();
     let rows = sqlx::query(CLAIM_SQL)
         // Planned for its parameters on every call: a cached generic plan of this statement took
         // half a second against a million-row backlog where a custom plan takes milliseconds.
@@ -335,6 +337,7 @@ pub async fn claim_within(
         .bind(lease.as_secs_f64())
         .bind(worker)
         .bind(Status::sources_of(Status::Sending))
+        .bind(busy_queues)
         .bind(busy_tenants)
         .bind(busy_counts)
         .bind(bounds.bytes.max(1))

@@ -515,7 +515,12 @@ impl Dispatcher {
 /// (`Completion::plain`), so that it is recorded rather than left `sending` and sent again.
 /// Any other failure is each caller's to retry (`with_retries`), in a later batch.
 async fn write_completions(pool: &PgPool, items: &[Completion]) -> Vec<Result<Applied, StoreError>> {
-    let mut results = crate::store::isolating(items, |chunk| {
+    let whole = async {
+        let mut conn = pool.acquire().await?;
+        tracking::complete(&mut conn, items).await
+    }
+    .await;
+    let mut results = crate::store::isolating(items, whole, |chunk| {
         let pool = pool.clone();
         Box::pin(async move {
             let mut conn = pool.acquire().await?;

@@ -68,8 +68,19 @@ pub fn nul_problems(v: &Value, at: &str) -> Vec<FieldError> {
             _ => {}
         }
     }
+    fn has_nul(v: &Value) -> bool {
+        match v {
+            Value::String(s) => s.contains('\0'),
+            Value::Array(items) => items.iter().any(has_nul),
+            Value::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+            _ => false,
+        }
+    }
+    // Pointers are built only for a request that has a NUL: the usual one costs a scan.
     let mut out = Vec::new();
-    walk(v, at, &mut out);
+    if has_nul(v) {
+        walk(v, at, &mut out);
+    }
     out
 }
 

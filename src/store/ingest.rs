@@ -129,7 +129,8 @@ enum Plan {
 /// answering: each of its notifications is found committed (and answered as created) or not
 /// (and answered with an error saying nothing was stored), never guessed.
 pub async fn accept_batch(pool: &PgPool, items: &[Submission], notify: bool) -> Vec<StoreResult<Accepted>> {
-    let results = super::isolating(items, |chunk| {
+    let whole = try_batch(pool, items, notify).await;
+    let results = super::isolating(items, whole, |chunk| {
         let pool = pool.clone();
         Box::pin(async move { try_batch(&pool, chunk, notify).await })
     })
@@ -141,7 +142,9 @@ pub async fn accept_batch(pool: &PgPool, items: &[Submission], notify: bool) -> 
         return results;
     }
     let ids: Vec<Uuid> = unknown.iter().map(|&i| items[i].id.as_uuid()).collect();
-    match settle(pool, &ids).await {
+    // Boxed: this rare path's futures would otherwise make every flush's future (which the
+    // group committer boxes, copying it) several kilobytes bigger.
+    match Box::pin(settle(pool, &ids)).await {
         Ok(committed) => {
             for i in unknown {
                 let s = &items[i];

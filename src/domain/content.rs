@@ -68,14 +68,6 @@ pub fn nul_problems(v: &Value, at: &str) -> Vec<FieldError> {
             _ => {}
         }
     }
-    fn has_nul(v: &Value) -> bool {
-        match v {
-            Value::String(s) => s.contains('\0'),
-            Value::Array(items) => items.iter().any(has_nul),
-            Value::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
-            _ => false,
-        }
-    }
     // Pointers are built only for a request that has a NUL: the usual one costs a scan.
     let mut out = Vec::new();
     if has_nul(v) {
@@ -84,22 +76,26 @@ pub fn nul_problems(v: &Value, at: &str) -> Vec<FieldError> {
     out
 }
 
+/// Whether any string of `v` (or object key) holds a NUL character.
+pub fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
 const NUL_DETAIL: &str = "contains a NUL character (\\u0000), which cannot be stored";
 
 /// Check a domain as `channels.email.sender_domains` and `--sender-domains` take it: a DNS
 /// name such as `acme.com` (no scheme, no `@`).
 pub fn check_domain(d: &str) -> Result<(), String> {
-    let labels: Vec<&str> = d.split('.').collect();
-    let ok = !d.is_empty()
-        && d.len() <= 253
-        && labels.iter().all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        });
-    if ok { Ok(()) } else { Err(format!("`{d}` is not a domain such as acme.com")) }
+    if d.len() <= 253 && super::recipient::labels_ok(d, false) {
+        Ok(())
+    } else {
+        Err(format!("`{d}` is not a domain such as acme.com"))
+    }
 }
 
 /// Whether `address`'s domain is one of `allowed` or a subdomain of one (case aside).

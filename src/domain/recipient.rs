@@ -14,6 +14,18 @@ use super::channel::Channel;
 #[serde(transparent)]
 pub struct EmailAddress(String);
 
+/// Whether every dot-separated label of `domain` is a DNS label: 1 to 63 letters, digits and
+/// hyphens, not starting or ending with a hyphen (letters of any script when `unicode`).
+pub fn labels_ok(domain: &str, unicode: bool) -> bool {
+    domain.split('.').all(|l| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| (if unicode { c.is_alphanumeric() } else { c.is_ascii_alphanumeric() }) || c == '-')
+    })
+}
+
 impl EmailAddress {
     pub fn parse(raw: &str) -> Result<Self, String> {
         let s = raw.trim();
@@ -29,15 +41,7 @@ impl EmailAddress {
             && !local.ends_with('.')
             && !local.contains("..")
             && local.chars().all(|c| c.is_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c));
-        let labels: Vec<&str> = domain.split('.').collect();
-        let domain_ok = labels.len() >= 2
-            && labels.iter().all(|l| {
-                !l.is_empty()
-                    && l.len() <= 63
-                    && !l.starts_with('-')
-                    && !l.ends_with('-')
-                    && l.chars().all(|c| c.is_alphanumeric() || c == '-')
-            });
+        let domain_ok = domain.contains('.') && labels_ok(domain, true);
         if !local_ok || !domain_ok {
             return Err("expected an email address such as alice@example.com".into());
         }

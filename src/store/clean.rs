@@ -8,6 +8,8 @@ use std::borrow::Cow;
 
 use serde_json::{Map, Value};
 
+use crate::domain::content::has_nul;
+
 const REPLACEMENT: &str = "\u{FFFD}";
 
 /// `s` with every NUL replaced.
@@ -18,15 +20,6 @@ pub fn text(s: &str) -> Cow<'_, str> {
 /// `v` with every NUL replaced, in strings and in object keys.
 pub fn json(v: &Value) -> Cow<'_, Value> {
     if has_nul(v) { Cow::Owned(cleaned(v)) } else { Cow::Borrowed(v) }
-}
-
-fn has_nul(v: &Value) -> bool {
-    match v {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(a) => a.iter().any(has_nul),
-        Value::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
-        _ => false,
-    }
 }
 
 fn cleaned(v: &Value) -> Value {

@@ -90,6 +90,24 @@ impl TestApp {
         TestApp { app, addr, smtp, client: reqwest::Client::new(), db_name, admin_url }
     }
 
+    /// Herald with SMS going to a `webhook` provider whose endpoint is a fake gateway that
+    /// records every call (and answers as planned).
+    pub async fn with_gateway() -> (TestApp, crate::fake_http::FakeHttp) {
+        let fake = crate::fake_http::FakeHttp::receiver().await;
+        let url = format!("{}/gateway", fake.origin);
+        let secret = herald::domain::webhook::new_signing_secret();
+        let t = TestApp::spawn_with(move |s| {
+            let p = herald::providers::webhook::Config {
+                url: url.parse().expect("url"),
+                signing_secret: herald::config::Secret::new(secret),
+            };
+            s.providers.insert("gateway".into(), p.into());
+            s.channels.sms.providers = vec!["gateway".into()];
+        })
+        .await;
+        (t, fake)
+    }
+
     pub fn pool(&self) -> &PgPool {
         &self.app.pool
     }

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use herald::providers::webhook;
 use herald::store::keys::Scope;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -26,20 +25,6 @@ fn sms(text: &str) -> Value {
     json!({"channel": "sms", "to": "+14155550100", "content": {"text": text}})
 }
 
-/// Herald with SMS going to a `webhook` provider: a fake gateway that records every call.
-async fn gateway_app() -> (TestApp, FakeHttp) {
-    let fake = FakeHttp::receiver().await;
-    let url = format!("{}/gateway", fake.origin);
-    let secret = herald::domain::webhook::new_signing_secret();
-    let t = TestApp::spawn_with(move |s| {
-        let p = webhook::Config { url: url.parse().expect("url"), signing_secret: herald::config::Secret::new(secret) };
-        s.providers.insert("gateway".into(), p.into());
-        s.channels.sms.providers = vec!["gateway".into()];
-    })
-    .await;
-    (t, fake)
-}
-
 async fn statuses(t: &TestApp) -> Vec<String> {
     sqlx::query_scalar("SELECT status FROM notifications ORDER BY id").fetch_all(t.pool()).await.expect("statuses")
 }
@@ -50,7 +35,7 @@ async fn statuses(t: &TestApp) -> Vec<String> {
 /// never again, and nothing is left `sending`.
 #[tokio::test]
 async fn a_nul_in_a_providers_answer_fails_that_send_alone_and_is_recorded() {
-    let (t, gateway) = gateway_app().await;
+    let (t, gateway) = TestApp::with_gateway().await;
     gateway.plan(vec![(400, vec![], "bad\0request".into()); 5]);
     let a = t.key("a", SEND_READ).await;
     let b = t.key("b", SEND_READ).await;
@@ -82,7 +67,7 @@ async fn a_nul_in_a_providers_answer_fails_that_send_alone_and_is_recorded() {
 /// its attempt); every send is recorded once and none is made twice.
 #[tokio::test]
 async fn an_outcome_the_database_refuses_is_stored_without_the_providers_details() {
-    let (t, gateway) = gateway_app().await;
+    let (t, gateway) = TestApp::with_gateway().await;
     let huge: String = (0..320).map(|_| uuid::Uuid::new_v4().simple().to_string()).collect();
     gateway.plan(vec![(200, vec![("content-type", "application/json".into())], json!({"id": huge}).to_string())]);
     let key = t.key("a", SEND_READ).await;

@@ -1,6 +1,6 @@
 //! The operators' API: `POST /v1/notifications/{id}/retry` and `GET /v1/stats`.
 
-use herald::providers::{chaos, webhook};
+use herald::providers::chaos;
 use herald::store::keys::Scope;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -14,25 +14,11 @@ fn sms(text: &str) -> Value {
     json!({"channel": "sms", "to": "+14155550100", "content": {"text": text}})
 }
 
-/// Herald with SMS going to a `webhook` provider whose endpoint is a fake that records calls.
-async fn gateway_app() -> (TestApp, FakeHttp) {
-    let fake = FakeHttp::receiver().await;
-    let secret = herald::domain::webhook::new_signing_secret();
-    let url = format!("{}/gateway", fake.origin);
-    let t = TestApp::spawn_with(move |s| {
-        let p = webhook::Config { url: url.parse().expect("url"), signing_secret: herald::config::Secret::new(secret) };
-        s.providers.insert("gateway".into(), p.into());
-        s.channels.sms.providers = vec!["gateway".into()];
-    })
-    .await;
-    (t, fake)
-}
-
 /// A failed notification is requeued by an admin with a fresh attempt budget and a `retried`
 /// event, and is then sent; a key without `admin` may not, and a sent one cannot be retried.
 #[tokio::test]
 async fn an_admin_retries_a_failed_notification_and_it_is_sent() {
-    let (t, fake) = gateway_app().await;
+    let (t, fake) = TestApp::with_gateway().await;
     fake.plan(vec![(400, vec![], "bad number".into())]);
     let key = t.key("acme", SEND_READ).await;
     let admin = t.key("ops", &[Scope::Admin]).await;
@@ -265,7 +251,7 @@ async fn the_openapi_document_and_its_docs_page_are_served() {
 /// of its own. An invalid one is ignored, as the spec asks, and the request still succeeds.
 #[tokio::test]
 async fn a_traceparent_is_kept_and_continued_into_the_provider_call() {
-    let (t, fake) = gateway_app().await;
+    let (t, fake) = TestApp::with_gateway().await;
     let key = t.key("acme", SEND_READ).await;
     let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let post = |traceparent: &'static str| {

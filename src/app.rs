@@ -99,10 +99,13 @@ impl App {
         let db = &settings.database;
         let acquire_timeout = Duration::from_millis(db.acquire_timeout_ms);
         let invalid_url = |e: sqlx::Error| ConfigError::Invalid { key: "database.url".into(), message: e.to_string() };
-        let pool = store::pool(db.url.expose(), db.max_connections, acquire_timeout).map_err(invalid_url)?;
+        let pooler = db.transaction_pooler;
+        let pool = store::pool(db.url.expose(), db.max_connections, acquire_timeout, pooler).map_err(invalid_url)?;
         let dispatch_size = db.dispatch_pool_size(settings.dispatch.concurrency);
-        let dispatch_pool = store::pool(db.url.expose(), dispatch_size, acquire_timeout).map_err(invalid_url)?;
-        let read_pool = store::pool(db.url.expose(), db.read_max_connections, acquire_timeout).map_err(invalid_url)?;
+        let dispatch_pool =
+            store::pool(db.url.expose(), dispatch_size, acquire_timeout, pooler).map_err(invalid_url)?;
+        let read_pool =
+            store::pool(db.url.expose(), db.read_max_connections, acquire_timeout, pooler).map_err(invalid_url)?;
         let registry = Arc::new(settings.registry()?);
         let callbacks_http = crate::providers::public_net::client(settings.callbacks.allow_private_networks)
             .map_err(|e| AppError::Task(format!("cannot build the HTTP client for status callbacks: {e}")))?;
@@ -159,6 +162,33 @@ impl App {
         tokio::net::TcpListener::bind(addr).await.map_err(|source| AppError::Listen { addr: addr.clone(), source })
     }
 
+    /// Apply the migrations. They take a session-level advisory lock, which a transaction
+    /// pooler does not keep: behind one they go through `database.direct_url`, and without it
+    /// they are refused, saying how to run them.
+    pub async fn migrate(&self) -> Result<(), AppError> {
+        let db = &self.settings.database;
+        if !db.transaction_pooler {
+            return Ok(store::migrate(&self.pool).await?);
+        }
+        if db.direct_url.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "database.direct_url".into(),
+                message: "migrations need a direct connection to PostgreSQL, and database.url goes through a \
+                          transaction pooler (database.transaction_pooler): set database.direct_url, or set \
+                          database.migrate_on_start = false and run `herald migrate` with DATABASE_URL pointing at \
+                          PostgreSQL itself and HERALD__DATABASE__TRANSACTION_POOLER=false"
+                    .into(),
+            }
+            .into());
+        }
+        let timeout = Duration::from_millis(db.acquire_timeout_ms);
+        let direct = store::pool(db.direct_url.expose(), 1, timeout, false)
+            .map_err(|e| ConfigError::Invalid { key: "database.direct_url".into(), message: e.to_string() })?;
+        let done = store::migrate(&direct).await;
+        direct.close().await;
+        Ok(done?)
+    }
+
     /// Check that the database answers, before doing anything with it: a failure names the
     /// server, database and role that were tried (never the password) and what to do.
     pub async fn check_database(&self) -> Result<(), AppError> {
@@ -191,7 +221,7 @@ impl App {
     ) -> Result<(), AppError> {
         if self.settings.database.migrate_on_start {
             self.check_database().await?;
-            store::migrate(&self.pool).await?;
+            self.migrate().await?;
         }
         let api = if let Some(listener) = listener.filter(|_| roles.api) {
             info!(addr = %local_addr(&listener), "api listening");
@@ -258,7 +288,7 @@ pub async fn refresh_gauges_once(pool: &PgPool, registry: &Registry) -> Result<(
         crate::metrics::circuit(&route.name, route.breaker.is_open());
     }
     crate::metrics::upkeep();
-    let mut conn = pool.acquire().await?;
+    let mut conn = store::session(pool).await?;
     let lanes = store::stats::lanes(&mut conn, None).await?;
     let stuck = store::stats::stuck(&mut conn, None).await?;
     // Every lane, so that one that emptied reads 0 rather than its last depth.

@@ -210,11 +210,11 @@ pub async fn run(mut settings: Settings, throwaway_db: bool) -> Result<(), AppEr
     settings.database.migrate_on_start = false;
     let app = App::build(settings)?;
     app.check_database().await?;
-    crate::store::migrate(&app.pool).await?;
+    app.migrate().await?;
     // Bound before anything is printed: a taken port is an error, not a banner and then one.
     let listener = app.bind().await?;
     let base = format!("http://{}", listener.local_addr()?);
-    let mut conn = app.pool.acquire().await?;
+    let mut conn = crate::store::session(&app.pool).await?;
     let shared = !app.settings.callbacks.signing_secret.is_empty();
     keys::create_tenant_for(&mut conn, DEV_TENANT, shared).await?;
     let secret = match keys::tenant_secret(&mut conn, DEV_TENANT).await? {
@@ -231,7 +231,7 @@ pub async fn run(mut settings: Settings, throwaway_db: bool) -> Result<(), AppEr
     // A throwaway database is new on every start: there is no key worth keeping for it.
     let keep = if source == DbSource::Throwaway { None } else { key_file(app.settings.database.url.expose()) };
     let key = dev_key(&mut conn, keep.as_deref()).await?;
-    drop(conn);
+    conn.finish().await?;
     let database_url = redacted(app.settings.database.url.expose());
     let routes = Channel::ALL.map(|c| (c, app.settings.channels.get(c).providers.clone()));
     println!("{}", banner(&Banner { base: &base, key: &key, database_url: &database_url, source, secret, routes }));

@@ -209,13 +209,15 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
         Cmd::Worker => serve(&cli, &Listen { listen: None }, Roles { api: false, worker: true }).await,
         Cmd::Migrate => {
             let app = connected(&cli).await?;
-            store::migrate(&app.pool).await?;
+            app.migrate().await?;
             println!("migrations applied");
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Keys(cmd) => {
             let app = connected(&cli).await?;
-            let mut conn = app.pool.acquire().await?;
+            let mut conn = store::session(&app.pool).await?;
+            // What to print, once what it reports is committed (behind a pooler, at `finish`).
+            let mut out = Vec::new();
             match cmd {
                 KeysCmd::Create { tenant, scopes } => {
                     name_arg(tenant)?;
@@ -226,18 +228,20 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
                         )));
                     };
                     if let Some(secret) = new_tenant(&mut conn, &app.settings, tenant).await? {
-                        println!("created tenant {tenant}; its callback signing secret is shown only once:");
-                        println!("{secret}");
+                        out.push(format!("created tenant {tenant}; its callback signing secret is shown only once:"));
+                        out.push(secret);
                     }
                     let (id, key) = keys::create_key(&mut conn, tenant, &parsed).await?;
-                    println!("created key {id} for tenant {tenant} with scopes {scopes}; it is shown only once:");
-                    println!("{key}");
+                    out.push(format!(
+                        "created key {id} for tenant {tenant} with scopes {scopes}; it is shown only once:"
+                    ));
+                    out.push(key);
                 }
                 KeysCmd::List { tenant } => {
-                    println!("id\ttenant\tprefix\tscopes\tstate");
+                    out.push("id\ttenant\tprefix\tscopes\tstate".into());
                     for k in keys::list_keys(&mut conn, tenant.as_deref()).await? {
                         let state = if k.revoked_at.is_some() { "revoked" } else { "active" };
-                        println!("{}\t{}\t{}…\t{}\t{}", k.id, k.tenant, k.prefix, k.scopes.join(","), state);
+                        out.push(format!("{}\t{}\t{}…\t{}\t{}", k.id, k.tenant, k.prefix, k.scopes.join(","), state));
                     }
                 }
                 KeysCmd::Revoke { id } => {
@@ -247,8 +251,12 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
                     if !keys::revoke_key(&mut conn, id).await? {
                         return Err(AppError::Usage(format!("no active key {id}")));
                     }
-                    println!("revoked {id}");
+                    out.push(format!("revoked {id}"));
                 }
+            }
+            conn.finish().await?;
+            for line in out {
+                println!("{line}");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -272,7 +280,7 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
             if let Some(s) = signing_secret {
                 webhook::signing_key(s).map_err(|e| AppError::Usage(format!("--signing-secret: {e}")))?;
             }
-            let mut conn = app.pool.acquire().await?;
+            let mut conn = store::session(&app.pool).await?;
             // A new tenant gets a secret of its own (unless one is given or shared); a rotation
             // replaces it. Either is printed once: only Herald and the tenant hold it.
             let rotated = rotate_signing_secret.then(webhook::new_signing_secret);
@@ -296,11 +304,13 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
                 .filter_map(|(k, _)| send_limit::parse_quota_key(k).ok())
                 .map(|(c, _)| c)
                 .collect();
+            let mut woken = 0;
             if !channels.is_empty() {
-                let woken = tracking::wake_deferred(&mut conn, id, &channels).await?;
-                if woken > 0 {
-                    println!("{woken} deferred sends are due again under the new quota");
-                }
+                woken = tracking::wake_deferred(&mut conn, id, &channels).await?;
+            }
+            conn.finish().await?;
+            if woken > 0 {
+                println!("{woken} deferred sends are due again under the new quota");
             }
             let shown = rotated.or(created);
             println!("tenant {tenant} ({id}) updated");

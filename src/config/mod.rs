@@ -85,6 +85,12 @@ pub struct DatabaseSettings {
     /// The pool that stats, lists and the queue gauges read through, apart from the one that
     /// accepts notifications: reads can never take the connections that accepts need.
     pub read_max_connections: u32,
+    /// `url` is a transaction-mode pooler's (PgBouncer `pool_mode = transaction`, Amazon RDS
+    /// Proxy): no prepared statement survives a transaction, nor any session state.
+    pub transaction_pooler: bool,
+    /// A URL to PostgreSQL itself, bypassing the pooler, for `LISTEN` and migrations. Empty:
+    /// none (behind a pooler, wake-ups then poll and migrations are not run at start).
+    pub direct_url: Secret,
 }
 
 impl DatabaseSettings {
@@ -394,6 +400,13 @@ impl Settings {
         }
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be at least 1"));
+        }
+        let direct = self.database.direct_url.expose();
+        if !direct.is_empty() && direct.parse::<sqlx::postgres::PgConnectOptions>().is_err() {
+            return Err(invalid(
+                "database.direct_url",
+                "must be a PostgreSQL URL such as postgres://herald@db:5432/herald",
+            ));
         }
         if srv.group_commit_max_items == 0 || srv.group_commit_max_items > 10_000 {
             return Err(invalid("server.group_commit_max_items", "must be between 1 and 10000"));

@@ -88,8 +88,10 @@ impl Dispatcher {
     ) -> Outcome {
         let res = self
             .with_retries(lease, || async {
-                let mut conn = self.inner.pool.acquire().await?;
-                tracking::callback_attempted(&mut conn, lease, retry_in, detail.clone()).await
+                let mut conn = crate::store::session(&self.inner.pool).await?;
+                let done = tracking::callback_attempted(&mut conn, lease, retry_in, detail.clone()).await?;
+                conn.finish().await?;
+                Ok::<_, crate::store::StoreError>(done)
             })
             .await;
         match res {
@@ -103,7 +105,7 @@ impl Dispatcher {
     async fn send_callback(&self, cb: &ClaimedCallback, deadline: Option<Instant>) -> Delivery {
         let cfg = &self.inner.callbacks;
         let target = async {
-            let mut conn = self.inner.pool.acquire().await?;
+            let mut conn = crate::store::session(&self.inner.pool).await?;
             let Some((url, secret)) = tracking::callback_target(&mut conn, cb.notification_id).await? else {
                 return Ok(None);
             };

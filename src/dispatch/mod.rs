@@ -162,6 +162,18 @@ struct Inner {
     /// only to public addresses unless `callbacks.allow_private_networks`.
     http: reqwest::Client,
     worker_id: String,
+    /// Where wake-ups are listened for (see `listen_options`).
+    listen_url: Listen,
+}
+
+/// Where `LISTEN` connects.
+enum Listen {
+    /// The dispatcher's pool's database.
+    Pool,
+    /// PostgreSQL itself, past a transaction pooler (`database.direct_url`).
+    Direct(String),
+    /// Behind a pooler with no direct URL: nowhere.
+    Off,
 }
 
 impl Dispatcher {
@@ -200,8 +212,10 @@ impl Dispatcher {
                 let pool = early_pool.clone();
                 async move {
                     let res = async {
-                        let mut conn = pool.acquire().await?;
-                        tracking::receipt::apply_early(&mut conn, &items).await
+                        let mut conn = crate::store::session(&pool).await?;
+                        let done = tracking::receipt::apply_early(&mut conn, &items).await?;
+                        conn.finish().await?;
+                        Ok::<_, StoreError>(done)
                     }
                     .await;
                     if let Err(e) = res {
@@ -231,6 +245,11 @@ impl Dispatcher {
                 callbacks: settings.callbacks.clone(),
                 http,
                 worker_id,
+                listen_url: match (settings.database.transaction_pooler, settings.database.direct_url.is_empty()) {
+                    (false, _) => Listen::Pool,
+                    (true, false) => Listen::Direct(settings.database.direct_url.expose().to_owned()),
+                    (true, true) => Listen::Off,
+                },
             }),
         }
     }
@@ -324,7 +343,7 @@ impl Dispatcher {
         // outcomes are still being written (claim and completion statements overlap).
         let slots = Arc::new(Semaphore::new(s.concurrency * HELD_PER_SEND_SLOT));
         let mut in_flight: JoinSet<Outcome> = JoinSet::new();
-        let mut wake = Wake::new(&self.inner.pool, s.listen_notify).await;
+        let mut wake = Wake::new(self.listen_options()).await;
         let rescue_every = Duration::from_millis(s.rescue_interval_ms);
         let mut next_rescue = Instant::now();
         let poll = Duration::from_millis(s.poll_interval_ms);
@@ -463,8 +482,10 @@ impl Dispatcher {
         let cb_room = i64::try_from(cb.concurrency).unwrap_or(i64::MAX).saturating_sub(total).clamp(0, limit);
         lanes.push(Lane::callbacks(cb_room, i64::try_from(cb.per_tenant_concurrency).unwrap_or(i64::MAX)));
         let bounds = Bounds { limit, bytes: room.max(1), busy: &busy };
-        let mut conn = self.inner.pool.acquire().await?;
+        // Committed before any of it is sent (behind a pooler the session is a transaction).
+        let mut conn = crate::store::session(&self.inner.pool).await?;
         let work = tracking::claim_within(&mut conn, &lanes, bounds, lease, &self.inner.worker_id).await?;
+        conn.finish().await?;
         for w in &work {
             match w {
                 Claimed::Send(job) => {
@@ -478,6 +499,30 @@ impl Dispatcher {
             debug!(claimed = work.len(), "claimed jobs");
         }
         Ok(work)
+    }
+
+    /// Where `LISTEN` connects: the dispatcher's own database, or behind a transaction pooler
+    /// `database.direct_url` (without it, none: wake-ups poll).
+    fn listen_options(&self) -> Option<sqlx::postgres::PgConnectOptions> {
+        if !self.inner.settings.listen_notify {
+            return None;
+        }
+        match &self.inner.listen_url {
+            Listen::Pool => Some((*self.inner.pool.connect_options()).clone()),
+            Listen::Direct(url) => match url.parse() {
+                Ok(o) => Some(o),
+                Err(e) => {
+                    warn!(error = %e, "database.direct_url cannot be read; wake-ups poll");
+                    None
+                }
+            },
+            Listen::Off => {
+                info!(
+                    "behind a transaction pooler without database.direct_url: no LISTEN, wake-ups poll every dispatch.poll_interval_ms"
+                );
+                None
+            }
+        }
     }
 
     fn callbacks_in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, i64>> {
@@ -516,15 +561,19 @@ impl Dispatcher {
 /// Any other failure is each caller's to retry (`with_retries`), in a later batch.
 async fn write_completions(pool: &PgPool, items: &[Completion]) -> Vec<Result<Applied, StoreError>> {
     let whole = async {
-        let mut conn = pool.acquire().await?;
-        tracking::complete(&mut conn, items).await
+        let mut conn = crate::store::session(&pool).await?;
+        let done = tracking::complete(&mut conn, items).await?;
+        conn.finish().await?;
+        Ok::<_, StoreError>(done)
     }
     .await;
     let mut results = crate::store::isolating(items, whole, |chunk| {
         let pool = pool.clone();
         Box::pin(async move {
-            let mut conn = pool.acquire().await?;
-            tracking::complete(&mut conn, chunk).await
+            let mut conn = crate::store::session(&pool).await?;
+            let done = tracking::complete(&mut conn, chunk).await?;
+            conn.finish().await?;
+            Ok::<_, StoreError>(done)
         })
     })
     .await;
@@ -536,8 +585,10 @@ async fn write_completions(pool: &PgPool, items: &[Completion]) -> Vec<Result<Ap
         warn!(error = %e, notification.id = %item.lease.notification_id, "an outcome could not be stored as it was; storing it without the provider's details");
         let plain = item.plain(&e.to_string());
         *result = async {
-            let mut conn = pool.acquire().await?;
-            tracking::complete(&mut conn, std::slice::from_ref(&plain)).await
+            let mut conn = crate::store::session(&pool).await?;
+            let done = tracking::complete(&mut conn, std::slice::from_ref(&plain)).await?;
+            conn.finish().await?;
+            Ok::<_, StoreError>(done)
         }
         .await
         .and_then(|mut a| a.pop().ok_or_else(|| StoreError::Corrupt("no result for an outcome".into())));

@@ -22,8 +22,11 @@ impl Dispatcher {
     /// dead push token). Best effort: the failure itself is recorded either way.
     pub(super) async fn suppress(&self, job: &ClaimedJob, reason: &str, provider: &str) {
         let res = async {
-            let mut conn = self.inner.pool.acquire().await?;
-            suppressions::add(&mut conn, job.tenant_id, job.channel, &job.recipient_key, reason, provider).await
+            let mut conn = crate::store::session(&self.inner.pool).await?;
+            let done =
+                suppressions::add(&mut conn, job.tenant_id, job.channel, &job.recipient_key, reason, provider).await?;
+            conn.finish().await?;
+            Ok::<_, StoreError>(done)
         }
         .await;
         match res {
@@ -38,8 +41,10 @@ impl Dispatcher {
         debug!(delay_ms = delay.as_millis() as u64, reason, "putting the job back");
         let res = self
             .with_retries(lease, || async {
-                let mut conn = self.inner.pool.acquire().await?;
-                tracking::release(&mut conn, lease, delay, Some(reason)).await
+                let mut conn = crate::store::session(&self.inner.pool).await?;
+                let done = tracking::release(&mut conn, lease, delay, Some(reason)).await?;
+                conn.finish().await?;
+                Ok::<_, StoreError>(done)
             })
             .await;
         match res {
@@ -60,8 +65,10 @@ impl Dispatcher {
         debug!(reason = held.limit.scope.reason(), until = %rfc3339(held.until), "deferring the send");
         let res = self
             .with_retries(lease, || async {
-                let mut conn = self.inner.pool.acquire().await?;
-                tracking::defer(&mut conn, lease, held.until, &detail).await
+                let mut conn = crate::store::session(&self.inner.pool).await?;
+                let done = tracking::defer(&mut conn, lease, held.until, &detail).await?;
+                conn.finish().await?;
+                Ok::<_, StoreError>(done)
             })
             .await;
         match res {

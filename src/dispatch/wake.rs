@@ -1,7 +1,8 @@
-//! Dispatcher wake-ups by `LISTEN/NOTIFY`.
+//! Dispatcher wake-ups by `LISTEN/NOTIFY`. `LISTEN` is session state, which a transaction
+//! pooler does not keep: behind one it goes to `database.direct_url`, or is off (polling).
 
 use sqlx::PgPool;
-use sqlx::postgres::{PgListener, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use tracing::warn;
 
 use crate::store::WAKE_CHANNEL;
@@ -16,8 +17,11 @@ pub(super) struct Wake {
 }
 
 impl Wake {
-    pub(super) async fn new(pool: &PgPool, enabled: bool) -> Self {
-        let own = PgPoolOptions::new().max_connections(1).connect_lazy_with((*pool.connect_options()).clone());
+    /// Listen on a connection made with `options`; `None`: no wake-ups, polling only.
+    pub(super) async fn new(options: Option<PgConnectOptions>) -> Self {
+        let enabled = options.is_some();
+        let options = options.unwrap_or_default();
+        let own = PgPoolOptions::new().max_connections(1).connect_lazy_with(options);
         let mut w = Wake { listener: None, pool: own, enabled };
         w.reconnect_if_lost().await;
         w

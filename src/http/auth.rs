@@ -40,7 +40,7 @@ impl FromRequestParts<AppState> for Caller {
         let caller = match state.keys.get(&hash) {
             Some(caller) => caller,
             None => {
-                let mut conn = state.pool.acquire().await.map_err(crate::store::StoreError::from)?;
+                let mut conn = crate::store::session(&state.pool).await?;
                 let caller = keys::authenticate(&mut conn, key)
                     .await?
                     .ok_or_else(|| ApiError::unauthorized("the API key is unknown or revoked"))?;

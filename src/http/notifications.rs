@@ -36,7 +36,7 @@ const MAX_LIMIT: i64 = 500;
 const PAGE_BYTES: i64 = 4 * 1024 * 1024;
 
 async fn load(state: &AppState, id: NotificationId, caller: &Caller) -> Result<NotificationView, ApiError> {
-    let mut conn = state.pool.acquire().await.map_err(crate::store::StoreError::from)?;
+    let mut conn = crate::store::session(&state.pool).await?;
     let record = store::get(&mut conn, id, caller.tenant_filter())
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no notification {id}")))?;

@@ -72,7 +72,7 @@ pub(super) async fn list(
     let after = paging::cursor(&params, |b| {
         String::from_utf8(b).ok().and_then(|s| s.split_once('\n').map(|(a, b)| (a.to_owned(), b.to_owned())))
     })?;
-    let mut conn = state.pool.acquire().await.map_err(crate::store::StoreError::from)?;
+    let mut conn = crate::store::session(&state.pool).await?;
     let rows = suppressions::list(&mut conn, caller.tenant_id, channel, after, limit + 1).await?;
     let (rows, next) = paging::page(rows, limit, |s| format!("{}\n{}", s.channel, s.recipient));
     Ok(Json(SuppressionPage { items: rows.into_iter().map(Into::into).collect(), next_cursor: next }))
@@ -121,10 +121,11 @@ pub(super) async fn create(State(state): State<AppState>, caller: Caller, body: 
     let (Some(channel), Some(recipient), true) = (channel, recipient, errors.is_empty()) else {
         return Err(ApiError::validation(errors));
     };
-    let mut conn = state.pool.acquire().await.map_err(crate::store::StoreError::from)?;
+    let mut conn = crate::store::session(&state.pool).await?;
     let created = suppressions::add(&mut conn, caller.tenant_id, channel, &recipient, &reason, "api").await?;
     let row =
         suppressions::get(&mut conn, caller.tenant_id, channel, &recipient).await?.ok_or_else(ApiError::internal)?;
+    conn.finish().await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(SuppressionView::from(row))).into_response())
 }
@@ -141,8 +142,10 @@ pub(super) async fn delete(
     require(&caller, Scope::Send)?;
     let channel = channel_param(&channel)?;
     let key = recipient_key(Some(channel), &recipient).unwrap_or(recipient);
-    let mut conn = state.pool.acquire().await.map_err(crate::store::StoreError::from)?;
-    if suppressions::remove(&mut conn, caller.tenant_id, channel, &key).await? {
+    let mut conn = crate::store::session(&state.pool).await?;
+    let removed = suppressions::remove(&mut conn, caller.tenant_id, channel, &key).await?;
+    conn.finish().await?;
+    if removed {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("{key} is not suppressed on {channel}")))

@@ -141,7 +141,7 @@ pub(super) async fn get(
         return Err(ApiError::bad_parameter(unknown, "unknown parameter; known: version"));
     }
     let version = version_param(&params)?;
-    let mut conn = state.pool.acquire().await.map_err(crate::store::StoreError::from)?;
+    let mut conn = crate::store::session(&state.pool).await?;
     let found =
         store::get(&mut conn, caller.tenant_id, &name, version).await?.ok_or_else(|| not_found(&name, version))?;
     Ok(Json(found.into()))
@@ -187,7 +187,7 @@ pub(super) async fn list(
     }
     let limit = paging::limit(&params, DEFAULT_LIMIT, MAX_LIMIT)?;
     let after = paging::cursor(&params, |b| String::from_utf8(b).ok().filter(|n| template::valid_name(n)))?;
-    let mut conn = state.pool.acquire().await.map_err(crate::store::StoreError::from)?;
+    let mut conn = crate::store::session(&state.pool).await?;
     let rows = store::list(&mut conn, caller.tenant_id, after.as_deref(), limit + 1).await?;
     let (rows, next_cursor) = paging::page(rows, limit, |r| r.latest.name.clone());
     let items = rows
@@ -230,7 +230,7 @@ pub(super) async fn preview(
     let body = if body.is_empty() { json!({}) } else { json_body(&body)? };
     refuse_nul(&body)?;
     let request = PreviewArgs::parse(&body).map_err(ApiError::validation)?;
-    let mut conn = state.pool.acquire().await.map_err(crate::store::StoreError::from)?;
+    let mut conn = crate::store::session(&state.pool).await?;
     let found = store::get(&mut conn, caller.tenant_id, &name, request.version)
         .await?
         .ok_or_else(|| not_found(&name, request.version))?;

@@ -191,7 +191,7 @@ async fn settle(pool: &PgPool, ids: &[Uuid]) -> StoreResult<HashMap<Uuid, Status
 }
 
 async fn settle_once(pool: &PgPool, ids: &[Uuid]) -> StoreResult<HashMap<Uuid, Status>> {
-    let mut tx = pool.begin().await?;
+    let mut tx = super::begin(pool).await?;
     let _absent: Vec<Uuid> = sqlx::query_scalar(
         "INSERT INTO notifications (id, tenant_id, channel, recipient, recipient_key, content, status, priority,
                                     created_at, updated_at)
@@ -267,13 +267,15 @@ async fn try_batch(pool: &PgPool, items: &[Submission], notify: bool) -> StoreRe
     let (earlier, written) = if keyed.is_empty() {
         // One statement is atomic on its own: no transaction needed. Once it went out, a lost
         // connection leaves its outcome unknown.
-        let mut conn = pool.acquire().await?;
+        // (Behind a pooler the session is a transaction, and its commit is the point of no return.)
+        let mut conn = super::session(pool).await?;
         let earlier = HashMap::new();
         let written = insert(&mut conn, &to_write(&earlier), notify).await.map_err(unknown_if_ambiguous)?;
+        conn.finish().await.map_err(unknown_if_ambiguous)?;
         (earlier, written)
     } else {
         // Before `COMMIT` a lost connection rolls the transaction back; during it, who knows.
-        let mut tx = pool.begin().await?;
+        let mut tx = super::begin(pool).await?;
         let earlier = claim_keys(&mut tx, items, &keyed).await?;
         let written = insert(&mut tx, &to_write(&earlier), notify).await?;
         tx.commit().await.map_err(|e| unknown_if_ambiguous(e.into()))?;
@@ -336,7 +338,7 @@ pub async fn earlier_use(
     )
     .bind(tenant.as_uuid())
     .bind(key)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *super::session(pool).await?)
     .await?;
     Ok(row.map(|(hash, id, status)| {
         if hash == request_hash {

@@ -18,6 +18,7 @@ use crate::domain::{Channel, TenantId};
 /// Count one request of `tenant` in the current second; the count so far, this one included.
 /// The tenant's windows older than a few seconds go in the same statement.
 pub async fn count_request(pool: &PgPool, tenant: TenantId) -> StoreResult<i64> {
+    let mut s = super::session(pool).await?;
     let n: i32 = sqlx::query_scalar(
         "WITH gone AS (
              DELETE FROM api_request_windows
@@ -29,14 +30,16 @@ pub async fn count_request(pool: &PgPool, tenant: TenantId) -> StoreResult<i64> 
          RETURNING requests",
     )
     .bind(tenant.as_uuid())
-    .fetch_one(pool)
+    .fetch_one(&mut *s)
     .await?;
+    s.finish().await?;
     Ok(i64::from(n))
 }
 
 /// The tenants that have send quotas of their own (`tenants set --quota`), with them.
 pub async fn tenant_quotas(pool: &PgPool) -> StoreResult<HashMap<TenantId, Quotas>> {
-    let rows = sqlx::query("SELECT id, send_quotas FROM tenants WHERE send_quotas <> '{}'").fetch_all(pool).await?;
+    let mut s = super::session(pool).await?;
+    let rows = sqlx::query("SELECT id, send_quotas FROM tenants WHERE send_quotas <> '{}'").fetch_all(&mut *s).await?;
     let mut out = HashMap::with_capacity(rows.len());
     for r in &rows {
         let quotas = Quotas::from_json(&r.try_get::<serde_json::Value, _>("send_quotas")?);
@@ -81,7 +84,7 @@ pub async fn take_send_slot(
     let subjects: Vec<&str> =
         limits.iter().map(|l| if l.scope == LimitScope::Recipient { subject } else { "" }).collect();
     let secs: Vec<i64> = limits.iter().map(|l| i64::try_from(l.window_secs).unwrap_or(i64::MAX)).collect();
-    let mut tx = pool.begin().await?;
+    let mut tx = super::begin(pool).await?;
     let rows = sqlx::query(
         "WITH w AS (
              SELECT scope, subject, secs, ord,

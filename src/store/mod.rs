@@ -20,8 +20,9 @@ pub mod tracking;
 
 use std::time::Duration;
 
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, migrate::Migrator};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction, migrate::Migrator};
 
 pub use notifications::{EventRecord, NotificationRecord};
 
@@ -191,20 +192,94 @@ pub fn connect_problem(url: &str, e: &sqlx::Error) -> Option<String> {
     ))
 }
 
+/// The application name of connections that go through a transaction pooler
+/// (`database.transaction_pooler`): what `session` and `begin` tell such a pool by.
+const POOLED_NAME: &str = "herald (transaction pooler)";
+
 /// Build a pool that connects on first use, so a process can start (and answer `/healthz`)
-/// before the database is reachable; `/readyz` reports whether it is.
-pub fn pool(url: &str, max_connections: u32, acquire_timeout: Duration) -> Result<PgPool, sqlx::Error> {
+/// before the database is reachable; `/readyz` reports whether it is. `pooler`: the URL is a
+/// transaction-mode pooler's (PgBouncer `pool_mode = transaction`, Amazon RDS Proxy), so no
+/// prepared statement is cached (see `session`).
+pub fn pool(url: &str, max_connections: u32, acquire_timeout: Duration, pooler: bool) -> Result<PgPool, sqlx::Error> {
     let opts: PgConnectOptions = url.parse()?;
-    let opts = opts.application_name("herald");
+    let opts = if pooler {
+        opts.application_name(POOLED_NAME).statement_cache_capacity(0)
+    } else {
+        opts.application_name("herald")
+    };
     Ok(PgPoolOptions::new().max_connections(max_connections).acquire_timeout(acquire_timeout).connect_lazy_with(opts))
+}
+
+/// Whether `pool` goes through a transaction pooler (built by `pool` with `pooler`).
+pub fn is_pooled(pool: &PgPool) -> bool {
+    pool.connect_options().get_application_name() == Some(POOLED_NAME)
+}
+
+/// A connection to run statements on. Directly connected, it is a pooled connection and each
+/// statement commits on its own. Through a transaction pooler, a transaction pooler hands each
+/// transaction to any server connection, and sqlx runs a statement with parameters as two
+/// exchanges (prepare, then bind and execute), between which the pooler may switch servers:
+/// another client's statement would then run with our parameters (seen with PgBouncer 1.18).
+/// So there a session is a transaction, which pins one server connection until it ends, and
+/// which starts by dropping the prepared statements any earlier transaction left on that
+/// server (statements are never cached through a pooler, so none is reused): `finish` commits.
+pub enum Session {
+    Direct(PoolConnection<Postgres>),
+    Pinned(Transaction<'static, Postgres>),
+}
+
+/// What a transaction begins with through a pooler (see `Session`).
+const PINNED_BEGIN: &str = "BEGIN; DEALLOCATE ALL";
+
+pub async fn session(pool: &PgPool) -> StoreResult<Session> {
+    Ok(if is_pooled(pool) {
+        Session::Pinned(pool.begin_with(PINNED_BEGIN).await?)
+    } else {
+        Session::Direct(pool.acquire().await?)
+    })
+}
+
+impl Session {
+    /// Commit what the session wrote (through a pooler: until then nothing is committed). A
+    /// session dropped without it is rolled back through a pooler, so writes must `finish`.
+    pub async fn finish(self) -> StoreResult<()> {
+        match self {
+            Session::Direct(_) => Ok(()),
+            Session::Pinned(tx) => Ok(tx.commit().await?),
+        }
+    }
+}
+
+impl std::ops::Deref for Session {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        match self {
+            Session::Direct(c) => c,
+            Session::Pinned(t) => t,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Session {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        match self {
+            Session::Direct(c) => c,
+            Session::Pinned(t) => t,
+        }
+    }
+}
+
+/// A transaction, safe behind a transaction pooler (see `Session`).
+pub async fn begin(pool: &PgPool) -> StoreResult<Transaction<'static, Postgres>> {
+    Ok(if is_pooled(pool) { pool.begin_with(PINNED_BEGIN).await? } else { pool.begin().await? })
 }
 
 /// A transaction for reads that may be slow (stats, lists), whose statements are cancelled past
 /// `timeout` (SQLSTATE 57014). `SET LOCAL` lasts for the transaction only, so it is safe
 /// behind a transaction-mode pooler. Dropped without a commit, it is rolled back: nothing to
 /// keep.
-pub async fn read_tx(pool: &PgPool, timeout: Duration) -> StoreResult<sqlx::Transaction<'static, sqlx::Postgres>> {
-    let mut tx = pool.begin().await?;
+pub async fn read_tx(pool: &PgPool, timeout: Duration) -> StoreResult<Transaction<'static, Postgres>> {
+    let mut tx = begin(pool).await?;
     sqlx::query("SELECT set_config('statement_timeout', $1, true)")
         .bind(format!("{}ms", timeout.as_millis().max(1)))
         .execute(&mut *tx)
@@ -219,8 +294,9 @@ pub async fn migrate(pool: &PgPool) -> StoreResult<()> {
 
 /// Readiness: the database answers and every embedded migration has been applied.
 pub async fn migrations_current(pool: &PgPool) -> StoreResult<bool> {
+    let mut s = session(pool).await?;
     let applied: Vec<i64> =
-        match sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success").fetch_all(pool).await {
+        match sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success").fetch_all(&mut *s).await {
             Ok(v) => v,
             // No migrations table yet: reachable, but not migrated.
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => return Ok(false),

@@ -238,7 +238,7 @@ pub async fn list(conn: &mut PgConnection, f: &ListFilter) -> StoreResult<(Vec<N
 pub async fn channel_of(pool: &PgPool, id: NotificationId) -> StoreResult<Option<Channel>> {
     let channel: Option<String> = sqlx::query_scalar("SELECT channel FROM notifications WHERE id = $1")
         .bind(id.as_uuid())
-        .fetch_optional(pool)
+        .fetch_optional(&mut *super::session(pool).await?)
         .await?;
     Ok(channel.as_deref().and_then(Channel::parse))
 }

@@ -32,6 +32,7 @@ pub enum ReceiptOutcome {
 /// (a provider's redelivery) is fine: the inbox dedupes it.
 pub async fn bind_token(pool: &PgPool, provider: &str, token: &str, dedupe_key: &str) -> StoreResult<bool> {
     let (token, dedupe_key) = (clean::text(token), clean::text(dedupe_key));
+    let mut s = super::session(pool).await?;
     let bound: String = sqlx::query_scalar(
         "WITH ins AS (
              INSERT INTO receipt_tokens (provider, token, dedupe_key) VALUES ($1, $2, $3)
@@ -45,15 +46,16 @@ pub async fn bind_token(pool: &PgPool, provider: &str, token: &str, dedupe_key: 
     .bind(provider)
     .bind(token.as_ref())
     .bind(dedupe_key.as_ref())
-    .fetch_one(pool)
+    .fetch_one(&mut *s)
     .await?;
+    s.finish().await?;
     Ok(bound == dedupe_key)
 }
 
 pub async fn apply(pool: &PgPool, provider: &str, r: &Receipt) -> StoreResult<ReceiptOutcome> {
     // What a provider sent (a bounce reason echoing a remote server) may hold a NUL.
     let r = &storable(r);
-    let mut tx = pool.begin().await?;
+    let mut tx = super::begin(pool).await?;
     // `suppress` is kept so that a receipt applied later (see `tracking::receipt`) still adds
     // its suppression.
     let payload = json!({"status": r.status.map(Status::as_str), "detail": r.detail, "suppress": r.suppress});
@@ -86,7 +88,7 @@ pub async fn apply(pool: &PgPool, provider: &str, r: &Receipt) -> StoreResult<Re
         // The send may have been recorded since the lookup: if so, apply the receipt now (it
         // is taken by one of this and the record of the send, never both).
         if let Target::ProviderMessageId(pmid) = &r.target {
-            let mut conn = pool.acquire().await?;
+            let mut conn = super::session(pool).await?;
             if let Some(id) = by_message_id(&mut conn, provider, pmid).await? {
                 let sent = receipt::Recorded {
                     notification_id: id,
@@ -94,6 +96,7 @@ pub async fn apply(pool: &PgPool, provider: &str, r: &Receipt) -> StoreResult<Re
                     provider_message_id: Some(pmid.clone()),
                 };
                 let early = receipt::apply_early(&mut conn, &[sent]).await?;
+                conn.finish().await?;
                 if early.applied > 0 {
                     return Ok(ReceiptOutcome::Recorded { changed: early.changed > 0, traceparent: None });
                 }
@@ -142,6 +145,7 @@ fn storable(r: &Receipt) -> Receipt {
 /// applied and acknowledged, and this one is there to look at until retention.
 pub async fn keep_malformed(pool: &PgPool, provider: &str, r: &Receipt, error: &str) -> StoreResult<()> {
     let payload = json!({"malformed": clean::text(error), "provider_status": clean::text(&r.provider_status)});
+    let mut s = super::session(pool).await?;
     sqlx::query(
         "INSERT INTO receipts (provider, dedupe_key, provider_status, payload) VALUES ($1, $2, 'malformed', $3)
          ON CONFLICT DO NOTHING",
@@ -149,8 +153,9 @@ pub async fn keep_malformed(pool: &PgPool, provider: &str, r: &Receipt, error: &
     .bind(provider)
     .bind(format!("malformed:{}", crate::receipts::hashed_key(&[&r.dedupe_key])))
     .bind(payload)
-    .execute(pool)
+    .execute(&mut *s)
     .await?;
+    s.finish().await?;
     Ok(())
 }
 
@@ -166,11 +171,12 @@ async fn by_message_id(conn: &mut PgConnection, provider: &str, pmid: &str) -> S
 
 /// For tests and operators: unmatched receipts kept in the inbox.
 pub async fn unmatched(pool: &PgPool, provider: &str) -> StoreResult<Vec<Value>> {
+    let mut s = super::session(pool).await?;
     let rows = sqlx::query(
         "SELECT payload FROM receipts WHERE provider = $1 AND notification_id IS NULL ORDER BY received_at",
     )
     .bind(provider)
-    .fetch_all(pool)
+    .fetch_all(&mut *s)
     .await?;
     rows.iter().map(|r| Ok(r.try_get("payload")?)).collect()
 }

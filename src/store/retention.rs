@@ -118,7 +118,7 @@ pub async fn prune(pool: &PgPool, notifications_days: u32, idempotency_hours: u3
     ];
     for mut step in steps {
         for _ in 0..MAX_BATCHES {
-            let mut tx = pool.begin().await?;
+            let mut tx = super::begin(pool).await?;
             let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext('herald:retention'))")
                 .fetch_one(&mut *tx)
                 .await?;

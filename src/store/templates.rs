@@ -13,7 +13,7 @@ use crate::domain::template::{Book, Template, Version};
 /// Add a version of `name` (the first creates the template); returns it.
 pub async fn put(pool: &PgPool, tenant: TenantId, name: &str, template: &Template) -> StoreResult<Version> {
     let body = serde_json::to_value(template).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let mut tx = pool.begin().await?;
+    let mut tx = super::begin(pool).await?;
     let version: i32 = sqlx::query_scalar(
         "INSERT INTO templates (tenant_id, name, latest) VALUES ($1, $2, 1)
          ON CONFLICT (tenant_id, name) DO UPDATE SET latest = templates.latest + 1, updated_at = now()
@@ -83,7 +83,7 @@ pub async fn book(pool: &PgPool, tenant: TenantId, wanted: &[(String, Option<i32
     .bind(tenant.as_uuid())
     .bind(wanted.iter().map(|w| w.0.as_str()).collect::<Vec<_>>())
     .bind(wanted.iter().map(|w| w.1).collect::<Vec<_>>())
-    .fetch_all(pool)
+    .fetch_all(&mut *super::session(pool).await?)
     .await?;
     for r in &rows {
         let ord: i64 = r.try_get("ord")?;

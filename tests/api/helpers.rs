@@ -81,7 +81,7 @@ impl TestApp {
         configure(&mut settings);
 
         let app = App::build(settings).expect("build app");
-        herald::store::migrate(&app.pool).await.expect("migrate");
+        app.migrate().await.expect("migrate");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = format!("http://{}", listener.local_addr().expect("addr"));
         let router = herald::http::router(app.state());

@@ -185,7 +185,7 @@ pub async fn wake_deferred(conn: &mut PgConnection, tenant: TenantId, channels: 
 /// transaction-scoped advisory lock so that many replicas do not rescue at once; returns how
 /// many jobs were rescued. The rescued row gets a new claim (and token) before anyone sends.
 pub async fn rescue_expired(pool: &PgPool, limit: i64) -> StoreResult<u64> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::store::begin(pool).await?;
     let got: bool =
         sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext('herald:rescue'))").fetch_one(&mut *tx).await?;
     if !got {
@@ -245,7 +245,7 @@ pub async fn cancel(
     tenant: Option<TenantId>,
     by: &str,
 ) -> StoreResult<CancelOutcome> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::store::begin(pool).await?;
     // Jobs row first (lock order). A job being sent is `running` and is not deleted; the
     // re-check of `state` after a concurrent claim makes this race-free.
     let deleted = sqlx::query(
@@ -319,6 +319,7 @@ pub async fn retry(
     max_attempts: i32,
 ) -> StoreResult<RetryOutcome> {
     // The plain reads below see the statement's snapshot: the status before the update.
+    let mut s = crate::store::session(pool).await?;
     let row = sqlx::query(
         "WITH upd AS (
              UPDATE notifications
@@ -347,8 +348,9 @@ pub async fn retry(
     .bind(by)
     .bind(Priority::ALL.map(Priority::as_str))
     .bind(Priority::ALL.map(Priority::lane))
-    .fetch_one(pool)
+    .fetch_one(&mut *s)
     .await?;
+    s.finish().await?;
     let retried: i64 = row.try_get("retried")?;
     let status: Option<String> = row.try_get("status")?;
     Ok(match (retried, status.as_deref().and_then(Status::parse)) {

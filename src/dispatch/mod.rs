@@ -561,7 +561,7 @@ impl Dispatcher {
 /// Any other failure is each caller's to retry (`with_retries`), in a later batch.
 async fn write_completions(pool: &PgPool, items: &[Completion]) -> Vec<Result<Applied, StoreError>> {
     let whole = async {
-        let mut conn = crate::store::session(&pool).await?;
+        let mut conn = crate::store::session(pool).await?;
         let done = tracking::complete(&mut conn, items).await?;
         conn.finish().await?;
         Ok::<_, StoreError>(done)
@@ -585,7 +585,7 @@ async fn write_completions(pool: &PgPool, items: &[Completion]) -> Vec<Result<Ap
         warn!(error = %e, notification.id = %item.lease.notification_id, "an outcome could not be stored as it was; storing it without the provider's details");
         let plain = item.plain(&e.to_string());
         *result = async {
-            let mut conn = crate::store::session(&pool).await?;
+            let mut conn = crate::store::session(pool).await?;
             let done = tracking::complete(&mut conn, std::slice::from_ref(&plain)).await?;
             conn.finish().await?;
             Ok::<_, StoreError>(done)

@@ -12,6 +12,7 @@ mod ingest;
 mod isolation;
 mod notifications;
 mod ops;
+mod pooler;
 mod process;
 mod props;
 mod provider_settings;

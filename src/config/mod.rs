@@ -284,6 +284,9 @@ pub struct TracingSettings {
 #[serde(deny_unknown_fields)]
 pub struct LambdaSettings {
     pub deadline_margin_ms: u64,
+    /// The time a worker invocation drains for when its deadline cannot be right (absent, past
+    /// already, or more than 15 minutes ahead: local emulators send such).
+    pub fallback_budget_ms: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]

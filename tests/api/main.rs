@@ -10,6 +10,7 @@ mod helpers;
 mod hostile;
 mod ingest;
 mod isolation;
+mod lambda_emulator;
 mod notifications;
 mod ops;
 mod pooler;

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::helpers::TestApp;
 
 /// A PgBouncer in transaction mode in front of the test PostgreSQL, on a port of its own.
-struct Bouncer {
+pub(crate) struct Bouncer {
     child: Option<Child>,
     dir: PathBuf,
     port: u16,
@@ -31,7 +31,7 @@ struct Bouncer {
 
 impl Bouncer {
     /// Start one, or `None` (with a note) when PgBouncer is not installed and not required.
-    fn start() -> Option<Bouncer> {
+    pub(crate) fn start() -> Option<Bouncer> {
         let installed = Command::new("pgbouncer").arg("--version").output().is_ok_and(|o| o.status.success());
         if !installed {
             assert!(
@@ -141,7 +141,7 @@ fn upstream() -> (String, u16) {
 
 /// Herald on a fresh database, reached through `bouncer` in transaction-pooler mode, with the
 /// direct URL for migrations and `LISTEN`; and a second API replica on the same database.
-async fn herald_behind(bouncer: &Bouncer) -> (TestApp, String) {
+pub(crate) async fn herald_behind(bouncer: &Bouncer) -> (TestApp, String) {
     let port = bouncer.port;
     let t = TestApp::spawn_with(move |s| {
         let direct = s.database.url.expose().to_owned();
@@ -190,7 +190,8 @@ async fn load(t: &TestApp, replica: &str, key: &str, clients: usize, each: usize
                 let keyed = i % 3 == 0;
                 let tries = if keyed { 2 } else { 1 };
                 for attempt in 0..tries {
-                    let mut req = client.post(format!("{}/v1/notifications", bases[(i + attempt) % 2])).bearer_auth(&key);
+                    let mut req =
+                        client.post(format!("{}/v1/notifications", bases[(i + attempt) % 2])).bearer_auth(&key);
                     if keyed {
                         req = req.header("Idempotency-Key", &marker);
                     }
@@ -214,10 +215,8 @@ async fn load(t: &TestApp, replica: &str, key: &str, clients: usize, each: usize
 /// The ledger against the database: no 500, every accepted marker stored once (keyed retries
 /// included), no marker stored that was never accepted, and every stored one sent.
 async fn check(t: &TestApp, ledger: &Ledger) -> (usize, usize) {
-    let stored: Vec<(String, String)> = sqlx::query_as("SELECT content->>'text', status FROM notifications")
-        .fetch_all(t.pool())
-        .await
-        .expect("stored");
+    let stored: Vec<(String, String)> =
+        sqlx::query_as("SELECT content->>'text', status FROM notifications").fetch_all(t.pool()).await.expect("stored");
     let mut copies: HashMap<&str, usize> = HashMap::new();
     for (m, _) in &stored {
         *copies.entry(m.as_str()).or_default() += 1;
@@ -230,10 +229,7 @@ async fn check(t: &TestApp, ledger: &Ledger) -> (usize, usize) {
         *accepted.entry(m.as_str()).or_default() |= ok;
         if !ok {
             refused += 1;
-            assert!(
-                *status == StatusCode::SERVICE_UNAVAILABLE || *status == StatusCode::BAD_GATEWAY,
-                "{m}: {status}"
-            );
+            assert!(*status == StatusCode::SERVICE_UNAVAILABLE || *status == StatusCode::BAD_GATEWAY, "{m}: {status}");
         }
     }
     for (m, ok) in &accepted {

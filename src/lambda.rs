@@ -37,6 +37,11 @@ pub async fn run(mut settings: Settings) -> Result<(), AppError> {
     // Each execution environment has its own pool: keep it small (connections add up with
     // concurrency), and never migrate from a function.
     settings.database.max_connections = settings.database.max_connections.min(2);
+    settings.database.read_max_connections = settings.database.read_max_connections.min(1);
+    settings.database.dispatch_max_connections = match settings.database.dispatch_max_connections {
+        0 => 3,
+        n => n.min(3),
+    };
     settings.database.migrate_on_start = false;
     let margin = Duration::from_millis(settings.lambda.deadline_margin_ms);
     let fallback = Duration::from_millis(settings.lambda.fallback_budget_ms);

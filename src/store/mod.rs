@@ -202,12 +202,20 @@ const POOLED_NAME: &str = "herald (transaction pooler)";
 /// prepared statement is cached (see `session`).
 pub fn pool(url: &str, max_connections: u32, acquire_timeout: Duration, pooler: bool) -> Result<PgPool, sqlx::Error> {
     let opts: PgConnectOptions = url.parse()?;
-    let opts = if pooler {
-        opts.application_name(POOLED_NAME).statement_cache_capacity(0)
+    let (opts, ping) = if pooler {
+        // No ping before each use either: through a pooler it reaches only the pooler, and
+        // says nothing of the server connection the next transaction gets; a unit of work that
+        // finds its connection gone fails like one whose server went away mid-way, and is
+        // settled the same way (see `ingest`). It was one round trip in five per POST.
+        (opts.application_name(POOLED_NAME).statement_cache_capacity(0), false)
     } else {
-        opts.application_name("herald")
+        (opts.application_name("herald"), true)
     };
-    Ok(PgPoolOptions::new().max_connections(max_connections).acquire_timeout(acquire_timeout).connect_lazy_with(opts))
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(acquire_timeout)
+        .test_before_acquire(ping)
+        .connect_lazy_with(opts))
 }
 
 /// Whether `pool` goes through a transaction pooler (built by `pool` with `pooler`).

@@ -172,9 +172,11 @@ impl TestApp {
             total.fenced += s.fenced;
             total.rescued += s.rescued;
             if s.claimed == 0 {
+                // In a session, as Herald's own statements: the pool may go through a pooler.
+                let mut session = herald::store::session(self.pool()).await.expect("session");
                 let due: i64 =
                     sqlx::query_scalar("SELECT count(*) FROM jobs WHERE run_at <= now() + interval '1 second'")
-                        .fetch_one(self.pool())
+                        .fetch_one(&mut *session)
                         .await
                         .expect("count");
                 if due == 0 {

@@ -215,8 +215,12 @@ async fn load(t: &TestApp, replica: &str, key: &str, clients: usize, each: usize
 /// The ledger against the database: no 500, every accepted marker stored once (keyed retries
 /// included), no marker stored that was never accepted, and every stored one sent.
 async fn check(t: &TestApp, ledger: &Ledger) -> (usize, usize) {
+    // Read on PostgreSQL itself: the app's pool goes through the pooler, where a statement
+    // outside a transaction may be prepared on one server connection and run on another.
+    let direct = sqlx::PgPool::connect(t.app.settings.database.direct_url.expose()).await.expect("direct");
     let stored: Vec<(String, String)> =
-        sqlx::query_as("SELECT content->>'text', status FROM notifications").fetch_all(t.pool()).await.expect("stored");
+        sqlx::query_as("SELECT content->>'text', status FROM notifications").fetch_all(&direct).await.expect("stored");
+    direct.close().await;
     let mut copies: HashMap<&str, usize> = HashMap::new();
     for (m, _) in &stored {
         *copies.entry(m.as_str()).or_default() += 1;

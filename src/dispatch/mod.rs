@@ -303,34 +303,63 @@ impl Dispatcher {
     }
 
     /// Send due work until none is left or `deadline - margin` is reached (Lambda worker mode).
-    /// Each send is bounded by the time left before the deadline.
+    /// Each send is bounded by the time left before the deadline. Like `run`, it claims the
+    /// next batch while the last one's outcomes are being written, so that an invocation drains
+    /// as fast as a long-running worker (a benchmark row); it returns once nothing it claimed
+    /// is still in flight.
     pub async fn drain(&self, deadline: Instant, margin: Duration) -> Result<Summary, StoreError> {
+        let s = &self.inner.settings;
         let mut summary = Summary { rescued: self.rescue().await?, ..Summary::default() };
         self.prune().await;
         self.refresh_quotas().await;
-        let limit = self.inner.settings.batch_size.min(self.inner.settings.concurrency);
+        let slots = Arc::new(Semaphore::new(s.concurrency * HELD_PER_SEND_SLOT));
+        let refill_at = (s.batch_size.min(s.concurrency) / 4).max(1);
+        let stop_claiming_at = deadline.checked_sub(margin).unwrap_or(deadline);
+        // Leave time after the last send to record its outcome before the deadline.
+        let send_deadline = deadline.checked_sub(margin.min(Duration::from_millis(500))).unwrap_or(deadline);
+        let mut in_flight: JoinSet<Outcome> = JoinSet::new();
+        let mut nothing_due = false;
+        let mut claim_error = None;
         loop {
-            let stop_claiming_at = deadline.checked_sub(margin).unwrap_or(deadline);
-            if Instant::now() >= stop_claiming_at {
-                break;
-            }
-            let jobs = self.claim_batch(limit).await?;
-            if jobs.is_empty() {
-                break;
-            }
-            summary.claimed += jobs.len() as u64;
-            let mut set = JoinSet::new();
-            // Leave time after the last send to record its outcome before the deadline.
-            let send_deadline = deadline.checked_sub(margin.min(Duration::from_millis(500))).unwrap_or(deadline);
-            for job in jobs {
-                let this = self.clone();
-                set.spawn(async move { this.process_work(job, Some(send_deadline)).await });
-            }
-            while let Some(res) = set.join_next().await {
+            while let Some(res) = in_flight.try_join_next() {
                 summary.add(res.unwrap_or(Outcome::Unrecorded));
             }
+            let available = slots.available_permits();
+            let may_claim = !nothing_due && claim_error.is_none() && Instant::now() < stop_claiming_at;
+            if may_claim && (available >= refill_at || in_flight.is_empty()) {
+                let free = available.min(s.batch_size);
+                match self.claim_batch(free).await {
+                    Ok(jobs) => {
+                        nothing_due = jobs.is_empty();
+                        let full = jobs.len() == free;
+                        summary.claimed += jobs.len() as u64;
+                        for job in jobs {
+                            let Ok(permit) = slots.clone().acquire_owned().await else { break };
+                            let this = self.clone();
+                            in_flight.spawn(async move {
+                                let outcome = this.process_work(job, Some(send_deadline)).await;
+                                drop(permit);
+                                outcome
+                            });
+                        }
+                        if full {
+                            continue; // more may be due right now
+                        }
+                    }
+                    // Sends under way still finish and record their outcomes.
+                    Err(e) => claim_error = Some(e),
+                }
+            }
+            match in_flight.join_next().await {
+                Some(res) => summary.add(res.unwrap_or(Outcome::Unrecorded)),
+                None if nothing_due || claim_error.is_some() || Instant::now() >= stop_claiming_at => break,
+                None => {}
+            }
         }
-        Ok(summary)
+        match claim_error {
+            Some(e) => Err(e),
+            None => Ok(summary),
+        }
     }
 
     /// The long-running loop: claim whenever there are free slots and due work, wake on

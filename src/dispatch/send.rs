@@ -177,8 +177,11 @@ impl Dispatcher {
                 None
             };
             // `dispatch.concurrency` bounds the provider calls in flight; waiting for a turn
-            // (given round robin between tenants) counts against the send's budget like pacing.
-            let sending = self.inner.sends.acquire(job.tenant_id).await;
+            // (given round robin between tenants) counts against the send's budget like pacing:
+            // a job still waiting when the budget ends (a Lambda deadline) goes back unsent.
+            let Ok(sending) = tokio::time::timeout_at(budget_end, self.inner.sends.acquire(job.tenant_id)).await else {
+                return Err("no turn to send within the send's budget; waiting".to_owned());
+            };
             Ok::<_, String>((paced, sending))
         };
         let (_paced, _sending) = tokio::select! {

@@ -40,9 +40,22 @@ impl Databases {
         Ok((name, url))
     }
 
+    /// A copy of database `template` (which nothing may be connected to) for `scenario`.
+    pub async fn copy(&self, template: &str, scenario: &str) -> Result<(String, String)> {
+        let name = format!("{}_{scenario}", self.prefix);
+        self.drop_database(&name).await?;
+        let mut conn = self.admin().await?;
+        let sql = format!("CREATE DATABASE {} TEMPLATE {}", quote(&name), quote(template));
+        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await?;
+        conn.close().await?;
+        self.lock().push(name.clone());
+        let url = self.pg.url_for(&name);
+        Ok((name, url))
+    }
+
     pub async fn drop_database(&self, name: &str) -> Result<()> {
         let mut conn = self.admin().await?;
-        let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", name.replace('"', "\"\""));
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote(name));
         sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await?;
         conn.close().await?;
         self.lock().retain(|n| n != name);
@@ -78,6 +91,10 @@ impl Databases {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
         self.created.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+fn quote(identifier: &str) -> String {
+    format!("\"{}\"", identifier.replace('"', "\"\""))
 }
 
 /// A small pool for the bench's own queries (progress polls).

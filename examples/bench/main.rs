@@ -32,6 +32,14 @@
 //!   burst of single and batch ingest; and with the biggest messages a tenant may send (600
 //!   emails of 512 KiB), the peaks of `herald worker` sending them and of `herald api`
 //!   accepting them and answering a list page of `limit=500`.
+//! - pooler (needs Debian's `pgbouncer`): single POSTs through PgBouncer in transaction mode
+//!   (`database.transaction_pooler = true`) and directly with the setting on, each vs
+//!   directly with default settings, three rounds taken in turn (median); `log` dispatch by a
+//!   `herald worker` the same ways, and by the Lambda `worker` role under cargo-lambda's
+//!   Runtime API emulator (`pip install cargo-lambda`) invoked with schedule events back to
+//!   back, each on a copy of one backlog, three drains each (median).
+//! - cold: the Lambda `api` role (a `dist` build) under the emulator, through PgBouncer, from
+//!   spawning the process to the answer of its first request, five starts.
 //!
 //! Rates of drains are timed from the first poll that saw progress to the poll that saw the
 //! end, so process start-up is not counted. A scenario that fails shows its error in its row
@@ -42,6 +50,7 @@ mod db;
 mod fake;
 mod load;
 mod peer;
+mod pooler;
 mod procs;
 mod report;
 mod scenarios;
@@ -52,7 +61,8 @@ use std::time::{Duration, Instant};
 
 use scenarios::Sms;
 
-pub type Result<T, E = Box<dyn std::error::Error + Send + Sync>> = std::result::Result<T, E>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Result<T, E = BoxError> = std::result::Result<T, E>;
 
 /// How much work each scenario does.
 pub struct Sizes {
@@ -123,7 +133,7 @@ pub struct Ctx {
 #[tokio::main]
 async fn main() -> ExitCode {
     const USAGE: &str = "usage: cargo run --release --example bench -- [--quick] [--only SCENARIO,…]
-scenarios: graphile, naive, single, batch, log, fake, serve, drain, big (default: all)";
+scenarios: graphile, naive, single, batch, log, fake, serve, drain, big, pooler, cold (default: all)";
     let mut quick = false;
     let mut only: Option<Vec<String>> = None;
     let mut args = std::env::args().skip(1);
@@ -261,5 +271,39 @@ async fn measure(ctx: &Ctx) -> report::Results {
     )
     .await;
 
-    report::Results { graphile, naive, single, batch, log, fake, serve, small, big, big_messages }
+    let pooled_single = step(
+        ctx,
+        "pooler",
+        "herald api, single POSTs: direct, direct with transaction_pooler, through PgBouncer",
+        pooler::single(ctx),
+    )
+    .await;
+    let pooled_drains = step(
+        ctx,
+        "pooler",
+        &format!(
+            "{} jobs drained: herald worker direct, with transaction_pooler, through PgBouncer; Lambda worker",
+            s.dispatch_jobs
+        ),
+        pooler::drains(ctx),
+    )
+    .await;
+    let cold_starts =
+        step(ctx, "cold", "Lambda api role cold starts under cargo-lambda's emulator", pooler::cold_starts(ctx)).await;
+
+    report::Results {
+        graphile,
+        naive,
+        single,
+        batch,
+        log,
+        fake,
+        serve,
+        small,
+        big,
+        big_messages,
+        pooled_single,
+        pooled_drains,
+        cold_starts,
+    }
 }

@@ -58,6 +58,29 @@ pub fn build() -> Result<Binaries> {
     Ok(bins)
 }
 
+/// `herald` in the `dist` profile (what the Dockerfile and a Lambda zip ship), built when run
+/// under cargo (a no-op when current; a fat-LTO build takes minutes the first time).
+pub fn build_dist() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let target = exe.ancestors().nth(3).ok_or("cannot locate the target folder")?;
+    let bin = target.join("dist").join("herald");
+    if let Some(cargo) = std::env::var_os("CARGO") {
+        eprintln!("bench:   cargo build --profile dist --bin herald");
+        let status = Command::new(cargo)
+            .args(["build", "--profile", "dist", "--bin", "herald"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .map_err(|e| format!("cannot run cargo: {e}"))?;
+        if !status.success() {
+            return Err(format!("`cargo build --profile dist --bin herald` failed ({status})").into());
+        }
+    }
+    if !bin.is_file() {
+        return Err(format!("{} not found: run `cargo build --profile dist --bin herald` first", bin.display()).into());
+    }
+    Ok(bin)
+}
+
 /// A running child process; stopped on drop.
 pub struct Proc {
     name: String,
@@ -75,6 +98,12 @@ impl Proc {
             .spawn()
             .map_err(|e| format!("cannot start {name} ({}): {e}", cmd.get_program().to_string_lossy()))?;
         Ok(Proc { name, child: Some(child), log })
+    }
+
+    /// `cmd` as a child named `name`, its stderr logged in `dir`.
+    pub fn spawn_logged(name: &str, cmd: Command, dir: &Path) -> Result<Proc> {
+        let file_name = name.replace(|c: char| !c.is_ascii_alphanumeric(), "-");
+        Proc::spawn(name.to_owned(), cmd, log_path(dir, &file_name), Stdio::null())
     }
 
     pub fn pid(&self) -> u32 {
@@ -97,8 +126,10 @@ impl Proc {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = child.try_wait()? {
-                // 143 = 128 + SIGTERM, for a process that does not handle it.
-                return if status.success() || status.code() == Some(143) {
+                // Killed by the SIGTERM (the Lambda roles do not handle it, as a function
+                // needs not), or 143 = 128 + SIGTERM through a shell.
+                use std::os::unix::process::ExitStatusExt;
+                return if status.success() || status.code() == Some(143) || status.signal() == Some(15) {
                     Ok(())
                 } else {
                     Err(format!("{} exited with {status} on SIGTERM; {}", self.name, log_tail(&self.log)).into())
@@ -165,7 +196,7 @@ fn log_path(dir: &Path, name: &str) -> PathBuf {
 
 /// A child's environment: the inherited one minus anything that would change Herald's
 /// defaults, and loopback never going through a proxy.
-fn clean_env(cmd: &mut Command) {
+pub fn clean_env(cmd: &mut Command) {
     for (key, _) in std::env::vars_os() {
         let k = key.to_string_lossy();
         if k.starts_with("HERALD") || k == "RUST_LOG" || k == "DATABASE_URL" || k.starts_with("AWS_LAMBDA") {
@@ -176,6 +207,7 @@ fn clean_env(cmd: &mut Command) {
 }
 
 /// Herald on one database with one config file, started in any role.
+#[derive(Clone)]
 pub struct Herald {
     pub bin: PathBuf,
     pub db_url: String,
@@ -276,4 +308,27 @@ pub async fn start_naive(bin: &Path, db_url: &str, logs: &Path) -> Result<(Proc,
         Err(_) => return Err("naive_server printed no address within 30 s".into()),
     };
     Ok((proc, format!("http://{}", line.trim())))
+}
+
+/// CPU time (user + system, in clock ticks of 10 ms) used so far by the process `pid` and by
+/// every process named `postgres` or `pgbouncer` on this machine: how the work of a scenario
+/// splits between Herald and the database side.
+pub fn cpu_ticks(pid: u32) -> (u64, u64) {
+    let ticks = |stat: &str| -> Option<(String, u64)> {
+        let (comm, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
+        let fields: Vec<&str> = rest.split(' ').collect();
+        Some((comm.to_owned(), fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?))
+    };
+    let mut database = 0;
+    let mut own = 0;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let Some((comm, t)) = ticks(&stat) else { continue };
+        if entry.file_name().to_str() == Some(&pid.to_string()) {
+            own = t;
+        } else if comm == "postgres" || comm == "pgbouncer" {
+            database += t;
+        }
+    }
+    (own, database)
 }

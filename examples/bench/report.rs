@@ -2,7 +2,7 @@
 //! ratio, the target and whether it is met. A failed scenario's error goes in its cells.
 
 use crate::scenarios::{self, BATCH_CONNECTIONS, BATCH_SIZE, LATENCY_RATE, SINGLE_CONNECTIONS};
-use crate::{Outcome, Sizes, load, peer};
+use crate::{Outcome, Sizes, load, peer, pooler};
 
 /// Every scenario's outcome.
 pub struct Results {
@@ -16,6 +16,9 @@ pub struct Results {
     pub small: Outcome<scenarios::Drain>,
     pub big: Outcome<scenarios::Drain>,
     pub big_messages: Outcome<scenarios::BigMemory>,
+    pub pooled_single: Outcome<pooler::Single>,
+    pub pooled_drains: Outcome<pooler::Drains>,
+    pub cold_starts: Outcome<Vec<std::time::Duration>>,
 }
 
 impl Results {
@@ -23,7 +26,7 @@ impl Results {
     /// with `--only`, is not a failure).
     pub fn failures(&self) -> usize {
         fn bad<T>(r: &Outcome<T>) -> bool {
-            r.as_ref().is_err_and(|e| !e.starts_with("not run"))
+            r.as_ref().is_err_and(|e| !e.starts_with("not run") && !e.starts_with("not measured"))
         }
         let serve = match &self.serve {
             Ok((l, m)) => usize::from(bad(l)) + usize::from(bad(m)),
@@ -32,6 +35,8 @@ impl Results {
         [bad(&self.graphile), bad(&self.naive), bad(&self.single), bad(&self.batch), bad(&self.log), bad(&self.fake)]
             .into_iter()
             .chain([bad(&self.small), bad(&self.big), bad(&self.big_messages)])
+            .chain([bad(&self.pooled_single), bad(&self.pooled_drains), bad(&self.cold_starts)])
+            .chain([self.pooled_drains.as_ref().is_ok_and(|d| bad(&d.lambda))])
             .filter(|failed| *failed)
             .count()
             + serve
@@ -41,7 +46,21 @@ impl Results {
 pub const HEADER: &str = "| figure | Herald | baseline, same run | Herald ÷ baseline | target | met |\n| --- | --- | --- | --- | --- | --- |";
 
 pub fn rows(results: Results, s: &Sizes) -> Vec<[String; 6]> {
-    let Results { graphile, naive, single, batch, log, fake, serve, small, big, big_messages } = results;
+    let Results {
+        graphile,
+        naive,
+        single,
+        batch,
+        log,
+        fake,
+        serve,
+        small,
+        big,
+        big_messages,
+        pooled_single,
+        pooled_drains,
+        cold_starts,
+    } = results;
     let (latency, memory) = match serve {
         Ok((l, m)) => (l, m),
         Err(e) => (Err(e.clone()), Err(e)),
@@ -255,6 +274,121 @@ pub fn rows(results: Results, s: &Sizes) -> Vec<[String; 6]> {
         "—".into(),
         "≤ 256 MiB".into(),
         api.1,
+    ]);
+    rows.extend(serverless_rows(&pooled_single, &pooled_drains, &cold_starts));
+    rows
+}
+
+/// Through PgBouncer in transaction mode, `transaction_pooler` on a direct connection, and the
+/// Lambda roles under cargo-lambda's emulator.
+fn serverless_rows(
+    single: &Outcome<pooler::Single>,
+    drains: &Outcome<pooler::Drains>,
+    cold_starts: &Outcome<Vec<std::time::Duration>>,
+) -> Vec<[String; 6]> {
+    let mut rows = Vec::new();
+    let stats = |h: &load::Stats| {
+        (
+            format!(
+                "{} req/s (p50 {}, p99 {}){}",
+                int(h.rate()),
+                ms(h.pct_ms(0.5)),
+                ms(h.pct_ms(0.99)),
+                h.errors_note()
+            ),
+            h.rate(),
+            h.err,
+        )
+    };
+    let direct_single = |s: &pooler::Single| {
+        let (cell, rate, _) = stats(&s.direct);
+        (format!("direct, default settings: {cell}"), rate)
+    };
+    let pick = |f: fn(&pooler::Single) -> &load::Stats| single.as_ref().map(|s| stats(f(s))).map_err(Clone::clone);
+    let baseline = single.as_ref().map(direct_single).map_err(Clone::clone);
+    rows.push(ratio_row(
+        format!("pooler: single POSTs through PgBouncer (transaction mode, `transaction_pooler = true`), {SINGLE_CONNECTIONS} connections, median of 3 rounds taken in turn with the direct runs"),
+        pick(|s| &s.bouncer),
+        baseline.clone(),
+        Some(0.9),
+    ));
+    rows.push(ratio_row(
+        "pooler: single POSTs on the direct connection with `transaction_pooler = true` (no cached prepared statements)".into(),
+        pick(|s| &s.unprepared),
+        baseline,
+        None,
+    ));
+
+    let timing = |t: &scenarios::Timing, jobs: u64| (format!("{} jobs/s ({})", int(t.rate), t.progress(jobs)), t.rate);
+    let drain = |f: fn(&pooler::Drains) -> &scenarios::Timing| {
+        drains.as_ref().map(|d| {
+            let (cell, rate) = timing(f(d), d.jobs);
+            (cell, rate, 0)
+        })
+    };
+    let jobs =
+        drains.as_ref().map_or(String::new(), |d| format!(", {} queued, median of 3 drains", int(d.jobs as f64)));
+    let direct_drain = drains.as_ref().map(|d| {
+        let (cell, rate) = timing(&d.direct, d.jobs);
+        (format!("direct, default settings: {cell}"), rate)
+    });
+    rows.push(ratio_row(
+        format!("pooler: `log` dispatch, one `herald worker` on the direct connection with `transaction_pooler = true`{jobs}"),
+        drain(|d| &d.unprepared).map_err(Clone::clone),
+        direct_drain.clone().map_err(Clone::clone),
+        None,
+    ));
+    rows.push(ratio_row(
+        format!("pooler: `log` dispatch, one `herald worker` through PgBouncer{jobs}"),
+        drain(|d| &d.bouncer).map_err(Clone::clone),
+        direct_drain.map_err(Clone::clone),
+        None,
+    ));
+    let lambda = match drains {
+        Ok(d) => d
+            .lambda
+            .as_ref()
+            .map(|t| {
+                let (cell, rate) = timing(t, d.jobs);
+                (format!("{cell}; schedule events back to back"), rate, 0)
+            })
+            .map_err(Clone::clone),
+        Err(e) => Err(e.clone()),
+    };
+    rows.push(ratio_row(
+        format!("Lambda: `worker` role drain under cargo-lambda's emulator, through PgBouncer{jobs}"),
+        lambda,
+        drains
+            .as_ref()
+            .map(|d| {
+                let (cell, rate) = timing(&d.bouncer, d.jobs);
+                (format!("container `herald worker` through PgBouncer: {cell}"), rate)
+            })
+            .map_err(Clone::clone),
+        Some(0.8),
+    ));
+
+    let (cell, met) = match cold_starts {
+        Ok(samples) if !samples.is_empty() => {
+            let mut sorted: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+            sorted.sort_by(f64::total_cmp);
+            let median = sorted[sorted.len() / 2];
+            let each = sorted.iter().map(|&x| ms(x)).collect::<Vec<_>>().join(", ");
+            (format!("median {} (each: {each})", ms(median)), verdict(median <= 250.0, 0))
+        }
+        Ok(_) => (failed("no sample"), "—".into()),
+        Err(e) => (failed(e), "—".into()),
+    };
+    rows.push([
+        format!(
+            "Lambda: `api` role cold start, process spawned → first answer (a Function URL POST), `dist` build, through PgBouncer, {} starts",
+            pooler::COLD_STARTS
+        ),
+        cell,
+        "—".into(),
+        "—".into(),
+        "median ≤ 250 ms".into(),
+        met,
     ]);
     rows
 }

@@ -49,7 +49,7 @@ impl Ctx {
     }
 }
 
-fn config_toml(fake_base_url: &str, sms_provider: &str) -> String {
+pub fn config_toml(fake_base_url: &str, sms_provider: &str) -> String {
     format!(
         r#"# Written by examples/bench: everything else is Herald's default.
 [providers.console]
@@ -72,7 +72,7 @@ providers = ["console"]
 }
 
 /// Single POSTs from `SINGLE_CONNECTIONS` connections for the run's duration.
-fn single_plan(ctx: &Ctx) -> Plan {
+pub fn single_plan(ctx: &Ctx) -> Plan {
     Plan { connections: SINGLE_CONNECTIONS, warmup: ctx.sizes.warmup, duration: ctx.sizes.run, max_requests: None }
 }
 
@@ -139,7 +139,7 @@ async fn ingest_batches(base: &str, key: &str, items: u64) -> Result<Stats> {
 }
 
 /// Queue `n` notifications through the batch API; every one must be accepted.
-async fn preload(base: &str, key: &str, n: u64) -> Result<()> {
+pub async fn preload(base: &str, key: &str, n: u64) -> Result<()> {
     eprintln!("bench:   queueing {} notifications through the batch API", crate::report::int(n as f64));
     let stats = ingest_batches(base, key, n).await?;
     if stats.ok != n {
@@ -218,6 +218,11 @@ async fn time_progress(
     }
 }
 
+/// Time a worker sending the `n` jobs queued, until none is left.
+pub async fn time_sends(pool: &PgPool, proc: &mut Proc, n: u64, timeout: Duration) -> Result<Timing> {
+    time_progress(pool, proc, JOBS_LEFT, |left| n as i64 - left, n as i64, timeout).await
+}
+
 pub struct Dispatch {
     pub jobs: u64,
     pub timing: Timing,
@@ -242,9 +247,7 @@ pub async fn dispatch(ctx: &Ctx, sms: Sms) -> Result<Dispatch> {
     ctx.dbs.checkpoint().await;
     ctx.fake.reset();
     let mut worker = s.herald.start("worker").await?;
-    let timing =
-        time_progress(&pool, &mut worker.proc, JOBS_LEFT, |left| n as i64 - left, n as i64, ctx.sizes.drain_timeout)
-            .await?;
+    let timing = time_sends(&pool, &mut worker.proc, n, ctx.sizes.drain_timeout).await?;
     worker.proc.stop().await?;
     let sent = crate::db::count(&pool, SENT).await?;
     pool.close().await;

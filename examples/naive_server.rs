@@ -1,5 +1,6 @@
 //! The naive baseline for `examples/bench`: what a team writes first for "accept a
-//! notification over HTTP and keep it in PostgreSQL". axum 0.8 + sqlx, a pool of 10, no auth,
+//! notification over HTTP and keep it in PostgreSQL". axum 0.8 + sqlx, a pool of 16 (what a
+//! team tuning its first server would set), no auth,
 //! no validation beyond "the body is JSON", and ONE `INSERT` (one commit) per request:
 //!
 //!     DATABASE_URL=postgres://… cargo run --release --example naive_server -- --listen 127.0.0.1:0
@@ -29,7 +30,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 async fn main() -> Result<(), BoxError> {
     let url = std::env::var("DATABASE_URL").map_err(|_| "DATABASE_URL is required")?;
     let listen = listen_arg()?;
-    let pool = PgPoolOptions::new().max_connections(10).acquire_timeout(Duration::from_secs(10)).connect(&url).await?;
+    let pool = PgPoolOptions::new().max_connections(16).acquire_timeout(Duration::from_secs(10)).connect(&url).await?;
     sqlx::query(
         "CREATE TABLE IF NOT EXISTS naive_notifications (
              id         uuid        PRIMARY KEY,

@@ -14,7 +14,7 @@
 //!
 //! - ingest, single: `POST /v1/notifications` from 64 keep-alive connections (closed loop)
 //!   against `herald api`, req/s with p50/p99, vs the naive server (axum + sqlx, one INSERT
-//!   and commit per request, pool 10) driven by the same generator; also with an
+//!   and commit per request, pool 16) driven by the same generator; also with an
 //!   `Idempotency-Key` per request.
 //! - ingest, batch: `POST /v1/notifications/batch`, 1,000 per request, 4 connections,
 //!   notifications/s (per-item problems count as errors) vs graphile-worker 0.18.0 `addJobs`
@@ -22,7 +22,10 @@
 //!   needed; without node the peer is "not measured").
 //! - dispatch: N queued via the batch API, then one `herald worker` until no send job is
 //!   left (polled every 20 ms), through the `log` provider vs graphile-worker's no-op work
-//!   rate, and through the fake Twilio over HTTP (checking it got every message).
+//!   rate and vs graphile-worker jobs that each do the bookkeeping a team would add (update a
+//!   status row, append an event), and through the fake Twilio over HTTP (checking it got
+//!   every message); and the rows the `log` dispatch wrote per notification (inserts, updates
+//!   and deletes in `pg_stat_user_tables`, HOT updates among them).
 //! - latency: accept → provider received, at an open-loop 2,000 single POSTs/s to `herald
 //!   serve` (sms → fake): measured from the time each request was scheduled to the time the
 //!   fake received the SMS (the time travels in the SMS text).

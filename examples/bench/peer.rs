@@ -1,7 +1,9 @@
 //! The peer queue, graphile-worker 0.18.0 (Node + PostgreSQL), run from `bench/peers/` on a
 //! database of its own: `bench/peers/graphile-worker.js` enqueues N no-op jobs with
 //! `addJobs` in batches of 1,000, then works them off with the throughput settings its docs
-//! advise, and prints one JSON line with `enqueue_per_s` and `work_per_s`.
+//! advise, then N jobs that each update a status row and append an event (the bookkeeping a
+//! team would add for a notification), and prints one JSON line with `enqueue_per_s`,
+//! `work_per_s` and `bookkeeping_per_s`.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -17,6 +19,8 @@ pub struct Graphile {
     pub jobs: u64,
     pub enqueue_per_s: f64,
     pub work_per_s: f64,
+    /// Jobs per second that update a status row and append an event each.
+    pub bookkeeping_per_s: f64,
 }
 
 /// `Ok(Err(reason))` when the peer cannot be measured here (no node).
@@ -46,9 +50,9 @@ pub async fn graphile(dbs: &Databases, jobs: u64) -> Result<std::result::Result<
         .env("N", jobs.to_string())
         .stdin(Stdio::null())
         .kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(180), node.output()).await;
+    let out = tokio::time::timeout(Duration::from_secs(300), node.output()).await;
     dbs.drop_database(&name).await?;
-    let out = out.map_err(|_| "graphile-worker.js did not finish within 180 s")??;
+    let out = out.map_err(|_| "graphile-worker.js did not finish within 300 s")??;
     if !out.status.success() {
         return Err(format!(
             "graphile-worker.js failed ({}): {}",
@@ -61,5 +65,10 @@ pub async fn graphile(dbs: &Databases, jobs: u64) -> Result<std::result::Result<
     let line = stdout.lines().rfind(|l| l.trim_start().starts_with('{')).ok_or("graphile-worker.js printed no JSON")?;
     let v: Value = serde_json::from_str(line)?;
     let num = |k: &str| v[k].as_f64().ok_or_else(|| format!("graphile-worker.js: no `{k}` in {line}"));
-    Ok(Ok(Graphile { jobs, enqueue_per_s: num("enqueue_per_s")?, work_per_s: num("work_per_s")? }))
+    Ok(Ok(Graphile {
+        jobs,
+        enqueue_per_s: num("enqueue_per_s")?,
+        work_per_s: num("work_per_s")?,
+        bookkeeping_per_s: num("bookkeeping_per_s")?,
+    }))
 }

@@ -71,7 +71,7 @@ pub fn rows(results: Results, s: &Sizes) -> Vec<[String; 6]> {
     // Ingest, single.
     let naive_cell = |n: &load::Stats| {
         format!(
-            "naive axum + sqlx, one INSERT per request: {} req/s (p50 {}, p99 {}){}",
+            "naive axum + sqlx, one INSERT per request, pool 16: {} req/s (p50 {}, p99 {}){}",
             int(n.rate()),
             ms(n.pct_ms(0.5)),
             ms(n.pct_ms(0.99)),
@@ -154,6 +154,20 @@ pub fn rows(results: Results, s: &Sizes) -> Vec<[String; 6]> {
         }),
         Some(1.0),
     ));
+    rows.push(ratio_row(
+        format!(
+            "… against graphile-worker doing Herald's bookkeeping per job (a status row updated, an event appended), {} queued",
+            int(s.dispatch_jobs as f64)
+        ),
+        log.as_ref().map_err(Clone::clone).map(|d| (dispatch_cell(d), d.timing.rate, dispatch_errors(d))),
+        graphile.as_ref().map_err(Clone::clone).map(|g| {
+            (
+                format!("graphile-worker 0.18.0, bookkeeping jobs, concurrency 24: {} jobs/s", int(g.bookkeeping_per_s)),
+                g.bookkeeping_per_s,
+            )
+        }),
+        None,
+    ));
     let mut fake_row = ratio_row(
         format!("dispatch: fake Twilio over HTTP, one `herald worker`, {} queued", int(s.dispatch_jobs as f64)),
         fake.as_ref().map_err(Clone::clone).map(|d| (dispatch_cell(d), d.timing.rate, dispatch_errors(d))),
@@ -168,6 +182,24 @@ pub fn rows(results: Results, s: &Sizes) -> Vec<[String; 6]> {
         Err(_) => "—".into(),
     };
     rows.push(fake_row);
+    let (cell, met) = match &log {
+        Ok(d) if d.sent > 0 => {
+            let per = |n: i64| n as f64 / d.sent as f64;
+            let (rows, hot) = (per(d.writes.rows), per(d.writes.hot));
+            (format!("{rows:.2} ({hot:.2} of them HOT updates)"), verdict(rows <= 3.0, 0))
+        }
+        Ok(_) => ("nothing sent".into(), "—".into()),
+        Err(e) => (failed(e), "—".into()),
+    };
+    rows.push([
+        "row writes per dispatched notification, `log` row above (`pg_stat_user_tables`: inserts + updates + deletes)"
+            .into(),
+        cell,
+        "—".into(),
+        "—".into(),
+        "≤ 3".into(),
+        met,
+    ]);
 
     // Latency.
     let (cell, met) = match &latency {

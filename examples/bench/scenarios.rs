@@ -229,6 +229,34 @@ pub struct Dispatch {
     pub sent: i64,
     /// Messages the fake provider received (fake only).
     pub received: Option<u64>,
+    /// Rows the dispatch wrote, from PostgreSQL's statistics.
+    pub writes: RowWrites,
+}
+
+/// Rows written (inserted, updated, deleted), and the updates among them that were HOT.
+#[derive(Clone, Copy, Default)]
+pub struct RowWrites {
+    pub rows: i64,
+    pub hot: i64,
+}
+
+impl RowWrites {
+    /// So far, in every table of the database `pool` is on. The statistics of a backend are
+    /// flushed when it ends (and each second while busy), so read after its process stopped.
+    pub async fn so_far(pool: &PgPool) -> Result<RowWrites> {
+        let (rows, hot): (i64, i64) = sqlx::query_as(
+            "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::bigint,
+                    coalesce(sum(n_tup_hot_upd), 0)::bigint
+             FROM pg_stat_user_tables",
+        )
+        .fetch_one(pool)
+        .await?;
+        Ok(RowWrites { rows, hot })
+    }
+
+    pub fn since(self, before: RowWrites) -> RowWrites {
+        RowWrites { rows: self.rows - before.rows, hot: self.hot - before.hot }
+    }
 }
 
 /// Queue N notifications with `herald api`, stop it, then time one `herald worker` until no
@@ -246,13 +274,15 @@ pub async fn dispatch(ctx: &Ctx, sms: Sms) -> Result<Dispatch> {
     }
     ctx.dbs.checkpoint().await;
     ctx.fake.reset();
+    let before = RowWrites::so_far(&pool).await?;
     let mut worker = s.herald.start("worker").await?;
     let timing = time_sends(&pool, &mut worker.proc, n, ctx.sizes.drain_timeout).await?;
     worker.proc.stop().await?;
+    let writes = RowWrites::so_far(&pool).await?.since(before);
     let sent = crate::db::count(&pool, SENT).await?;
     pool.close().await;
     ctx.dbs.drop_database(&s.db).await?;
-    Ok(Dispatch { jobs: n, timing, sent, received: (sms == Sms::Fake).then(|| ctx.fake.received()) })
+    Ok(Dispatch { jobs: n, timing, sent, received: (sms == Sms::Fake).then(|| ctx.fake.received()), writes })
 }
 
 pub struct Drain {

@@ -325,7 +325,11 @@ pub async fn drains(ctx: &Ctx) -> Result<Drains> {
                     }
                 },
                 _ => {
-                    let herald = [p.direct.clone(), p.unprepared(), p.pooled.clone()][which].clone();
+                    let herald = match which {
+                        0 => p.direct.clone(),
+                        1 => p.unprepared(),
+                        _ => p.pooled.clone(),
+                    };
                     let pool = crate::db::pool(&p.url).await?;
                     ctx.dbs.checkpoint().await;
                     let mut worker = herald.start("worker").await?;

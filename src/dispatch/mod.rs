@@ -50,6 +50,12 @@ use crate::store::tracking::{self, Applied, Bounds, Claimed, Completion, Lane, L
 /// `log` provider, 4 gave about a quarter more throughput than 1 (claims overlap completions).
 const HELD_PER_SEND_SLOT: usize = 4;
 
+/// Free slots at which the next batch is claimed while every slot is busy: a quarter of a
+/// batch, rather than one job each time one send ends.
+fn refill_at(s: &DispatchSettings) -> usize {
+    (s.batch_size.min(s.concurrency) / 4).max(1)
+}
+
 /// The part of a lease a send may use (from claim to the provider's answer), so a live send is
 /// never rescued; a paced send may spend half of it waiting for its turn.
 const SEND_BUDGET_OF_LEASE: f64 = 0.8;
@@ -313,7 +319,7 @@ impl Dispatcher {
         self.prune().await;
         self.refresh_quotas().await;
         let slots = Arc::new(Semaphore::new(s.concurrency * HELD_PER_SEND_SLOT));
-        let refill_at = (s.batch_size.min(s.concurrency) / 4).max(1);
+        let refill_at = refill_at(s);
         let stop_claiming_at = deadline.checked_sub(margin).unwrap_or(deadline);
         // Leave time after the last send to record its outcome before the deadline.
         let send_deadline = deadline.checked_sub(margin.min(Duration::from_millis(500))).unwrap_or(deadline);
@@ -333,15 +339,7 @@ impl Dispatcher {
                         nothing_due = jobs.is_empty();
                         let full = jobs.len() == free;
                         summary.claimed += jobs.len() as u64;
-                        for job in jobs {
-                            let Ok(permit) = slots.clone().acquire_owned().await else { break };
-                            let this = self.clone();
-                            in_flight.spawn(async move {
-                                let outcome = this.process_work(job, Some(send_deadline)).await;
-                                drop(permit);
-                                outcome
-                            });
-                        }
+                        self.start(jobs, &slots, &mut in_flight, Some(send_deadline)).await;
                         if full {
                             continue; // more may be due right now
                         }
@@ -362,6 +360,26 @@ impl Dispatcher {
         }
     }
 
+    /// Start the work of each claimed job, each holding one of `slots` until it ends (`deadline`:
+    /// a Lambda invocation's, bounding each send).
+    async fn start(
+        &self,
+        jobs: Vec<Claimed>,
+        slots: &Arc<Semaphore>,
+        in_flight: &mut JoinSet<Outcome>,
+        deadline: Option<Instant>,
+    ) {
+        for job in jobs {
+            let Ok(permit) = slots.clone().acquire_owned().await else { break };
+            let this = self.clone();
+            in_flight.spawn(async move {
+                let outcome = this.process_work(job, deadline).await;
+                drop(permit);
+                outcome
+            });
+        }
+    }
+
     /// The long-running loop: claim whenever there are free slots and due work, wake on
     /// `LISTEN/NOTIFY` or the poll interval, and on `cancel` stop claiming and give in-flight
     /// sends `shutdown_grace_ms` to finish.
@@ -376,7 +394,7 @@ impl Dispatcher {
         let rescue_every = Duration::from_millis(s.rescue_interval_ms);
         let mut next_rescue = Instant::now();
         let poll = Duration::from_millis(s.poll_interval_ms);
-        let refill_at = (s.batch_size.min(s.concurrency) / 4).max(1);
+        let refill_at = refill_at(s);
         info!(worker = %self.inner.worker_id, concurrency = s.concurrency, "dispatcher started");
 
         loop {
@@ -407,15 +425,7 @@ impl Dispatcher {
                 match self.claim_batch(free).await {
                     Ok(jobs) => {
                         claimed = jobs.len();
-                        for job in jobs {
-                            let Ok(permit) = slots.clone().acquire_owned().await else { break };
-                            let this = self.clone();
-                            in_flight.spawn(async move {
-                                let outcome = this.process_work(job, None).await;
-                                drop(permit);
-                                outcome
-                            });
-                        }
+                        self.start(jobs, &slots, &mut in_flight, None).await;
                     }
                     Err(e) => {
                         warn!(error = %e, "claim failed; backing off");
@@ -589,21 +599,10 @@ impl Dispatcher {
 /// (`Completion::plain`), so that it is recorded rather than left `sending` and sent again.
 /// Any other failure is each caller's to retry (`with_retries`), in a later batch.
 async fn write_completions(pool: &PgPool, items: &[Completion]) -> Vec<Result<Applied, StoreError>> {
-    let whole = async {
-        let mut conn = crate::store::session(pool).await?;
-        let done = tracking::complete(&mut conn, items).await?;
-        conn.finish().await?;
-        Ok::<_, StoreError>(done)
-    }
-    .await;
+    let whole = complete_committed(pool, items).await;
     let mut results = crate::store::isolating(items, whole, |chunk| {
         let pool = pool.clone();
-        Box::pin(async move {
-            let mut conn = crate::store::session(&pool).await?;
-            let done = tracking::complete(&mut conn, chunk).await?;
-            conn.finish().await?;
-            Ok::<_, StoreError>(done)
-        })
+        Box::pin(async move { complete_committed(&pool, chunk).await })
     })
     .await;
     for (item, result) in items.iter().zip(results.iter_mut()) {
@@ -613,16 +612,20 @@ async fn write_completions(pool: &PgPool, items: &[Completion]) -> Vec<Result<Ap
         }
         warn!(error = %e, notification.id = %item.lease.notification_id, "an outcome could not be stored as it was; storing it without the provider's details");
         let plain = item.plain(&e.to_string());
-        *result = async {
-            let mut conn = crate::store::session(pool).await?;
-            let done = tracking::complete(&mut conn, std::slice::from_ref(&plain)).await?;
-            conn.finish().await?;
-            Ok::<_, StoreError>(done)
-        }
-        .await
-        .and_then(|mut a| a.pop().ok_or_else(|| StoreError::Corrupt("no result for an outcome".into())));
+        *result = complete_committed(pool, std::slice::from_ref(&plain))
+            .await
+            .and_then(|mut a| a.pop().ok_or_else(|| StoreError::Corrupt("no result for an outcome".into())));
     }
     results
+}
+
+/// `tracking::complete` in a session of its own, committed (behind a pooler the session is a
+/// transaction).
+async fn complete_committed(pool: &PgPool, items: &[Completion]) -> Result<Vec<Applied>, StoreError> {
+    let mut conn = crate::store::session(pool).await?;
+    let done = tracking::complete(&mut conn, items).await?;
+    conn.finish().await?;
+    Ok(done)
 }
 
 fn hostname() -> String {

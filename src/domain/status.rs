@@ -72,6 +72,17 @@ impl Status {
         matches!(self, Status::Scheduled | Status::Queued | Status::Sending | Status::Retrying)
     }
 
+    /// The statuses of the send path (`queued → sending → sent`), left out of the list indexes
+    /// so that a send's status changes are HOT updates: the column `indexed_status` is NULL for
+    /// them (migration 0016 holds the same list). Lists find them by walking a tenant's
+    /// newest rows instead.
+    pub const SEND_PATH: [Status; 3] = [Status::Queued, Status::Sending, Status::Sent];
+
+    /// Whether lists find this status through the index on `indexed_status`.
+    pub fn is_indexed(self) -> bool {
+        !Status::SEND_PATH.contains(&self)
+    }
+
     /// The states an operator or caller may cancel from: not yet handed to a provider call.
     pub fn is_cancellable(self) -> bool {
         matches!(self, Status::Scheduled | Status::Queued | Status::Retrying)

@@ -166,6 +166,12 @@ pub struct ListFilter {
 /// index ending in `id` (by tenant, by tenant and status, by recipient, the primary key)
 /// answers them as a range instead of discarding the rows outside it.
 ///
+/// A status is matched by `indexed_status` (`$13`) when the list indexes hold it
+/// (`Status::is_indexed`), else by `status` (`$2`); never both, or the planner would take the
+/// two for independent conditions, expect a few rows, and sort them all instead of walking
+/// the index in order. `queued` and `sending` are found through their send jobs (`$14`): a
+/// tenant with no backlog has none, and the walk would read its whole history to say so.
+///
 /// A page is also bounded in bytes (`$12`): rows are kept, newest first, while the bytes of
 /// those before them stay under it, so one page of big messages costs what `$12` allows, not
 /// `limit` times the biggest. `fetched` says how many rows the limit alone would have given.
@@ -180,6 +186,9 @@ pub fn list_sql() -> String {
          FROM notifications
          WHERE ($1::uuid IS NULL OR tenant_id = $1)
            AND ($2::text IS NULL OR status = $2)
+           AND ($13::text IS NULL OR indexed_status = $13)
+           AND (NOT $14 OR id = ANY(ARRAY(SELECT notification_id FROM jobs
+                                          WHERE kind = 'send' AND ($1::uuid IS NULL OR tenant_id = $1))))
            AND ($3::text IS NULL OR channel = $3)
            AND ($4::text IS NULL OR recipient_key = $4)
            AND ($5::text IS NULL OR (tags @> ARRAY[$5::text] AND tags <> '{{}}'))
@@ -197,6 +206,15 @@ pub fn list_sql() -> String {
     )
 }
 
+/// `list_sql`'s `$2`, `$13` and `$14` for a status filter, as `list_sql` says.
+pub fn status_binds(status: Option<Status>) -> (Option<&'static str>, Option<&'static str>, bool) {
+    match status {
+        Some(s) if s.is_indexed() => (None, Some(s.as_str()), false),
+        Some(s) => (Some(s.as_str()), None, s.is_pending()),
+        None => (None, None, false),
+    }
+}
+
 /// The id range a `created_at` bound allows. An id is minted a moment before its
 /// `created_at` is taken, so the range is widened by a second each way; the exact bound is the
 /// `created_at` condition beside it.
@@ -212,9 +230,10 @@ pub fn id_bounds(
 /// page holds when its bytes cut it short).
 pub async fn list(conn: &mut PgConnection, f: &ListFilter) -> StoreResult<(Vec<NotificationRecord>, usize)> {
     let (from_id, to_id) = id_bounds(f.created_after, f.created_before);
+    let (by_status, by_indexed_status, through_jobs) = status_binds(f.status);
     let rows = sqlx::query(sqlx::AssertSqlSafe(list_sql()))
         .bind(f.tenant.map(|t| t.as_uuid()))
-        .bind(f.status.map(Status::as_str))
+        .bind(by_status)
         .bind(f.channel.map(Channel::as_str))
         .bind(&f.to)
         .bind(&f.tag)
@@ -225,6 +244,8 @@ pub async fn list(conn: &mut PgConnection, f: &ListFilter) -> StoreResult<(Vec<N
         .bind(from_id)
         .bind(to_id)
         .bind(f.max_bytes.max(1))
+        .bind(by_indexed_status)
+        .bind(through_jobs)
         .fetch_all(conn)
         .await?;
     let fetched = match rows.first() {

@@ -159,13 +159,17 @@ pub async fn keep_malformed(pool: &PgPool, provider: &str, r: &Receipt, error: &
     Ok(())
 }
 
+/// The notification a provider's message id was recorded for: on the `attempt` event of the
+/// send (migration 0016), the latest if an operator's retry sent it again.
 async fn by_message_id(conn: &mut PgConnection, provider: &str, pmid: &str) -> StoreResult<Option<NotificationId>> {
-    let id: Option<uuid::Uuid> =
-        sqlx::query_scalar("SELECT id FROM notifications WHERE provider = $1 AND provider_message_id = $2")
-            .bind(provider)
-            .bind(pmid)
-            .fetch_optional(conn)
-            .await?;
+    let id: Option<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT notification_id FROM notification_events
+         WHERE provider = $1 AND provider_message_id = $2 ORDER BY id DESC LIMIT 1",
+    )
+    .bind(provider)
+    .bind(pmid)
+    .fetch_optional(conn)
+    .await?;
     Ok(id.map(NotificationId::from_uuid))
 }
 

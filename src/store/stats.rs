@@ -2,7 +2,7 @@
 //! a window of time, for one tenant or all. Every query is bounded by the window and backed by
 //! an index, so its cost follows the traffic of the window, not the size of the tables:
 //! notifications by UUIDv7 id range (the primary key), their events by the BRIN index on `at`,
-//! the queue by the claim and lease indexes, recent failures by `(status, id)`. One tenant's
+//! the queue by the claim and lease indexes, recent failures by `(indexed_status, id)`. One tenant's
 //! read only that tenant's rows (see the queries). Each snapshot is read in one read-only
 //! transaction under a statement timeout.
 
@@ -182,7 +182,7 @@ pub const TENANT_THROUGHPUT_SQL: &str = concat!(
 );
 
 pub const FAILURES_SQL: &str = "SELECT id, channel, recipient_key, provider, last_error, updated_at FROM notifications
-         WHERE status = 'failed' AND ($1::uuid IS NULL OR tenant_id = $1)
+         WHERE indexed_status = 'failed' AND ($1::uuid IS NULL OR tenant_id = $1)
          ORDER BY id DESC LIMIT 10";
 
 /// Send jobs by lane: each lane's waiting work by the claim index, what is being sent by the

@@ -196,6 +196,120 @@ async fn a_fenced_retry_cannot_requeue_a_newer_claim() {
     assert_eq!(t.notification(&key, &id.to_string()).await["status"], "sent");
 }
 
+/// The send path's two status changes (`queued → sending` by the claim, `sending → sent` by the
+/// completion) are HOT updates: they change no indexed column, so they write no index entry
+/// (migration 0016). Counted by PostgreSQL itself for this transaction; the send's message id
+/// still finds the notification for a receipt, through the `attempt` event.
+#[tokio::test]
+async fn a_sends_status_changes_are_hot_updates() {
+    let t = TestApp::spawn().await;
+    let key = t.key("acme", SEND_READ).await;
+    let id = t.post(&key, email("hot@example.com", "x")).await.body["id"].as_str().expect("id").to_owned();
+    let mut tx = t.pool().begin().await.expect("begin");
+    let claimed = tracking::claim(&mut tx, &Lane::all(10), 10, Duration::from_secs(60), "a").await.expect("claim");
+    assert_eq!(claimed.len(), 1);
+    let applied = tracking::complete(
+        &mut tx,
+        &[Completion {
+            lease: claimed[0].lease(),
+            outcome: Outcome::Sent { provider: "mail".into(), provider_message_id: Some("<hot-1>".into()) },
+            detail: json!({"attempt": 1}),
+        }],
+    )
+    .await
+    .expect("complete");
+    assert_eq!(applied, vec![Applied::Yes]);
+    let (updated, hot): (i64, i64) = sqlx::query_as(
+        "SELECT pg_stat_get_xact_tuples_updated('notifications'::regclass),
+                pg_stat_get_xact_tuples_hot_updated('notifications'::regclass)",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .expect("stats");
+    assert_eq!((updated, hot), (2, 2), "both status changes are HOT");
+    tx.commit().await.expect("commit");
+    let found: Option<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT notification_id FROM notification_events WHERE provider = 'mail' AND provider_message_id = '<hot-1>'",
+    )
+    .fetch_optional(t.pool())
+    .await
+    .expect("by message id");
+    assert_eq!(found.map(|u| u.to_string()), Some(id.clone()));
+    assert_eq!(t.notification(&key, &id).await["status"], "sent");
+}
+
+/// `indexed_status` (migration 0016) leaves out exactly the statuses `Status::SEND_PATH` names,
+/// which lists look for by `status` alone.
+#[tokio::test]
+async fn the_list_index_leaves_out_exactly_the_send_path() {
+    let t = TestApp::spawn().await;
+    let key = t.key("acme", SEND_READ).await;
+    let id: uuid::Uuid =
+        t.post(&key, email("ix@example.com", "x")).await.body["id"].as_str().expect("id").parse().expect("uuid");
+    let mut tx = t.pool().begin().await.expect("begin");
+    for status in Status::ALL {
+        let indexed: Option<String> =
+            sqlx::query_scalar("UPDATE notifications SET status = $1 WHERE id = $2 RETURNING indexed_status")
+                .bind(status.as_str())
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await
+                .expect("update");
+        assert_eq!(indexed.as_deref(), status.is_indexed().then_some(status.as_str()), "{status:?}");
+    }
+    tx.rollback().await.expect("rollback");
+}
+
+/// Lists by status find each status however it is indexed (migration 0016): `queued` and
+/// `sending` through the send jobs, `sent` by the tenant's newest rows, `failed` by
+/// `indexed_status`; and only the caller's tenant's.
+#[tokio::test]
+async fn lists_by_status_find_the_send_path_and_the_indexed_statuses() {
+    let t = TestApp::spawn().await;
+    let acme = t.key("acme", SEND_READ).await;
+    let globex = t.key("globex", SEND_READ).await;
+    for i in 0..3 {
+        t.post(&acme, email(&format!("a{i}@example.com"), "x")).await;
+    }
+    t.post(&globex, email("g@example.com", "x")).await;
+    let count = |key: String, status: &'static str| {
+        let t = &t;
+        async move {
+            let r = t.get(&key, &format!("/v1/notifications?status={status}")).await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            r.body["items"].as_array().expect("items").len()
+        }
+    };
+    assert_eq!((count(acme.clone(), "queued").await, count(globex.clone(), "queued").await), (3, 1));
+    let mut conn = t.pool().acquire().await.expect("conn");
+    let claimed = tracking::claim(&mut conn, &Lane::all(10), 10, Duration::from_secs(60), "a").await.expect("claim");
+    assert_eq!(claimed.len(), 4);
+    assert_eq!((count(acme.clone(), "queued").await, count(acme.clone(), "sending").await), (0, 3));
+    let ours: Vec<Lease> = claimed.iter().map(herald::store::tracking::Claimed::lease).collect();
+    let mut acme_ids = Vec::new();
+    for l in &ours {
+        if t.get(&acme, &format!("/v1/notifications/{}", l.notification_id)).await.status == 200 {
+            acme_ids.push(*l);
+        }
+    }
+    assert_eq!(acme_ids.len(), 3);
+    let sent = Outcome::Sent { provider: "mail".into(), provider_message_id: None };
+    let failed = Outcome::finished(Status::Failed, "attempt", Some("mail"), "550");
+    let batch = [(acme_ids[0], sent), (acme_ids[1], failed)].map(|(lease, outcome)| Completion {
+        lease,
+        outcome,
+        detail: json!({"attempt": 1}),
+    });
+    tracking::complete(&mut conn, &batch).await.expect("complete");
+    let counts = [
+        count(acme.clone(), "sending").await,
+        count(acme.clone(), "sent").await,
+        count(acme.clone(), "failed").await,
+        count(globex.clone(), "failed").await,
+    ];
+    assert_eq!(counts, [1, 1, 1, 0]);
+}
+
 /// One statement records many outcomes, each fenced on its own row: a stale lease in the batch
 /// changes nothing of its job while its neighbours are applied.
 #[tokio::test]

@@ -208,12 +208,18 @@ async fn a_restarted_or_stopped_database_gives_503s_and_loses_nothing() {
         answers.iter().filter(|a| a.status != 202 && a.status != 503).map(|a| (a.status, a.took)).collect();
     assert!(other.is_empty(), "only 202s and 503s: {other:?}");
     assert!(refused.iter().all(|a| a.retry_after && a.problem), "every 503 is a problem with Retry-After");
+    // No request waits for the database to come back: measured against the outage itself
+    // (a count of answers, and a ratio to its length), not against a clock on this machine.
     let slowest = answers.iter().map(|a| a.took).max().unwrap_or_default();
-    assert!(slowest < Duration::from_secs(4), "no request waits long: slowest {slowest:?}");
+    let outage = up_at - down_at;
     let during_outage = refused.iter().filter(|a| a.at > down_at && a.at < up_at).count();
-    assert!(during_outage > 0, "the outage was seen");
+    assert!(
+        during_outage >= 8 * 2,
+        "each client was answered again and again during the outage: {during_outage} answers"
+    );
+    assert!(slowest * 2 < outage, "no request waits out the outage: slowest {slowest:?} of an outage of {outage:?}");
+    // Recovered by itself: accepted again after the restart, with nothing done to Herald.
     let recovered = accepted.iter().filter(|a| a.at > up_at).map(|a| a.at - up_at).min().expect("accepted again");
-    assert!(recovered < Duration::from_secs(4), "recovered by itself in {recovered:?}");
     let restart_gap = accepted.iter().filter(|a| a.at > restart_at).map(|a| a.at - restart_at).min();
     println!(
         "database faults: {} requests, {} accepted, {} answered 503 ({} in the 10 s outage), slowest answer {:?}, \

@@ -95,8 +95,8 @@ pub async fn complete(conn: &mut PgConnection, items: &[Completion]) -> StoreRes
                  WHERE n.id = e.notification_id AND n.status = ANY(string_to_array(i.sources, ','))
                  RETURNING n.id, n.tenant_id, n.status, n.callback_url, n.next_attempt_at
              ), ev AS (
-                 INSERT INTO notification_events (notification_id, type, status, provider, detail)
-                 SELECT i.nid, i.event, u.status, i.provider,
+                 INSERT INTO notification_events (notification_id, type, status, provider, provider_message_id, detail)
+                 SELECT i.nid, i.event, u.status, i.provider, CASE WHEN u.status = 'sent' THEN i.pmid END,
                         CASE WHEN u.id IS NOT NULL AND i.status = 'retrying'
                                  THEN i.detail || jsonb_build_object('next_attempt_at',
                                      to_char(u.next_attempt_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'))

@@ -9,9 +9,9 @@
 --
 -- * Lists and the dashboard's failures by status now read `indexed_status`: the status,
 --   except for the three statuses of the send path, where it is NULL. Their changes then
---   leave every indexed column as it was. A list of `queued`, `sending` or `sent`
---   notifications walks the tenant's newest rows (`notifications_tenant_id_idx`) instead:
---   these are the statuses most rows have, so a page of them is found near the top.
+--   leave every indexed column as it was. A list of `queued` or `sending` notifications
+--   goes through their send jobs; a list of `sent` ones walks the tenant's newest rows
+--   (`notifications_tenant_id_idx`), where they are (store::notifications::list_sql).
 --   (`Status::SEND_PATH` in src/domain/status.rs names the same three: change both.)
 -- * Receipts find their notification by the provider's message id on the `attempt` event
 --   that recorded the send: that row is written anyway, so the index moves, it is not added.

@@ -172,6 +172,23 @@ pub struct Timing {
 }
 
 impl Timing {
+    /// A drain that began at `started`, first showed progress (`done` so far) at `first`, and
+    /// was seen at `done` of `target` at `end`: the rate from the first progress on, so that
+    /// process start-up is not counted (from `started` if progress came only once).
+    fn measured(started: Instant, first: Option<(Instant, i64)>, end: Instant, done: i64, target: i64) -> Timing {
+        let timed_out = done < target;
+        match first {
+            Some((t1, d1)) if end > t1 && done > d1 => {
+                let secs = (end - t1).as_secs_f64();
+                Timing { rate: (done - d1) as f64 / secs, secs, done, timed_out }
+            }
+            _ => {
+                let secs = (end - started).as_secs_f64();
+                Timing { rate: done as f64 / secs, secs, done, timed_out }
+            }
+        }
+    }
+
     /// "10,000 in 2.31 s", or "timed out: 7,500 of 10,000 in 60 s".
     pub fn progress(&self, target: u64) -> String {
         if self.timed_out {
@@ -203,16 +220,7 @@ async fn time_progress(
         let now = Instant::now();
         let timed_out = now - started > timeout;
         if d >= target || timed_out {
-            return Ok(match first {
-                Some((t1, d1)) if now > t1 && d > d1 => {
-                    let secs = (now - t1).as_secs_f64();
-                    Timing { rate: (d - d1) as f64 / secs, secs, done: d, timed_out: d < target }
-                }
-                _ => {
-                    let secs = (now - started).as_secs_f64();
-                    Timing { rate: d as f64 / secs, secs, done: d, timed_out: d < target }
-                }
-            });
+            return Ok(Timing::measured(started, first, now, d, target));
         }
         if first.is_none() && d > 0 {
             first = Some((now, d));
@@ -243,16 +251,7 @@ pub async fn time_sends(pool: &PgPool, proc: &mut Proc, n: u64, timeout: Duratio
         let timed_out = before - started > timeout;
         if now_lowest.is_none() || timed_out {
             let done = n as i64 - crate::db::count(pool, JOBS_LEFT).await?;
-            return Ok(match first {
-                Some((t1, d1)) if before > t1 && done > d1 => {
-                    let secs = (before - t1).as_secs_f64();
-                    Timing { rate: (done - d1) as f64 / secs, secs, done, timed_out: done < n as i64 }
-                }
-                _ => {
-                    let secs = (before - started).as_secs_f64();
-                    Timing { rate: done as f64 / secs, secs, done, timed_out: done < n as i64 }
-                }
-            });
+            return Ok(Timing::measured(started, first, before, done, n as i64));
         }
         if first.is_none() && now_lowest != at_start {
             let t1 = Instant::now();

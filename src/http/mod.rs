@@ -43,7 +43,28 @@ pub use auth::KeyCache;
 pub use stats::StatsCache;
 
 /// Single POSTs are accepted through this: many requests, one statement.
-pub type Ingest = Coalescer<Submission, StoreResult<Accepted>>;
+pub type Ingest = Coalescer<Submission, Written>;
+
+/// A single POST's result from the group committer (`ingest`).
+pub enum Written {
+    /// Known when its group's write ended.
+    Known(StoreResult<Accepted>),
+    /// Its group's connection was lost after the write went out, so it may have committed: it
+    /// is being settled (`store::ingest::settle_unknown`) in a task of its own, so that writes
+    /// caught by an outage hold none of the committer's writers, and the requests that arrive
+    /// during the outage get their 503 at once instead of waiting behind them.
+    Settling(tokio::sync::oneshot::Receiver<StoreResult<Accepted>>),
+}
+
+impl Written {
+    /// The write's outcome, once it is known (or known to be unknown).
+    pub async fn outcome(self) -> Result<StoreResult<Accepted>, crate::batching::Lost> {
+        match self {
+            Written::Known(r) => Ok(r),
+            Written::Settling(rx) => rx.await.map_err(|_| crate::batching::Lost),
+        }
+    }
+}
 
 #[derive(Clone)]
 pub struct AppState {
@@ -73,7 +94,33 @@ pub fn ingest(pool: PgPool, settings: &Settings) -> Ingest {
     };
     Coalescer::new(limits, move |items: Vec<Submission>| {
         let pool = pool.clone();
-        async move { store::ingest::accept_batch(&pool, &items, notify).await }
+        async move {
+            let results = store::ingest::write_batch(&pool, &items, notify).await;
+            if !results.iter().any(store::ingest::is_unknown) {
+                return results.into_iter().map(Written::Known).collect();
+            }
+            let mut answers = Vec::with_capacity(items.len());
+            let (mut unsettled, mut replies) = (Vec::new(), Vec::new());
+            for (item, result) in items.into_iter().zip(results) {
+                if store::ingest::is_unknown(&result) {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    unsettled.push((item, result));
+                    replies.push(tx);
+                    answers.push(Written::Settling(rx));
+                } else {
+                    answers.push(Written::Known(result));
+                }
+            }
+            tokio::spawn(async move {
+                let (items, mut results): (Vec<Submission>, Vec<_>) = unsettled.into_iter().unzip();
+                store::ingest::settle_unknown(&pool, &items, &mut results).await;
+                for (reply, result) in replies.into_iter().zip(results) {
+                    // The caller may have gone (client hung up); the settle was for the log too.
+                    let _ = reply.send(result);
+                }
+            });
+            answers
+        }
     })
 }
 

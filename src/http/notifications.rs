@@ -298,7 +298,8 @@ pub(super) async fn create(
     if let Some(axum::Extension(c)) = committing {
         c.begin();
     }
-    let outcome = state.ingest.submit(submission).await.map_err(|_| ApiError::internal())??;
+    let written = state.ingest.submit(submission).await.map_err(|_| ApiError::internal())?;
+    let outcome = written.outcome().await.map_err(|_| ApiError::internal())??;
     answer(&state, &caller, outcome).await
 }
 

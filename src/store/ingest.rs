@@ -125,20 +125,38 @@ enum Plan {
 ///
 /// An item the database refuses fails alone (`isolating`). A write whose outcome is unknown
 /// (the connection was lost after the statement or `COMMIT` went out) is settled before
-/// answering: each of its notifications is found committed (and answered as created) or not
-/// (and answered with an error saying nothing was stored), never guessed.
+/// answering (`settle_unknown`), never guessed.
 pub async fn accept_batch(pool: &PgPool, items: &[Submission], notify: bool) -> Vec<StoreResult<Accepted>> {
+    let mut results = write_batch(pool, items, notify).await;
+    settle_unknown(pool, items, &mut results).await;
+    results
+}
+
+/// `accept_batch` up to the end of its write: the items whose write's outcome is unknown are
+/// `StoreError::OutcomeUnknown` (`is_unknown`), for `settle_unknown`. The group committer
+/// settles them apart, so that a write caught by an outage holds none of its writers.
+pub async fn write_batch(pool: &PgPool, items: &[Submission], notify: bool) -> Vec<StoreResult<Accepted>> {
     let whole = try_batch(pool, items, notify).await;
     let results = super::isolating(items, whole, |chunk| {
         let pool = pool.clone();
         Box::pin(async move { try_batch(&pool, chunk, notify).await })
     })
     .await;
-    let mut results: Vec<StoreResult<Accepted>> = results.into_iter().map(|r| r.and_then(|r| r)).collect();
-    let unknown: Vec<usize> =
-        (0..items.len()).filter(|&i| matches!(results[i], Err(StoreError::OutcomeUnknown(_)))).collect();
+    results.into_iter().map(|r| r.and_then(|r| r)).collect()
+}
+
+/// Whether the write of this result's item may or may not have committed (`write_batch`).
+pub fn is_unknown(result: &StoreResult<Accepted>) -> bool {
+    matches!(result, Err(StoreError::OutcomeUnknown(_)))
+}
+
+/// Settle the results of `items` whose outcome is unknown: each notification is found
+/// committed (and answered as created) or not (and answered with an error saying nothing was
+/// stored). If the database stays away past `SETTLE_FOR`, they stay unknown.
+pub async fn settle_unknown(pool: &PgPool, items: &[Submission], results: &mut [StoreResult<Accepted>]) {
+    let unknown: Vec<usize> = (0..items.len()).filter(|&i| is_unknown(&results[i])).collect();
     if unknown.is_empty() {
-        return results;
+        return;
     }
     let ids: Vec<Uuid> = unknown.iter().map(|&i| items[i].id.as_uuid()).collect();
     // Boxed: this rare path's futures would otherwise make every flush's future (which the
@@ -162,7 +180,6 @@ pub async fn accept_batch(pool: &PgPool, items: &[Submission], notify: bool) -> 
         }
         Err(e) => tracing::error!(error = %e, items = ids.len(), "could not learn whether a write committed"),
     }
-    results
 }
 
 /// How long `settle` keeps trying to reach the database: a restart or a failover takes

@@ -239,16 +239,29 @@ async fn a_write_slower_than_the_request_timeout_is_answered_with_its_outcome() 
 struct AnswerDropper {
     armed: Arc<AtomicBool>,
     dropped: Arc<AtomicUsize>,
+    /// Once it has dropped an answer, whether the proxy closes every connection it is given
+    /// until this is cleared (the database is away).
+    away_after_drop: Arc<AtomicBool>,
+    away: Arc<AtomicBool>,
 }
 
 impl AnswerDropper {
     async fn start(upstream: String, needle: &'static [u8]) -> (AnswerDropper, u16) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
-        let d = AnswerDropper { armed: Arc::default(), dropped: Arc::default() };
+        let d = AnswerDropper {
+            armed: Arc::default(),
+            dropped: Arc::default(),
+            away_after_drop: Arc::default(),
+            away: Arc::default(),
+        };
         let dropper = d.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                if dropper.away.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
                 let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else { continue };
                 let d = dropper.clone();
                 tokio::spawn(async move {
@@ -264,6 +277,9 @@ impl AnswerDropper {
                         let chunk = &buf[..n];
                         if d.armed.load(Ordering::SeqCst) && chunk.windows(needle.len()).any(|w| w == needle) {
                             d.armed.store(false, Ordering::SeqCst);
+                            if d.away_after_drop.load(Ordering::SeqCst) {
+                                d.away.store(true, Ordering::SeqCst);
+                            }
                             d.dropped.fetch_add(1, Ordering::SeqCst);
                             break;
                         }
@@ -316,6 +332,55 @@ async fn a_write_whose_answer_is_lost_after_it_committed_is_answered_202() {
     assert_eq!(stored, vec!["second"]);
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications").fetch_one(t.pool()).await.expect("count");
     assert_eq!(n, 2, "one notification per POST");
+}
+
+/// A write whose answer is lost while the database goes away is settled once it is back, and
+/// until then it holds none of the group committer's writers (here its only one): a POST made
+/// meanwhile is answered 503 at once, before the caught write is answered, instead of
+/// queueing behind it for the whole outage.
+#[tokio::test]
+async fn a_write_caught_by_an_outage_does_not_hold_back_the_next_requests() {
+    let upstream = std::env::var("HERALD_TEST_DATABASE_URL")
+        .ok()
+        .and_then(|u| url::Url::parse(&u).ok())
+        .map_or("127.0.0.1:5432".to_owned(), |u| {
+            format!("{}:{}", u.host_str().unwrap_or("127.0.0.1"), u.port().unwrap_or(5432))
+        });
+    let (dropper, port) = AnswerDropper::start(upstream, b"queued").await;
+    let t = TestApp::spawn_with(move |s| {
+        let mut u = url::Url::parse(s.database.url.expose()).expect("url");
+        u.set_host(Some("127.0.0.1")).expect("host");
+        u.set_port(Some(port)).expect("port");
+        u.query_pairs_mut().append_pair("sslmode", "disable");
+        s.database.url = herald::config::Secret::new(u.to_string());
+        // One connection, so one writer: the caught write would hold every writer there is.
+        s.database.max_connections = 1;
+        s.database.acquire_timeout_ms = 300;
+    })
+    .await;
+    let t = Arc::new(t);
+    let key = t.key("a", SEND_READ).await;
+    assert_eq!(t.post(&key, sms("first")).await.status, StatusCode::ACCEPTED, "warms the key cache");
+    dropper.away_after_drop.store(true, Ordering::SeqCst);
+    dropper.armed.store(true, Ordering::SeqCst);
+    let caught = {
+        let (t, key) = (t.clone(), key.clone());
+        tokio::spawn(async move { t.post(&key, sms("caught")).await })
+    };
+    while dropper.dropped.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let during = t.post(&key, sms("during")).await;
+    assert_eq!(during.status, StatusCode::SERVICE_UNAVAILABLE, "{}", during.body);
+    assert!(!caught.is_finished(), "the request made during the outage waited for the caught write to be settled");
+    dropper.away.store(false, Ordering::SeqCst);
+    let caught = caught.await.expect("caught");
+    assert_eq!(caught.status, StatusCode::ACCEPTED, "settled once the database is back: {}", caught.body);
+    let stored: Vec<String> = sqlx::query_scalar("SELECT content->>'text' FROM notifications ORDER BY created_at")
+        .fetch_all(t.pool())
+        .await
+        .expect("read");
+    assert_eq!(stored, vec!["first", "caught"], "the request answered 503 stored nothing");
 }
 
 /// Sends deferred by a tenant's daily quota wait for tomorrow. `herald tenants set T --quota

@@ -9,7 +9,7 @@ use herald::config::Settings;
 use herald::domain::{ApiKeyId, Channel, send_limit, tenant, webhook};
 use herald::store::{self, keys, tracking};
 
-const AFTER_HELP: &str = "Every command but `dev` and `healthcheck` needs the database: DATABASE_URL \
+const AFTER_HELP: &str = "Every command but `dev`, `healthcheck` and `openapi` needs the database: DATABASE_URL \
      (e.g. postgres://herald@127.0.0.1:5432/herald) or database.url in the config. `herald dev` \
      prints the DATABASE_URL it uses.\n\
      Configuration: config/default.toml (built in), then --config FILE or HERALD_CONFIG, then \
@@ -64,6 +64,9 @@ enum Cmd {
     },
     /// Exit 0 when the local server answers /readyz (for container health checks).
     Healthcheck,
+    /// Print the OpenAPI document that /openapi.json serves (no server or database needed),
+    /// for client generators in a build.
+    Openapi,
 }
 
 #[derive(Subcommand)]
@@ -330,6 +333,12 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
             }
             herald::telemetry::init(&settings);
             herald::dev::run(settings, *throwaway_db).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Openapi => {
+            let doc = serde_json::to_string_pretty(herald::http::openapi::document())
+                .map_err(|e| AppError::Usage(format!("the OpenAPI document did not serialize: {e}")))?;
+            println!("{doc}");
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Healthcheck => {

@@ -196,6 +196,15 @@ fn opt_string(obj: &Map<String, Value>, key: &str, errs: &mut Errors) -> Option<
     }
 }
 
+/// The fields a `channel` notification's content may have.
+pub fn fields(channel: Channel) -> &'static [&'static str] {
+    match channel {
+        Channel::Email => &["subject", "text", "html", "from", "reply_to", "unsubscribe_url"],
+        Channel::Sms => &["text"],
+        Channel::Push => &["title", "body", "data"],
+    }
+}
+
 /// Read `v` as the content of a `channel` notification, or every problem found.
 pub fn parse(channel: Channel, v: &Value, rules: Rules<'_>) -> Result<Content, Vec<FieldError>> {
     let mut errs = Errors(Vec::new());
@@ -207,11 +216,7 @@ pub(super) fn parse_into(channel: Channel, v: &Value, rules: Rules<'_>, errs: &m
         errs.add("/content", "must be an object");
         return None;
     };
-    let allowed: &[&str] = match channel {
-        Channel::Email => &["subject", "text", "html", "from", "reply_to", "unsubscribe_url"],
-        Channel::Sms => &["text"],
-        Channel::Push => &["title", "body", "data"],
-    };
+    let allowed = fields(channel);
     let before = errs.0.len();
     for key in obj.keys() {
         if !allowed.contains(&key.as_str()) {

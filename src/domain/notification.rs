@@ -111,7 +111,8 @@ impl<'a> ParseOptions<'a> {
     }
 }
 
-const TOP_LEVEL: [&str; 11] = [
+/// The fields a notification request may have (the OpenAPI schema is held to this list).
+pub const FIELDS: [&str; 11] = [
     "channel",
     "to",
     "content",
@@ -139,7 +140,7 @@ impl NewNotification {
             return Err(nul);
         }
         for key in obj.keys() {
-            if !TOP_LEVEL.contains(&key.as_str()) {
+            if !FIELDS.contains(&key.as_str()) {
                 errs.add(format!("/{}", escape(key)), "unknown field");
             }
         }
@@ -301,6 +302,9 @@ impl NewNotification {
     }
 }
 
+/// The fields of a notification's `template`.
+pub const TEMPLATE_FIELDS: [&str; 3] = ["name", "version", "data"];
+
 /// Render `{"template": {"name", "version", "data"}}` for `channel` and check the result as
 /// content. Problems of the rendered content are the template's, so they point at `/template`.
 fn from_template(
@@ -315,7 +319,7 @@ fn from_template(
         return None;
     };
     let before = errs.0.len();
-    for key in obj.keys().filter(|k| !["name", "version", "data"].contains(&k.as_str())) {
+    for key in obj.keys().filter(|k| !TEMPLATE_FIELDS.contains(&k.as_str())) {
         errs.add(format!("/template/{}", escape(key)), "unknown field");
     }
     let name = match obj.get("name") {

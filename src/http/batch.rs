@@ -26,12 +26,15 @@ use crate::store::ingest::{self, Accepted, Submission};
 use crate::store::keys::{Caller, Scope};
 
 pub(super) const MAX_ITEMS: usize = 1000;
+/// The fields of a batch request; and the one field an item has beyond a notification's.
+pub(super) const FIELDS: [&str; 1] = ["notifications"];
+pub(super) const ITEM_KEY: &str = "idempotency_key";
 /// The body limit of this route: 1,000 items of up to 16 KiB each (a long email is rarely more),
 /// or the server's own limit if that is larger.
 pub(super) const MAX_BODY_BYTES: usize = MAX_ITEMS * 16 * 1024;
 
 /// Create up to 1,000 notifications in one request; valid items are committed together.
-#[utoipa::path(post, path = "/v1/notifications/batch", tag = "notifications", security(("api_key" = [])),
+#[utoipa::path(post, path = "/v1/notifications/batch", operation_id = "createNotificationBatch", tag = "notifications", security(("api_key" = [])),
     request_body = crate::http::schemas::BatchRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "For the whole batch")),
     responses((status = 200, description = "A result per item", body = crate::http::schemas::BatchResponse),
@@ -53,7 +56,7 @@ pub(super) async fn create(
             "required: an array of notifications ({\"notifications\": [...]})",
         )]));
     };
-    if let Some(other) = value.as_object().and_then(|o| o.keys().find(|k| *k != "notifications")) {
+    if let Some(other) = value.as_object().and_then(|o| o.keys().find(|k| *k != FIELDS[0])) {
         return Err(ApiError::validation(vec![FieldError::new(format!("/{other}"), "unknown field")]));
     }
     if items.is_empty() || items.len() > MAX_ITEMS {
@@ -152,7 +155,7 @@ fn item_submission(
         );
         return Err(Box::new((ApiError::validation(vec![at(e)]), None)));
     }
-    let own_key = match item.as_object_mut().and_then(|o| o.remove("idempotency_key")) {
+    let own_key = match item.as_object_mut().and_then(|o| o.remove(ITEM_KEY)) {
         None => None,
         Some(Value::String(k)) if valid_key(&k) => Some(k),
         Some(_) => {

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::problem::ApiError;
 
 /// Where things are.
-#[utoipa::path(get, path = "/", tag = "service", responses((status = 200, body = Object)))]
+#[utoipa::path(get, path = "/", operation_id = "getIndex", tag = "service", responses((status = 200, description = "What this service is and where to go next", body = Object)))]
 pub(super) async fn index() -> Json<Value> {
     Json(json!({
         "name": "herald",
@@ -35,7 +35,7 @@ pub(super) async fn index() -> Json<Value> {
 }
 
 /// The version and git revision of this build.
-#[utoipa::path(get, path = "/version", tag = "service", responses((status = 200, body = Object)))]
+#[utoipa::path(get, path = "/version", operation_id = "getVersion", tag = "service", responses((status = 200, description = "The version and build", body = Object)))]
 pub(super) async fn version() -> Json<Value> {
     let rev = (!crate::GIT_REV.is_empty()).then_some(crate::GIT_REV);
     Json(json!({"version": env!("CARGO_PKG_VERSION"), "git_revision": rev}))
@@ -147,8 +147,8 @@ pub(super) const PROBLEMS: &[(&str, u16, &str, &str)] = &[
 ];
 
 /// The page a problem's `type` points at.
-#[utoipa::path(get, path = "/problems/{kind}", tag = "service", params(("kind" = String, Path)),
-    responses((status = 200, body = String, content_type = "text/html"), (status = 404, response = crate::http::schemas::Problem)))]
+#[utoipa::path(get, path = "/problems/{kind}", operation_id = "getProblemType", tag = "service", params(("kind" = String, Path)),
+    responses((status = 200, description = "A page that explains the problem", body = String, content_type = "text/html"), (status = 404, response = crate::http::schemas::Problem)))]
 pub(super) async fn problem_page(Path(kind): Path<String>) -> Result<Html<String>, ApiError> {
     let (kind, status, title, text) = PROBLEMS
         .iter()

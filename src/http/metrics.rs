@@ -13,7 +13,7 @@ use super::problem::ApiError;
 use crate::metrics;
 
 /// Prometheus text format; with `metrics.token` set, only for `Authorization: Bearer <token>`.
-#[utoipa::path(get, path = "/metrics", tag = "operators",
+#[utoipa::path(get, path = "/metrics", operation_id = "getMetrics", tag = "operators", security((), ("metrics_token" = [])),
     responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain"),
               (status = 401, response = crate::http::schemas::Problem)))]
 pub(super) async fn scrape(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {

@@ -163,7 +163,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/stats", get(stats::get))
         .route("/v1/suppressions", get(suppressions::list).post(suppressions::create))
         .route("/v1/suppressions/{channel}/{recipient}", axum::routing::delete(suppressions::delete))
-        .route("/webhooks/{provider}", get(webhooks::receive).post(webhooks::receive))
+        .route("/webhooks/{provider}", get(webhooks::receive_by_query).post(webhooks::receive))
         .route("/metrics", get(metrics::scrape))
         .route("/ops", get(ops::page))
         .route("/ops/app.js", get(ops::script))
@@ -176,7 +176,10 @@ pub fn router(state: AppState) -> Router {
         .route("/version", get(meta::version))
         .route("/problems/{kind}", get(meta::problem_page))
         // `/openapi.json`, and `/docs` rendering it (Swagger UI, built into the binary).
-        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", openapi::document().clone()))
+        .merge(
+            utoipa_swagger_ui::SwaggerUi::new("/docs")
+                .external_url_unchecked("/openapi.json", openapi::document().clone()),
+        )
         .route_layer(middleware::from_fn(metrics::track))
         .fallback(|| async { problem::ApiError::not_found("no such resource") })
         .layer(DefaultBodyLimit::max(max_body))

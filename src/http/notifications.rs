@@ -29,7 +29,7 @@ use crate::store::tracking::{self, CancelOutcome, RetryOutcome};
 use crate::store::{EventRecord, NotificationRecord};
 use crate::views::NotificationView;
 
-const DEFAULT_LIMIT: i64 = 50;
+pub(super) const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;
 /// A list page ends early (with a `next_cursor`) once its notifications' content and metadata
 /// reach this many bytes: 500 emails of 512 KiB would otherwise be a 250 MiB answer.
@@ -246,7 +246,7 @@ pub(super) fn key_conflict() -> ApiError {
 
 /// Create one notification. Answered `202` once it is committed; with an `Idempotency-Key` seen
 /// before, `200` and the original.
-#[utoipa::path(post, path = "/v1/notifications", tag = "notifications", security(("api_key" = [])),
+#[utoipa::path(post, path = "/v1/notifications", operation_id = "createNotification", tag = "notifications", security(("api_key" = [])),
     request_body = crate::http::schemas::NotificationRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried POST safe (at most 255 characters)"),
            ("traceparent" = Option<String>, Header, description = "W3C trace context, continued into dispatch")),
@@ -329,9 +329,9 @@ async fn answer(state: &AppState, caller: &Caller, outcome: Accepted) -> Result<
 }
 
 /// One notification with its timeline.
-#[utoipa::path(get, path = "/v1/notifications/{id}", tag = "notifications", security(("api_key" = [])),
+#[utoipa::path(get, path = "/v1/notifications/{id}", operation_id = "getNotification", tag = "notifications", security(("api_key" = [])),
     params(("id" = String, Path, description = "The notification's id")),
-    responses((status = 200, body = crate::views::NotificationView), (status = 400, response = crate::http::schemas::Problem),
+    responses((status = 200, description = "The notification with its timeline", body = crate::views::NotificationView), (status = 400, response = crate::http::schemas::Problem),
               (status = 404, response = crate::http::schemas::Problem), (status = 401, response = crate::http::schemas::Problem), (status = 403, response = crate::http::schemas::Problem), (status = 503, response = crate::http::schemas::Problem)))]
 pub(super) async fn get(
     State(state): State<AppState>,
@@ -361,15 +361,15 @@ fn parse_time_param(params: &HashMap<String, String>, name: &str) -> Result<Opti
 }
 
 /// Notifications, newest first, filtered.
-#[utoipa::path(get, path = "/v1/notifications", tag = "notifications", security(("api_key" = [])),
+#[utoipa::path(get, path = "/v1/notifications", operation_id = "listNotifications", tag = "notifications", security(("api_key" = [])),
     params(("status" = Option<crate::domain::Status>, Query), ("channel" = Option<crate::domain::Channel>, Query),
            ("to" = Option<String>, Query, description = "A recipient"), ("tag" = Option<String>, Query),
            ("created_after" = Option<String>, Query, description = "RFC 3339"),
            ("created_before" = Option<String>, Query, description = "RFC 3339"),
            ("tenant" = Option<String>, Query, description = "Admin keys: one tenant's"),
-           ("limit" = Option<i64>, Query, description = "1 to 500, default 50; a page also ends early (with a next_cursor) once its notifications' content and metadata reach 4 MiB"),
+           ("limit" = Option<i64>, Query, minimum = 1, maximum = 500, description = "1 to 500, default 50; a page also ends early (with a next_cursor) once its notifications' content and metadata reach 4 MiB"),
            ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")),
-    responses((status = 200, body = Page), (status = 400, response = crate::http::schemas::Problem), (status = 401, response = crate::http::schemas::Problem), (status = 403, response = crate::http::schemas::Problem), (status = 503, response = crate::http::schemas::Problem)))]
+    responses((status = 200, description = "A page of notifications, newest first", body = Page), (status = 400, response = crate::http::schemas::Problem), (status = 401, response = crate::http::schemas::Problem), (status = 403, response = crate::http::schemas::Problem), (status = 503, response = crate::http::schemas::Problem)))]
 pub(super) async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -448,9 +448,9 @@ pub(super) async fn list(
 }
 
 /// Cancel a notification that is scheduled, queued or retrying.
-#[utoipa::path(post, path = "/v1/notifications/{id}/cancel", tag = "notifications", security(("api_key" = [])),
+#[utoipa::path(post, path = "/v1/notifications/{id}/cancel", operation_id = "cancelNotification", tag = "notifications", security(("api_key" = [])),
     params(("id" = String, Path)),
-    responses((status = 200, body = crate::views::NotificationView), (status = 400, response = crate::http::schemas::Problem),
+    responses((status = 200, description = "Cancelled", body = crate::views::NotificationView), (status = 400, response = crate::http::schemas::Problem),
               (status = 404, response = crate::http::schemas::Problem), (status = 409, response = crate::http::schemas::Problem), (status = 401, response = crate::http::schemas::Problem), (status = 403, response = crate::http::schemas::Problem), (status = 503, response = crate::http::schemas::Problem)))]
 pub(super) async fn cancel(
     State(state): State<AppState>,
@@ -472,7 +472,7 @@ pub(super) async fn cancel(
 }
 
 /// `POST /v1/notifications/{id}/retry` (admin): requeue a failed, expired or bounced one.
-#[utoipa::path(post, path = "/v1/notifications/{id}/retry", tag = "operators", security(("api_key" = [])),
+#[utoipa::path(post, path = "/v1/notifications/{id}/retry", operation_id = "retryNotification", tag = "operators", security(("api_key" = [])),
     params(("id" = String, Path)),
     responses((status = 200, description = "Requeued", body = crate::views::NotificationView), (status = 400, response = crate::http::schemas::Problem),
               (status = 404, response = crate::http::schemas::Problem), (status = 409, response = crate::http::schemas::Problem), (status = 401, response = crate::http::schemas::Problem), (status = 403, response = crate::http::schemas::Problem), (status = 503, response = crate::http::schemas::Problem)))]

@@ -7,6 +7,7 @@
 
 use std::sync::LazyLock;
 
+use serde_json::{Value, json};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -35,6 +36,7 @@ use super::schemas::Problem;
         super::suppressions::create,
         super::suppressions::delete,
         super::webhooks::receive,
+        super::webhooks::receive_by_query,
         super::health::healthz,
         super::health::readyz,
         super::metrics::scrape,
@@ -56,32 +58,188 @@ use super::schemas::Problem;
 )]
 pub struct ApiDoc;
 
-/// `Authorization: Bearer <api key>`.
+/// The security schemes: API keys, and the optional token of `/metrics`.
 struct BearerKey;
 
 impl Modify for BearerKey {
     fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
         let components = api.components.get_or_insert_with(Default::default);
         components.add_security_scheme("api_key", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+        components.add_security_scheme("metrics_token", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
     }
 }
 
-/// The document, built once.
-pub fn document() -> &'static utoipa::openapi::OpenApi {
-    static DOC: LazyLock<utoipa::openapi::OpenApi> = LazyLock::new(ApiDoc::openapi);
+/// The document, built once: what the handlers' attributes say, with the conventions every
+/// operation shares applied (`conventions`). `herald openapi` prints it; `/openapi.json`
+/// serves it. It depends on no configuration, so both are the same document.
+pub fn document() -> &'static Value {
+    static DOC: LazyLock<Value> = LazyLock::new(|| {
+        let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the document serializes");
+        conventions(&mut doc);
+        doc
+    });
     &DOC
+}
+
+/// The default `limit` of each list, by operation (the attributes can bound a parameter but
+/// not give its default).
+const LIST_DEFAULTS: [(&str, i64); 3] = [
+    ("listNotifications", super::notifications::DEFAULT_LIMIT),
+    ("listTemplates", super::templates::DEFAULT_LIMIT),
+    ("listSuppressions", super::suppressions::DEFAULT_LIMIT),
+];
+
+/// What every operation shares, applied once rather than written into each attribute:
+/// - one `Problem` schema that every error response refers to (generators then make one
+///   problem type, not one per operation and status);
+/// - `429` with `Retry-After` on every operation an API key calls (a tenant's request rate,
+///   `limits.requests_per_second`), and `Retry-After` on every `503`;
+/// - `security: []` on the operations that take no API key (public, or checked by a
+///   provider's own signature), so that no operation leaves its security unsaid;
+/// - the default of each list's `limit`;
+/// - a batch's items: a `NotificationRequest` with its own `idempotency_key`;
+/// - one server, relative: wherever the document was fetched from (a generated client takes
+///   its base URL when it is built).
+fn conventions(doc: &mut Value) {
+    doc["servers"] = json!([{"url": "/", "description": "The Herald that serves this document"}]);
+    let problem_ref = json!({"$ref": "#/components/schemas/Problem"});
+    let components = &mut doc["components"];
+    let inline = std::mem::replace(
+        &mut components["responses"]["Problem"]["content"]["application/problem+json"]["schema"],
+        problem_ref.clone(),
+    );
+    if components["schemas"].get("Problem").is_none() {
+        components["schemas"]["Problem"] = inline;
+    }
+    let retry_after = json!({"Retry-After": {
+        "description": "Seconds to wait before trying again",
+        "schema": {"type": "integer", "minimum": 0}}});
+    let with_retry_after = |description: &str| {
+        json!({"description": description, "headers": retry_after,
+               "content": {"application/problem+json": {"schema": problem_ref}}})
+    };
+    components["responses"]["RateLimited"] = with_retry_after(
+        "The tenant's request rate is used up (`limits.requests_per_second`): try again after `Retry-After` seconds",
+    );
+    components["responses"]["Unavailable"] =
+        with_retry_after("The database is away or busy: nothing was stored; try again after `Retry-After` seconds");
+    let schemas = &mut components["schemas"];
+    let mut item = schemas["NotificationRequest"].clone();
+    item["description"] = json!("A notification of a batch: as a single POST's body, with its own idempotency key.");
+    item["properties"][super::batch::ITEM_KEY] = json!({"type": ["string", "null"], "minLength": 1, "maxLength": 255,
+        "description": "As the `Idempotency-Key` header of a single POST; else the batch header's key as `{key}/{index}`"});
+    schemas["BatchNotification"] = item;
+    schemas["BatchRequest"]["properties"][super::batch::FIELDS[0]]["items"] =
+        json!({"$ref": "#/components/schemas/BatchNotification"});
+    let Some(paths) = doc["paths"].as_object_mut() else { return };
+    for op in paths.values_mut().filter_map(Value::as_object_mut).flat_map(|item| item.values_mut()) {
+        let keyed = op["security"].as_array().is_some_and(|s| s.iter().any(|r| r.get("api_key").is_some()));
+        if op.get("security").is_none_or(Value::is_null) {
+            op["security"] = json!([]);
+        }
+        let responses = &mut op["responses"];
+        if keyed {
+            responses["429"] = json!({"$ref": "#/components/responses/RateLimited"});
+        }
+        if responses.get("503").is_some() {
+            responses["503"] = json!({"$ref": "#/components/responses/Unavailable"});
+        }
+        let id = op["operationId"].as_str().unwrap_or_default().to_owned();
+        if let Some((_, default)) = LIST_DEFAULTS.iter().find(|(o, _)| *o == id)
+            && let Some(params) = op["parameters"].as_array_mut()
+        {
+            for p in params.iter_mut().filter(|p| p["name"] == "limit") {
+                p["schema"]["default"] = json!(default);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
+    use serde_json::Value;
+
     use super::document;
+    use crate::domain::{Channel, content, notification};
 
     /// The API as a reviewer sees it: a change to a route, a parameter or a schema changes
     /// this snapshot (`cargo insta review` to accept).
     #[test]
     fn the_openapi_document_is_as_reviewed() {
-        let doc = serde_json::to_value(document()).expect("json");
+        let doc = document();
         assert_eq!(doc["openapi"], "3.1.0");
         insta::assert_json_snapshot!("openapi", doc);
+    }
+
+    fn schema(name: &str) -> &'static Value {
+        let s = &document()["components"]["schemas"][name];
+        assert!(s.is_object(), "no schema {name}");
+        s
+    }
+
+    /// The request bodies the handlers parse by hand cannot drift from their schemas: each
+    /// schema has exactly the fields its parser accepts, and refuses any other
+    /// (`additionalProperties: false`), as the parser does. Every request body of the
+    /// document is one of these, or a type the handler deserializes itself.
+    #[test]
+    fn each_request_schema_has_exactly_its_parsers_fields() {
+        let with_key: Vec<&str> = notification::FIELDS.iter().copied().chain([super::super::batch::ITEM_KEY]).collect();
+        let parsed: [(&str, &[&str]); 9] = [
+            ("NotificationRequest", &notification::FIELDS),
+            ("BatchNotification", &with_key),
+            ("BatchRequest", &super::super::batch::FIELDS),
+            ("EmailContent", content::fields(Channel::Email)),
+            ("SmsContent", content::fields(Channel::Sms)),
+            ("PushContent", content::fields(Channel::Push)),
+            ("TemplateRef", &notification::TEMPLATE_FIELDS),
+            ("PreviewRequest", &super::super::templates::PREVIEW_FIELDS),
+            ("SuppressionRequest", &super::super::suppressions::FIELDS),
+        ];
+        for (name, fields) in parsed {
+            let s = schema(name);
+            let props: BTreeSet<&str> =
+                s["properties"].as_object().expect("properties").keys().map(String::as_str).collect();
+            assert_eq!(props, fields.iter().copied().collect(), "{name}: the schema's fields and the parser's");
+            assert_eq!(s["additionalProperties"], false, "{name} refuses unknown fields, as its parser does");
+        }
+        // Deserialized by serde with `deny_unknown_fields`: the type is the schema.
+        assert_eq!(schema("TemplateBody")["additionalProperties"], false);
+        let known: BTreeSet<&str> = parsed.iter().map(|(n, _)| *n).chain(["TemplateBody"]).collect();
+        for (path, item) in document()["paths"].as_object().expect("paths") {
+            for (method, op) in item.as_object().expect("path item") {
+                let Some(body) = op["requestBody"]["content"]["application/json"]["schema"]["$ref"].as_str() else {
+                    continue;
+                };
+                let name = body.trim_start_matches("#/components/schemas/");
+                assert!(known.contains(name), "{method} {path}: its body {name} is checked against its parser here");
+            }
+        }
+    }
+
+    /// What generators and linters require of every operation: a unique `operationId`, a
+    /// description on every response, security said (`[]` when there is none), and `429`
+    /// wherever an API key's request rate applies.
+    #[test]
+    fn every_operation_is_named_once_described_and_secured() {
+        let mut ids = BTreeSet::new();
+        for (path, item) in document()["paths"].as_object().expect("paths") {
+            for (method, op) in item.as_object().expect("path item") {
+                let id = op["operationId"].as_str().unwrap_or_default();
+                assert!(!id.is_empty() && ids.insert(id), "{method} {path}: operationId {id:?} unique");
+                let security = op["security"].as_array().unwrap_or_else(|| panic!("{method} {path}: security"));
+                for (status, r) in op["responses"].as_object().expect("responses") {
+                    assert!(
+                        r["description"].is_string() || r["$ref"].is_string(),
+                        "{method} {path} {status}: a description"
+                    );
+                }
+                if security.iter().any(|r| r.get("api_key").is_some()) {
+                    assert!(op["responses"]["429"].is_object(), "{method} {path}: 429 documented");
+                }
+            }
+        }
+        assert!(ids.contains("createNotification") && ids.contains("createNotificationBatch"));
     }
 }

@@ -85,6 +85,7 @@ pub(super) enum ContentRequest {
 
 /// Email: a subject and `text` and/or `html`.
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(super) struct EmailContent {
     subject: String,
     text: Option<String>,
@@ -97,12 +98,14 @@ pub(super) struct EmailContent {
 }
 
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(super) struct SmsContent {
     text: String,
 }
 
 /// Push: a title and/or a body, and optional data (a string map).
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(super) struct PushContent {
     title: Option<String>,
     body: Option<String>,
@@ -111,6 +114,7 @@ pub(super) struct PushContent {
 
 /// A notification to send.
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[schema(example = json!({"channel": "email", "to": "alice@example.com",
     "content": {"subject": "Welcome", "text": "Hi Alice"}, "tags": ["welcome"]}))]
 pub(super) struct NotificationRequest {
@@ -136,6 +140,7 @@ pub(super) struct NotificationRequest {
 
 /// Content rendered from a stored template.
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[schema(example = json!({"name": "welcome", "version": 3, "data": {"first_name": "Alice"}}))]
 pub(super) struct TemplateRef {
     name: String,
@@ -147,6 +152,7 @@ pub(super) struct TemplateRef {
 
 /// `POST /v1/templates/{name}/preview`.
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[schema(example = json!({"data": {"first_name": "Alice"}, "locale": "pt-BR", "channel": "sms"}))]
 pub(super) struct PreviewRequest {
     data: Option<BTreeMap<String, Value>>,
@@ -158,9 +164,12 @@ pub(super) struct PreviewRequest {
     version: Option<i32>,
 }
 
-/// Up to 1,000 notifications; each may carry its own `idempotency_key`.
+/// Up to 1,000 notifications; each may carry its own `idempotency_key` (the document's
+/// `BatchNotification`: a `NotificationRequest` with that field, made by `openapi::conventions`).
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(super) struct BatchRequest {
+    #[schema(min_items = 1, max_items = 1000)]
     notifications: Vec<NotificationRequest>,
 }
 
@@ -181,32 +190,10 @@ pub(super) struct BatchResponse {
 
 /// `POST /v1/suppressions`.
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[schema(example = json!({"channel": "sms", "recipient": "+14155550100", "reason": "asked to stop"}))]
 pub(super) struct SuppressionRequest {
     channel: Channel,
     recipient: String,
     reason: Option<String>,
-}
-
-/// `GET /v1/stats`: see the README's "Operators" section for every field.
-#[derive(Deserialize, ToSchema)]
-pub(super) struct Stats {
-    window: String,
-    #[serde(with = "time::serde::rfc3339")]
-    from: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    to: OffsetDateTime,
-    /// The tenant's name, or null for an admin key (every tenant).
-    tenant: Option<String>,
-    /// `total`, `by_status`, `by_channel`, `by_provider`.
-    notifications: BTreeMap<String, Value>,
-    /// `accepted_to_sent` and `accepted_to_delivered`: `count`, `p50`, `p90`, `p99`.
-    latency_seconds: BTreeMap<String, Value>,
-    attempts: Vec<BTreeMap<String, Value>>,
-    providers: Vec<BTreeMap<String, Value>>,
-    /// `bucket_seconds` and `buckets` (`at`, `accepted`, `sent`, `delivered`, `failed`).
-    throughput: BTreeMap<String, Value>,
-    queue: Vec<BTreeMap<String, Value>>,
-    stuck: i64,
-    recent_failures: Vec<BTreeMap<String, Value>>,
 }

@@ -8,9 +8,9 @@ use std::time::Instant;
 
 use axum::Json;
 use axum::extract::{Query, State};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::auth::require;
@@ -84,14 +84,14 @@ pub(super) struct StatsQuery {
 }
 
 /// What happened over a window: counts, latency, attempts, queue and recent failures.
-#[utoipa::path(get, path = "/v1/stats", tag = "operators", security(("api_key" = [])),
+#[utoipa::path(get, path = "/v1/stats", operation_id = "getStats", tag = "operators", security(("api_key" = [])),
     params(("window" = Option<String>, Query, description = "5m, 1h (default), 24h or 7d")),
-    responses((status = 200, body = crate::http::schemas::Stats), (status = 400, response = crate::http::schemas::Problem), (status = 401, response = crate::http::schemas::Problem), (status = 403, response = crate::http::schemas::Problem), (status = 503, response = crate::http::schemas::Problem)))]
+    responses((status = 200, description = "The window's figures", body = StatsView), (status = 400, response = crate::http::schemas::Problem), (status = 401, response = crate::http::schemas::Problem), (status = 403, response = crate::http::schemas::Problem), (status = 503, response = crate::http::schemas::Problem)))]
 pub(super) async fn get(
     State(state): State<AppState>,
     caller: Caller,
     Query(q): Query<StatsQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<StatsView>, ApiError> {
     if !caller.has(Scope::Read) {
         require(&caller, Scope::Admin)?;
     }
@@ -105,61 +105,207 @@ pub(super) async fn get(
     Ok(Json(render(&state, &caller, window, &snap)))
 }
 
-fn render(state: &AppState, caller: &Caller, window: (&str, time::Duration), s: &Snapshot) -> Value {
+/// `GET /v1/stats`: what happened over `window`, for one tenant (`tenant`) or, with an admin
+/// key, every tenant (`tenant` null). The README's "Operators" section explains each figure.
+#[derive(Serialize, ToSchema)]
+pub(super) struct StatsView {
+    /// `5m`, `1h`, `24h` or `7d`.
+    window: String,
+    /// The window, RFC 3339 in UTC.
+    from: String,
+    to: String,
+    tenant: Option<String>,
+    notifications: Counts,
+    latency_seconds: Latencies,
+    /// Provider calls, by provider.
+    attempts: Vec<AttemptStats>,
+    /// The providers this process routes to, and their circuit breakers.
+    providers: Vec<ProviderState>,
+    throughput: Throughput,
+    /// Send jobs by lane (channel and priority).
+    queue: Vec<Lane>,
+    /// Jobs whose lease ran out without an answer; the rescuer puts them back.
+    stuck: i64,
+    /// The latest failures of the window, newest first.
+    recent_failures: Vec<FailureView>,
+}
+
+/// Notifications created in the window: in all, by status, by channel and status, by
+/// provider and status.
+#[derive(Serialize, ToSchema)]
+struct Counts {
+    total: i64,
+    by_status: BTreeMap<String, i64>,
+    by_channel: BTreeMap<String, BTreeMap<String, i64>>,
+    by_provider: BTreeMap<String, BTreeMap<String, i64>>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct Latencies {
+    accepted_to_sent: Latency,
+    accepted_to_delivered: Latency,
+}
+
+/// Seconds from acceptance to an event, over the events of the window (null percentiles
+/// when there were none).
+#[derive(Serialize, ToSchema)]
+struct Latency {
+    count: i64,
+    p50: Option<f64>,
+    p90: Option<f64>,
+    p99: Option<f64>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct AttemptStats {
+    provider: String,
+    attempts: i64,
+    /// Attempts that failed (not notifications: a notification may fail over and be sent).
+    failed: i64,
+    /// `failed / attempts`, 0 to 1.
+    failure_rate: f64,
+}
+
+#[derive(Serialize, ToSchema)]
+struct ProviderState {
+    name: String,
+    kind: Option<String>,
+    /// `closed`, `open` or `half_open`.
+    breaker: String,
+}
+
+#[derive(Serialize, ToSchema)]
+struct Throughput {
+    bucket_seconds: i64,
+    buckets: Vec<Bucket>,
+}
+
+/// What happened in one bucket of the window, from `at`.
+#[derive(Serialize, ToSchema)]
+struct Bucket {
+    at: String,
+    accepted: i64,
+    sent: i64,
+    delivered: i64,
+    failed: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+struct Lane {
+    channel: String,
+    priority: String,
+    /// Waiting, due or not.
+    waiting: i64,
+    /// Waiting and due now.
+    due: i64,
+    /// Being sent.
+    running: i64,
+    /// How long the oldest due job has waited, in seconds.
+    oldest_due_age_seconds: Option<f64>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct FailureView {
+    id: String,
+    channel: String,
+    /// Masked (`a***@example.com`).
+    to: String,
+    provider: Option<String>,
+    error: Option<String>,
+    at: String,
+}
+
+impl From<&stats::Latency> for Latency {
+    fn from(l: &stats::Latency) -> Self {
+        Latency { count: l.count, p50: l.p50, p90: l.p90, p99: l.p99 }
+    }
+}
+
+fn render(state: &AppState, caller: &Caller, window: (&str, time::Duration), s: &Snapshot) -> StatsView {
     let now = OffsetDateTime::now_utc();
     let stamp = crate::store::notifications::rfc3339;
-    let mut by_status: BTreeMap<&str, i64> = BTreeMap::new();
-    let mut by_channel: BTreeMap<&str, BTreeMap<&str, i64>> = BTreeMap::new();
-    let mut by_provider: BTreeMap<&str, BTreeMap<&str, i64>> = BTreeMap::new();
+    let mut counts =
+        Counts { total: 0, by_status: BTreeMap::new(), by_channel: BTreeMap::new(), by_provider: BTreeMap::new() };
     for c in &s.counts {
-        *by_status.entry(&c.status).or_default() += c.count;
-        *by_channel.entry(&c.channel).or_default().entry(&c.status).or_default() += c.count;
+        counts.total += c.count;
+        *counts.by_status.entry(c.status.clone()).or_default() += c.count;
+        *counts.by_channel.entry(c.channel.clone()).or_default().entry(c.status.clone()).or_default() += c.count;
         if let Some(p) = &c.provider {
-            *by_provider.entry(p).or_default().entry(&c.status).or_default() += c.count;
+            *counts.by_provider.entry(p.clone()).or_default().entry(c.status.clone()).or_default() += c.count;
         }
     }
-    let total: i64 = by_status.values().sum();
-    let attempts: Vec<Value> = s
+    let attempts = s
         .attempts
         .iter()
-        .map(|a| {
-            let rate = if a.attempts > 0 { a.failed as f64 / a.attempts as f64 } else { 0.0 };
-            json!({"provider": a.provider, "attempts": a.attempts, "failed": a.failed, "failure_rate": rate})
+        .map(|a| AttemptStats {
+            provider: a.provider.clone(),
+            attempts: a.attempts,
+            failed: a.failed,
+            failure_rate: if a.attempts > 0 { a.failed as f64 / a.attempts as f64 } else { 0.0 },
         })
         .collect();
     // Breakers live in the process that sends: known here when this process dispatches too.
-    let providers: Vec<Value> = state
+    let providers = state
         .registry
         .routes()
-        .map(|r| {
-            let kind = state.settings.providers.get(&r.name).map(|p| p.kind().as_str());
-            json!({"name": r.name, "kind": kind, "breaker": r.breaker.state_name()})
+        .map(|r| ProviderState {
+            name: r.name.clone(),
+            kind: state.settings.providers.get(&r.name).map(|p| p.kind().as_str().to_owned()),
+            breaker: r.breaker.state_name().to_owned(),
         })
         .collect();
-    let buckets: Vec<Value> = s
+    let buckets = s
         .throughput
         .iter()
-        .map(|b| json!({"at": stamp(b.at), "accepted": b.accepted, "sent": b.sent, "delivered": b.delivered, "failed": b.failed}))
+        .map(|b| Bucket {
+            at: stamp(b.at),
+            accepted: b.accepted,
+            sent: b.sent,
+            delivered: b.delivered,
+            failed: b.failed,
+        })
         .collect();
-    let failures: Vec<Value> = s
+    let queue = s
+        .queue
+        .iter()
+        .map(|q| Lane {
+            channel: q.channel.clone(),
+            priority: q.priority.clone(),
+            waiting: q.waiting,
+            due: q.due,
+            running: q.running,
+            oldest_due_age_seconds: q.oldest_due_age_seconds,
+        })
+        .collect();
+    let recent_failures = s
         .recent_failures
         .iter()
-        .map(|f| json!({"id": f.id, "channel": f.channel, "to": f.to, "provider": f.provider, "error": f.error, "at": stamp(f.at)}))
+        .map(|f| FailureView {
+            id: f.id.to_string(),
+            channel: f.channel.clone(),
+            to: f.to.clone(),
+            provider: f.provider.clone(),
+            error: f.error.clone(),
+            at: stamp(f.at),
+        })
         .collect();
-    json!({
-        "window": window.0,
-        "from": stamp(now - window.1),
-        "to": stamp(now),
-        "tenant": if caller.is_admin() { Value::Null } else { json!(caller.tenant) },
-        "notifications": {"total": total, "by_status": by_status, "by_channel": by_channel, "by_provider": by_provider},
-        "latency_seconds": {"accepted_to_sent": s.accepted_to_sent, "accepted_to_delivered": s.accepted_to_delivered},
-        "attempts": attempts,
-        "providers": providers,
-        "throughput": {"bucket_seconds": stats::bucket_for(window.1).whole_seconds(), "buckets": buckets},
-        "queue": s.queue,
-        "stuck": s.stuck,
-        "recent_failures": failures,
-    })
+    StatsView {
+        window: window.0.to_owned(),
+        from: stamp(now - window.1),
+        to: stamp(now),
+        tenant: (!caller.is_admin()).then(|| caller.tenant.clone()),
+        notifications: counts,
+        latency_seconds: Latencies {
+            accepted_to_sent: (&s.accepted_to_sent).into(),
+            accepted_to_delivered: (&s.accepted_to_delivered).into(),
+        },
+        attempts,
+        providers,
+        throughput: Throughput { bucket_seconds: stats::bucket_for(window.1).whole_seconds(), buckets },
+        queue,
+        stuck: s.stuck,
+        recent_failures,
+    }
 }
 
 #[cfg(test)]

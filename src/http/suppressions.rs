@@ -53,11 +53,16 @@ fn channel_param(raw: &str) -> Result<Channel, ApiError> {
     Channel::parse(raw).ok_or_else(|| ApiError::not_found(format!("no channel {raw}")))
 }
 
+pub(super) const DEFAULT_LIMIT: i64 = 100;
+/// The fields of `POST /v1/suppressions`.
+pub(super) const FIELDS: [&str; 3] = ["channel", "recipient", "reason"];
+const MAX_LIMIT: i64 = 1000;
+
 /// The tenant's suppressed recipients.
-#[utoipa::path(get, path = "/v1/suppressions", tag = "suppressions", security(("api_key" = [])),
-    params(("channel" = Option<crate::domain::Channel>, Query), ("limit" = Option<i64>, Query, description = "1 to 1000, default 100"),
+#[utoipa::path(get, path = "/v1/suppressions", operation_id = "listSuppressions", tag = "suppressions", security(("api_key" = [])),
+    params(("channel" = Option<crate::domain::Channel>, Query), ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100"),
            ("cursor" = Option<String>, Query)),
-    responses((status = 200, body = SuppressionPage), (status = 400, response = crate::http::schemas::Problem), (status = 401, response = crate::http::schemas::Problem), (status = 403, response = crate::http::schemas::Problem), (status = 503, response = crate::http::schemas::Problem)))]
+    responses((status = 200, description = "A page of suppressions", body = SuppressionPage), (status = 400, response = crate::http::schemas::Problem), (status = 401, response = crate::http::schemas::Problem), (status = 403, response = crate::http::schemas::Problem), (status = 503, response = crate::http::schemas::Problem)))]
 pub(super) async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -68,7 +73,7 @@ pub(super) async fn list(
         .get("channel")
         .map(|c| Channel::parse(c).ok_or_else(|| ApiError::bad_parameter("channel", "must be email, sms or push")))
         .transpose()?;
-    let limit = paging::limit(&params, 100, 1000)?;
+    let limit = paging::limit(&params, DEFAULT_LIMIT, MAX_LIMIT)?;
     let after = paging::cursor(&params, |b| {
         String::from_utf8(b).ok().and_then(|s| s.split_once('\n').map(|(a, b)| (a.to_owned(), b.to_owned())))
     })?;
@@ -79,16 +84,23 @@ pub(super) async fn list(
 }
 
 /// Suppress a recipient: nothing is sent to it on that channel until it is deleted.
-#[utoipa::path(post, path = "/v1/suppressions", tag = "suppressions", security(("api_key" = [])),
+#[utoipa::path(post, path = "/v1/suppressions", operation_id = "createSuppression", tag = "suppressions", security(("api_key" = [])),
     request_body = crate::http::schemas::SuppressionRequest,
-    responses((status = 201, body = SuppressionView), (status = 200, description = "Already suppressed", body = SuppressionView),
+    responses((status = 201, description = "Suppressed", body = SuppressionView), (status = 200, description = "Already suppressed", body = SuppressionView),
               (status = 400, response = crate::http::schemas::Problem), (status = 415, response = crate::http::schemas::Problem), (status = 422, response = crate::http::schemas::Problem), (status = 401, response = crate::http::schemas::Problem), (status = 403, response = crate::http::schemas::Problem), (status = 503, response = crate::http::schemas::Problem)))]
 pub(super) async fn create(State(state): State<AppState>, caller: Caller, body: Bytes) -> Result<Response, ApiError> {
     require(&caller, Scope::Send)?;
     let value: Value =
         serde_json::from_slice(&body).map_err(|e| ApiError::malformed(format!("the body is not valid JSON: {e}")))?;
     super::notifications::refuse_nul(&value)?;
-    let mut errors = Vec::new();
+    let Some(obj) = value.as_object() else {
+        return Err(ApiError::validation(vec![FieldError::new("", "the body must be a JSON object")]));
+    };
+    let mut errors: Vec<FieldError> = obj
+        .keys()
+        .filter(|k| !FIELDS.contains(&k.as_str()))
+        .map(|k| FieldError::new(format!("/{}", crate::domain::content::escape(k)), "unknown field"))
+        .collect();
     let channel = match value.get("channel").and_then(Value::as_str).and_then(Channel::parse) {
         Some(c) => Some(c),
         None => {
@@ -131,7 +143,7 @@ pub(super) async fn create(State(state): State<AppState>, caller: Caller, body: 
 }
 
 /// Lift a suppression.
-#[utoipa::path(delete, path = "/v1/suppressions/{channel}/{recipient}", tag = "suppressions", security(("api_key" = [])),
+#[utoipa::path(delete, path = "/v1/suppressions/{channel}/{recipient}", operation_id = "deleteSuppression", tag = "suppressions", security(("api_key" = [])),
     params(("channel" = crate::domain::Channel, Path), ("recipient" = String, Path)),
     responses((status = 204, description = "Deleted"), (status = 404, response = crate::http::schemas::Problem), (status = 401, response = crate::http::schemas::Problem), (status = 403, response = crate::http::schemas::Problem), (status = 503, response = crate::http::schemas::Problem)))]
 pub(super) async fn delete(

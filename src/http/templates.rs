@@ -22,7 +22,7 @@ use crate::domain::{Channel, FieldError, content, sms};
 use crate::store::keys::{Caller, Scope};
 use crate::store::templates as store;
 
-const DEFAULT_LIMIT: i64 = 50;
+pub(super) const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;
 
 /// A template version as the API returns it: its body with its name, number and date.
@@ -86,7 +86,7 @@ fn not_found(name: &str, version: Option<i32>) -> ApiError {
 }
 
 /// Add a version of a template (the first `PUT` creates it). Every text must compile.
-#[utoipa::path(put, path = "/v1/templates/{name}", tag = "templates", security(("api_key" = [])),
+#[utoipa::path(put, path = "/v1/templates/{name}", operation_id = "putTemplate", tag = "templates", security(("api_key" = [])),
     params(("name" = String, Path, description = "Letters, digits, `.`, `_`, `-`")),
     request_body = Body,
     responses((status = 201, description = "The new version", body = TemplateView),
@@ -125,9 +125,9 @@ fn version_param(params: &HashMap<String, String>) -> Result<Option<i32>, ApiErr
 }
 
 /// A template's latest version, or `?version=N`.
-#[utoipa::path(get, path = "/v1/templates/{name}", tag = "templates", security(("api_key" = [])),
+#[utoipa::path(get, path = "/v1/templates/{name}", operation_id = "getTemplate", tag = "templates", security(("api_key" = [])),
     params(("name" = String, Path), ("version" = Option<i32>, Query, description = "The latest when absent")),
-    responses((status = 200, body = TemplateView), (status = 400, response = crate::http::schemas::Problem),
+    responses((status = 200, description = "The template", body = TemplateView), (status = 400, response = crate::http::schemas::Problem),
               (status = 404, response = crate::http::schemas::Problem), (status = 401, response = crate::http::schemas::Problem), (status = 403, response = crate::http::schemas::Problem), (status = 503, response = crate::http::schemas::Problem)))]
 pub(super) async fn get(
     State(state): State<AppState>,
@@ -171,10 +171,10 @@ struct TemplateSummary {
 }
 
 /// The tenant's templates, by name.
-#[utoipa::path(get, path = "/v1/templates", tag = "templates", security(("api_key" = [])),
-    params(("limit" = Option<i64>, Query, description = "1 to 500, default 50"),
+#[utoipa::path(get, path = "/v1/templates", operation_id = "listTemplates", tag = "templates", security(("api_key" = [])),
+    params(("limit" = Option<i64>, Query, minimum = 1, maximum = 500, description = "1 to 500, default 50"),
            ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")),
-    responses((status = 200, body = TemplatePage), (status = 400, response = crate::http::schemas::Problem),
+    responses((status = 200, description = "A page of templates", body = TemplatePage), (status = 400, response = crate::http::schemas::Problem),
               (status = 401, response = crate::http::schemas::Problem), (status = 403, response = crate::http::schemas::Problem), (status = 503, response = crate::http::schemas::Problem)))]
 pub(super) async fn list(
     State(state): State<AppState>,
@@ -207,7 +207,7 @@ pub(super) async fn list(
 
 /// Render a template with `data` as a send would, without sending: each part (or `channel`'s),
 /// the variant used, and for SMS its encoding, segments and a GSM-7-safe rendering.
-#[utoipa::path(post, path = "/v1/templates/{name}/preview", tag = "templates", security(("api_key" = [])),
+#[utoipa::path(post, path = "/v1/templates/{name}/preview", operation_id = "previewTemplate", tag = "templates", security(("api_key" = [])),
     params(("name" = String, Path)),
     request_body = crate::http::schemas::PreviewRequest,
     responses((status = 200, description = "The rendered parts", body = Object,
@@ -250,6 +250,9 @@ pub(super) async fn preview(
     preview.map(Json).map_err(ApiError::validation)
 }
 
+/// The fields of a preview request.
+pub(super) const PREVIEW_FIELDS: [&str; 4] = ["data", "locale", "channel", "version"];
+
 struct PreviewArgs {
     data: Map<String, Value>,
     locale: Option<String>,
@@ -263,7 +266,7 @@ impl PreviewArgs {
             return Err(vec![FieldError::new("", "the body must be a JSON object")]);
         };
         let mut errs = Vec::new();
-        for key in obj.keys().filter(|k| !["data", "locale", "channel", "version"].contains(&k.as_str())) {
+        for key in obj.keys().filter(|k| !PREVIEW_FIELDS.contains(&k.as_str())) {
             errs.push(FieldError::new(format!("/{}", content::escape(key)), "unknown field"));
         }
         let data = match obj.get("data") {

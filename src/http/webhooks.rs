@@ -18,8 +18,26 @@ use crate::metrics;
 use crate::receipts::{Incoming, ReceiptContext, ReceiptError, Verified};
 use crate::store::receipts::{self as store, ReceiptOutcome};
 
+/// A provider's delivery receipts sent as a query string (Vonage's `GET` callbacks), checked
+/// like `receive`'s.
+#[utoipa::path(get, path = "/webhooks/{provider}", operation_id = "receiveReceiptByQuery", tag = "receipts",
+    params(("provider" = String, Path, description = "The configured provider name ([providers.NAME])")),
+    responses((status = 200, description = "Counts of what was applied", body = Object),
+              (status = 400, response = crate::http::schemas::Problem), (status = 401, response = crate::http::schemas::Problem), (status = 404, response = crate::http::schemas::Problem),
+              (status = 503, response = crate::http::schemas::Problem)))]
+pub(super) async fn receive_by_query(
+    state: State<AppState>,
+    name: Path<String>,
+    method: Method,
+    uri: OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    receive(state, name, method, uri, headers, body).await
+}
+
 /// A provider's delivery receipts, checked by that provider's own signature scheme (no API key).
-#[utoipa::path(method(get, post), path = "/webhooks/{provider}", tag = "receipts",
+#[utoipa::path(post, path = "/webhooks/{provider}", operation_id = "receiveReceipt", tag = "receipts",
     params(("provider" = String, Path, description = "The configured provider name ([providers.NAME])")),
     request_body(content = Object, description = "The provider's own format", content_type = "application/json"),
     responses((status = 200, description = "Counts of what was applied", body = Object),

@@ -27,7 +27,7 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
 }
 
 /// The operators' dashboard (HTML; sign in with a `read` or `admin` key).
-#[utoipa::path(get, path = "/ops", tag = "operators", responses((status = 200, body = String, content_type = "text/html")))]
+#[utoipa::path(get, path = "/ops", operation_id = "getDashboard", tag = "operators", responses((status = 200, description = "The dashboard page", body = String, content_type = "text/html")))]
 pub(super) async fn page() -> Response {
     asset(PAGE, "text/html; charset=utf-8")
 }

@@ -107,6 +107,7 @@ impl App {
         let read_pool =
             store::pool(db.url.expose(), db.read_max_connections, acquire_timeout, pooler).map_err(invalid_url)?;
         let registry = Arc::new(settings.registry()?);
+        prime_metrics(&registry);
         let callbacks_http = crate::providers::public_net::client(settings.callbacks.allow_private_networks)
             .map_err(|e| AppError::Task(format!("cannot build the HTTP client for status callbacks: {e}")))?;
         let keys = Arc::new(KeyCache::new(Duration::from_millis(settings.server.key_cache_ms)));
@@ -264,6 +265,18 @@ impl App {
         }
         Ok(())
     }
+}
+
+/// Every series the README's metrics table lists, at zero from the start, for each channel
+/// that has providers and each of its providers (`metrics::prime`).
+fn prime_metrics(registry: &Registry) {
+    let channels: Vec<(&'static str, Vec<String>)> = Channel::ALL
+        .into_iter()
+        .map(|c| (c.as_str(), registry.route(c).iter().map(|r| r.name.clone()).collect::<Vec<_>>()))
+        .filter(|(_, providers)| !providers.is_empty())
+        .collect();
+    let reasons = crate::domain::send_limit::LimitScope::ALL.map(crate::domain::send_limit::LimitScope::reason);
+    crate::metrics::prime(&channels, &crate::providers::ATTEMPT_OUTCOMES, &reasons);
 }
 
 /// Keep the gauges `/metrics` shows that come from the database (and the breakers) fresh,

@@ -76,6 +76,42 @@ fn describe() {
     describe_histogram!("herald_http_request_duration_seconds", "HTTP request duration, by route.");
 }
 
+/// The outcomes of a status callback delivery (`callback`).
+pub const CALLBACK_OUTCOMES: [&str; 3] = ["delivered", "retrying", "given_up"];
+
+/// Register every series of the README's table at zero, so that a dashboard or an alert reads
+/// 0 before the first event instead of no data: by channel (`channels`: each with its
+/// providers), by provider, attempt outcome (`outcomes`), deferral reason (`reasons`) and
+/// callback outcome; and the HTTP series of the route that matters most, `POST
+/// /v1/notifications` answered 202. Series whose labels come from traffic (other routes and
+/// statuses, receipt results other than `applied`) appear with it.
+pub fn prime(channels: &[(&'static str, Vec<String>)], outcomes: &[&'static str], reasons: &[&'static str]) {
+    handle();
+    for (channel, providers) in channels {
+        counter!("herald_notifications_accepted_total", "channel" => *channel).increment(0);
+        let _ = histogram!("herald_accept_to_sent_seconds", "channel" => *channel);
+        for reason in reasons {
+            counter!("herald_sends_deferred_total", "channel" => *channel, "reason" => *reason).increment(0);
+        }
+        for provider in providers {
+            for outcome in outcomes {
+                counter!("herald_attempts_total", "channel" => *channel, "provider" => provider.clone(), "outcome" => *outcome)
+                    .increment(0);
+            }
+            let _ = histogram!("herald_send_duration_seconds", "provider" => provider.clone());
+            counter!("herald_receipts_total", "provider" => provider.clone(), "result" => "applied").increment(0);
+            gauge!("herald_provider_circuit_open", "provider" => provider.clone()).set(0.0);
+        }
+    }
+    counter!("herald_http_requests_total", "route" => "/v1/notifications", "status" => "202").increment(0);
+    let _ = histogram!("herald_http_request_duration_seconds", "route" => "/v1/notifications");
+    counter!("herald_leases_rescued_total").increment(0);
+    gauge!("herald_leases_stuck").set(0.0);
+    for outcome in CALLBACK_OUTCOMES {
+        counter!("herald_callbacks_total", "outcome" => outcome).increment(0);
+    }
+}
+
 pub fn accepted(channel: &'static str, n: u64) {
     counter!("herald_notifications_accepted_total", "channel" => channel).increment(n);
 }

@@ -23,6 +23,8 @@ pub const DEV_TOML: &str = include_str!("../../config/dev.toml");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error("cannot read the config file {path} (given with {how}): {message}")]
+    File { path: String, how: &'static str, message: String },
     #[error("configuration key `{key}`: {message}")]
     Figment { key: String, message: String },
     #[error("configuration key `{key}`: {message}")]
@@ -304,14 +306,39 @@ pub enum LogFormat {
 }
 
 /// `--config FILE`, else `HERALD_CONFIG`.
-fn config_file(file: Option<&Path>) -> Option<PathBuf> {
-    file.map(Path::to_path_buf).or_else(|| std::env::var_os("HERALD_CONFIG").map(PathBuf::from))
+/// The config file, if one was given: with `--config`, else `HERALD_CONFIG`. One that cannot be
+/// read or is not TOML is an error naming it and how it was given.
+fn config_file(file: Option<&Path>) -> Result<Option<PathBuf>, ConfigError> {
+    let (path, how) = match (file, std::env::var_os("HERALD_CONFIG")) {
+        (Some(f), _) => (f.to_path_buf(), "--config"),
+        (None, Some(f)) => (PathBuf::from(f), "HERALD_CONFIG"),
+        (None, None) => return Ok(None),
+    };
+    let file_error = |message: String| ConfigError::File { path: path.display().to_string(), how, message };
+    let text = std::fs::read_to_string(&path).map_err(|e| file_error(e.to_string()))?;
+    Figment::from(Toml::string(&text))
+        .extract::<figment::value::Dict>()
+        .map_err(|e| file_error(format!("not valid TOML: {}", e.kind.to_string().trim())))?;
+    Ok(Some(path))
+}
+
+/// Where a value came from, for messages: the file's path, or the environment variable.
+fn origin(m: &figment::Metadata, path: &[String]) -> String {
+    match &m.source {
+        Some(figment::Source::File(p)) => p.display().to_string(),
+        _ if m.name.contains("HERALD__") => {
+            let var: Vec<String> = path.iter().map(|k| k.to_uppercase()).collect();
+            format!("the environment variable HERALD__{}", var.join("__"))
+        }
+        _ if m.name.contains("environment") => "the environment variable DATABASE_URL".to_owned(),
+        _ => m.name.replace('`', ""),
+    }
 }
 
 impl Settings {
     /// Load and check settings. `file` comes from `--config`; `HERALD_CONFIG` is its fallback.
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
-        Self::from_figment(&Self::figment(config_file(file).as_deref()))
+        Self::from_figment(&Self::figment(config_file(file)?.as_deref()))
     }
 
     pub fn figment(file: Option<&Path>) -> Figment {
@@ -322,7 +349,7 @@ impl Settings {
     /// and environment layers, so an overlay can use (or replace) what dev sets up.
     pub fn load_dev(file: Option<&Path>) -> Result<Settings, ConfigError> {
         let base = Figment::from(Toml::string(DEFAULT_TOML)).merge(Toml::string(DEV_TOML));
-        Self::from_figment(&Self::figment_over(base, config_file(file).as_deref()))
+        Self::from_figment(&Self::figment_over(base, config_file(file)?.as_deref()))
     }
 
     fn figment_over(mut fig: Figment, file: Option<&Path>) -> Figment {
@@ -347,10 +374,22 @@ impl Settings {
 
     pub fn from_figment(fig: &Figment) -> Result<Settings, ConfigError> {
         let mut s: Settings = fig.extract().map_err(|e| {
-            // Name the key the way the docs spell it, and where the bad value came from.
-            let key = e.path.join(".").to_lowercase();
-            let source = e.metadata.as_ref().map(|m| format!(" (from {})", m.name)).unwrap_or_default();
-            ConfigError::Figment { key, message: format!("{}{source}", e.kind) }
+            // Name the key the way the docs spell it (a missing or unknown field is the key
+            // itself), say what is wrong in plain words, and where the bad value came from.
+            let mut path = e.path.clone();
+            let field = match &e.kind {
+                figment::error::Kind::MissingField(f) => Some(f.to_string()),
+                figment::error::Kind::UnknownField(f, _) => Some(f.clone()),
+                _ => None,
+            };
+            if let Some(f) = field
+                && path.last() != Some(&f)
+            {
+                path.push(f);
+            }
+            let key = path.join(".").to_lowercase();
+            let source = e.metadata.as_ref().map(|m| format!(" (from {})", origin(m, &e.path))).unwrap_or_default();
+            ConfigError::Figment { key, message: format!("{}{source}", crate::providers::settings::plain(&e.kind)) }
         })?;
         s.providers = Self::providers(fig)?;
         s.validate()?;
@@ -370,7 +409,13 @@ impl Settings {
             let p = ProviderSettings::parse(section).map_err(|e| {
                 let key =
                     if e.key.is_empty() { format!("providers.{name}") } else { format!("providers.{name}.{}", e.key) };
-                let source = fig.get_metadata(e.tag).map(|m| format!(" (from {})", m.name)).unwrap_or_default();
+                let source = fig
+                    .get_metadata(e.tag)
+                    .map(|m| {
+                        let path: Vec<String> = key.split('.').map(str::to_owned).collect();
+                        format!(" (from {})", origin(m, &path))
+                    })
+                    .unwrap_or_default();
                 invalid(key, format!("{}{source}", e.message))
             })?;
             providers.insert(name.clone(), p);

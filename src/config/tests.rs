@@ -96,7 +96,7 @@ fn provider_keys_are_checked_per_kind() {
         // A bad value inside a section names its key and where it came from.
         let err = check(jail, "[providers.m]\nkind = \"smtp\"\nhost = \"x\"\nfrom = \"a@b.cd\"\nport = \"high\"\n")
             .expect_err("port");
-        assert!(err.contains("providers.m.port") && err.contains("TOML file"), "{err}");
+        assert!(err.contains("providers.m.port") && err.contains("(from h.toml)"), "{err}");
         let err = check(jail, "[providers.m]\nkind = \"log\"\ntimeout_ms = 0\n").expect_err("timeout");
         assert!(err.contains("providers.m.timeout_ms") && err.contains("at least 1"), "{err}");
         let err = check(jail, "[providers.sg]\nkind = \"sendgrid\"\napi_key = \"\"\nfrom = \"a@b.cd\"\n")
@@ -175,6 +175,44 @@ fn send_limits_are_off_by_default_and_checked() {
         jail.set_env("HERALD__CHANNELS__SMS__TENANT_PER_MINUTE", "-1");
         let err = Settings::from_figment(&Settings::figment(Some(Path::new("h.toml")))).unwrap_err().to_string();
         assert!(err.contains("channels.sms.tenant_per_minute"), "{err}");
+        Ok(())
+    });
+}
+
+/// What a newcomer meets first: a config file that is missing or not TOML is named with how
+/// it was given; an unknown provider key is named once, with the kind's keys; a bad value is
+/// said without Rust's types, and without nested backticks.
+#[test]
+fn config_mistakes_are_named_in_plain_words() {
+    Jail::expect_with(|jail| {
+        let err = Settings::load(Some(Path::new("nope.toml"))).unwrap_err().to_string();
+        assert!(err.starts_with("cannot read the config file nope.toml (given with --config):"), "{err}");
+        jail.set_env("HERALD_CONFIG", "gone.toml");
+        let err = Settings::load(None).unwrap_err().to_string();
+        assert!(err.contains("gone.toml (given with HERALD_CONFIG)"), "{err}");
+        jail.create_file("broken.toml", "server = [\n")?;
+        let err = Settings::load(Some(Path::new("broken.toml"))).unwrap_err().to_string();
+        assert!(err.contains("broken.toml (given with --config): not valid TOML") && err.contains("line 1"), "{err}");
+
+        jail.create_file(
+            "h.toml",
+            "[providers.mail]\nkind = \"smtp\"\nhost = \"h\"\nhostname = \"h\"\nfrom = \"a@b.cd\"\n",
+        )?;
+        let err = Settings::load(Some(Path::new("h.toml"))).unwrap_err().to_string();
+        assert!(err.contains("`providers.mail.hostname`:") && !err.contains("hostname.hostname"), "{err}");
+        assert!(err.contains("its settings are host, from, port"), "{err}");
+
+        jail.create_file(
+            "p.toml",
+            "[providers.mail]\nkind = \"smtp\"\nhost = \"h\"\nport = \"2525x\"\nfrom = \"a@b.cd\"\n",
+        )?;
+        let err = Settings::load(Some(Path::new("p.toml"))).unwrap_err().to_string();
+        assert!(err.contains("\"2525x\" is not a whole number (0 to 65535)") && err.contains("(from"), "{err}");
+        assert!(!err.contains("u16"), "{err}");
+        jail.create_file("s.toml", "[server]\nlistn = \"x\"\n")?;
+        let err = Settings::load(Some(Path::new("s.toml"))).unwrap_err().to_string();
+        assert!(err.contains("`server.listn`: is not a setting here; the settings are listen, "), "{err}");
+        assert_eq!(err.matches('`').count(), 2, "only the key is quoted: {err}");
         Ok(())
     });
 }

@@ -383,11 +383,18 @@ fn from_template(
     }
 }
 
+/// `t` as PostgreSQL keeps and gives it back: in UTC, to the microsecond (sqlx truncates the
+/// rest), so that an answer built from what was written shows what a later read does.
+pub fn stored_precision(t: OffsetDateTime) -> OffsetDateTime {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    t.replace_nanosecond(t.nanosecond() / 1000 * 1000).unwrap_or(t)
+}
+
 fn parse_time(obj: &Map<String, Value>, key: &str, errs: &mut Errors) -> Option<OffsetDateTime> {
     match obj.get(key) {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => match OffsetDateTime::parse(s, &Rfc3339) {
-            Ok(t) => Some(t),
+            Ok(t) => Some(stored_precision(t)),
             Err(_) => {
                 errs.add(format!("/{key}"), "must be an RFC 3339 timestamp such as 2026-12-01T09:00:00Z");
                 None

@@ -20,6 +20,8 @@ pub enum LimitScope {
 }
 
 impl LimitScope {
+    pub const ALL: [LimitScope; 3] = [LimitScope::Recipient, LimitScope::TenantMinute, LimitScope::TenantDay];
+
     pub fn as_str(self) -> &'static str {
         match self {
             LimitScope::Recipient => "recipient",

@@ -29,6 +29,7 @@ use axum::routing::{get, post};
 use sqlx::PgPool;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::compression::CompressionLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
@@ -185,9 +186,11 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state);
 
-    // Outermost first: request id, its echo, tracing, problem shaping, panics, timeout.
+    // Outermost first: compression, request id, its echo, tracing, problem shaping, panics,
+    // timeout.
     api.layer(
         ServiceBuilder::new()
+            .layer(compression())
             .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION]))
             .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
             .layer(PropagateRequestIdLayer::new(request_id))
@@ -210,5 +213,15 @@ pub fn router(state: AppState) -> Router {
             .layer(middleware::from_fn(meta::json_only))
             .layer(CatchPanicLayer::new())
             .layer(middleware::from_fn_with_state(timeout, deadline::limit)),
+    )
+}
+
+/// Answers compressed (br or gzip) for clients that accept it: lists, stats, `/metrics`, the
+/// OpenAPI document and the dashboard's assets. Not below 1 KiB (a single POST's answer:
+/// compressing it costs more CPU than the bytes it saves), nor event streams or images.
+fn compression() -> CompressionLayer<impl tower_http::compression::Predicate> {
+    use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
+    CompressionLayer::new().compress_when(
+        SizeAbove::new(1024).and(NotForContentType::GRPC).and(NotForContentType::IMAGES).and(NotForContentType::SSE),
     )
 }

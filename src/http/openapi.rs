@@ -98,6 +98,11 @@ const LIST_DEFAULTS: [(&str, i64); 3] = [
 ///   provider's own signature), so that no operation leaves its security unsaid;
 /// - the default of each list's `limit`;
 /// - a batch's items: a `NotificationRequest` with its own `idempotency_key`;
+/// - `413` and `415` on every operation that takes a JSON body (the body limit and the
+///   content-type check apply to each), and receipts in a form as well as JSON;
+/// - a notification's `to` and `content` as the request's `To` and `ContentRequest` (the view
+///   carries them as the JSON they were stored as), its `metadata` an object;
+/// - the stats windows, from the list the handler takes;
 /// - one server, relative: wherever the document was fetched from (a generated client takes
 ///   its base URL when it is built).
 fn conventions(doc: &mut Value) {
@@ -113,6 +118,7 @@ fn conventions(doc: &mut Value) {
     }
     let retry_after = json!({"Retry-After": {
         "description": "Seconds to wait before trying again",
+        "required": true,
         "schema": {"type": "integer", "minimum": 0}}});
     let with_retry_after = |description: &str| {
         json!({"description": description, "headers": retry_after,
@@ -129,6 +135,10 @@ fn conventions(doc: &mut Value) {
     item["properties"][super::batch::ITEM_KEY] = json!({"type": ["string", "null"], "minLength": 1, "maxLength": 255,
         "description": "As the `Idempotency-Key` header of a single POST; else the batch header's key as `{key}/{index}`"});
     schemas["BatchNotification"] = item;
+    let view = &mut schemas["NotificationView"]["properties"];
+    view["to"] = json!({"$ref": "#/components/schemas/To"});
+    view["content"] = json!({"$ref": "#/components/schemas/ContentRequest"});
+    view["metadata"] = json!({"type": "object", "description": "As given when the notification was sent"});
     schemas["BatchRequest"]["properties"][super::batch::FIELDS[0]]["items"] =
         json!({"$ref": "#/components/schemas/BatchNotification"});
     let Some(paths) = doc["paths"].as_object_mut() else { return };
@@ -137,14 +147,35 @@ fn conventions(doc: &mut Value) {
         if op.get("security").is_none_or(Value::is_null) {
             op["security"] = json!([]);
         }
+        // Receipts come in each provider's format (Twilio's is a form), so they take any type.
+        if op["operationId"] == "receiveReceipt" {
+            op["requestBody"]["content"]["application/x-www-form-urlencoded"] = json!({"schema": {"type": "object"}});
+        }
+        let json_body = op
+            .get("requestBody")
+            .and_then(|b| b["content"].as_object())
+            .is_some_and(|c| c.len() == 1 && c.contains_key("application/json"));
         let responses = &mut op["responses"];
         if keyed {
             responses["429"] = json!({"$ref": "#/components/responses/RateLimited"});
+        }
+        if json_body {
+            for status in ["413", "415"] {
+                responses[status] = json!({"$ref": "#/components/responses/Problem"});
+            }
         }
         if responses.get("503").is_some() {
             responses["503"] = json!({"$ref": "#/components/responses/Unavailable"});
         }
         let id = op["operationId"].as_str().unwrap_or_default().to_owned();
+        if id == "getStats"
+            && let Some(params) = op["parameters"].as_array_mut()
+        {
+            for p in params.iter_mut().filter(|p| p["name"] == "window") {
+                p["schema"]["enum"] = json!(super::stats::WINDOWS.map(|(name, _)| name));
+                p["schema"]["default"] = json!(super::stats::DEFAULT_WINDOW);
+            }
+        }
         if let Some((_, default)) = LIST_DEFAULTS.iter().find(|(o, _)| *o == id)
             && let Some(params) = op["parameters"].as_array_mut()
         {

@@ -177,7 +177,7 @@ pub(super) struct BatchRequest {
 #[derive(Deserialize, ToSchema)]
 pub(super) struct BatchItem {
     index: usize,
-    id: Option<String>,
+    id: Option<uuid::Uuid>,
     status: Option<Status>,
     replayed: Option<bool>,
     problem: Option<Problem>,

@@ -21,12 +21,15 @@ use crate::store::keys::{Caller, Scope};
 use crate::store::stats::{self, Snapshot};
 
 /// The windows offered, by name.
-const WINDOWS: [(&str, time::Duration); 4] = [
+pub(super) const WINDOWS: [(&str, time::Duration); 4] = [
     ("5m", time::Duration::minutes(5)),
     ("1h", time::Duration::hours(1)),
     ("24h", time::Duration::hours(24)),
     ("7d", time::Duration::days(7)),
 ];
+
+/// The window when none is asked for.
+pub(super) const DEFAULT_WINDOW: &str = "1h";
 
 /// How long a snapshot is served again before it is read anew. Snapshots are read through
 /// the reads' own pool (`database.read_max_connections`) under a statement timeout, so however
@@ -95,7 +98,7 @@ pub(super) async fn get(
     if !caller.has(Scope::Read) {
         require(&caller, Scope::Admin)?;
     }
-    let name = q.window.as_deref().unwrap_or("1h");
+    let name = q.window.as_deref().unwrap_or(DEFAULT_WINDOW);
     let window = WINDOWS
         .into_iter()
         .find(|(n, _)| *n == name)
@@ -112,7 +115,9 @@ pub(super) struct StatsView {
     /// `5m`, `1h`, `24h` or `7d`.
     window: String,
     /// The window, RFC 3339 in UTC.
+    #[schema(format = DateTime)]
     from: String,
+    #[schema(format = DateTime)]
     to: String,
     tenant: Option<String>,
     notifications: Counts,
@@ -183,6 +188,7 @@ struct Throughput {
 /// What happened in one bucket of the window, from `at`.
 #[derive(Serialize, ToSchema)]
 struct Bucket {
+    #[schema(format = DateTime)]
     at: String,
     accepted: i64,
     sent: i64,
@@ -192,7 +198,9 @@ struct Bucket {
 
 #[derive(Serialize, ToSchema)]
 struct Lane {
+    #[schema(value_type = crate::domain::Channel)]
     channel: String,
+    #[schema(value_type = crate::domain::Priority)]
     priority: String,
     /// Waiting, due or not.
     waiting: i64,
@@ -206,12 +214,15 @@ struct Lane {
 
 #[derive(Serialize, ToSchema)]
 struct FailureView {
+    #[schema(format = Uuid)]
     id: String,
+    #[schema(value_type = crate::domain::Channel)]
     channel: String,
     /// Masked (`a***@example.com`).
     to: String,
     provider: Option<String>,
     error: Option<String>,
+    #[schema(format = DateTime)]
     at: String,
 }
 

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::auth::require;
@@ -210,7 +211,7 @@ pub(super) async fn list(
 #[utoipa::path(post, path = "/v1/templates/{name}/preview", operation_id = "previewTemplate", tag = "templates", security(("api_key" = [])),
     params(("name" = String, Path)),
     request_body = crate::http::schemas::PreviewRequest,
-    responses((status = 200, description = "The rendered parts", body = Object,
+    responses((status = 200, description = "The rendered parts", body = PreviewView,
                example = json!({"name": "welcome", "version": 2, "locale": "pt", "requested_locale": "pt-BR",
                    "sms": {"locale": "pt", "content": {"text": "Olá Ana — bem-vinda"},
                            "sms": {"encoding": "UCS-2", "segments": 1, "ucs2_characters": ["—"]},
@@ -222,7 +223,7 @@ pub(super) async fn preview(
     caller: Caller,
     Path(name): Path<String>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PreviewView>, ApiError> {
     if !caller.has(Scope::Read) {
         require(&caller, Scope::Send)?;
     }
@@ -310,22 +311,64 @@ impl PreviewArgs {
 }
 
 /// Each part rendered as a send would render it, and checked as its content would be.
+/// `POST /v1/templates/{name}/preview`: each part rendered, and the variant used.
+#[derive(Serialize, ToSchema)]
+pub(super) struct PreviewView {
+    name: String,
+    version: i32,
+    /// The variant of the template chosen for the requested locale (null: the default's).
+    locale: Option<String>,
+    requested_locale: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    email: Option<PreviewPart>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sms: Option<PreviewPart>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    push: Option<PreviewPart>,
+}
+
+/// One channel's part, rendered as a send would be.
+#[derive(Serialize, ToSchema)]
+struct PreviewPart {
+    /// The variant this part came from (a variant without this channel falls back).
+    locale: Option<String>,
+    #[schema(value_type = super::schemas::ContentRequest)]
+    content: Value,
+    /// SMS: how carriers will send and bill the text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sms: Option<sms::Segments>,
+    /// SMS with characters outside GSM-7: the text with each replaced by its nearest GSM-7
+    /// equivalent, and what it would cost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gsm7_safe: Option<Gsm7Safe>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct Gsm7Safe {
+    text: String,
+    sms: sms::Segments,
+}
+
 fn render_preview(
     found: &Version,
     args: &PreviewArgs,
     rules: content::Rules<'_>,
     budget: &template::RenderBudget,
-) -> Result<Value, Vec<FieldError>> {
+) -> Result<PreviewView, Vec<FieldError>> {
     let t = &found.template;
     let channels = match args.channel {
         Some(c) => vec![c],
         None => Channel::ALL.into_iter().filter(|c| t.part_for(*c, args.locale.as_deref()).is_some()).collect(),
     };
-    let mut out = Map::new();
-    out.insert("name".into(), json!(found.name));
-    out.insert("version".into(), json!(found.version));
-    out.insert("locale".into(), json!(t.variant(args.locale.as_deref()).0));
-    out.insert("requested_locale".into(), json!(args.locale));
+    let mut out = PreviewView {
+        name: found.name.clone(),
+        version: found.version,
+        locale: t.variant(args.locale.as_deref()).0.map(str::to_owned),
+        requested_locale: args.locale.clone(),
+        email: None,
+        sms: None,
+        push: None,
+    };
     let mut errs = Vec::new();
     for channel in channels {
         let Some((variant, parts)) = t.part_for(channel, args.locale.as_deref()) else {
@@ -342,15 +385,18 @@ fn render_preview(
                 continue;
             }
         };
-        let mut part = json!({"locale": variant, "content": rendered});
+        let mut part =
+            PreviewPart { locale: variant.map(str::to_owned), content: rendered, sms: None, gsm7_safe: None };
         if channel == Channel::Sms {
-            let text = rendered["text"].as_str().unwrap_or_default();
-            part["sms"] = json!(sms::segments(text));
-            if let Some(safe) = sms::gsm7_safe(text) {
-                part["gsm7_safe"] = json!({"text": safe, "sms": sms::segments(&safe)});
-            }
+            let text = part.content["text"].as_str().unwrap_or_default().to_owned();
+            part.sms = Some(sms::segments(&text));
+            part.gsm7_safe = sms::gsm7_safe(&text).map(|safe| Gsm7Safe { sms: sms::segments(&safe), text: safe });
         }
-        out.insert(channel.as_str().into(), part);
+        match channel {
+            Channel::Email => out.email = Some(part),
+            Channel::Sms => out.sms = Some(part),
+            Channel::Push => out.push = Some(part),
+        }
     }
-    if errs.is_empty() { Ok(Value::Object(out)) } else { Err(errs) }
+    if errs.is_empty() { Ok(out) } else { Err(errs) }
 }

@@ -94,6 +94,10 @@ pub enum ProviderError {
     Unknown(String),
 }
 
+/// Every `outcome` of an attempt, as metrics label it: `sent`, or the error's `class`.
+pub const ATTEMPT_OUTCOMES: [&str; 6] =
+    ["sent", "transient", "rate_limited", "permanent", "recipient_invalid", "unknown"];
+
 impl ProviderError {
     pub fn class(&self) -> &'static str {
         match self {
@@ -321,5 +325,25 @@ pub fn push_parts(msg: &OutboundMessage) -> Result<&crate::domain::notification:
     match &msg.content {
         Content::Push(p) => Ok(p),
         _ => Err(ProviderError::Permanent("this provider carries push only".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ATTEMPT_OUTCOMES, ProviderError};
+
+    /// Every error class is an outcome the metrics register from the start.
+    #[test]
+    fn every_error_class_is_a_primed_attempt_outcome() {
+        let m = || "m".to_owned();
+        for e in [
+            ProviderError::Transient(m()),
+            ProviderError::RateLimited { retry_after: None, message: m() },
+            ProviderError::Permanent(m()),
+            ProviderError::RecipientInvalid(m()),
+            ProviderError::Unknown(m()),
+        ] {
+            assert!(ATTEMPT_OUTCOMES.contains(&e.class()), "{}", e.class());
+        }
     }
 }

@@ -148,22 +148,53 @@ impl SectionError {
     }
 }
 
+/// A figment error's kind in the words of the docs, not of Rust: `invalid type: found string
+/// "2525x", expected u16` reads `"2525x" is not a whole number (0 to 65535)`, and no message
+/// nests backticks.
+pub fn plain(kind: &Kind) -> String {
+    let expected = |e: &str| -> String {
+        match e {
+            "u8" => "a whole number (0 to 255)".into(),
+            "u16" => "a whole number (0 to 65535)".into(),
+            "u32" | "u64" | "usize" => "a whole number, 0 or more".into(),
+            "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number".into(),
+            "f32" | "f64" => "a number".into(),
+            "a boolean" | "bool" => "true or false".into(),
+            other => other.replace('`', ""),
+        }
+    };
+    match kind {
+        Kind::InvalidType(actual, e) => format!("{} is not {}", actual.to_string().replace('`', ""), expected(e)),
+        Kind::InvalidValue(actual, e) => format!("{} is not {}", actual.to_string().replace('`', ""), expected(e)),
+        Kind::UnknownField(_, known) => format!("is not a setting here; the settings are {}", known.join(", ")),
+        Kind::MissingField(_) => "is required".to_owned(),
+        Kind::UnknownVariant(v, known) => format!("{v} is not one of {}", known.join(", ")),
+        other => other.to_string().replace('`', ""),
+    }
+}
+
 /// Name the key of a figment error the way the docs spell it: a missing or unknown field is
 /// the key itself, not the table holding it. The key's value in `section` (else the section)
 /// tells which layer it came from.
 pub(super) fn keyed(e: &figment::Error, base: &str, what: &str, section: &Value) -> SectionError {
     let mut path: Vec<String> = base.split('.').filter(|p| !p.is_empty()).map(str::to_owned).collect();
     path.extend(e.path.iter().cloned());
+    // figment's path may end with the field already: name it once.
+    let mut push = |f: &str| {
+        if path.last().map(String::as_str) != Some(f) {
+            path.push(f.to_owned());
+        }
+    };
     let message = match &e.kind {
         Kind::MissingField(f) => {
-            path.push(f.to_string());
+            push(f);
             format!("is required for {what}")
         }
-        Kind::UnknownField(f, _) => {
-            path.push(f.clone());
-            format!("is not a setting of {what}")
+        Kind::UnknownField(f, known) => {
+            push(f);
+            format!("is not a setting of {what}; its settings are {}", known.join(", "))
         }
-        other => other.to_string(),
+        other => plain(other),
     };
     let key = path.join(".");
     let tag = section.find_ref(&key).map_or(section.tag(), Value::tag);

@@ -52,7 +52,7 @@ impl Submission {
             notification,
             max_attempts,
             idempotency,
-            received_at: OffsetDateTime::now_utc(),
+            received_at: crate::domain::notification::stored_precision(OffsetDateTime::now_utc()),
             traceparent: None,
         }
     }

@@ -147,3 +147,21 @@ async fn every_timestamp_in_a_timeline_is_utc_with_z() {
         assert!(e["at"].as_str().expect("at").ends_with('Z'), "{e}");
     }
 }
+
+/// The answer to a POST shows the same instants a later GET does (microseconds, as stored):
+/// a client that compares or keeps the first sees no change.
+#[tokio::test]
+async fn the_post_answer_and_a_later_get_show_the_same_times() {
+    let t = TestApp::spawn().await;
+    let key = t.key("acme", SEND_READ).await;
+    let mut body = email("same@example.com", "x");
+    body["send_at"] = serde_json::json!("2099-01-01T09:00:00.123456789Z");
+    body["expires_at"] = serde_json::json!("2099-01-02T09:00:00.987654321+02:00");
+    let posted = t.post(&key, body).await.body;
+    let got = t.notification(&key, posted["id"].as_str().expect("id")).await;
+    for field in ["created_at", "updated_at", "send_at", "expires_at"] {
+        assert_eq!(posted[field], got[field], "{field}");
+    }
+    assert_eq!(got["send_at"], "2099-01-01T09:00:00.123456Z");
+    assert_eq!(posted["events"][0]["at"], got["events"][0]["at"], "the accepted event");
+}

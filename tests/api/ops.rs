@@ -248,6 +248,54 @@ async fn the_openapi_document_and_its_docs_page_are_served() {
 
 /// A W3C `traceparent` on `POST /v1/notifications` is kept with the notification and
 /// continued by dispatch: the `webhook` provider's call carries the same trace id with a span
+/// Answers are compressed for clients that accept it (br or gzip): the OpenAPI document, the
+/// dashboard's script, a list; a single POST's small answer is not (compressing it costs more
+/// than it saves), and a client that accepts nothing gets the plain bytes.
+#[tokio::test]
+async fn answers_are_compressed_for_clients_that_accept_it() {
+    let t = TestApp::spawn().await;
+    let key = t.key("acme", &[Scope::Send, Scope::Read]).await;
+    let fetch = |path: &'static str, encoding: Option<&'static str>| {
+        let mut req = t.client.get(format!("{}{path}", t.addr)).bearer_auth(&key);
+        if let Some(e) = encoding {
+            req = req.header("accept-encoding", e);
+        }
+        async move {
+            let r = req.send().await.expect("get");
+            assert_eq!(r.status(), StatusCode::OK, "{path}");
+            let enc = r.headers().get("content-encoding").map(|v| v.to_str().expect("ascii").to_owned());
+            (enc, r.bytes().await.expect("body"))
+        }
+    };
+    let (plain_enc, plain) = fetch("/openapi.json", None).await;
+    assert_eq!(plain_enc, None);
+    let (enc, gz) = fetch("/openapi.json", Some("gzip")).await;
+    assert_eq!(enc.as_deref(), Some("gzip"));
+    assert_eq!(&gz[..2], &[0x1f, 0x8b], "a gzip stream");
+    assert!(gz.len() * 4 < plain.len(), "{} bytes of {}", gz.len(), plain.len());
+    let (enc, br) = fetch("/openapi.json", Some("br;q=1.0, gzip;q=0.5")).await;
+    assert_eq!(enc.as_deref(), Some("br"));
+    assert!(br.len() * 4 < plain.len(), "{} bytes of {}", br.len(), plain.len());
+    let (enc, _) = fetch("/ops/app.js", Some("gzip")).await;
+    assert_eq!(enc.as_deref(), Some("gzip"), "the dashboard's script");
+    for i in 0..20 {
+        assert_eq!(t.post(&key, email(&format!("a{i}@example.com"), "hello")).await.status, StatusCode::ACCEPTED);
+    }
+    let (enc, _) = fetch("/v1/notifications?limit=20", Some("gzip")).await;
+    assert_eq!(enc.as_deref(), Some("gzip"), "a list");
+    let r = t
+        .client
+        .post(format!("{}/v1/notifications", t.addr))
+        .bearer_auth(&key)
+        .header("accept-encoding", "gzip")
+        .json(&email("small@example.com", "hi"))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert!(r.headers().get("content-encoding").is_none(), "a 202 under 1 KiB is sent as it is");
+}
+
 /// of its own. An invalid one is ignored, as the spec asks, and the request still succeeds.
 #[tokio::test]
 async fn a_traceparent_is_kept_and_continued_into_the_provider_call() {

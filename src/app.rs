@@ -224,6 +224,15 @@ impl App {
             self.check_database().await?;
             self.migrate().await?;
         }
+        // Which providers serve which channel, in failover order, as `herald dev`'s banner says.
+        for channel in Channel::ALL {
+            let names: Vec<&str> = self.registry.route(channel).iter().map(|r| r.name.as_str()).collect();
+            if names.is_empty() {
+                info!(channel = channel.as_str(), "no provider configured: this channel's notifications are refused");
+            } else {
+                info!(channel = channel.as_str(), providers = %names.join(", "), "channel served");
+            }
+        }
         let api = if let Some(listener) = listener.filter(|_| roles.api) {
             info!(addr = %local_addr(&listener), "api listening");
             tokio::spawn(refresh_gauges(

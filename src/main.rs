@@ -277,8 +277,16 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
             let sender_domains = sender_domains.as_deref().map(sender_domains_arg).transpose()?;
             let app = connected(&cli).await?;
             if let Some(u) = callback_url {
-                herald::domain::recipient::check_endpoint(u, app.settings.callbacks.allow_private_networks)
-                    .map_err(|e| AppError::Usage(format!("--callback-url: {e}")))?;
+                let allow_private = app.settings.callbacks.allow_private_networks;
+                herald::domain::recipient::check_endpoint(u, allow_private).map_err(|e| {
+                    let how = if allow_private {
+                        ""
+                    } else {
+                        " (an http:// URL or a private address needs callbacks.allow_private_networks = true \
+                         in the config file, given with --config or HERALD_CONFIG)"
+                    };
+                    AppError::Usage(format!("--callback-url: {e}{how}"))
+                })?;
             }
             if let Some(s) = signing_secret {
                 webhook::signing_key(s).map_err(|e| AppError::Usage(format!("--signing-secret: {e}")))?;

@@ -82,6 +82,12 @@ pub(super) const PROBLEMS: &[(&str, u16, &str, &str)] = &[
         "Send `Authorization: Bearer <key>` with a key from `herald keys create` that has not been revoked.",
     ),
     (
+        "bad-signature",
+        401,
+        "Invalid receipt signature",
+        "A delivery receipt at `/webhooks/{provider}` whose signature does not check with the provider's configured secret (or is missing, stale or replayed). Check the provider's signing key in `[providers.NAME]` and that `server.public_base_url` is the URL the provider calls.",
+    ),
+    (
         "forbidden",
         403,
         "Not allowed for this API key",

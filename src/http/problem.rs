@@ -73,6 +73,11 @@ impl ApiError {
         e
     }
 
+    /// A provider's receipt whose signature does not check: no API key is involved.
+    pub fn bad_signature(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "bad-signature", "Invalid receipt signature", detail)
+    }
+
     pub fn forbidden(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "forbidden", "Not allowed for this API key", detail)
     }

@@ -77,7 +77,7 @@ pub(super) async fn receive(
                 return Err(ApiError::malformed(detail));
             }
             warn!(provider = %name, reason = why.reason(), "receipt refused: {why}");
-            return Err(ApiError::unauthorized(format!("receipt signature check failed: {why}")));
+            return Err(ApiError::bad_signature(format!("receipt signature check failed: {why}")));
         }
     };
     // Each receipt on its own: one the database refuses as it is (a value it cannot keep) is
@@ -92,7 +92,7 @@ pub(super) async fn receive(
                 Ok(false) => {
                     metrics::receipt(&name, "replayed", 1);
                     warn!(provider = %name, "receipt refused: its signed token was already used for another event");
-                    return Err(ApiError::unauthorized(
+                    return Err(ApiError::bad_signature(
                         "this signature's token was already used for another event (a replayed signature)",
                     ));
                 }

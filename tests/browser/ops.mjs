@@ -74,6 +74,19 @@ try {
   assert.ok(points.split(' ').length >= 55, `a throughput line of about 60 points: ${points}`);
   assert.match(await text('tr[data-provider="flaky"]'), /100\.0%/);
   assert.equal(await page.locator('#failures a').count(), 3);
+  // The chart's legend says the window's totals; times say their zone; the latency table's
+  // rows have their own headers.
+  assert.equal(await text('[data-testid="window-accepted"]'), '24');
+  assert.equal(await text('[data-testid="window-failed"]'), '3');
+  assert.match(await text('#failures tr:nth-child(2) td:last-child'), /\b(UTC|GMT[+-]?\d*|[A-Z]{3,5})$/);
+  assert.equal(await page.locator('th[scope="row"]').count(), 2);
+  // The window buttons change the cards that follow them.
+  await page.locator('button[data-window="5m"]').click();
+  await page.locator('[data-testid="total-5m"]').waitFor();
+  assert.equal(await text('[data-testid="total-5m"]'), '24');
+  assert.match(await text("#content"), /throughput · last 5m/i);
+  await page.locator('button[data-window="1h"]').click();
+  await page.locator('[data-testid="total-1h"]').waitFor();
   // The key is kept in session storage, never in the address.
   assert.ok(!page.url().includes(adminKey));
   assert.equal(await page.evaluate(() => sessionStorage.getItem('herald.key')), adminKey);
@@ -89,6 +102,9 @@ try {
   await page.locator('#search').press('Enter');
   await page.locator('#timeline li[data-type="attempt"]').first().waitFor();
   assert.equal(await text('[data-testid="status"]'), 'failed');
+  // What was sent: the text, and how carriers bill it.
+  assert.equal(await text('#sent-message [data-testid="text"]'), 'Your code is 1234');
+  assert.equal(await text('#sent-message [data-testid="sms"]'), 'GSM-7, 1 segment');
   assert.match(await text('#timeline li[data-type="attempt"]'), /recipient_invalid|permanent|chaos/);
   // Retry (admin) requeues it: the timeline says so.
   await page.locator('#retry').click();

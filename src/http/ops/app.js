@@ -26,7 +26,9 @@ function secs(s) {
   if (s < 7200) return `${(s / 60).toFixed(1)} min`;
   return `${(s / 3600).toFixed(1)} h`;
 }
-const when = (t) => (t ? new Date(t).toLocaleString() : '–');
+// Times in the browser's zone, saying which.
+const when = (t) => (t ? new Date(t).toLocaleString(undefined, { timeZoneName: 'short' }) : '–');
+const clock = (t) => new Date(t).toLocaleTimeString(undefined, { hour: '2-digit', minute: '2-digit', timeZoneName: 'short' });
 
 class Unauthorized extends Error {}
 
@@ -92,36 +94,46 @@ function counts(by, prefix) {
   return cells.length ? `<div class="counts">${cells.join('')}</div>` : '<p class="muted">nothing yet</p>';
 }
 
+// One line per series over the window's buckets; `accepted` dashed and drawn last, so it
+// shows where it runs along `sent`. Five time labels, and the window's totals beside the
+// legend, so a burst in one bucket reads as what it is.
 function chart(t) {
   const b = t.buckets;
   const w = 1100, h = 220, pad = 34;
   const max = Math.max(1, ...b.flatMap((x) => SERIES.map((k) => x[k])));
   const x = (i) => pad + (i * (w - pad - 6)) / Math.max(1, b.length - 1);
   const y = (v) => h - 18 - (v * (h - 30)) / max;
-  const lines = SERIES.map((k) => {
+  const order = ['sent', 'delivered', 'failed', 'accepted'];
+  const lines = order.map((k) => {
     const pts = b.map((p, i) => `${x(i).toFixed(1)},${y(p[k]).toFixed(1)}`).join(' ');
     return `<polyline class="series ${k}" data-series="${k}" points="${pts}"/>`;
   });
-  const first = b[0] ? new Date(b[0].at).toLocaleTimeString() : '';
-  const last = b.length ? new Date(b[b.length - 1].at).toLocaleTimeString() : '';
-  const legend = SERIES.map((k) => `<span><i class="${k}"></i>${k}</span>`).join('');
+  const ticks = b.length < 2 ? [] : [0, 0.25, 0.5, 0.75, 1].map((f) => Math.round(f * (b.length - 1)));
+  const labels = ticks.map((i, n) => {
+    const anchor = n === 0 ? 'start' : n === ticks.length - 1 ? 'end' : 'middle';
+    return `<text x="${x(i).toFixed(1)}" y="${h - 4}" text-anchor="${anchor}">${esc(clock(b[i].at))}</text>`;
+  }).join('');
+  const half = Math.round(max / 2);
+  const totals = Object.fromEntries(SERIES.map((k) => [k, b.reduce((sum, p) => sum + p[k], 0)]));
+  const legend = SERIES.map((k) => `<span><i class="${k}"></i>${k} <b data-testid="window-${k}">${num(totals[k])}</b></span>`).join('');
   return `<svg class="chart" id="throughput" viewBox="0 0 ${w} ${h}" role="img" aria-label="throughput per ${t.bucket_seconds} s">
       <line class="axis" x1="${pad}" y1="${h - 18}" x2="${w}" y2="${h - 18}"/>
       <line class="axis" x1="${pad}" y1="8" x2="${pad}" y2="${h - 18}"/>
-      <text x="2" y="14">${num(max)}</text><text x="2" y="${h - 20}">0</text>
-      <text x="${pad}" y="${h - 4}">${esc(first)}</text><text x="${w - 70}" y="${h - 4}">${esc(last)}</text>
-      ${lines.join('')}</svg>
-    <div class="legend">${legend}<span>per ${num(t.bucket_seconds)} s</span></div>`;
+      <line class="grid" x1="${pad}" y1="${y(half).toFixed(1)}" x2="${w}" y2="${y(half).toFixed(1)}"/>
+      <text x="2" y="14">${num(max)}</text><text x="2" y="${(y(half) + 4).toFixed(1)}">${num(half)}</text>
+      <text x="2" y="${h - 20}">0</text>
+      ${labels}${lines.join('')}</svg>
+    <div class="legend">${legend}<span>in the window, per ${num(t.bucket_seconds)} s bucket</span></div>`;
 }
 
 function latency(name, l) {
-  return `<tr><td>${name}</td><td class="num">${num(l.count)}</td><td class="num">${secs(l.p50)}</td>
+  return `<tr><th scope="row">${name}</th><td class="num">${num(l.count)}</td><td class="num">${secs(l.p50)}</td>
     <td class="num">${secs(l.p90)}</td><td class="num">${secs(l.p99)}</td></tr>`;
 }
 
 async function overview() {
-  const [hour, day, sel] = await Promise.all([
-    api('GET', '/v1/stats?window=1h'), api('GET', '/v1/stats?window=24h'), api('GET', `/v1/stats?window=${windowName}`),
+  const [day, sel] = await Promise.all([
+    api('GET', '/v1/stats?window=24h'), api('GET', `/v1/stats?window=${windowName}`),
   ]);
   if (location.hash && location.hash !== '#/') return; // navigated away meanwhile
   const windows = ['5m', '1h', '24h', '7d'].map((w) =>
@@ -129,7 +141,7 @@ async function overview() {
   const attempts = Object.fromEntries(sel.attempts.map((a) => [a.provider, a]));
   const providers = sel.providers.map((p) => {
     const a = attempts[p.name] || { attempts: 0, failed: 0, failure_rate: 0 };
-    return `<tr data-provider="${esc(p.name)}"><td>${esc(p.name)} <span class="muted">${esc(p.kind)}</span></td>
+    return `<tr data-provider="${esc(p.name)}"><td>${esc(p.name)} <span class="muted">(${esc(p.kind)})</span></td>
       <td class="num">${num(a.attempts)}</td><td class="num">${num(a.failed)}</td>
       <td class="num">${(a.failure_rate * 100).toFixed(1)}%</td><td><span class="pill ${esc(p.breaker)}">${esc(p.breaker)}</span></td></tr>`;
   }).join('');
@@ -142,22 +154,25 @@ async function overview() {
       <td>${esc(f.channel)}</td><td>${esc(f.to)}</td><td>${esc(f.provider || '')}</td><td>${esc(f.error || '')}</td>
       <td>${when(f.at)}</td></tr>`).join('') || '<tr><td colspan="6" class="muted">no failures</td></tr>';
   $('#content').innerHTML = `
+    <div class="toolbar"><span class="muted">Window</span>${windows}<span class="muted">every card below but “last 24 hours”
+      follows it · refreshes every ${REFRESH_MS / 1000} s · times in ${esc(Intl.DateTimeFormat().resolvedOptions().timeZone)}</span></div>
     <div class="grid">
-      <div class="card"><h2>Last hour · <span data-testid="total-1h">${num(hour.notifications.total)}</span> notifications</h2>
-        ${counts(hour.notifications.by_status, 'count-1h')}</div>
-      <div class="card"><h2>Last day · <span data-testid="total-24h">${num(day.notifications.total)}</span> notifications</h2>
+      <div class="card"><h2>Last ${esc(windowName)} · <span data-testid="total-${esc(windowName)}">${num(sel.notifications.total)}</span> notifications</h2>
+        ${counts(sel.notifications.by_status, `count-${windowName}`)}</div>
+      <div class="card"><h2>Last 24 hours · <span data-testid="total-24h">${num(day.notifications.total)}</span> notifications</h2>
         ${counts(day.notifications.by_status, 'count-24h')}</div>
       <div class="card"><h2>Stuck leases</h2><div class="count ${sel.stuck ? 'failed' : ''}"><b data-testid="stuck">${num(sel.stuck)}</b>
         <span>sends whose worker stopped answering</span></div></div>
     </div>
-    <div class="toolbar"><span class="muted">Window</span>${windows}<span class="muted">refreshes every ${REFRESH_MS / 1000} s</span></div>
     <div class="grid">
-      <div class="card wide"><h2>Throughput</h2>${chart(sel.throughput)}</div>
-      <div class="card"><h2>Latency from acceptance</h2><table><tr><th></th><th class="num">n</th><th class="num">p50</th>
-        <th class="num">p90</th><th class="num">p99</th></tr>${latency('to sent', sel.latency_seconds.accepted_to_sent)}
+      <div class="card wide"><h2>Throughput · last ${esc(windowName)}</h2>${chart(sel.throughput)}</div>
+      <div class="card span2"><h2>Latency from acceptance · last ${esc(windowName)}</h2><table><tr><th scope="col">from acceptance</th>
+        <th scope="col" class="num">n</th><th scope="col" class="num">p50</th>
+        <th scope="col" class="num">p90</th><th scope="col" class="num">p99</th></tr>${latency('to sent', sel.latency_seconds.accepted_to_sent)}
         ${latency('to delivered', sel.latency_seconds.accepted_to_delivered)}</table></div>
-      <div class="card span2"><h2>Providers</h2><table><tr><th>provider</th><th class="num">attempts</th><th class="num">failed</th>
-        <th class="num">failure rate</th><th>circuit</th></tr>${providers}</table></div>
+      <div class="card span2"><h2>Providers · last ${esc(windowName)}</h2><table><tr><th>provider</th><th class="num">attempts</th>
+        <th class="num">failed attempts</th><th class="num">attempts failed</th><th>circuit</th></tr>${providers}</table>
+        <p class="muted">Counts provider calls: a notification that failed over to another provider counts one failed attempt here and is sent.</p></div>
       <div class="card wide"><h2>Queue</h2><table><tr><th>channel</th><th>priority</th><th class="num">waiting</th>
         <th class="num">due</th><th class="num">sending</th><th class="num">oldest due</th></tr>${queue}</table></div>
       <div class="card wide"><h2>Recent failures</h2><table id="failures"><tr><th>id</th><th>channel</th><th>to</th>
@@ -187,6 +202,25 @@ function event(e) {
     <span class="muted"> · ${when(e.at)}</span>${detail}</li>`;
 }
 
+// The message itself: its content by channel, the template and variant it was rendered from,
+// its SMS encoding and segments, and its metadata.
+function sentMessage(n) {
+  const c = n.content || {};
+  const rows = [];
+  const add = (k, v, testid) => rows.push(`<dt>${k}</dt><dd data-testid="${testid}">${v}</dd>`);
+  if (n.template) add('template', esc(`${n.template.name} v${n.template.version}${n.template.locale ? ` (${n.template.locale})` : ''}`), 'template');
+  if (c.subject !== undefined) add('subject', esc(c.subject), 'subject');
+  if (c.from) add('from', esc(c.from), 'from');
+  if (c.title) add('title', esc(c.title), 'title');
+  if (c.text) add('text', `<pre>${esc(c.text)}</pre>`, 'text');
+  if (c.body) add('body', `<pre>${esc(c.body)}</pre>`, 'body');
+  if (c.html) add('html', `<details><summary>${num(c.html.length)} characters</summary><pre>${esc(c.html)}</pre></details>`, 'html');
+  if (c.data && Object.keys(c.data).length) add('data', `<pre>${esc(JSON.stringify(c.data, null, 2))}</pre>`, 'data');
+  if (n.sms) add('sms', esc(`${n.sms.encoding}, ${n.sms.segments} segment${n.sms.segments === 1 ? '' : 's'}`), 'sms');
+  if (n.metadata && Object.keys(n.metadata).length) add('metadata', `<pre>${esc(JSON.stringify(n.metadata, null, 2))}</pre>`, 'metadata');
+  return `<dl class="facts">${rows.join('')}</dl>`;
+}
+
 async function message(id) {
   const n = await api('GET', `/v1/notifications/${encodeURIComponent(id)}`);
   const retryable = ['failed', 'expired', 'bounced'].includes(n.status);
@@ -201,6 +235,7 @@ async function message(id) {
     .map(([k, v]) => `<dt>${k}</dt><dd>${v}</dd>`).join('');
   $('#content').innerHTML = `<div class="grid">
     <div class="card"><h2>Notification <code>${esc(n.id)}</code></h2><dl class="facts">${facts}</dl>${actions}</div>
+    <div class="card" id="sent-message"><h2>What was sent</h2>${sentMessage(n)}</div>
     <div class="card"><h2>Timeline</h2><ol class="timeline" id="timeline">${(n.events || []).map(event).join('')}</ol></div></div>`;
   for (const [button, verb] of [['#retry', 'retry'], ['#cancel', 'cancel']]) {
     $(button)?.addEventListener('click', async () => {

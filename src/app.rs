@@ -163,6 +163,29 @@ impl App {
         tokio::net::TcpListener::bind(addr).await.map_err(|source| AppError::Listen { addr: addr.clone(), source })
     }
 
+    /// A dashboard sign-in link for `tenant`, good once for `minutes` (at most
+    /// `ops_link::MAX_MINUTES`), pointing at `base`; `None` when there is no such tenant.
+    pub async fn ops_link(&self, tenant: &str, minutes: u32, base: &str) -> Result<Option<String>, AppError> {
+        use crate::domain::ops_link;
+        let minutes = minutes.clamp(1, ops_link::MAX_MINUTES);
+        let mut conn = store::session(&self.pool).await?;
+        let key = store::ops_links::signing_key(&mut conn, ops_link::KEY_PURPOSE).await?;
+        let link = store::ops_links::create(&mut conn, tenant, time::Duration::minutes(i64::from(minutes))).await?;
+        conn.finish().await?;
+        Ok(link.map(|l| ops_link::url(base, &ops_link::token(&key, l.id, l.tenant_id, l.expires_at))))
+    }
+
+    /// Where this server is reached: `server.public_base_url`, else its listen address (a
+    /// wildcard read as this machine).
+    pub fn base_url(&self) -> String {
+        let public = self.settings.server.public_base_url.trim_end_matches('/');
+        if !public.is_empty() {
+            return public.to_owned();
+        }
+        let addr = self.settings.server.listen.replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]");
+        format!("http://{addr}")
+    }
+
     /// Apply the migrations. They take a session-level advisory lock, which a transaction
     /// pooler does not keep: behind one they go through `database.direct_url`, and without it
     /// they are refused, saying how to run them.

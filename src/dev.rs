@@ -234,7 +234,11 @@ pub async fn run(mut settings: Settings, throwaway_db: bool) -> Result<(), AppEr
     conn.finish().await?;
     let database_url = redacted(app.settings.database.url.expose());
     let routes = Channel::ALL.map(|c| (c, app.settings.channels.get(c).providers.clone()));
-    println!("{}", banner(&Banner { base: &base, key: &key, database_url: &database_url, source, secret, routes }));
+    let ops_link = app.ops_link(DEV_TENANT, crate::domain::ops_link::MAX_MINUTES, &base).await?.unwrap_or_default();
+    println!(
+        "{}",
+        banner(&Banner { base: &base, key: &key, database_url: &database_url, source, secret, routes, ops_link })
+    );
     app.run_on(Some(listener), Roles { api: true, worker: true }, crate::app::shutdown_token()).await?;
     drop(pg);
     Ok(())
@@ -321,6 +325,8 @@ pub struct Banner<'a> {
     pub secret: Option<String>,
     /// Each channel's providers, in failover order.
     pub routes: [(Channel, Vec<String>); 3],
+    /// A sign-in link to the dashboard for the dev tenant (`herald ops-link`).
+    pub ops_link: String,
 }
 
 /// The banner `herald dev` prints once it listens: where everything is, a key, and requests to
@@ -369,7 +375,12 @@ pub fn banner(b: &Banner<'_>) -> String {
          -d '{{\"channel\": \"push\", \"to\": {{\"fcm\": \"device-token\"}}, \"content\": {{\"title\": \"Hello\", \"body\": \"Hi from Herald\", \"data\": {{\"screen\": \"inbox\"}}}}}}'\n\
          \n\
          Then see what happened to one (the id is in the answer):\n  \
-         curl -s {base}/v1/notifications/ID -H 'Authorization: Bearer {key}'\n",
+         curl -s {base}/v1/notifications/ID -H 'Authorization: Bearer {key}'\n\
+         \n\
+         The dashboard, {base}/ops: open this link (it signs you in with the dev tenant's read scope;\n\
+         it works once, for 15 minutes: `herald ops-link --tenant dev` makes another):\n  {ops_link}\n\
+         The API's documentation: {base}/docs (the OpenAPI document: {base}/openapi.json)\n",
+        ops_link = b.ops_link,
         routes = routes.join("\n"),
     )
 }

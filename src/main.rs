@@ -64,6 +64,16 @@ enum Cmd {
     },
     /// Exit 0 when the local server answers /readyz (for container health checks).
     Healthcheck,
+    /// Print a link that signs a browser into the dashboard (/ops) with the read scope of a
+    /// tenant: signed by the server, good once, for 15 minutes at most; it holds no API key.
+    OpsLink {
+        /// The tenant whose notifications the dashboard shows.
+        #[arg(long)]
+        tenant: String,
+        /// Minutes the link is good for (1 to 15).
+        #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u32).range(1..=15))]
+        minutes: u32,
+    },
     /// Print the OpenAPI document that /openapi.json serves (no server or database needed),
     /// for client generators in a build.
     Openapi,
@@ -341,6 +351,16 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
             }
             herald::telemetry::init(&settings);
             herald::dev::run(settings, *throwaway_db).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::OpsLink { tenant, minutes } => {
+            name_arg(tenant)?;
+            let app = connected(&cli).await?;
+            let link = app.ops_link(tenant, *minutes, &app.base_url()).await?.ok_or_else(|| {
+                AppError::Usage(format!("no tenant named {tenant}: `herald keys create --tenant {tenant}` makes one"))
+            })?;
+            println!("{link}");
+            eprintln!("Opens the dashboard with tenant {tenant}'s read scope; works once, within {minutes} minutes.");
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Openapi => {

@@ -6,6 +6,7 @@ pub mod channel;
 pub mod content;
 pub mod ids;
 pub mod notification;
+pub mod ops_link;
 pub mod recipient;
 pub mod retry;
 pub mod send_limit;

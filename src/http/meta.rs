@@ -82,6 +82,12 @@ pub(super) const PROBLEMS: &[(&str, u16, &str, &str)] = &[
         "Send `Authorization: Bearer <key>` with a key from `herald keys create` that has not been revoked.",
     ),
     (
+        "link-refused",
+        401,
+        "Sign-in link refused",
+        "A dashboard sign-in link that is unknown, altered, expired or used already. Each works once, for 15 minutes at most: make a new one with `herald ops-link --tenant NAME`.",
+    ),
+    (
         "bad-signature",
         401,
         "Invalid receipt signature",

@@ -167,6 +167,7 @@ pub fn router(state: AppState) -> Router {
         .route("/webhooks/{provider}", get(webhooks::receive_by_query).post(webhooks::receive))
         .route("/metrics", get(metrics::scrape))
         .route("/ops", get(ops::page))
+        .route("/ops/session", post(ops::session::create))
         .route("/ops/app.js", get(ops::script))
         .route("/ops/app.css", get(ops::style))
         .route("/ops/icon.svg", get(ops::icon))

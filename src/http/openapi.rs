@@ -44,6 +44,7 @@ use super::schemas::Problem;
         super::meta::version,
         super::meta::problem_page,
         super::ops::page,
+        super::ops::session::create,
     ),
     components(responses(Problem)),
     modifiers(&BearerKey),
@@ -235,9 +236,10 @@ mod tests {
             assert_eq!(props, fields.iter().copied().collect(), "{name}: the schema's fields and the parser's");
             assert_eq!(s["additionalProperties"], false, "{name} refuses unknown fields, as its parser does");
         }
-        // Deserialized by serde with `deny_unknown_fields`: the type is the schema.
+        // Deserialized by serde with `deny_unknown_fields`: the types are the schemas.
         assert_eq!(schema("TemplateBody")["additionalProperties"], false);
-        let known: BTreeSet<&str> = parsed.iter().map(|(n, _)| *n).chain(["TemplateBody"]).collect();
+        assert_eq!(schema("SessionRequest")["additionalProperties"], false);
+        let known: BTreeSet<&str> = parsed.iter().map(|(n, _)| *n).chain(["TemplateBody", "SessionRequest"]).collect();
         for (path, item) in document()["paths"].as_object().expect("paths") {
             for (method, op) in item.as_object().expect("path item") {
                 let Some(body) = op["requestBody"]["content"]["application/json"]["schema"]["$ref"].as_str() else {

@@ -205,19 +205,33 @@ pub async fn set_tenant(
 /// plaintext key, which is never stored.
 pub async fn create_key(conn: &mut PgConnection, tenant: &str, scopes: &[Scope]) -> StoreResult<(ApiKeyId, String)> {
     let tenant_id = ensure_tenant(conn, tenant).await?;
+    create_key_until(conn, tenant_id, scopes, None).await
+}
+
+/// A new key of `tenant_id`'s, refused after `expires_at` when one is given (a dashboard
+/// session made by a sign-in link, `store::ops_links`).
+pub async fn create_key_until(
+    conn: &mut PgConnection,
+    tenant_id: TenantId,
+    scopes: &[Scope],
+    expires_at: Option<OffsetDateTime>,
+) -> StoreResult<(ApiKeyId, String)> {
     let mut raw = [0u8; 32];
     rand::rng().fill_bytes(&mut raw);
     let key = format!("{KEY_PREFIX}{}", URL_SAFE_NO_PAD.encode(raw));
     let id = ApiKeyId::new();
     let scopes: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
-    sqlx::query("INSERT INTO api_keys (id, tenant_id, key_hash, prefix, scopes) VALUES ($1, $2, $3, $4, $5)")
-        .bind(id.as_uuid())
-        .bind(tenant_id.as_uuid())
-        .bind(hash_key(&key))
-        .bind(&key[..KEY_PREFIX.len() + 6])
-        .bind(&scopes)
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "INSERT INTO api_keys (id, tenant_id, key_hash, prefix, scopes, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(id.as_uuid())
+    .bind(tenant_id.as_uuid())
+    .bind(hash_key(&key))
+    .bind(&key[..KEY_PREFIX.len() + 6])
+    .bind(&scopes)
+    .bind(expires_at)
+    .execute(conn)
+    .await?;
     Ok((id, key))
 }
 
@@ -225,7 +239,7 @@ pub async fn list_keys(conn: &mut PgConnection, tenant: Option<&str>) -> StoreRe
     let rows = sqlx::query(
         "SELECT k.id, t.name, k.prefix, k.scopes, k.created_at, k.revoked_at
          FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
-         WHERE $1::text IS NULL OR t.name = $1
+         WHERE ($1::text IS NULL OR t.name = $1) AND (k.expires_at IS NULL OR k.expires_at > now())
          ORDER BY t.name, k.created_at",
     )
     .bind(tenant)
@@ -261,7 +275,7 @@ pub async fn authenticate(conn: &mut PgConnection, presented: &str) -> StoreResu
         "SELECT k.id, k.tenant_id, k.scopes, t.name, t.signing_secret IS NOT NULL AS signs,
                 t.callback_url IS NOT NULL AS callback, t.requests_per_second, t.sender_domains
          FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
-         WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
+         WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now())",
     )
     .bind(hash_key(presented))
     .fetch_optional(conn)

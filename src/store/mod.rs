@@ -11,6 +11,7 @@ pub mod ingest;
 pub mod keys;
 pub mod limits;
 pub mod notifications;
+pub mod ops_links;
 pub mod receipts;
 pub mod retention;
 pub mod stats;

@@ -434,3 +434,62 @@ async fn request_limits_hold_across_replicas() {
         assert_eq!(t.get(&theirs, "/v1/notifications?limit=1").await.status, StatusCode::OK);
     }
 }
+
+/// A dashboard sign-in link (`herald ops-link`): signed by the server, it carries no API key,
+/// works once, only before it expires, and only as it was made; it gives a key with its
+/// tenant's `read` scope and nothing more.
+#[tokio::test]
+async fn a_sign_in_link_works_once_before_it_expires_and_only_as_made() {
+    let t = TestApp::spawn().await;
+    let key = t.key("acme", SEND_READ).await;
+    assert_eq!(t.post(&key, email("a@example.com", "hi")).await.status, StatusCode::ACCEPTED);
+    let url = t.app.ops_link("acme", 15, &t.addr).await.expect("link").expect("tenant acme");
+    let token = url.split_once("#link=").expect("a token in the fragment").1.to_owned();
+    assert!(url.starts_with(&format!("{}/ops#link=", t.addr)), "{url}");
+    assert!(!url.contains("hrld_"), "no API key in a link: {url}");
+    assert!(t.app.ops_link("nobody", 15, &t.addr).await.expect("link").is_none(), "no such tenant");
+
+    let redeem = |link: String| {
+        let (client, addr) = (t.client.clone(), t.addr.clone());
+        async move {
+            let r = client.post(format!("{addr}/ops/session")).json(&json!({"link": link})).send().await.expect("post");
+            let status = r.status();
+            (status, r.json::<Value>().await.expect("json"))
+        }
+    };
+    // A changed character anywhere is refused, and spends nothing: the link still works after.
+    let mut altered = token.clone().into_bytes();
+    let last = altered.len() - 1;
+    altered[last] = if altered[last] == b'A' { b'B' } else { b'A' };
+    let (status, body) = redeem(String::from_utf8(altered).expect("ascii")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["type"], "/problems/link-refused");
+    let mut other_id = token.clone();
+    other_id.replace_range(0..1, if token.starts_with('0') { "1" } else { "0" });
+    assert_eq!(redeem(other_id).await.0, StatusCode::UNAUTHORIZED);
+
+    let (status, session) = redeem(token.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{session}");
+    assert_eq!(session["tenant"], "acme");
+    let read_key = session["key"].as_str().expect("key").to_owned();
+    let list = t.get(&read_key, "/v1/notifications").await;
+    assert_eq!(list.status, StatusCode::OK, "{}", list.body);
+    assert_eq!(list.body["items"].as_array().expect("items").len(), 1, "acme's notification");
+    assert_eq!(t.post(&read_key, email("b@example.com", "x")).await.status, StatusCode::FORBIDDEN, "read only");
+
+    let (status, body) = redeem(token).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "used once already: {body}");
+
+    // Expired: a link made with a lifetime already over.
+    let mut conn = t.pool().acquire().await.expect("conn");
+    let key_bytes =
+        herald::store::ops_links::signing_key(&mut conn, herald::domain::ops_link::KEY_PURPOSE).await.expect("key");
+    let old = herald::store::ops_links::create(&mut conn, "acme", time::Duration::seconds(-1))
+        .await
+        .expect("create")
+        .expect("tenant");
+    drop(conn);
+    let expired = herald::domain::ops_link::token(&key_bytes, old.id, old.tenant_id, old.expires_at);
+    let (status, body) = redeem(expired).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "expired: {body}");
+}

@@ -285,6 +285,30 @@ async fn every_metric_the_readme_lists_is_there_from_the_start() {
     assert!(!text.contains(r#"channel="push""#), "a channel with no provider has no series");
 }
 
+/// `herald ops-link --tenant T` prints a sign-in link to the server's dashboard; a tenant that
+/// does not exist, or a lifetime over 15 minutes, is refused with a message that says why.
+#[tokio::test]
+async fn ops_link_prints_a_link_for_a_tenant() {
+    let t = TestApp::spawn().await;
+    t.key("acme", &[Scope::Read]).await;
+    let base = [("HERALD__SERVER__PUBLIC_BASE_URL", "https://herald.example.com/")];
+    let out = cli(&t, &base, &["ops-link", "--tenant", "acme", "--minutes", "5"]).await;
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert!(out[0].starts_with("https://herald.example.com/ops#link="), "{out:?}");
+    let run = |args: &'static [&'static str]| {
+        let mut cmd = Command::new(BIN);
+        herald_env(&mut cmd, &t);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).args(args);
+        async move { cmd.output().await.expect("run herald") }
+    };
+    let out = run(&["ops-link", "--tenant", "nobody"]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no tenant named nobody"), "{err}");
+    let out = run(&["ops-link", "--tenant", "acme", "--minutes", "16"]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("16"), "{err}");
+}
+
 /// Run `herald ARGS` against the test database; its stdout lines.
 async fn cli(t: &TestApp, env: &[(&str, &str)], args: &[&str]) -> Vec<String> {
     let mut cmd = Command::new(BIN);
@@ -401,7 +425,7 @@ async fn start_dev(t: &TestApp, data: &std::path::Path, args: &[&str]) -> Dev {
     let mut banner = Vec::new();
     let read = async {
         while let Some(line) = lines.next_line().await.expect("read") {
-            let last = line.contains("/v1/notifications/ID");
+            let last = line.starts_with("The API's documentation:");
             banner.push(line);
             if last {
                 break;
@@ -430,6 +454,20 @@ async fn dev_prints_what_the_other_commands_need_and_keeps_its_key() {
     let secret = dev.after("signing secret").split_whitespace().next().expect("secret").to_owned();
     assert!(secret.starts_with("whsec_"), "{secret}");
     let base = dev.base();
+    // The banner names the dashboard and the docs, and signs a browser in with a link.
+    let ops = dev.after("it works once, for 15 minutes");
+    assert!(ops.starts_with(&format!("{base}/ops#link=")) && !ops.contains("hrld_"), "{ops}");
+    assert!(dev.banner.iter().any(|l| l.contains(&format!("{base}/ops:"))), "{:?}", dev.banner);
+    assert!(dev.banner.last().is_some_and(|l| l.contains(&format!("{base}/docs"))), "{:?}", dev.banner);
+    let token = ops.split_once("#link=").expect("token").1;
+    let r = t
+        .client
+        .post(format!("{base}/ops/session"))
+        .json(&serde_json::json!({"link": token}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), reqwest::StatusCode::OK, "the banner's link signs in");
 
     // The key works; an SMS shows in the log with its text; a local receiver gets a callback
     // signed with the printed secret.
@@ -458,12 +496,14 @@ async fn dev_prints_what_the_other_commands_need_and_keeps_its_key() {
     assert!(!log.contains("_sqlx_migrations"), "{log}");
     dev.child.kill().await.expect("kill");
 
-    // The next start prints the same key, and the database holds one dev key.
+    // The next start prints the same key, and the database holds one dev key (besides the
+    // dashboard session the banner's link made, which expires).
     let mut again = start_dev(&t, &data, &[]).await;
     assert_eq!(again.after("Dev API key"), key);
     assert_eq!(again.after("signing secret").split_whitespace().next(), Some(secret.as_str()));
     let active: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE t.name = 'dev' AND k.revoked_at IS NULL",
+        "SELECT count(*) FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE t.name = 'dev' AND k.revoked_at IS NULL \
+         AND k.expires_at IS NULL",
     )
     .fetch_one(t.pool())
     .await

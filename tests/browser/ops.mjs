@@ -117,6 +117,19 @@ try {
   await page.locator('#results a').first().waitFor();
   assert.equal(await page.locator('#results a').count(), 1);
 
+  // A sign-in link (`herald ops-link`) opens the dashboard with its tenant's read scope, leaves
+  // nothing in the address, and works once.
+  const linkPage = await browser.newPage({ viewport: { width: 1366, height: 900 } });
+  linkPage.on('pageerror', (e) => problems.push(e.message));
+  const opsLink = `${base}/ops#link=${process.env.HERALD_OPS_TOKEN}`;
+  await linkPage.goto(opsLink);
+  await linkPage.locator('#who', { hasText: 'tenant acme' }).waitFor({ timeout: 10000 });
+  assert.ok(!linkPage.url().includes('link='), `the token left the address: ${linkPage.url()}`);
+  assert.equal(await linkPage.locator('#retry').count(), 0, 'read scope: no actions');
+  const again = await browser.newPage();
+  await again.goto(opsLink);
+  await again.locator('#sign-in-error', { hasText: 'used already' }).waitFor({ timeout: 10000 });
+
   assert.deepEqual(problems, [], 'no errors in the browser console (CSP violations included)');
   console.log(`dashboard ok; screenshots in ${shots}/ops-dashboard.png and ${shots}/ops-message.png`);
 } finally {

@@ -73,6 +73,23 @@ async function signIn(key) {
   }
 }
 
+// A sign-in link (`herald ops-link`) carries its token in the fragment, which the browser sends
+// to no server; it is taken out of the address at once and traded, once, for a session key.
+async function redeem(token) {
+  try {
+    const r = await fetch('/ops/session', {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
+      body: JSON.stringify({ link: token }),
+    });
+    const body = (r.headers.get('content-type') || '').includes('json') ? await r.json() : null;
+    if (!r.ok) return signOut(body?.detail || `Sign-in link refused (HTTP ${r.status})`);
+    await signIn(body.key);
+  } catch (e) {
+    signOut(`Sign-in failed: ${e.message}`);
+  }
+}
+
 function failed(e) {
   if (e instanceof Unauthorized) return signOut('Your key was refused; sign in again.');
   $('#content').innerHTML = `<p class="error">${esc(e.message)}</p>`;
@@ -273,5 +290,9 @@ document.addEventListener('DOMContentLoaded', () => {
     route();
   });
   window.addEventListener('hashchange', () => { if (sessionStorage.getItem(KEY)) route(); });
-  if (sessionStorage.getItem(KEY)) signIn(sessionStorage.getItem(KEY)); else show(false);
+  if (location.hash.startsWith('#link=')) {
+    const token = decodeURIComponent(location.hash.slice('#link='.length));
+    history.replaceState(null, '', location.pathname);
+    redeem(token);
+  } else if (sessionStorage.getItem(KEY)) signIn(sessionStorage.getItem(KEY)); else show(false);
 });

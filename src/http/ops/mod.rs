@@ -3,6 +3,8 @@
 //! JSON API with the key the operator pastes in, so the dashboard sees exactly what that key
 //! may see. A strict Content-Security-Policy allows only these files and the API.
 
+pub(super) mod session;
+
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 

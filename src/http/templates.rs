@@ -88,7 +88,7 @@ fn not_found(name: &str, version: Option<i32>) -> ApiError {
 
 /// Add a version of a template (the first `PUT` creates it). Every text must compile.
 #[utoipa::path(put, path = "/v1/templates/{name}", operation_id = "putTemplate", tag = "templates", security(("api_key" = [])),
-    params(("name" = String, Path, description = "Letters, digits, `.`, `_`, `-`")),
+    params(("name" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$", description = "Letters, digits, `.`, `_`, `-` (1 to 100, starting with a letter or digit)")),
     request_body = Body,
     responses((status = 201, description = "The new version", body = TemplateView),
               (status = 400, response = crate::http::schemas::Problem), (status = 422, response = crate::http::schemas::Problem),
@@ -127,7 +127,7 @@ fn version_param(params: &HashMap<String, String>) -> Result<Option<i32>, ApiErr
 
 /// A template's latest version, or `?version=N`.
 #[utoipa::path(get, path = "/v1/templates/{name}", operation_id = "getTemplate", tag = "templates", security(("api_key" = [])),
-    params(("name" = String, Path), ("version" = Option<i32>, Query, description = "The latest when absent")),
+    params(("name" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$", description = "Letters, digits, `.`, `_`, `-` (1 to 100, starting with a letter or digit)"), ("version" = Option<i32>, Query, minimum = 1, description = "The latest when absent")),
     responses((status = 200, description = "The template", body = TemplateView), (status = 400, response = crate::http::schemas::Problem),
               (status = 404, response = crate::http::schemas::Problem), (status = 401, response = crate::http::schemas::Problem), (status = 403, response = crate::http::schemas::Problem), (status = 503, response = crate::http::schemas::Problem)))]
 pub(super) async fn get(
@@ -209,7 +209,7 @@ pub(super) async fn list(
 /// Render a template with `data` as a send would, without sending: each part (or `channel`'s),
 /// the variant used, and for SMS its encoding, segments and a GSM-7-safe rendering.
 #[utoipa::path(post, path = "/v1/templates/{name}/preview", operation_id = "previewTemplate", tag = "templates", security(("api_key" = [])),
-    params(("name" = String, Path)),
+    params(("name" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$", description = "Letters, digits, `.`, `_`, `-` (1 to 100, starting with a letter or digit)")),
     request_body = crate::http::schemas::PreviewRequest,
     responses((status = 200, description = "The rendered parts", body = PreviewView,
                example = json!({"name": "welcome", "version": 2, "locale": "pt", "requested_locale": "pt-BR",

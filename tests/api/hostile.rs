@@ -246,6 +246,31 @@ struct AnswerDropper {
 }
 
 impl AnswerDropper {
+    /// A Herald whose database connections go through a dropper of the answers that carry
+    /// `queued` (a notification's write), with `more` settings of the test's.
+    async fn in_front_of(
+        more: impl FnOnce(&mut herald::config::Settings) + Send + 'static,
+    ) -> (AnswerDropper, TestApp) {
+        let upstream = std::env::var("HERALD_TEST_DATABASE_URL")
+            .ok()
+            .and_then(|u| url::Url::parse(&u).ok())
+            .map_or("127.0.0.1:5432".to_owned(), |u| {
+                format!("{}:{}", u.host_str().unwrap_or("127.0.0.1"), u.port().unwrap_or(5432))
+            });
+        let (dropper, port) = AnswerDropper::start(upstream, b"queued").await;
+        let t = TestApp::spawn_with(move |s| {
+            let mut u = url::Url::parse(s.database.url.expose()).expect("url");
+            u.set_host(Some("127.0.0.1")).expect("host");
+            u.set_port(Some(port)).expect("port");
+            // In clear, so that the proxy can see which answer to drop.
+            u.query_pairs_mut().append_pair("sslmode", "disable");
+            s.database.url = herald::config::Secret::new(u.to_string());
+            more(s);
+        })
+        .await;
+        (dropper, t)
+    }
+
     async fn start(upstream: String, needle: &'static [u8]) -> (AnswerDropper, u16) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
@@ -301,22 +326,7 @@ impl AnswerDropper {
 /// and an answer that says so, not a 503 that would make it send a second.
 #[tokio::test]
 async fn a_write_whose_answer_is_lost_after_it_committed_is_answered_202() {
-    let upstream = std::env::var("HERALD_TEST_DATABASE_URL")
-        .ok()
-        .and_then(|u| url::Url::parse(&u).ok())
-        .map_or("127.0.0.1:5432".to_owned(), |u| {
-            format!("{}:{}", u.host_str().unwrap_or("127.0.0.1"), u.port().unwrap_or(5432))
-        });
-    let (dropper, port) = AnswerDropper::start(upstream, b"queued").await;
-    let t = TestApp::spawn_with(move |s| {
-        let mut u = url::Url::parse(s.database.url.expose()).expect("url");
-        u.set_host(Some("127.0.0.1")).expect("host");
-        u.set_port(Some(port)).expect("port");
-        // In clear, so that the proxy can see which answer to drop.
-        u.query_pairs_mut().append_pair("sslmode", "disable");
-        s.database.url = herald::config::Secret::new(u.to_string());
-    })
-    .await;
+    let (dropper, t) = AnswerDropper::in_front_of(|_| {}).await;
     let key = t.key("a", SEND_READ).await;
     assert_eq!(t.post(&key, sms("first")).await.status, StatusCode::ACCEPTED, "warms the key cache");
     dropper.armed.store(true, Ordering::SeqCst);
@@ -340,19 +350,7 @@ async fn a_write_whose_answer_is_lost_after_it_committed_is_answered_202() {
 /// queueing behind it for the whole outage.
 #[tokio::test]
 async fn a_write_caught_by_an_outage_does_not_hold_back_the_next_requests() {
-    let upstream = std::env::var("HERALD_TEST_DATABASE_URL")
-        .ok()
-        .and_then(|u| url::Url::parse(&u).ok())
-        .map_or("127.0.0.1:5432".to_owned(), |u| {
-            format!("{}:{}", u.host_str().unwrap_or("127.0.0.1"), u.port().unwrap_or(5432))
-        });
-    let (dropper, port) = AnswerDropper::start(upstream, b"queued").await;
-    let t = TestApp::spawn_with(move |s| {
-        let mut u = url::Url::parse(s.database.url.expose()).expect("url");
-        u.set_host(Some("127.0.0.1")).expect("host");
-        u.set_port(Some(port)).expect("port");
-        u.query_pairs_mut().append_pair("sslmode", "disable");
-        s.database.url = herald::config::Secret::new(u.to_string());
+    let (dropper, t) = AnswerDropper::in_front_of(|s| {
         // One connection, so one writer: the caught write would hold every writer there is.
         s.database.max_connections = 1;
         s.database.acquire_timeout_ms = 300;

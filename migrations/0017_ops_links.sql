@@ -22,5 +22,8 @@ CREATE TABLE ops_links (
     used_at    timestamptz,
     created_at timestamptz NOT NULL DEFAULT now()
 );
+-- Retention prunes links and session keys a day after they expire, walking these.
+CREATE INDEX ops_links_expires_idx ON ops_links (expires_at);
 
 ALTER TABLE api_keys ADD COLUMN expires_at timestamptz;
+CREATE INDEX api_keys_expires_idx ON api_keys (expires_at) WHERE expires_at IS NOT NULL;

@@ -1,6 +1,7 @@
 //! Pruning: finished notifications (with their events and receipts) after
 //! `retention.notifications_days`, unmatched receipts after the same time, idempotency keys
-//! after `retention.idempotency_hours`, and signed receipt tokens after a week.
+//! after `retention.idempotency_hours`, signed receipt tokens after a week, and dashboard
+//! sign-in links and the session keys they made a day after they expire.
 //!
 //! Every statement walks an index range, so a pass with nothing to prune reads a few pages
 //! whatever the size of the tables: notifications by id (UUIDv7 ids sort by creation time, and
@@ -94,6 +95,22 @@ const PRUNE_SEND_WINDOWS: &str = "WITH old AS (
      )
      SELECT count(*) FROM d";
 
+/// Dashboard sign-in links a day past their expiry (used or not: either way worth nothing).
+const PRUNE_OPS_LINKS: &str = "WITH old AS (
+         SELECT id FROM ops_links WHERE expires_at < $1 ORDER BY expires_at LIMIT $2
+     ), d AS (
+         DELETE FROM ops_links l USING old WHERE l.id = old.id RETURNING 1
+     )
+     SELECT count(*) FROM d";
+
+/// The dashboard session keys those links made, a day past their expiry (refused since).
+const PRUNE_SESSION_KEYS: &str = "WITH old AS (
+         SELECT id FROM api_keys WHERE expires_at < $1 ORDER BY expires_at LIMIT $2
+     ), d AS (
+         DELETE FROM api_keys k USING old WHERE k.id = old.id RETURNING 1
+     )
+     SELECT count(*) FROM d";
+
 /// One batch of one kind.
 enum Step {
     Notifications { cursor: uuid::Uuid },
@@ -101,6 +118,8 @@ enum Step {
     IdempotencyKeys,
     ReceiptTokens,
     SendWindows,
+    OpsLinks,
+    SessionKeys,
 }
 
 pub async fn prune(pool: &PgPool, notifications_days: u32, idempotency_hours: u32) -> StoreResult<Pruned> {
@@ -108,6 +127,7 @@ pub async fn prune(pool: &PgPool, notifications_days: u32, idempotency_hours: u3
     let cutoff = now - time::Duration::days(i64::from(notifications_days));
     let keys_cutoff = now - time::Duration::hours(i64::from(idempotency_hours));
     let tokens_cutoff = now - time::Duration::days(7);
+    let expired_cutoff = now - time::Duration::days(1);
     let mut pruned = Pruned::default();
     let steps = [
         Step::Notifications { cursor: uuid::Uuid::nil() },
@@ -115,6 +135,8 @@ pub async fn prune(pool: &PgPool, notifications_days: u32, idempotency_hours: u3
         Step::IdempotencyKeys,
         Step::ReceiptTokens,
         Step::SendWindows,
+        Step::OpsLinks,
+        Step::SessionKeys,
     ];
     for mut step in steps {
         for _ in 0..MAX_BATCHES {
@@ -144,6 +166,8 @@ pub async fn prune(pool: &PgPool, notifications_days: u32, idempotency_hours: u3
                 }
                 Step::ReceiptTokens => count(&mut tx, PRUNE_RECEIPT_TOKENS, tokens_cutoff).await?,
                 Step::SendWindows => count(&mut tx, PRUNE_SEND_WINDOWS, now).await?,
+                Step::OpsLinks => count(&mut tx, PRUNE_OPS_LINKS, expired_cutoff).await?,
+                Step::SessionKeys => count(&mut tx, PRUNE_SESSION_KEYS, expired_cutoff).await?,
             };
             tx.commit().await?;
             if n < BATCH as u64 {

@@ -197,6 +197,45 @@ async fn retention_prunes_old_unmatched_receipts() {
     assert_eq!(left, ["new"]);
 }
 
+/// Dashboard sign-in links and the session keys they made are pruned a day after they expire;
+/// live ones, and keys that never expire, stay.
+#[tokio::test]
+async fn retention_prunes_expired_sign_in_links_and_session_keys() {
+    let t = TestApp::spawn().await;
+    let key = t.key("acme", SEND_READ).await;
+    let mut conn = t.pool().acquire().await.expect("conn");
+    for (hours, name) in [(-30, "old"), (1, "live")] {
+        let link = herald::store::ops_links::create(&mut conn, "acme", time::Duration::hours(hours))
+            .await
+            .expect("link")
+            .expect("tenant");
+        let until = time::OffsetDateTime::now_utc() + time::Duration::hours(hours);
+        let (id, _) = herald::store::keys::create_key_until(&mut conn, link.tenant_id, &[Scope::Read], Some(until))
+            .await
+            .expect("session key");
+        sqlx::query("UPDATE api_keys SET prefix = $1 WHERE id = $2")
+            .bind(name)
+            .bind(id.as_uuid())
+            .execute(&mut *conn)
+            .await
+            .expect("name it");
+    }
+    drop(conn);
+    retention::prune(t.pool(), 30, 24).await.expect("prune");
+    let links: i64 = sqlx::query_scalar("SELECT count(*) FROM ops_links WHERE expires_at > now()")
+        .fetch_one(t.pool())
+        .await
+        .expect("links");
+    let all_links: i64 = sqlx::query_scalar("SELECT count(*) FROM ops_links").fetch_one(t.pool()).await.expect("links");
+    assert_eq!((links, all_links), (1, 1), "the expired link went, the live one stayed");
+    let keys: Vec<String> = sqlx::query_scalar("SELECT prefix FROM api_keys WHERE expires_at IS NOT NULL")
+        .fetch_all(t.pool())
+        .await
+        .expect("keys");
+    assert_eq!(keys, ["live"]);
+    assert_eq!(t.get(&key, "/v1/notifications").await.status, reqwest::StatusCode::OK, "a key without expiry stays");
+}
+
 /// What a tenant holds of a lane counts against that lane's per-tenant cap only: a tenant with
 /// callbacks in flight still has its sends claimed in full, and its callbacks in flight fill
 /// the callbacks' cap for it.

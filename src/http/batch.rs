@@ -17,6 +17,7 @@ use super::notifications::{
     valid_key,
 };
 use super::problem::ApiError;
+use super::schemas::Problem;
 use super::{AppState, off_runtime};
 use crate::domain::Channel;
 use crate::domain::FieldError;
@@ -38,8 +39,8 @@ pub(super) const MAX_BODY_BYTES: usize = MAX_ITEMS * 16 * 1024;
     request_body = crate::http::schemas::BatchRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "For the whole batch")),
     responses((status = 200, description = "A result per item", body = crate::http::schemas::BatchResponse),
-              (status = 400, response = crate::http::schemas::Problem), (status = 413, response = crate::http::schemas::Problem), (status = 415, response = crate::http::schemas::Problem),
-              (status = 422, response = crate::http::schemas::Problem), (status = 401, response = crate::http::schemas::Problem), (status = 403, response = crate::http::schemas::Problem), (status = 503, response = crate::http::schemas::Problem)))]
+              (status = 400, response = Problem),
+              (status = 422, response = Problem)))]
 pub(super) async fn create(
     State(state): State<AppState>,
     caller: Caller,

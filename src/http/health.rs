@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::problem::ApiError;
+use super::schemas::Problem;
 use crate::store;
 
 /// Liveness: the process answers.
@@ -17,7 +18,7 @@ pub(super) async fn healthz() -> Json<Value> {
 
 /// Ready when the database answers and every migration this binary knows has been applied.
 /// Readiness: the database answers and its migrations are current.
-#[utoipa::path(get, path = "/readyz", operation_id = "getReadiness", tag = "service", responses((status = 200, description = "Ready: the database answers", body = Object), (status = 503, response = crate::http::schemas::Problem)))]
+#[utoipa::path(get, path = "/readyz", operation_id = "getReadiness", tag = "service", responses((status = 200, description = "Ready: the database answers", body = Object), (status = 503, response = Problem)))]
 pub(super) async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let unavailable = |detail: &str| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", "Not ready", detail);
     match store::migrations_current(&state.pool).await {

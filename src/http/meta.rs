@@ -10,6 +10,7 @@ use axum::response::{Html, IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::problem::ApiError;
+use super::schemas::Problem;
 
 /// Where things are.
 #[utoipa::path(get, path = "/", operation_id = "getIndex", tag = "service", responses((status = 200, description = "What this service is and where to go next", body = Object)))]
@@ -160,7 +161,7 @@ pub(super) const PROBLEMS: &[(&str, u16, &str, &str)] = &[
 
 /// The page a problem's `type` points at.
 #[utoipa::path(get, path = "/problems/{kind}", operation_id = "getProblemType", tag = "service", params(("kind" = String, Path)),
-    responses((status = 200, description = "A page that explains the problem", body = String, content_type = "text/html"), (status = 404, response = crate::http::schemas::Problem)))]
+    responses((status = 200, description = "A page that explains the problem", body = String, content_type = "text/html"), (status = 404, response = Problem)))]
 pub(super) async fn problem_page(Path(kind): Path<String>) -> Result<Html<String>, ApiError> {
     let (kind, status, title, text) = PROBLEMS
         .iter()

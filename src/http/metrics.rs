@@ -10,12 +10,13 @@ use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use super::problem::ApiError;
+use super::schemas::Problem;
 use crate::metrics;
 
 /// Prometheus text format; with `metrics.token` set, only for `Authorization: Bearer <token>`.
 #[utoipa::path(get, path = "/metrics", operation_id = "getMetrics", tag = "operators", security((), ("metrics_token" = [])),
     responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain"),
-              (status = 401, response = crate::http::schemas::Problem)))]
+              (status = 401, response = Problem)))]
 pub(super) async fn scrape(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let token = state.settings.metrics.token.expose();
     if !token.is_empty() {

@@ -17,6 +17,7 @@ use super::auth::require;
 use super::deadline::Committing;
 use super::paging;
 use super::problem::ApiError;
+use super::schemas::Problem;
 use super::{AppState, off_runtime};
 use crate::domain::notification::ParseOptions;
 use crate::domain::recipient::recipient_key;
@@ -252,8 +253,7 @@ pub(super) fn key_conflict() -> ApiError {
            ("traceparent" = Option<String>, Header, description = "W3C trace context, continued into dispatch")),
     responses((status = 202, description = "Accepted", body = crate::views::NotificationView),
               (status = 200, description = "A replay of an earlier request with the same key", body = crate::views::NotificationView),
-              (status = 400, response = crate::http::schemas::Problem), (status = 409, response = crate::http::schemas::Problem), (status = 413, response = crate::http::schemas::Problem),
-              (status = 415, response = crate::http::schemas::Problem), (status = 422, response = crate::http::schemas::Problem), (status = 401, response = crate::http::schemas::Problem), (status = 403, response = crate::http::schemas::Problem), (status = 503, response = crate::http::schemas::Problem)))]
+              (status = 400, response = Problem), (status = 409, response = Problem), (status = 422, response = Problem)))]
 pub(super) async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -331,8 +331,8 @@ async fn answer(state: &AppState, caller: &Caller, outcome: Accepted) -> Result<
 /// One notification with its timeline.
 #[utoipa::path(get, path = "/v1/notifications/{id}", operation_id = "getNotification", tag = "notifications", security(("api_key" = [])),
     params(("id" = String, Path, description = "The notification's id")),
-    responses((status = 200, description = "The notification with its timeline", body = crate::views::NotificationView), (status = 400, response = crate::http::schemas::Problem),
-              (status = 404, response = crate::http::schemas::Problem), (status = 401, response = crate::http::schemas::Problem), (status = 403, response = crate::http::schemas::Problem), (status = 503, response = crate::http::schemas::Problem)))]
+    responses((status = 200, description = "The notification with its timeline", body = crate::views::NotificationView), (status = 400, response = Problem),
+              (status = 404, response = Problem)))]
 pub(super) async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -369,7 +369,7 @@ fn parse_time_param(params: &HashMap<String, String>, name: &str) -> Result<Opti
            ("tenant" = Option<String>, Query, description = "Admin keys: one tenant's"),
            ("limit" = Option<i64>, Query, minimum = 1, maximum = 500, description = "1 to 500, default 50; a page also ends early (with a next_cursor) once its notifications' content and metadata reach 4 MiB"),
            ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")),
-    responses((status = 200, description = "A page of notifications, newest first", body = Page), (status = 400, response = crate::http::schemas::Problem), (status = 401, response = crate::http::schemas::Problem), (status = 403, response = crate::http::schemas::Problem), (status = 503, response = crate::http::schemas::Problem)))]
+    responses((status = 200, description = "A page of notifications, newest first", body = Page), (status = 400, response = Problem)))]
 pub(super) async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -450,8 +450,8 @@ pub(super) async fn list(
 /// Cancel a notification that is scheduled, queued or retrying.
 #[utoipa::path(post, path = "/v1/notifications/{id}/cancel", operation_id = "cancelNotification", tag = "notifications", security(("api_key" = [])),
     params(("id" = String, Path)),
-    responses((status = 200, description = "Cancelled", body = crate::views::NotificationView), (status = 400, response = crate::http::schemas::Problem),
-              (status = 404, response = crate::http::schemas::Problem), (status = 409, response = crate::http::schemas::Problem), (status = 401, response = crate::http::schemas::Problem), (status = 403, response = crate::http::schemas::Problem), (status = 503, response = crate::http::schemas::Problem)))]
+    responses((status = 200, description = "Cancelled", body = crate::views::NotificationView), (status = 400, response = Problem),
+              (status = 404, response = Problem), (status = 409, response = Problem)))]
 pub(super) async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
@@ -474,8 +474,8 @@ pub(super) async fn cancel(
 /// `POST /v1/notifications/{id}/retry` (admin): requeue a failed, expired or bounced one.
 #[utoipa::path(post, path = "/v1/notifications/{id}/retry", operation_id = "retryNotification", tag = "operators", security(("api_key" = [])),
     params(("id" = String, Path)),
-    responses((status = 200, description = "Requeued", body = crate::views::NotificationView), (status = 400, response = crate::http::schemas::Problem),
-              (status = 404, response = crate::http::schemas::Problem), (status = 409, response = crate::http::schemas::Problem), (status = 401, response = crate::http::schemas::Problem), (status = 403, response = crate::http::schemas::Problem), (status = 503, response = crate::http::schemas::Problem)))]
+    responses((status = 200, description = "Requeued", body = crate::views::NotificationView), (status = 400, response = Problem),
+              (status = 404, response = Problem), (status = 409, response = Problem)))]
 pub(super) async fn retry(
     State(state): State<AppState>,
     caller: Caller,

@@ -93,8 +93,8 @@ const LIST_DEFAULTS: [(&str, i64); 3] = [
 /// What every operation shares, applied once rather than written into each attribute:
 /// - one `Problem` schema that every error response refers to (generators then make one
 ///   problem type, not one per operation and status);
-/// - `429` with `Retry-After` on every operation an API key calls (a tenant's request rate,
-///   `limits.requests_per_second`), and `Retry-After` on every `503`;
+/// - on every operation an API key calls: `401`, `403`, `503`, and `429` with `Retry-After` (a
+///   tenant's request rate, `limits.requests_per_second`); `Retry-After` on every `503`;
 /// - `security: []` on the operations that take no API key (public, or checked by a
 ///   provider's own signature), so that no operation leaves its security unsaid;
 /// - the default of each list's `limit`;
@@ -158,6 +158,10 @@ fn conventions(doc: &mut Value) {
             .is_some_and(|c| c.len() == 1 && c.contains_key("application/json"));
         let responses = &mut op["responses"];
         if keyed {
+            // Every keyed call can meet a bad key, a key without the scope, and the database away.
+            for status in ["401", "403", "503"] {
+                responses[status] = json!({"$ref": "#/components/responses/Problem"});
+            }
             responses["429"] = json!({"$ref": "#/components/responses/RateLimited"});
         }
         if json_body {

@@ -15,6 +15,7 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::auth::require;
 use super::problem::ApiError;
+use super::schemas::Problem;
 use crate::domain::TenantId;
 use crate::store::StoreError;
 use crate::store::keys::{Caller, Scope};
@@ -89,7 +90,7 @@ pub(super) struct StatsQuery {
 /// What happened over a window: counts, latency, attempts, queue and recent failures.
 #[utoipa::path(get, path = "/v1/stats", operation_id = "getStats", tag = "operators", security(("api_key" = [])),
     params(("window" = Option<String>, Query, description = "5m, 1h (default), 24h or 7d")),
-    responses((status = 200, description = "The window's figures", body = StatsView), (status = 400, response = crate::http::schemas::Problem), (status = 401, response = crate::http::schemas::Problem), (status = 403, response = crate::http::schemas::Problem), (status = 503, response = crate::http::schemas::Problem)))]
+    responses((status = 200, description = "The window's figures", body = StatsView), (status = 400, response = Problem)))]
 pub(super) async fn get(
     State(state): State<AppState>,
     caller: Caller,

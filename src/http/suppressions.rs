@@ -15,6 +15,7 @@ use super::AppState;
 use super::auth::require;
 use super::paging;
 use super::problem::ApiError;
+use super::schemas::Problem;
 use crate::domain::recipient::recipient_key;
 use crate::domain::{Channel, FieldError};
 use crate::store::keys::{Caller, Scope};
@@ -62,7 +63,7 @@ const MAX_LIMIT: i64 = 1000;
 #[utoipa::path(get, path = "/v1/suppressions", operation_id = "listSuppressions", tag = "suppressions", security(("api_key" = [])),
     params(("channel" = Option<crate::domain::Channel>, Query), ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100"),
            ("cursor" = Option<String>, Query)),
-    responses((status = 200, description = "A page of suppressions", body = SuppressionPage), (status = 400, response = crate::http::schemas::Problem), (status = 401, response = crate::http::schemas::Problem), (status = 403, response = crate::http::schemas::Problem), (status = 503, response = crate::http::schemas::Problem)))]
+    responses((status = 200, description = "A page of suppressions", body = SuppressionPage), (status = 400, response = Problem)))]
 pub(super) async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -87,7 +88,7 @@ pub(super) async fn list(
 #[utoipa::path(post, path = "/v1/suppressions", operation_id = "createSuppression", tag = "suppressions", security(("api_key" = [])),
     request_body = crate::http::schemas::SuppressionRequest,
     responses((status = 201, description = "Suppressed", body = SuppressionView), (status = 200, description = "Already suppressed", body = SuppressionView),
-              (status = 400, response = crate::http::schemas::Problem), (status = 415, response = crate::http::schemas::Problem), (status = 422, response = crate::http::schemas::Problem), (status = 401, response = crate::http::schemas::Problem), (status = 403, response = crate::http::schemas::Problem), (status = 503, response = crate::http::schemas::Problem)))]
+              (status = 400, response = Problem), (status = 422, response = Problem)))]
 pub(super) async fn create(State(state): State<AppState>, caller: Caller, body: Bytes) -> Result<Response, ApiError> {
     require(&caller, Scope::Send)?;
     let value: Value =
@@ -145,7 +146,7 @@ pub(super) async fn create(State(state): State<AppState>, caller: Caller, body: 
 /// Lift a suppression.
 #[utoipa::path(delete, path = "/v1/suppressions/{channel}/{recipient}", operation_id = "deleteSuppression", tag = "suppressions", security(("api_key" = [])),
     params(("channel" = crate::domain::Channel, Path), ("recipient" = String, Path)),
-    responses((status = 204, description = "Deleted"), (status = 404, response = crate::http::schemas::Problem), (status = 401, response = crate::http::schemas::Problem), (status = 403, response = crate::http::schemas::Problem), (status = 503, response = crate::http::schemas::Problem)))]
+    responses((status = 204, description = "Deleted"), (status = 404, response = Problem)))]
 pub(super) async fn delete(
     State(state): State<AppState>,
     caller: Caller,

@@ -18,6 +18,7 @@ use super::auth::require;
 use super::notifications::{json_body, refuse_nul};
 use super::paging;
 use super::problem::ApiError;
+use super::schemas::Problem;
 use crate::domain::template::{self, Body, Template, Version};
 use crate::domain::{Channel, FieldError, content, sms};
 use crate::store::keys::{Caller, Scope};
@@ -91,8 +92,7 @@ fn not_found(name: &str, version: Option<i32>) -> ApiError {
     params(("name" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$", description = "Letters, digits, `.`, `_`, `-` (1 to 100, starting with a letter or digit)")),
     request_body = Body,
     responses((status = 201, description = "The new version", body = TemplateView),
-              (status = 400, response = crate::http::schemas::Problem), (status = 422, response = crate::http::schemas::Problem),
-              (status = 401, response = crate::http::schemas::Problem), (status = 403, response = crate::http::schemas::Problem), (status = 503, response = crate::http::schemas::Problem)))]
+              (status = 400, response = Problem), (status = 422, response = Problem)))]
 pub(super) async fn put(
     State(state): State<AppState>,
     caller: Caller,
@@ -128,8 +128,8 @@ fn version_param(params: &HashMap<String, String>) -> Result<Option<i32>, ApiErr
 /// A template's latest version, or `?version=N`.
 #[utoipa::path(get, path = "/v1/templates/{name}", operation_id = "getTemplate", tag = "templates", security(("api_key" = [])),
     params(("name" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$", description = "Letters, digits, `.`, `_`, `-` (1 to 100, starting with a letter or digit)"), ("version" = Option<i32>, Query, minimum = 1, description = "The latest when absent")),
-    responses((status = 200, description = "The template", body = TemplateView), (status = 400, response = crate::http::schemas::Problem),
-              (status = 404, response = crate::http::schemas::Problem), (status = 401, response = crate::http::schemas::Problem), (status = 403, response = crate::http::schemas::Problem), (status = 503, response = crate::http::schemas::Problem)))]
+    responses((status = 200, description = "The template", body = TemplateView), (status = 400, response = Problem),
+              (status = 404, response = Problem)))]
 pub(super) async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -175,8 +175,7 @@ struct TemplateSummary {
 #[utoipa::path(get, path = "/v1/templates", operation_id = "listTemplates", tag = "templates", security(("api_key" = [])),
     params(("limit" = Option<i64>, Query, minimum = 1, maximum = 500, description = "1 to 500, default 50"),
            ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")),
-    responses((status = 200, description = "A page of templates", body = TemplatePage), (status = 400, response = crate::http::schemas::Problem),
-              (status = 401, response = crate::http::schemas::Problem), (status = 403, response = crate::http::schemas::Problem), (status = 503, response = crate::http::schemas::Problem)))]
+    responses((status = 200, description = "A page of templates", body = TemplatePage), (status = 400, response = Problem)))]
 pub(super) async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -216,8 +215,8 @@ pub(super) async fn list(
                    "sms": {"locale": "pt", "content": {"text": "Olá Ana — bem-vinda"},
                            "sms": {"encoding": "UCS-2", "segments": 1, "ucs2_characters": ["—"]},
                            "gsm7_safe": {"text": "Olá Ana - bem-vinda", "sms": {"encoding": "GSM-7", "segments": 1}}}})),
-              (status = 400, response = crate::http::schemas::Problem), (status = 404, response = crate::http::schemas::Problem),
-              (status = 422, response = crate::http::schemas::Problem), (status = 401, response = crate::http::schemas::Problem), (status = 403, response = crate::http::schemas::Problem), (status = 503, response = crate::http::schemas::Problem)))]
+              (status = 400, response = Problem), (status = 404, response = Problem),
+              (status = 422, response = Problem)))]
 pub(super) async fn preview(
     State(state): State<AppState>,
     caller: Caller,

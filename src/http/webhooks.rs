@@ -14,6 +14,7 @@ use tracing::{info, info_span, warn};
 
 use super::AppState;
 use super::problem::ApiError;
+use super::schemas::Problem;
 use crate::metrics;
 use crate::receipts::{Incoming, ReceiptContext, ReceiptError, Verified};
 use crate::store::receipts::{self as store, ReceiptOutcome};
@@ -23,8 +24,8 @@ use crate::store::receipts::{self as store, ReceiptOutcome};
 #[utoipa::path(get, path = "/webhooks/{provider}", operation_id = "receiveReceiptByQuery", tag = "receipts",
     params(("provider" = String, Path, description = "The configured provider name ([providers.NAME])")),
     responses((status = 200, description = "Counts of what was applied", body = Object),
-              (status = 400, response = crate::http::schemas::Problem), (status = 401, response = crate::http::schemas::Problem), (status = 404, response = crate::http::schemas::Problem),
-              (status = 503, response = crate::http::schemas::Problem)))]
+              (status = 400, response = Problem), (status = 401, response = Problem), (status = 404, response = Problem),
+              (status = 503, response = Problem)))]
 pub(super) async fn receive_by_query(
     state: State<AppState>,
     name: Path<String>,
@@ -41,8 +42,8 @@ pub(super) async fn receive_by_query(
     params(("provider" = String, Path, description = "The configured provider name ([providers.NAME])")),
     request_body(content = Object, description = "The provider's own format", content_type = "application/json"),
     responses((status = 200, description = "Counts of what was applied", body = Object),
-              (status = 400, response = crate::http::schemas::Problem), (status = 401, response = crate::http::schemas::Problem), (status = 404, response = crate::http::schemas::Problem),
-              (status = 503, response = crate::http::schemas::Problem)))]
+              (status = 400, response = Problem), (status = 401, response = Problem), (status = 404, response = Problem),
+              (status = 503, response = Problem)))]
 pub(super) async fn receive(
     State(state): State<AppState>,
     Path(name): Path<String>,

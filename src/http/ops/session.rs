@@ -14,6 +14,7 @@ use utoipa::ToSchema;
 
 use super::super::AppState;
 use super::super::problem::ApiError;
+use super::super::schemas::Problem;
 use crate::domain::ops_link;
 use crate::store::{self, ops_links};
 
@@ -51,8 +52,8 @@ fn refused() -> ApiError {
 #[utoipa::path(post, path = "/ops/session", operation_id = "createDashboardSession", tag = "operators",
     request_body = SessionRequest,
     responses((status = 200, description = "A key with the read scope for the dashboard", body = SessionView),
-              (status = 400, response = crate::http::schemas::Problem), (status = 401, response = crate::http::schemas::Problem),
-              (status = 422, response = crate::http::schemas::Problem), (status = 503, response = crate::http::schemas::Problem)))]
+              (status = 400, response = Problem), (status = 401, response = Problem),
+              (status = 422, response = Problem), (status = 503, response = Problem)))]
 pub(in crate::http) async fn create(State(state): State<AppState>, body: Bytes) -> Result<Json<SessionView>, ApiError> {
     let request: SessionRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::malformed(format!("the body must be {{\"link\": \"…\"}}: {e}")))?;

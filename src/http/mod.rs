@@ -3,6 +3,7 @@
 mod auth;
 mod batch;
 mod deadline;
+mod extract;
 mod health;
 mod meta;
 mod metrics;

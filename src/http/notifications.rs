@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -15,6 +15,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::auth::require;
 use super::deadline::Committing;
+use super::extract::Params;
 use super::paging;
 use super::problem::ApiError;
 use super::schemas::Problem;
@@ -350,9 +351,23 @@ pub(super) struct Page {
     next_cursor: Option<String>,
 }
 
-fn parse_time_param(params: &HashMap<String, String>, name: &str) -> Result<Option<OffsetDateTime>, ApiError> {
-    params
-        .get(name)
+/// `GET /v1/notifications`'s parameters (see its attribute for what each means).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {
+    status: Option<String>,
+    channel: Option<String>,
+    to: Option<String>,
+    tag: Option<String>,
+    tenant: Option<String>,
+    created_after: Option<String>,
+    created_before: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+fn parse_time_param(given: Option<&str>, name: &str) -> Result<Option<OffsetDateTime>, ApiError> {
+    given
         .map(|v| {
             OffsetDateTime::parse(v, &Rfc3339)
                 .map_err(|_| ApiError::bad_parameter(name, "must be an RFC 3339 timestamp"))
@@ -373,33 +388,31 @@ fn parse_time_param(params: &HashMap<String, String>, name: &str) -> Result<Opti
 pub(super) async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    Query(params): Query<HashMap<String, String>>,
+    Params(q): Params<ListQuery>,
 ) -> Result<Json<Page>, ApiError> {
     require(&caller, Scope::Read)?;
-    const KNOWN: [&str; 9] =
-        ["status", "channel", "to", "tag", "tenant", "created_after", "created_before", "limit", "cursor"];
-    if let Some(unknown) = params.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-        return Err(ApiError::bad_parameter(unknown, format!("unknown parameter; known: {}", KNOWN.join(", "))));
-    }
-    let status = params
-        .get("status")
+    let status = q
+        .status
+        .as_deref()
         .map(|s| Status::parse(s).ok_or_else(|| ApiError::bad_parameter("status", "not a notification status")))
         .transpose()?;
-    let channel = params
-        .get("channel")
+    let channel = q
+        .channel
+        .as_deref()
         .map(|s| Channel::parse(s).ok_or_else(|| ApiError::bad_parameter("channel", "must be email, sms or push")))
         .transpose()?;
-    let limit = paging::limit(&params, DEFAULT_LIMIT, MAX_LIMIT)?;
-    let before_id = paging::cursor(&params, |b| uuid::Uuid::from_slice(&b).ok().map(NotificationId::from_uuid))?;
+    let limit = paging::limit(q.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
+    let before_id =
+        paging::cursor(q.cursor.as_deref(), |b| uuid::Uuid::from_slice(&b).ok().map(NotificationId::from_uuid))?;
     // The same key as stored (a value that is no recipient of any channel matches nothing).
-    let to = params.get("to").map(|t| recipient_key(channel, t).unwrap_or_else(|_| t.clone()));
+    let to = q.to.map(|t| recipient_key(channel, &t).unwrap_or(t));
     // Lists read through the reads' pool, under the request timeout: a slow list never holds
     // a connection that accepts need.
     let timeout = std::time::Duration::from_millis(state.settings.server.request_timeout_ms);
     let mut tx = crate::store::read_tx(&state.reads, timeout).await?;
     let conn = &mut *tx;
     // `tenant` narrows an admin's view to one tenant; any other key sees only its own.
-    let tenant = match params.get("tenant") {
+    let tenant = match &q.tenant {
         None => caller.tenant_filter(),
         Some(name) if *name == caller.tenant => Some(caller.tenant_id),
         Some(name) if caller.is_admin() => {
@@ -419,9 +432,9 @@ pub(super) async fn list(
         status,
         channel,
         to,
-        tag: params.get("tag").cloned(),
-        created_after: parse_time_param(&params, "created_after")?,
-        created_before: parse_time_param(&params, "created_before")?,
+        tag: q.tag,
+        created_after: parse_time_param(q.created_after.as_deref(), "created_after")?,
+        created_before: parse_time_param(q.created_before.as_deref(), "created_before")?,
         before_id,
         limit: limit + 1,
         max_bytes: PAGE_BYTES,

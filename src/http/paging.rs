@@ -1,16 +1,14 @@
 //! The `limit` and `cursor` parameters every list takes. A cursor is opaque to callers: the
 //! last item's key, base64url-encoded, decoded here and read by each list.
 
-use std::collections::HashMap;
-
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use super::problem::ApiError;
 
 /// `limit`: `default` when absent, else 1 to `max`.
-pub(super) fn limit(params: &HashMap<String, String>, default: i64, max: i64) -> Result<i64, ApiError> {
-    match params.get("limit") {
+pub(super) fn limit(given: Option<&str>, default: i64, max: i64) -> Result<i64, ApiError> {
+    match given {
         None => Ok(default),
         Some(l) => l
             .parse::<i64>()
@@ -22,12 +20,8 @@ pub(super) fn limit(params: &HashMap<String, String>, default: i64, max: i64) ->
 
 /// `cursor`, read by `read` from its decoded bytes; `None` when absent. One that does not
 /// decode or read is a 400 problem.
-pub(super) fn cursor<T>(
-    params: &HashMap<String, String>,
-    read: impl FnOnce(Vec<u8>) -> Option<T>,
-) -> Result<Option<T>, ApiError> {
-    params
-        .get("cursor")
+pub(super) fn cursor<T>(given: Option<&str>, read: impl FnOnce(Vec<u8>) -> Option<T>) -> Result<Option<T>, ApiError> {
+    given
         .map(|c| {
             URL_SAFE_NO_PAD
                 .decode(c)

@@ -7,13 +7,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
 use super::AppState;
 use super::auth::require;
+use super::extract::Params;
 use super::problem::ApiError;
 use super::schemas::Problem;
 use crate::domain::TenantId;
@@ -82,7 +83,9 @@ impl StatsCache {
     }
 }
 
+/// `GET /v1/stats`'s parameters.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct StatsQuery {
     window: Option<String>,
 }
@@ -94,7 +97,7 @@ pub(super) struct StatsQuery {
 pub(super) async fn get(
     State(state): State<AppState>,
     caller: Caller,
-    Query(q): Query<StatsQuery>,
+    Params(q): Params<StatsQuery>,
 ) -> Result<Json<StatsView>, ApiError> {
     if !caller.has(Scope::Read) {
         require(&caller, Scope::Admin)?;

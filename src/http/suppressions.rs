@@ -1,10 +1,8 @@
 //! `/v1/suppressions`: a tenant's do-not-send list, per channel.
 
-use std::collections::HashMap;
-
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -13,6 +11,7 @@ use time::OffsetDateTime;
 
 use super::AppState;
 use super::auth::require;
+use super::extract::Params;
 use super::paging;
 use super::problem::ApiError;
 use super::schemas::Problem;
@@ -59,6 +58,15 @@ pub(super) const DEFAULT_LIMIT: i64 = 100;
 pub(super) const FIELDS: [&str; 3] = ["channel", "recipient", "reason"];
 const MAX_LIMIT: i64 = 1000;
 
+/// `GET /v1/suppressions`'s parameters.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {
+    channel: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
 /// The tenant's suppressed recipients.
 #[utoipa::path(get, path = "/v1/suppressions", operation_id = "listSuppressions", tag = "suppressions", security(("api_key" = [])),
     params(("channel" = Option<crate::domain::Channel>, Query), ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100"),
@@ -67,15 +75,16 @@ const MAX_LIMIT: i64 = 1000;
 pub(super) async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    Query(params): Query<HashMap<String, String>>,
+    Params(q): Params<ListQuery>,
 ) -> Result<Json<SuppressionPage>, ApiError> {
     require(&caller, Scope::Read)?;
-    let channel = params
-        .get("channel")
+    let channel = q
+        .channel
+        .as_deref()
         .map(|c| Channel::parse(c).ok_or_else(|| ApiError::bad_parameter("channel", "must be email, sms or push")))
         .transpose()?;
-    let limit = paging::limit(&params, DEFAULT_LIMIT, MAX_LIMIT)?;
-    let after = paging::cursor(&params, |b| {
+    let limit = paging::limit(q.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
+    let after = paging::cursor(q.cursor.as_deref(), |b| {
         String::from_utf8(b).ok().and_then(|s| s.split_once('\n').map(|(a, b)| (a.to_owned(), b.to_owned())))
     })?;
     let mut conn = crate::store::session(&state.pool).await?;

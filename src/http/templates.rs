@@ -1,11 +1,11 @@
 //! `/v1/templates`: add a version, read one, list them, preview a rendering. Templates are
 //! the caller's tenant's (an admin key included).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -15,6 +15,7 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::auth::require;
+use super::extract::Params;
 use super::notifications::{json_body, refuse_nul};
 use super::paging;
 use super::problem::ApiError;
@@ -113,9 +114,23 @@ pub(super) async fn put(
     Ok(resp)
 }
 
-fn version_param(params: &HashMap<String, String>) -> Result<Option<i32>, ApiError> {
-    params
-        .get("version")
+/// `GET /v1/templates/{name}`'s parameters.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct VersionQuery {
+    version: Option<String>,
+}
+
+/// The lists' parameters: `limit` and `cursor` (see `paging`).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PageQuery {
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+fn version_param(given: Option<&str>) -> Result<Option<i32>, ApiError> {
+    given
         .map(|v| {
             v.parse::<i32>()
                 .ok()
@@ -134,14 +149,11 @@ pub(super) async fn get(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
-    Query(params): Query<HashMap<String, String>>,
+    Params(q): Params<VersionQuery>,
 ) -> Result<Json<TemplateView>, ApiError> {
     require(&caller, Scope::Read)?;
     check_name(&name)?;
-    if let Some(unknown) = params.keys().find(|k| *k != "version") {
-        return Err(ApiError::bad_parameter(unknown, "unknown parameter; known: version"));
-    }
-    let version = version_param(&params)?;
+    let version = version_param(q.version.as_deref())?;
     let mut conn = crate::store::session(&state.pool).await?;
     let found =
         store::get(&mut conn, caller.tenant_id, &name, version).await?.ok_or_else(|| not_found(&name, version))?;
@@ -179,14 +191,11 @@ struct TemplateSummary {
 pub(super) async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    Query(params): Query<HashMap<String, String>>,
+    Params(q): Params<PageQuery>,
 ) -> Result<Json<TemplatePage>, ApiError> {
     require(&caller, Scope::Read)?;
-    if let Some(unknown) = params.keys().find(|k| !["limit", "cursor"].contains(&k.as_str())) {
-        return Err(ApiError::bad_parameter(unknown, "unknown parameter; known: limit, cursor"));
-    }
-    let limit = paging::limit(&params, DEFAULT_LIMIT, MAX_LIMIT)?;
-    let after = paging::cursor(&params, |b| String::from_utf8(b).ok().filter(|n| template::valid_name(n)))?;
+    let limit = paging::limit(q.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
+    let after = paging::cursor(q.cursor.as_deref(), |b| String::from_utf8(b).ok().filter(|n| template::valid_name(n)))?;
     let mut conn = crate::store::session(&state.pool).await?;
     let rows = store::list(&mut conn, caller.tenant_id, after.as_deref(), limit + 1).await?;
     let (rows, next_cursor) = paging::page(rows, limit, |r| r.latest.name.clone());

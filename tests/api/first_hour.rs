@@ -165,3 +165,32 @@ async fn the_post_answer_and_a_later_get_show_the_same_times() {
     assert_eq!(got["send_at"], "2099-01-01T09:00:00.123456Z");
     assert_eq!(posted["events"][0]["at"], got["events"][0]["at"], "the accepted event");
 }
+
+/// Every list and stats read its parameters into a struct: an unknown parameter is a 400
+/// naming it and the known ones, a repeated one a 400 naming it, whatever the route.
+#[tokio::test]
+async fn unknown_and_repeated_query_parameters_are_named() {
+    let t = TestApp::spawn().await;
+    let key = t.key("acme", SEND_READ).await;
+    for (path, known) in [
+        (
+            "/v1/notifications?colour=red",
+            "status, channel, to, tag, tenant, created_after, created_before, limit, cursor",
+        ),
+        ("/v1/templates?colour=red", "limit, cursor"),
+        ("/v1/templates/welcome?colour=red", "version"),
+        ("/v1/suppressions?colour=red", "channel, limit, cursor"),
+        ("/v1/stats?colour=red", "window"),
+    ] {
+        let r = t.get(&key, path).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{path}: {}", r.body);
+        assert_eq!(r.body["errors"][0]["parameter"], "colour", "{path}: {}", r.body);
+        assert_eq!(r.body["errors"][0]["detail"], format!("unknown parameter; known: {known}"), "{path}");
+    }
+    let r = t.get(&key, "/v1/notifications?status=sent&status=failed").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert_eq!(r.body["errors"][0]["parameter"], "status");
+    assert_eq!(r.body["errors"][0]["detail"], "given more than once");
+    let r = t.get(&key, "/v1/notifications?status=sent&limit=2").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+}

@@ -84,6 +84,7 @@ pub struct App {
     keys: Arc<KeyCache>,
     ingest: Ingest,
     stats: Arc<http::StatsCache>,
+    rules: Arc<crate::accept::AcceptRules>,
     cpu: Arc<tokio::sync::Semaphore>,
 }
 
@@ -114,7 +115,9 @@ impl App {
         let ingest = http::ingest(pool.clone(), &settings);
         let stats = Arc::default();
         crate::metrics::handle();
+        let rules = Arc::new(crate::accept::AcceptRules::new(&settings));
         Ok(App {
+            rules,
             pool,
             dispatch_pool,
             read_pool,
@@ -135,6 +138,7 @@ impl App {
             cpu: self.cpu.clone(),
             settings: self.settings.clone(),
             registry: self.registry.clone(),
+            rules: self.rules.clone(),
             keys: self.keys.clone(),
             ingest: self.ingest.clone(),
             stats: self.stats.clone(),

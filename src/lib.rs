@@ -5,6 +5,7 @@
 // less, so that a reader sees at once what is the crate's interface.
 #![warn(unreachable_pub)]
 
+pub mod accept;
 pub mod app;
 pub mod batching;
 pub mod config;

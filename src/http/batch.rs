@@ -12,13 +12,11 @@ use serde_json::{Value, json};
 
 use super::auth::require;
 use super::deadline::Committing;
-use super::notifications::{
-    idempotency_header, json_body, key_conflict, parse_options, prepare, request_hash, templates_for, traceparent,
-    valid_key,
-};
+use super::notifications::{idempotency_header, json_body, key_conflict, traceparent};
 use super::problem::ApiError;
 use super::schemas::Problem;
 use super::{AppState, off_runtime};
+use crate::accept::{self, IdempotencyKey, request_hash};
 use crate::domain::Channel;
 use crate::domain::FieldError;
 use crate::domain::notification::ParseOptions;
@@ -49,7 +47,7 @@ pub(super) async fn create(
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     require(&caller, Scope::Send)?;
-    let batch_key = idempotency_header(&headers)?.map(str::to_owned);
+    let batch_key = idempotency_header(&headers)?;
     let mut value = json_body(&body)?;
     let Some(Value::Array(items)) = value.get_mut("notifications").map(Value::take) else {
         return Err(ApiError::validation(vec![FieldError::new(
@@ -75,18 +73,18 @@ pub(super) async fn create(
 
     // Validate every item, off the runtime (templates render there, and a thousand SMS
     // numbers are checked against libphonenumber's metadata), within one rendering budget.
-    let templates = templates_for(&state, &caller, items.iter()).await?;
+    let templates = accept::templates_for(&state.pool, &caller, items.iter()).await?;
     let traceparent = traceparent(&headers);
     let max_item_bytes = state.settings.server.max_body_bytes;
     let (st, c) = (state.clone(), caller.clone());
     let checked = off_runtime(&state, move || {
         let budget = RenderBudget::per_request();
-        let opts = parse_options(&st, &c, &templates, &budget);
+        let opts = st.rules.parse_options(&c, &templates, &budget);
         items
             .into_iter()
             .enumerate()
             .map(|(index, mut item)| {
-                let checked = item_submission(&st, &c, index, &mut item, batch_key.as_deref(), max_item_bytes, opts);
+                let checked = item_submission(&st, &c, index, &mut item, batch_key.as_ref(), max_item_bytes, opts);
                 (index, checked, item)
             })
             .collect::<Vec<_>>()
@@ -107,7 +105,7 @@ pub(super) async fn create(
         results[index] = Some(match refused {
             // A retried item that no longer validates still gets its original answer.
             (problem, Some(key)) => {
-                match ingest::earlier_use(&state.pool, caller.tenant_id, &key, &request_hash(&item)).await? {
+                match ingest::earlier_use(&state.pool, caller.tenant_id, key.as_str(), &request_hash(&item)).await? {
                     Some(earlier) => item_result(index, Ok(earlier)),
                     None => item_problem(index, &problem),
                 }
@@ -142,10 +140,10 @@ fn item_submission(
     caller: &Caller,
     index: usize,
     item: &mut Value,
-    batch_key: Option<&str>,
+    batch_key: Option<&IdempotencyKey>,
     max_item_bytes: usize,
     opts: ParseOptions<'_>,
-) -> Result<Submission, Box<(ApiError, Option<String>)>> {
+) -> Result<Submission, Box<(ApiError, Option<IdempotencyKey>)>> {
     let at = |e: FieldError| FieldError::new(format!("/notifications/{index}{}", e.pointer), e.detail);
     // An item that could not be sent on its own (server.max_body_bytes) is not taken in a batch.
     let size = crate::store::ingest::json_len(item);
@@ -158,7 +156,7 @@ fn item_submission(
     }
     let own_key = match item.as_object_mut().and_then(|o| o.remove(ITEM_KEY)) {
         None => None,
-        Some(Value::String(k)) if valid_key(&k) => Some(k),
+        Some(Value::String(k)) if IdempotencyKey::parse(&k).is_some() => IdempotencyKey::parse(&k),
         Some(_) => {
             let e = FieldError::new("/idempotency_key", "must be 1 to 255 visible ASCII characters");
             return Err(Box::new((ApiError::validation(vec![at(e)]), None)));
@@ -167,19 +165,18 @@ fn item_submission(
     let key = match (own_key, batch_key) {
         (Some(k), _) => Some(k),
         (None, Some(b)) => {
-            let k = format!("{b}/{index}");
-            if !valid_key(&k) {
+            let Some(k) = b.for_item(index) else {
                 let e = ApiError::header_problem(
                     "Idempotency-Key",
                     "too long to key 1,000 items; use at most 250 characters",
                 );
                 return Err(Box::new((e, None)));
-            }
+            };
             Some(k)
         }
         (None, None) => None,
     };
-    prepare(state, caller, item, key.clone(), opts)
+    accept::prepare(&state.rules, &state.registry, caller, item, key.clone(), opts)
         .map_err(|errs| Box::new((ApiError::validation(errs.into_iter().map(at).collect()), key)))
 }
 

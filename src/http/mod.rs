@@ -79,6 +79,8 @@ pub struct AppState {
     pub cpu: Arc<tokio::sync::Semaphore>,
     pub settings: Arc<Settings>,
     pub registry: Arc<Registry>,
+    /// What acceptance takes from the configuration, read once at start.
+    pub rules: Arc<crate::accept::AcceptRules>,
     pub keys: Arc<KeyCache>,
     pub ingest: Ingest,
     pub stats: Arc<StatsCache>,

@@ -9,7 +9,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -20,10 +19,10 @@ use super::paging;
 use super::problem::ApiError;
 use super::schemas::Problem;
 use super::{AppState, off_runtime};
-use crate::domain::notification::ParseOptions;
+use crate::accept::{self, IdempotencyKey, request_hash};
 use crate::domain::recipient::recipient_key;
 use crate::domain::template::{Book, RenderBudget};
-use crate::domain::{Channel, FieldError, NewNotification, NotificationId, Status, TenantId};
+use crate::domain::{Channel, FieldError, NotificationId, Status, TenantId};
 use crate::store::ingest::{self, Accepted, Submission};
 use crate::store::keys::{Caller, Scope};
 use crate::store::notifications::{self as store, ListFilter};
@@ -70,44 +69,6 @@ fn parse_id(raw: &str) -> Result<NotificationId, ApiError> {
     raw.parse().map_err(|_| ApiError::not_found(format!("no notification {raw}")))
 }
 
-/// SHA-256 of the body in a canonical form (object keys sorted, no whitespace), so the same
-/// request hashes the same whatever key order or spacing the client used.
-pub(super) fn request_hash(v: &Value) -> Vec<u8> {
-    let mut out = Vec::new();
-    write_canonical(v, &mut out);
-    Sha256::digest(&out).to_vec()
-}
-
-fn write_canonical(v: &Value, out: &mut Vec<u8>) {
-    match v {
-        Value::Object(m) => {
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort();
-            out.push(b'{');
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                out.extend_from_slice(Value::String(k.clone()).to_string().as_bytes());
-                out.push(b':');
-                write_canonical(&m[k], out);
-            }
-            out.push(b'}');
-        }
-        Value::Array(a) => {
-            out.push(b'[');
-            for (i, x) in a.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_canonical(x, out);
-            }
-            out.push(b']');
-        }
-        other => out.extend_from_slice(other.to_string().as_bytes()),
-    }
-}
-
 /// Parse the body as JSON whatever Content-Type says: clients that forget the header (curl's
 /// default is a form type) still get a useful answer, and malformed JSON is a 400 problem.
 pub(super) fn json_body(body: &Bytes) -> Result<Value, ApiError> {
@@ -122,93 +83,15 @@ pub(super) fn refuse_nul(v: &Value) -> Result<(), ApiError> {
 }
 
 /// Validate the `Idempotency-Key` header: 1 to 255 visible ASCII characters.
-pub(super) fn idempotency_header(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+pub(super) fn idempotency_header(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
     let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
-    let ok = v.to_str().ok().filter(|k| valid_key(k));
+    let ok = v.to_str().ok().and_then(IdempotencyKey::parse);
     ok.map(Some).ok_or_else(|| {
         ApiError::header_problem(
             "Idempotency-Key",
             "the Idempotency-Key header must be 1 to 255 visible ASCII characters",
         )
     })
-}
-
-pub(super) fn valid_key(k: &str) -> bool {
-    !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| (0x21..0x7f).contains(&b))
-}
-
-/// What parsing needs from the configuration and the caller's tenant, the templates the
-/// request refers to and its rendering budget: once per request (a batch's items share it).
-pub(super) fn parse_options<'a>(
-    state: &'a AppState,
-    caller: &'a Caller,
-    templates: &'a Book,
-    budget: &'a RenderBudget,
-) -> ParseOptions<'a> {
-    let settings = &state.settings;
-    ParseOptions {
-        now: OffsetDateTime::now_utc(),
-        // Web Push endpoints must be public https unless a web_push provider allows otherwise.
-        allow_private_push: settings
-            .providers
-            .values()
-            .any(|p| p.kind() == crate::config::ProviderKind::WebPush && p.common.allow_private_networks),
-        allow_private_callbacks: settings.callbacks.allow_private_networks,
-        sms_region: settings.channels.sms.default_region.as_deref().and_then(crate::domain::sms::region),
-        sms_max_segments: settings.channels.sms.max_segments,
-        caps: settings.content_caps(),
-        // The tenant's own list replaces the configured one.
-        sender_domains: caller.sender_domains.as_deref().or(settings.channels.email.sender_domains.as_deref()),
-        templates,
-        render_budget: budget,
-    }
-}
-
-/// Validate one notification (a request body, or an item of a batch) into a submission.
-pub(super) fn prepare(
-    state: &AppState,
-    caller: &Caller,
-    value: &Value,
-    key: Option<String>,
-    opts: ParseOptions<'_>,
-) -> Result<Submission, Vec<FieldError>> {
-    let settings = &state.settings;
-    let n = NewNotification::parse(value, opts)?;
-    // A callback that cannot be signed would fail on its first attempt, seen only in the
-    // timeline: refuse the notification now instead.
-    let calls_back = n.callback_url.is_some() || caller.tenant_callback;
-    if calls_back && !caller.tenant_signs && settings.callbacks.signing_secret.is_empty() {
-        let whose = if n.callback_url.is_some() { "this callback_url" } else { "the tenant's default callback URL" };
-        return Err(vec![FieldError::new(
-            "/callback_url",
-            format!(
-                "{whose} cannot be signed: tenant `{}` has no callback signing secret and callbacks.signing_secret \
-                 is unset; give it one with `herald tenants set {} --rotate-signing-secret`",
-                caller.tenant, caller.tenant
-            ),
-        )]);
-    }
-    if !state.registry.can_deliver(n.channel, &n.to) {
-        return Err(vec![FieldError::new(
-            "/channel",
-            format!("no provider in channels.{}.providers can deliver to this recipient", n.channel),
-        )]);
-    }
-    let max_attempts = settings.max_attempts(n.channel);
-    let idempotency = key.map(|k| (k, request_hash(value)));
-    Ok(Submission::new(caller.tenant_id, n, max_attempts, idempotency))
-}
-
-/// The template versions `bodies` refer to, looked up together (parsing reads no database).
-pub(super) async fn templates_for<'a>(
-    state: &AppState,
-    caller: &Caller,
-    bodies: impl Iterator<Item = &'a Value>,
-) -> Result<Book, ApiError> {
-    let mut wanted: Vec<(String, Option<i32>)> = bodies.filter_map(crate::domain::template::reference).collect();
-    wanted.sort();
-    wanted.dedup();
-    Ok(crate::store::templates::book(&state.pool, caller.tenant_id, &wanted).await?)
 }
 
 /// The trace context to keep with a notification: the request span's when spans are exported
@@ -264,20 +147,14 @@ pub(super) async fn create(
 ) -> Result<Response, ApiError> {
     require(&caller, Scope::Send)?;
     let value = json_body(&body)?;
-    let key = idempotency_header(&headers)?.map(str::to_owned);
-    let templates = templates_for(&state, &caller, std::iter::once(&value)).await?;
+    let key = idempotency_header(&headers)?;
+    let templates = accept::templates_for(&state.pool, &caller, std::iter::once(&value)).await?;
     // Rendering a template is CPU work (up to its fuel): off the runtime's threads.
     let (prepared, value) = if value.get("template").is_some() {
         let (st, c, k) = (state.clone(), caller.clone(), key.clone());
-        off_runtime(&state, move || {
-            let budget = RenderBudget::per_request();
-            let prepared = prepare(&st, &c, &value, k, parse_options(&st, &c, &templates, &budget));
-            (prepared, value)
-        })
-        .await?
+        off_runtime(&state, move || (prepare(&st, &c, &value, k, &templates), value)).await?
     } else {
-        let budget = RenderBudget::per_request();
-        (prepare(&state, &caller, &value, key.clone(), parse_options(&state, &caller, &templates, &budget)), value)
+        (prepare(&state, &caller, &value, key.clone(), &templates), value)
     };
     let submission = match prepared {
         Ok(mut s) => {
@@ -286,10 +163,12 @@ pub(super) async fn create(
         }
         // A retry of a request that no longer validates still gets its original answer.
         Err(errors) => match key {
-            Some(k) => match ingest::earlier_use(&state.pool, caller.tenant_id, &k, &request_hash(&value)).await? {
-                Some(earlier) => return answer(&state, &caller, earlier).await,
-                None => return Err(ApiError::validation(errors)),
-            },
+            Some(k) => {
+                match ingest::earlier_use(&state.pool, caller.tenant_id, k.as_str(), &request_hash(&value)).await? {
+                    Some(earlier) => return answer(&state, &caller, earlier).await,
+                    None => return Err(ApiError::validation(errors)),
+                }
+            }
             None => return Err(ApiError::validation(errors)),
         },
     };
@@ -302,6 +181,19 @@ pub(super) async fn create(
     let written = state.ingest.submit(submission).await.map_err(|_| ApiError::internal())?;
     let outcome = written.outcome().await.map_err(|_| ApiError::internal())??;
     answer(&state, &caller, outcome).await
+}
+
+/// `accept::prepare` with this server's rules and providers, over a request's own budget.
+fn prepare(
+    state: &AppState,
+    caller: &Caller,
+    value: &Value,
+    key: Option<IdempotencyKey>,
+    templates: &Book,
+) -> Result<Submission, Vec<FieldError>> {
+    let budget = RenderBudget::per_request();
+    let opts = state.rules.parse_options(caller, templates, &budget);
+    accept::prepare(&state.rules, &state.registry, caller, value, key, opts)
 }
 
 /// The response to an accept: 202 with the new notification, or 200 with the original one.
@@ -510,19 +402,5 @@ pub(super) async fn retry(
             "Notification cannot be retried",
             format!("the notification is {st}; only failed, expired or bounced notifications can be retried"),
         )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn request_hash_ignores_key_order_and_whitespace() {
-        let a: Value = serde_json::from_str(r#"{"a": 1, "b": {"y": [1, 2], "x": "s"}}"#).expect("json");
-        let b: Value = serde_json::from_str(r#"{"b":{"x":"s","y":[1,2]},"a":1}"#).expect("json");
-        assert_eq!(request_hash(&a), request_hash(&b));
-        assert_ne!(request_hash(&a), request_hash(&json!({"a": 2, "b": {"y": [1, 2], "x": "s"}})));
     }
 }

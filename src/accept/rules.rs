@@ -62,6 +62,16 @@ impl AcceptRules {
         }
     }
 
+    /// The content rules alone, for `caller`: what a template preview checks its render with.
+    pub fn content_rules<'a>(&'a self, caller: &'a Caller) -> content::Rules<'a> {
+        content::Rules {
+            allow_private_links: self.allow_private_callbacks,
+            sms_max_segments: self.sms_max_segments,
+            caps: self.caps,
+            sender_domains: caller.sender_domains.as_deref().or(self.sender_domains.as_deref()),
+        }
+    }
+
     pub fn max_attempts(&self, channel: Channel) -> u32 {
         self.max_attempts[channel.index()]
     }

@@ -39,25 +39,22 @@ pub fn parse(token: &str) -> Option<(Uuid, Vec<u8>)> {
 
 /// Whether `given` is the MAC of link `id` as stored (compared in constant time).
 pub fn verify(key: &[u8], given: &[u8], id: Uuid, tenant: TenantId, expires_at: OffsetDateTime) -> bool {
-    let mut m = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
-    m.update(&signed(id, tenant, expires_at));
-    m.verify_slice(given).is_ok()
+    hmac(key, id, tenant, expires_at).verify_slice(given).is_ok()
 }
 
 fn mac(key: &[u8], id: Uuid, tenant: TenantId, expires_at: OffsetDateTime) -> Vec<u8> {
-    let mut m = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
-    m.update(&signed(id, tenant, expires_at));
-    m.finalize().into_bytes().to_vec()
+    hmac(key, id, tenant, expires_at).finalize().into_bytes().to_vec()
 }
 
-/// What is signed: the link, its tenant and its expiry to the microsecond (as stored).
-fn signed(id: Uuid, tenant: TenantId, expires_at: OffsetDateTime) -> Vec<u8> {
-    let micros = expires_at.unix_timestamp_nanos() / 1000;
-    let mut out = b"herald ops-link v1\n".to_vec();
-    out.extend_from_slice(id.as_bytes());
-    out.extend_from_slice(tenant.as_uuid().as_bytes());
-    out.extend_from_slice(&micros.to_be_bytes());
-    out
+/// The HMAC over what is signed: the link, its tenant and its expiry to the microsecond (as
+/// stored).
+fn hmac(key: &[u8], id: Uuid, tenant: TenantId, expires_at: OffsetDateTime) -> Hmac<Sha256> {
+    let mut m = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    m.update(b"herald ops-link v1\n");
+    m.update(id.as_bytes());
+    m.update(tenant.as_uuid().as_bytes());
+    m.update(&(expires_at.unix_timestamp_nanos() / 1000).to_be_bytes());
+    m
 }
 
 #[cfg(test)]

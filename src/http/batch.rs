@@ -156,11 +156,13 @@ fn item_submission(
     }
     let own_key = match item.as_object_mut().and_then(|o| o.remove(ITEM_KEY)) {
         None => None,
-        Some(Value::String(k)) if IdempotencyKey::parse(&k).is_some() => IdempotencyKey::parse(&k),
-        Some(_) => {
-            let e = FieldError::new("/idempotency_key", "must be 1 to 255 visible ASCII characters");
-            return Err(Box::new((ApiError::validation(vec![at(e)]), None)));
-        }
+        Some(k) => match k.as_str().and_then(IdempotencyKey::parse) {
+            Some(k) => Some(k),
+            None => {
+                let e = FieldError::new("/idempotency_key", "must be 1 to 255 visible ASCII characters");
+                return Err(Box::new((ApiError::validation(vec![at(e)]), None)));
+            }
+        },
     };
     let key = match (own_key, batch_key) {
         (Some(k), _) => Some(k),

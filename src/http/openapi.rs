@@ -159,7 +159,7 @@ fn conventions(doc: &mut Value) {
         let responses = &mut op["responses"];
         if keyed {
             // Every keyed call can meet a bad key, a key without the scope, and the database away.
-            for status in ["401", "403", "503"] {
+            for status in ["401", "403"] {
                 responses[status] = json!({"$ref": "#/components/responses/Problem"});
             }
             responses["429"] = json!({"$ref": "#/components/responses/RateLimited"});
@@ -169,26 +169,28 @@ fn conventions(doc: &mut Value) {
                 responses[status] = json!({"$ref": "#/components/responses/Problem"});
             }
         }
-        if responses.get("503").is_some() {
+        if keyed || responses.get("503").is_some() {
             responses["503"] = json!({"$ref": "#/components/responses/Unavailable"});
         }
         let id = op["operationId"].as_str().unwrap_or_default().to_owned();
         if id == "getStats"
-            && let Some(params) = op["parameters"].as_array_mut()
+            && let Some(schema) = param_schema(op, "window")
         {
-            for p in params.iter_mut().filter(|p| p["name"] == "window") {
-                p["schema"]["enum"] = json!(super::stats::WINDOWS.map(|(name, _)| name));
-                p["schema"]["default"] = json!(super::stats::DEFAULT_WINDOW);
-            }
+            schema["enum"] = json!(super::stats::WINDOWS.map(|(name, _)| name));
+            schema["default"] = json!(super::stats::DEFAULT_WINDOW);
         }
         if let Some((_, default)) = LIST_DEFAULTS.iter().find(|(o, _)| *o == id)
-            && let Some(params) = op["parameters"].as_array_mut()
+            && let Some(schema) = param_schema(op, "limit")
         {
-            for p in params.iter_mut().filter(|p| p["name"] == "limit") {
-                p["schema"]["default"] = json!(default);
-            }
+            schema["default"] = json!(default);
         }
     }
+}
+
+/// The schema of operation `op`'s parameter `name`, if it has one.
+fn param_schema<'a>(op: &'a mut Value, name: &str) -> Option<&'a mut Value> {
+    let params = op.get_mut("parameters")?.as_array_mut()?;
+    params.iter_mut().find(|p| p["name"] == name).map(|p| &mut p["schema"])
 }
 
 #[cfg(test)]

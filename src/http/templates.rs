@@ -244,16 +244,10 @@ pub(super) async fn preview(
         .await?
         .ok_or_else(|| not_found(&name, request.version))?;
     drop(conn);
-    let settings = state.settings.clone();
+    let rules = state.rules.clone();
     // Rendering is CPU work (up to the request's budget): off the runtime's threads.
     let preview = super::off_runtime(&state, move || {
-        let rules = content::Rules {
-            allow_private_links: settings.callbacks.allow_private_networks,
-            sms_max_segments: settings.channels.sms.max_segments,
-            caps: settings.content_caps(),
-            sender_domains: caller.sender_domains.as_deref().or(settings.channels.email.sender_domains.as_deref()),
-        };
-        render_preview(&found, &request, rules, &template::RenderBudget::per_request())
+        render_preview(&found, &request, rules.content_rules(&caller), &template::RenderBudget::per_request())
     })
     .await?;
     preview.map(Json).map_err(ApiError::validation)

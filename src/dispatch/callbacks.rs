@@ -11,8 +11,8 @@ use time::OffsetDateTime;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::record::{fenced, unrecorded};
-use super::{Dispatcher, Outcome};
+use super::send::{fenced, unrecorded};
+use super::{Dispatcher, Ended};
 use crate::domain::recipient::check_endpoint;
 use crate::domain::retry::{Decision, RetryPolicy};
 use crate::domain::{Status, webhook};
@@ -37,7 +37,7 @@ impl Delivery {
 
 impl Dispatcher {
     /// Deliver one status callback. Success and failures are both recorded in the timeline.
-    pub(super) async fn deliver_callback(&self, cb: ClaimedCallback, deadline: Option<Instant>) -> Outcome {
+    pub(super) async fn deliver_callback(&self, cb: ClaimedCallback, deadline: Option<Instant>) -> Ended {
         let lease = cb.lease();
         let cfg = &self.inner.callbacks;
         let attempt = cb.attempt;
@@ -46,7 +46,7 @@ impl Dispatcher {
             Delivery::Answered { url, status, .. } if (200..300).contains(&status) => {
                 let detail = json!({"url": url, "response_status": status, "attempt": attempt, "event": event_type});
                 crate::metrics::callback("delivered");
-                return self.callback_recorded(lease, None, detail, Outcome::CallbackDelivered).await;
+                return self.callback_recorded(lease, None, detail, Ended::CallbackDelivered).await;
             }
             // 410 Gone: the receiver says never again.
             Delivery::Answered { url, status, retry_after } => {
@@ -68,13 +68,13 @@ impl Dispatcher {
             Decision::Retry(delay) => {
                 crate::metrics::callback("retrying");
                 info!(error = %error, delay_ms = delay.as_millis() as u64, "status callback failed; will retry");
-                self.callback_recorded(lease, Some(delay), detail, Outcome::CallbackRetried).await
+                self.callback_recorded(lease, Some(delay), detail, Ended::CallbackRetried).await
             }
             Decision::GiveUp => {
                 crate::metrics::callback("given_up");
                 warn!(error = %error, "status callback given up");
                 detail["gave_up"] = json!(true);
-                self.callback_recorded(lease, None, detail, Outcome::CallbackFailed).await
+                self.callback_recorded(lease, None, detail, Ended::CallbackFailed).await
             }
         }
     }
@@ -84,8 +84,8 @@ impl Dispatcher {
         lease: Lease,
         retry_in: Option<Duration>,
         detail: Value,
-        outcome: Outcome,
-    ) -> Outcome {
+        outcome: Ended,
+    ) -> Ended {
         let res = self
             .with_retries(lease, || async {
                 let mut conn = crate::store::session(&self.inner.pool).await?;

@@ -1,8 +1,8 @@
 //! The dispatcher: claims due jobs, sends each through its channel's provider, and records the
 //! outcome through `store::tracking`. One job is one send. The container loop (`run`), tests
 //! (`run_once`) and a Lambda invocation (`drain`) share `claim_batch` and `process`. The
-//! phases of one job live beside this loop: `send` (one send, from checks to the provider's
-//! answer), `callbacks` (one status callback), `record` (writing what became of a job).
+//! phases of one job live beside this loop: `send` (one send, in typed phases from the claim
+//! to the written outcome), `callbacks` (one status callback).
 //!
 //! Invariants:
 //! * no row lock is held across a provider call: the claim commits first, and the lease plus its
@@ -13,7 +13,6 @@
 //!   delivery is at-least-once, never at-most-once by accident.
 
 pub mod callbacks;
-mod record;
 mod send;
 mod wake;
 
@@ -21,12 +20,11 @@ use wake::Wake;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde::Serialize;
 use sqlx::PgPool;
-use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -39,12 +37,11 @@ use crate::domain::Channel;
 use crate::domain::Priority;
 use crate::domain::TenantId;
 use crate::domain::retry::RetryPolicy;
-use crate::domain::send_limit::{Quotas, SendLimit};
 use crate::fair::FairGate;
 use crate::providers::Registry;
 use crate::store::StoreError;
 use crate::store::tracking::receipt::Recorded;
-use crate::store::tracking::{self, Applied, Bounds, Claimed, Completion, Lane, Lease};
+use crate::store::tracking::{self, Applied, Bounds, Claimed, Completion, Lane};
 
 /// Claimed jobs a dispatcher holds per send slot (`dispatch.concurrency`): measured with the
 /// `log` provider, 4 gave about a quarter more throughput than 1 (claims overlap completions).
@@ -85,34 +82,24 @@ pub struct Summary {
 }
 
 impl Summary {
-    fn add(&mut self, o: Outcome) {
+    fn add(&mut self, o: Ended) {
         match o {
-            Outcome::Sent => self.sent += 1,
-            Outcome::Retried => self.retried += 1,
-            Outcome::Failed => self.failed += 1,
-            Outcome::Expired => self.expired += 1,
-            Outcome::Fenced => self.fenced += 1,
-            Outcome::Deferred => self.deferred += 1,
-            Outcome::CallbackDelivered => self.callbacks_delivered += 1,
-            Outcome::CallbackRetried | Outcome::CallbackFailed => self.callbacks_failed += 1,
-            Outcome::Unrecorded => {}
+            Ended::Sent => self.sent += 1,
+            Ended::Retried => self.retried += 1,
+            Ended::Failed => self.failed += 1,
+            Ended::Expired => self.expired += 1,
+            Ended::Fenced => self.fenced += 1,
+            Ended::Deferred => self.deferred += 1,
+            Ended::CallbackDelivered => self.callbacks_delivered += 1,
+            Ended::CallbackRetried | Ended::CallbackFailed => self.callbacks_failed += 1,
+            Ended::Unrecorded => {}
         }
     }
 }
 
-/// The attempt a failure belongs to.
-#[derive(Clone, Copy)]
-struct Attempt {
-    lease: Lease,
-    number: i32,
-    max: i32,
-    expires_at: Option<OffsetDateTime>,
-    /// The channel's `on_unknown`: try again after an attempt whose outcome is unknown.
-    retry_unknown: bool,
-}
-
+/// How the work on one claimed job ended: what `Summary` counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Outcome {
+enum Ended {
     Sent,
     Retried,
     Failed,
@@ -156,10 +143,8 @@ struct Inner {
     /// By channel (`Channel::index`): whether an attempt of unknown outcome is tried again
     /// (`channels.X.on_unknown`).
     retry_unknown: [bool; 3],
-    /// By channel: the throttles and quotas a first attempt must fit in (none: no check).
-    send_limits: [Vec<SendLimit>; 3],
-    /// The tenants with send quotas of their own, as last read (`refresh_quotas`).
-    tenant_quotas: RwLock<Arc<HashMap<TenantId, Quotas>>>,
+    /// The throttles and quotas a first attempt must fit in.
+    send_limits: send::SendLimits,
     registry: Arc<Registry>,
     settings: DispatchSettings,
     retention: RetentionSettings,
@@ -243,8 +228,7 @@ impl Dispatcher {
                 stopping: CancellationToken::new(),
                 in_flight: Default::default(),
                 retry_unknown: Channel::ALL.map(|c| settings.on_unknown(c) == OnUnknown::Retry),
-                send_limits: Channel::ALL.map(|c| settings.channels.get(c).send_limits()),
-                tenant_quotas: RwLock::default(),
+                send_limits: send::SendLimits::new(Channel::ALL.map(|c| settings.channels.get(c).send_limits())),
                 registry,
                 settings: settings.dispatch.clone(),
                 retention: settings.retention.clone(),
@@ -269,25 +253,8 @@ impl Dispatcher {
         }
     }
 
-    /// Read which tenants have send quotas of their own (at each rescue interval, and at the
-    /// start of `run_once` and `drain`): `tenants set --quota` reaches running dispatchers
-    /// within `dispatch.rescue_interval_ms`.
     async fn refresh_quotas(&self) {
-        match crate::store::limits::tenant_quotas(&self.inner.pool).await {
-            Ok(q) => *self.inner.tenant_quotas.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(q),
-            Err(e) => warn!(error = %e, "could not read the tenants' send quotas; keeping the last ones read"),
-        }
-    }
-
-    /// The throttles and quotas a first attempt must fit in: its channel's, with the tenant's
-    /// own quotas in place of the configured ones.
-    fn send_limits(&self, tenant: TenantId, channel: Channel) -> Vec<SendLimit> {
-        let configured = &self.inner.send_limits[channel.index()];
-        let quotas = self.inner.tenant_quotas.read().unwrap_or_else(PoisonError::into_inner).clone();
-        match quotas.get(&tenant) {
-            Some(own) => own.apply(channel, configured),
-            None => configured.clone(),
-        }
+        self.inner.send_limits.refresh(&self.inner.pool).await;
     }
 
     /// Rescue expired leases, claim one batch, send it, and wait for every send to finish.
@@ -303,7 +270,7 @@ impl Dispatcher {
             set.spawn(async move { this.process_work(job, None).await });
         }
         while let Some(res) = set.join_next().await {
-            summary.add(res.unwrap_or(Outcome::Unrecorded));
+            summary.add(res.unwrap_or(Ended::Unrecorded));
         }
         Ok(summary)
     }
@@ -323,12 +290,12 @@ impl Dispatcher {
         let stop_claiming_at = deadline.checked_sub(margin).unwrap_or(deadline);
         // Leave time after the last send to record its outcome before the deadline.
         let send_deadline = deadline.checked_sub(margin.min(Duration::from_millis(500))).unwrap_or(deadline);
-        let mut in_flight: JoinSet<Outcome> = JoinSet::new();
+        let mut in_flight: JoinSet<Ended> = JoinSet::new();
         let mut nothing_due = false;
         let mut claim_error = None;
         loop {
             while let Some(res) = in_flight.try_join_next() {
-                summary.add(res.unwrap_or(Outcome::Unrecorded));
+                summary.add(res.unwrap_or(Ended::Unrecorded));
             }
             let available = slots.available_permits();
             let may_claim = !nothing_due && claim_error.is_none() && Instant::now() < stop_claiming_at;
@@ -349,7 +316,7 @@ impl Dispatcher {
                 }
             }
             match in_flight.join_next().await {
-                Some(res) => summary.add(res.unwrap_or(Outcome::Unrecorded)),
+                Some(res) => summary.add(res.unwrap_or(Ended::Unrecorded)),
                 None if nothing_due || claim_error.is_some() || Instant::now() >= stop_claiming_at => break,
                 None => {}
             }
@@ -366,7 +333,7 @@ impl Dispatcher {
         &self,
         jobs: Vec<Claimed>,
         slots: &Arc<Semaphore>,
-        in_flight: &mut JoinSet<Outcome>,
+        in_flight: &mut JoinSet<Ended>,
         deadline: Option<Instant>,
     ) {
         for job in jobs {
@@ -389,7 +356,7 @@ impl Dispatcher {
         // written. More than `concurrency`, so the next batch is claimed while the last one's
         // outcomes are still being written (claim and completion statements overlap).
         let slots = Arc::new(Semaphore::new(s.concurrency * HELD_PER_SEND_SLOT));
-        let mut in_flight: JoinSet<Outcome> = JoinSet::new();
+        let mut in_flight: JoinSet<Ended> = JoinSet::new();
         let mut wake = Wake::new(self.listen_options()).await;
         let rescue_every = Duration::from_millis(s.rescue_interval_ms);
         let mut next_rescue = Instant::now();
@@ -568,7 +535,7 @@ impl Dispatcher {
         self.inner.callbacks_in_flight.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    async fn process_work(&self, work: Claimed, deadline: Option<Instant>) -> Outcome {
+    async fn process_work(&self, work: Claimed, deadline: Option<Instant>) -> Ended {
         match work {
             Claimed::Send(job) => {
                 let (channel, size) = (job.channel, job.size_bytes);

@@ -11,7 +11,7 @@ use sqlx::{PgPool, Row};
 use time::OffsetDateTime;
 
 use super::StoreResult;
-use super::tracking::Lease;
+use super::tracking::{Applied, Lease};
 use crate::domain::send_limit::{LimitScope, Quotas, SendLimit};
 use crate::domain::{Channel, TenantId};
 
@@ -133,14 +133,7 @@ pub async fn take_send_slot(
         tx.commit().await?;
         return Ok(SlotOutcome::Held(h));
     }
-    let mine =
-        sqlx::query("UPDATE jobs SET slot_taken = true WHERE id = $1 AND lease_token = $2 AND state = 'running'")
-            .bind(lease.job_id)
-            .bind(lease.token)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-    if mine == 0 {
+    if super::tracking::slot_taken(&mut tx, lease).await? == Applied::Fenced {
         return Ok(SlotOutcome::Fenced); // rolled back: nothing counted
     }
     tx.commit().await?;

@@ -28,7 +28,7 @@ use sqlx::{PgConnection, Row};
 use time::OffsetDateTime;
 
 use super::Lease;
-use crate::domain::{Channel, NotificationId, Priority, Status, TenantId};
+use crate::domain::{Channel, Content, NotificationId, Priority, Recipient, Status, TenantId};
 use crate::store::{StoreError, StoreResult};
 
 /// The queue name and priority of the status-callback lane.
@@ -120,12 +120,14 @@ pub struct ClaimedJob {
     pub notification_id: NotificationId,
     pub tenant_id: TenantId,
     pub channel: Channel,
-    pub to: Value,
+    /// Its recipient and content, read back as domain types here at the store's boundary; or
+    /// why the stored row cannot be read (the send fails with that reason, and the rest of the
+    /// claim is not held back by it).
+    pub payload: Result<Box<Payload>, String>,
     /// The recipient as one string (what throttles count per).
     pub recipient_key: String,
     /// Its send was counted in the send limits' windows already (`limits::take_send_slot`).
     pub slot_taken: bool,
-    pub content: Value,
     pub expires_at: Option<OffsetDateTime>,
     pub priority: Priority,
     /// The recipient is on the tenant's suppression list: do not send.
@@ -148,6 +150,23 @@ impl ClaimedJob {
             notification_id: self.notification_id,
             until: self.leased_until,
         }
+    }
+}
+
+/// What a claimed send delivers.
+#[derive(Clone, Debug)]
+pub struct Payload {
+    pub to: Recipient,
+    pub content: Content,
+}
+
+impl Payload {
+    /// Read back what acceptance stored (and validated then).
+    fn read(channel: Channel, to: &Value, content: Value) -> Result<Box<Payload>, String> {
+        let to =
+            Recipient::parse(channel, to, true).map_err(|e| format!("stored recipient unreadable: {}", e.detail))?;
+        let content = Content::from_stored(channel, content).map_err(|e| format!("stored content unreadable: {e}"))?;
+        Ok(Box::new(Payload { to, content }))
     }
 }
 
@@ -359,6 +378,7 @@ pub async fn claim_within(
                 }));
             }
             let channel: String = r.try_get("channel")?;
+            let channel = Channel::parse(&channel).ok_or_else(|| StoreError::Corrupt(channel.clone()))?;
             let priority: String = r.try_get("priority")?;
             Ok(Claimed::Send(ClaimedJob {
                 job_id: r.try_get("job_id")?,
@@ -368,11 +388,10 @@ pub async fn claim_within(
                 route_index: r.try_get("route_index")?,
                 notification_id,
                 tenant_id: TenantId::from_uuid(r.try_get("tenant_id")?),
-                channel: Channel::parse(&channel).ok_or_else(|| StoreError::Corrupt(channel.clone()))?,
-                to: r.try_get("recipient")?,
+                channel,
+                payload: Payload::read(channel, &r.try_get::<Value, _>("recipient")?, r.try_get("content")?),
                 recipient_key: r.try_get("recipient_key")?,
                 slot_taken: r.try_get("slot_taken")?,
-                content: r.try_get("content")?,
                 expires_at: r.try_get("expires_at")?,
                 priority: Priority::parse(&priority).ok_or_else(|| StoreError::Corrupt(priority.clone()))?,
                 suppressed: r.try_get("suppressed")?,

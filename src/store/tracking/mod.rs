@@ -101,6 +101,18 @@ pub async fn defer(
     give_back(conn, lease, Due::At(until), None, Some(detail)).await
 }
 
+/// Mark a claimed job's send as counted in its send limits' windows (in the transaction that
+/// counted it: `limits::take_send_slot`), so that it is never counted again.
+pub(crate) async fn slot_taken(conn: &mut PgConnection, lease: Lease) -> StoreResult<Applied> {
+    let n = sqlx::query("UPDATE jobs SET slot_taken = true WHERE id = $1 AND lease_token = $2 AND state = 'running'")
+        .bind(lease.job_id)
+        .bind(lease.token)
+        .execute(conn)
+        .await?
+        .rows_affected();
+    Ok(applied(i64::try_from(n).unwrap_or(i64::MAX)))
+}
+
 /// When a job given back is due again.
 enum Due {
     After(Duration),

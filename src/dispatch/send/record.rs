@@ -8,7 +8,8 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tracing::{debug, error, info, warn};
 
-use super::{Attempt, Dispatcher, Outcome};
+use super::Attempt;
+use crate::dispatch::{Dispatcher, Ended};
 use crate::domain::retry::Decision;
 use crate::domain::{Channel, Status};
 use crate::providers::ProviderError;
@@ -37,7 +38,7 @@ impl Dispatcher {
     }
 
     /// Put a claimed job back without counting an attempt (no provider was called).
-    pub(super) async fn put_back(&self, lease: Lease, delay: Duration, reason: &str) -> Outcome {
+    pub(super) async fn put_back(&self, lease: Lease, delay: Duration, reason: &str) -> Ended {
         debug!(delay_ms = delay.as_millis() as u64, reason, "putting the job back");
         let res = self
             .with_retries(lease, || async {
@@ -48,14 +49,14 @@ impl Dispatcher {
             })
             .await;
         match res {
-            Ok(Applied::Yes) => Outcome::Deferred,
+            Ok(Applied::Yes) => Ended::Deferred,
             Ok(Applied::Fenced) => fenced(),
             Err(e) => unrecorded(&e),
         }
     }
 
     /// Hold a claimed job back until a full send limit has room (a `deferred` event).
-    pub(super) async fn defer(&self, lease: Lease, channel: Channel, held: &Held) -> Outcome {
+    pub(super) async fn defer(&self, lease: Lease, channel: Channel, held: &Held) -> Ended {
         let key = held.limit.key(channel);
         let detail = json!({
             "reason": held.limit.scope.reason(),
@@ -74,7 +75,7 @@ impl Dispatcher {
         match res {
             Ok(Applied::Yes) => {
                 crate::metrics::deferred(channel.as_str(), held.limit.scope.reason());
-                Outcome::Deferred
+                Ended::Deferred
             }
             Ok(Applied::Fenced) => fenced(),
             Err(e) => unrecorded(&e),
@@ -87,7 +88,7 @@ impl Dispatcher {
         provider: Option<&str>,
         next_route: i32,
         failure: &ProviderError,
-    ) -> Outcome {
+    ) -> Ended {
         let Attempt { lease, number: attempt, max: max_attempts, expires_at, retry_unknown } = at;
         let detail = tracking::error_detail(failure.class(), &failure.to_string(), attempt);
         let retryable = match failure {
@@ -120,7 +121,7 @@ impl Dispatcher {
                 };
                 let res = self.complete(Completion { lease, outcome, detail }).await;
                 match res {
-                    Ok(Applied::Yes) => Outcome::Retried,
+                    Ok(Applied::Yes) => Ended::Retried,
                     Ok(Applied::Fenced) => fenced(),
                     Err(e) => unrecorded(&e),
                 }
@@ -136,12 +137,12 @@ impl Dispatcher {
         provider: Option<&str>,
         error: &str,
         detail: Value,
-    ) -> Outcome {
+    ) -> Ended {
         let outcome = tracking::Outcome::finished(status, event, provider, error);
         let res = self.complete(Completion { lease, outcome, detail }).await;
         match res {
-            Ok(Applied::Yes) if status == Status::Expired => Outcome::Expired,
-            Ok(Applied::Yes) => Outcome::Failed,
+            Ok(Applied::Yes) if status == Status::Expired => Ended::Expired,
+            Ok(Applied::Yes) => Ended::Failed,
             Ok(Applied::Fenced) => fenced(),
             Err(e) => unrecorded(&e),
         }
@@ -168,7 +169,7 @@ impl Dispatcher {
     /// means the job is rescued and sent again once the lease expires, and after that a record
     /// would be fenced anyway. Waits grow from 50 ms to 2 s between tries (a database failover
     /// takes seconds).
-    pub(super) async fn with_retries<T, F, Fut>(&self, lease: Lease, f: F) -> Result<T, StoreError>
+    pub(in crate::dispatch) async fn with_retries<T, F, Fut>(&self, lease: Lease, f: F) -> Result<T, StoreError>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
@@ -194,14 +195,14 @@ impl Dispatcher {
 /// of the lease): the rest is left for the clock difference with the database.
 const RECORD_MARGIN: Duration = Duration::from_secs(2);
 
-pub(super) fn fenced() -> Outcome {
+pub(in crate::dispatch) fn fenced() -> Ended {
     warn!(
         "lease lost before the outcome was recorded (another worker took the job back); attempt kept in the timeline"
     );
-    Outcome::Fenced
+    Ended::Fenced
 }
 
-pub(super) fn unrecorded(e: &StoreError) -> Outcome {
+pub(in crate::dispatch) fn unrecorded(e: &StoreError) -> Ended {
     error!(error = %e, "could not record the outcome; the job will be retried after its lease expires");
-    Outcome::Unrecorded
+    Ended::Unrecorded
 }

@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use crate::config::{ConfigError, Settings};
 use crate::dispatch::Dispatcher;
 use crate::domain::{Channel, Priority};
-use crate::http::{self, AppState, Ingest, KeyCache};
+use crate::http::{self, AppState, KeyCache};
 use crate::providers::{BuildError, Registry};
 use crate::store::{self, StoreError};
 
@@ -82,10 +82,10 @@ pub struct App {
     /// Status callbacks' client: no redirects, public addresses only (unless allowed).
     callbacks_http: reqwest::Client,
     keys: Arc<KeyCache>,
-    ingest: Ingest,
+    /// Acceptance (`accept`), with its group committer: shared by every request.
+    intake: crate::accept::Intake,
     stats: Arc<http::StatsCache>,
-    rules: Arc<crate::accept::AcceptRules>,
-    cpu: Arc<tokio::sync::Semaphore>,
+    cpu: crate::cpu::CpuPool,
 }
 
 impl App {
@@ -112,12 +112,11 @@ impl App {
         let callbacks_http = crate::providers::public_net::client(settings.callbacks.allow_private_networks)
             .map_err(|e| AppError::Task(format!("cannot build the HTTP client for status callbacks: {e}")))?;
         let keys = Arc::new(KeyCache::new(Duration::from_millis(settings.server.key_cache_ms)));
-        let ingest = http::ingest(pool.clone(), &settings);
+        let cpu = crate::cpu::CpuPool::new();
+        let intake = crate::accept::Intake::new(pool.clone(), registry.clone(), cpu.clone(), &settings);
         let stats = Arc::default();
         crate::metrics::handle();
-        let rules = Arc::new(crate::accept::AcceptRules::new(&settings));
         Ok(App {
-            rules,
             pool,
             dispatch_pool,
             read_pool,
@@ -125,9 +124,9 @@ impl App {
             registry,
             callbacks_http,
             keys,
-            ingest,
+            intake,
             stats,
-            cpu: Arc::new(tokio::sync::Semaphore::new(http::cpu_threads())),
+            cpu,
         })
     }
 
@@ -138,9 +137,8 @@ impl App {
             cpu: self.cpu.clone(),
             settings: self.settings.clone(),
             registry: self.registry.clone(),
-            rules: self.rules.clone(),
+            intake: self.intake.clone(),
             keys: self.keys.clone(),
-            ingest: self.ingest.clone(),
             stats: self.stats.clone(),
         }
     }

@@ -9,6 +9,7 @@ pub mod accept;
 pub mod app;
 pub mod batching;
 pub mod config;
+pub mod cpu;
 pub mod dev;
 pub mod dispatch;
 pub mod domain;

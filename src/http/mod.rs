@@ -12,7 +12,7 @@ pub mod openapi;
 mod ops;
 mod paging;
 pub mod problem;
-mod schemas;
+pub mod schemas;
 pub mod serve;
 mod stats;
 mod suppressions;
@@ -36,37 +36,11 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
-use crate::batching::{Coalescer, Limits};
 use crate::config::Settings;
 use crate::providers::Registry;
-use crate::store::{self, StoreResult, ingest::Accepted, ingest::Submission};
 
 pub use auth::KeyCache;
 pub use stats::StatsCache;
-
-/// Single POSTs are accepted through this: many requests, one statement.
-pub type Ingest = Coalescer<Submission, Written>;
-
-/// A single POST's result from the group committer (`ingest`).
-pub enum Written {
-    /// Known when its group's write ended.
-    Known(StoreResult<Accepted>),
-    /// Its group's connection was lost after the write went out, so it may have committed: it
-    /// is being settled (`store::ingest::settle_unknown`) in a task of its own, so that writes
-    /// caught by an outage hold none of the committer's writers, and the requests that arrive
-    /// during the outage get their 503 at once instead of waiting behind them.
-    Settling(tokio::sync::oneshot::Receiver<StoreResult<Accepted>>),
-}
-
-impl Written {
-    /// The write's outcome, once it is known (or known to be unknown).
-    pub async fn outcome(self) -> Result<StoreResult<Accepted>, crate::batching::Lost> {
-        match self {
-            Written::Known(r) => Ok(r),
-            Written::Settling(rx) => rx.await.map_err(|_| crate::batching::Lost),
-        }
-    }
-}
 
 #[derive(Clone)]
 pub struct AppState {
@@ -74,78 +48,23 @@ pub struct AppState {
     /// The pool of reads that can be slow (stats, lists), apart from `pool`, whose
     /// connections accepts need (`database.read_max_connections`).
     pub reads: PgPool,
-    /// Work that is CPU-bound and can be long (template renders, a batch's validation) runs
-    /// off the async runtime, on at most this many threads at once (`off_runtime`).
-    pub cpu: Arc<tokio::sync::Semaphore>,
+    /// Work that is CPU-bound and can be long (a template preview's render) runs off the
+    /// async runtime (`off_runtime`).
+    pub cpu: crate::cpu::CpuPool,
     pub settings: Arc<Settings>,
     pub registry: Arc<Registry>,
-    /// What acceptance takes from the configuration, read once at start.
-    pub rules: Arc<crate::accept::AcceptRules>,
+    /// Acceptance: request bodies become stored notifications.
+    pub intake: crate::accept::Intake,
     pub keys: Arc<KeyCache>,
-    pub ingest: Ingest,
     pub stats: Arc<StatsCache>,
 }
 
-/// The group committer of `POST /v1/notifications` (see `batching`).
-pub fn ingest(pool: PgPool, settings: &Settings) -> Ingest {
-    let notify = settings.dispatch.listen_notify;
-    let limits = Limits {
-        max_items: settings.server.group_commit_max_items,
-        // Two writers: one gathers and writes while the other waits for its commit; more would
-        // only take connections from the rest of the API.
-        max_writers: 2.min(settings.database.max_connections as usize),
-        linger: Duration::from_micros(settings.server.group_commit_linger_us),
-    };
-    Coalescer::new(limits, move |items: Vec<Submission>| {
-        let pool = pool.clone();
-        async move {
-            let results = store::ingest::write_batch(&pool, &items, notify).await;
-            if !results.iter().any(store::ingest::is_unknown) {
-                return results.into_iter().map(Written::Known).collect();
-            }
-            let mut answers = Vec::with_capacity(items.len());
-            let (mut unsettled, mut replies) = (Vec::new(), Vec::new());
-            for (item, result) in items.into_iter().zip(results) {
-                if store::ingest::is_unknown(&result) {
-                    let (tx, rx) = tokio::sync::oneshot::channel();
-                    unsettled.push((item, result));
-                    replies.push(tx);
-                    answers.push(Written::Settling(rx));
-                } else {
-                    answers.push(Written::Known(result));
-                }
-            }
-            tokio::spawn(async move {
-                let (items, mut results): (Vec<Submission>, Vec<_>) = unsettled.into_iter().unzip();
-                store::ingest::settle_unknown(&pool, &items, &mut results).await;
-                for (reply, result) in replies.into_iter().zip(results) {
-                    // The caller may have gone (client hung up); the settle was for the log too.
-                    let _ = reply.send(result);
-                }
-            });
-            answers
-        }
-    })
-}
-
-/// Run `f` on the blocking pool, at most `state.cpu` of them at once: a request that renders
-/// a thousand templates holds one of those threads, never the runtime's, so `/healthz` and
-/// every other request keep being served.
+/// Run `f` off the async runtime (`cpu::CpuPool`), answering a 500 if it could not finish.
 pub(crate) async fn off_runtime<R: Send + 'static>(
     state: &AppState,
     f: impl FnOnce() -> R + Send + 'static,
 ) -> Result<R, problem::ApiError> {
-    let _turn = state.cpu.acquire().await.map_err(|_| problem::ApiError::internal())?;
-    tokio::task::spawn_blocking(f).await.map_err(|e| {
-        tracing::error!(error = %e, "a CPU-bound task failed");
-        problem::ApiError::internal()
-    })
-}
-
-/// Threads for `off_runtime`: one fewer than the cores (at least one), so the runtime always
-/// has a core to answer on.
-pub fn cpu_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1)).max(1)
+    state.cpu.run(f).await.map_err(|_| problem::ApiError::internal())
 }
 
 pub fn router(state: AppState) -> Router {
@@ -153,7 +72,7 @@ pub fn router(state: AppState) -> Router {
     let max_body = state.settings.server.max_body_bytes;
     let timeout = Duration::from_millis(state.settings.server.request_timeout_ms);
     let api = Router::new()
-        .route("/v1/notifications", post(notifications::create).get(notifications::list))
+        .route("/v1/notifications", post(notifications::create).get(notifications::list::list))
         .route(
             "/v1/notifications/batch",
             post(batch::create).layer(DefaultBodyLimit::max(batch::MAX_BODY_BYTES.max(max_body))),

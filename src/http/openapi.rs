@@ -23,7 +23,7 @@ use super::schemas::Problem;
     paths(
         super::notifications::create,
         super::batch::create,
-        super::notifications::list,
+        super::notifications::list::list,
         super::notifications::get,
         super::notifications::cancel,
         super::notifications::retry,

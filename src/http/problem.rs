@@ -109,6 +109,23 @@ impl ApiError {
     }
 }
 
+impl From<crate::accept::Refused> for ApiError {
+    fn from(r: crate::accept::Refused) -> Self {
+        use crate::accept::Refused;
+        match r {
+            Refused::Invalid(errors) => ApiError::validation(errors),
+            Refused::Header { name, detail } => ApiError::header_problem(name, detail),
+            Refused::KeyConflict => ApiError::conflict(
+                "idempotency-conflict",
+                "Idempotency key reused",
+                "this Idempotency-Key was already used with a different request body",
+            ),
+            Refused::Store(e) => e.into(),
+            Refused::Internal => ApiError::internal(),
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         // SQLSTATE class 22 (data exception): a value PostgreSQL cannot store, such as a NUL

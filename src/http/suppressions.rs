@@ -102,7 +102,7 @@ pub(super) async fn create(State(state): State<AppState>, caller: Caller, body: 
     require(&caller, Scope::Send)?;
     let value: Value =
         serde_json::from_slice(&body).map_err(|e| ApiError::malformed(format!("the body is not valid JSON: {e}")))?;
-    super::notifications::refuse_nul(&value)?;
+    super::extract::refuse_nul(&value)?;
     let Some(obj) = value.as_object() else {
         return Err(ApiError::validation(vec![FieldError::new("", "the body must be a JSON object")]));
     };

@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::auth::require;
 use super::extract::Params;
-use super::notifications::{json_body, refuse_nul};
+use super::extract::{json_body, refuse_nul};
 use super::paging;
 use super::problem::ApiError;
 use super::schemas::Problem;
@@ -244,10 +244,11 @@ pub(super) async fn preview(
         .await?
         .ok_or_else(|| not_found(&name, request.version))?;
     drop(conn);
-    let rules = state.rules.clone();
+    let intake = state.intake.clone();
     // Rendering is CPU work (up to the request's budget): off the runtime's threads.
     let preview = super::off_runtime(&state, move || {
-        render_preview(&found, &request, rules.content_rules(&caller), &template::RenderBudget::per_request())
+        let rules = intake.rules().content_rules(&caller);
+        render_preview(&found, &request, rules, &template::RenderBudget::per_request())
     })
     .await?;
     preview.map(Json).map_err(ApiError::validation)

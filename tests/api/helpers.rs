@@ -1,10 +1,10 @@
-//! `TestApp`: Herald's real router and store on a fresh PostgreSQL database, served on
-//! 127.0.0.1 with a random port, with a fake SMTP server for email and the `log` provider for
-//! SMS and push. Dispatch is driven explicitly by tests.
+//! `TestApp`: Herald run as its binary runs it (`App::run_on`, the API role) on a fresh
+//! PostgreSQL database, served on 127.0.0.1 with a random port, with a fake SMTP server for
+//! email and the `log` provider for SMS and push. Dispatch is driven explicitly by tests.
 
 use std::time::Duration;
 
-use herald::app::App;
+use herald::app::{App, Roles};
 use herald::config::{ProviderSettings, Settings};
 use herald::dispatch::{Dispatcher, Summary};
 use herald::providers::{log, smtp};
@@ -12,6 +12,7 @@ use herald::store::keys::{self, Scope};
 use reqwest::StatusCode;
 use serde_json::Value;
 use sqlx::{Connection, PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
 
 use crate::fake_smtp::FakeSmtp;
 
@@ -36,6 +37,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     db_name: String,
     admin_url: String,
+    /// Stops the API when the test ends.
+    stop: CancellationToken,
 }
 
 pub struct Response {
@@ -80,14 +83,19 @@ impl TestApp {
         settings.channels.push.providers = vec!["console".into()];
         configure(&mut settings);
 
+        // Migrated here rather than by `run_on`, so that the first request finds the tables.
+        settings.database.migrate_on_start = false;
         let app = App::build(settings).expect("build app");
         app.migrate().await.expect("migrate");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = format!("http://{}", listener.local_addr().expect("addr"));
-        let router = herald::http::router(app.state());
-        let limits = herald::http::serve::Limits::of(&app.settings);
-        tokio::spawn(herald::http::serve::serve(listener, router, limits, tokio_util::sync::CancellationToken::new()));
-        TestApp { app, addr, smtp, client: reqwest::Client::new(), db_name, admin_url }
+        let stop = CancellationToken::new();
+        let (running, cancel) = (app.clone(), stop.clone());
+        tokio::spawn(async move {
+            let roles = Roles { api: true, worker: false };
+            running.run_on(Some(listener), roles, cancel).await.expect("herald runs");
+        });
+        TestApp { app, addr, smtp, client: reqwest::Client::new(), db_name, admin_url, stop }
     }
 
     /// Herald with SMS going to a `webhook` provider whose endpoint is a fake gateway that
@@ -219,6 +227,7 @@ impl TestApp {
 
 impl Drop for TestApp {
     fn drop(&mut self) {
+        self.stop.cancel();
         // Drop the database from a thread of its own: Drop cannot await, and the test's
         // runtime may be shutting down.
         let (admin, name) = (self.admin_url.clone(), self.db_name.clone());

@@ -226,124 +226,8 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
             println!("migrations applied");
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Keys(cmd) => {
-            let app = connected(&cli).await?;
-            let mut conn = store::session(&app.pool).await?;
-            // What to print, once what it reports is committed (behind a pooler, at `finish`).
-            let mut out = Vec::new();
-            match cmd {
-                KeysCmd::Create { tenant, scopes } => {
-                    name_arg(tenant)?;
-                    let parsed: Option<Vec<keys::Scope>> = scopes.split(',').map(keys::Scope::parse).collect();
-                    let Some(parsed) = parsed.filter(|s| !s.is_empty()) else {
-                        return Err(AppError::Usage(format!(
-                            "--scopes `{scopes}`: use a comma-separated list of send, read, admin"
-                        )));
-                    };
-                    if let Some(secret) = new_tenant(&mut conn, &app.settings, tenant).await? {
-                        out.push(format!("created tenant {tenant}; its callback signing secret is shown only once:"));
-                        out.push(secret);
-                    }
-                    let (id, key) = keys::create_key(&mut conn, tenant, &parsed).await?;
-                    out.push(format!(
-                        "created key {id} for tenant {tenant} with scopes {scopes}; it is shown only once:"
-                    ));
-                    out.push(key);
-                }
-                KeysCmd::List { tenant } => {
-                    out.push("id\ttenant\tprefix\tscopes\tstate".into());
-                    for k in keys::list_keys(&mut conn, tenant.as_deref()).await? {
-                        let state = if k.revoked_at.is_some() { "revoked" } else { "active" };
-                        out.push(format!("{}\t{}\t{}…\t{}\t{}", k.id, k.tenant, k.prefix, k.scopes.join(","), state));
-                    }
-                }
-                KeysCmd::Revoke { id } => {
-                    let id: ApiKeyId = id.parse().map_err(|_| {
-                        AppError::Usage(format!("`{id}` is not a key id: use an id from `herald keys list`"))
-                    })?;
-                    if !keys::revoke_key(&mut conn, id).await? {
-                        return Err(AppError::Usage(format!("no active key {id}")));
-                    }
-                    out.push(format!("revoked {id}"));
-                }
-            }
-            conn.finish().await?;
-            for line in out {
-                println!("{line}");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Tenants(TenantsCmd::Set {
-            tenant,
-            callback_url,
-            signing_secret,
-            rotate_signing_secret,
-            requests_per_second,
-            quotas,
-            sender_domains,
-        }) => {
-            name_arg(tenant)?;
-            let quotas = quotas.iter().map(|q| quota_arg(q)).collect::<Result<Vec<_>, _>>()?;
-            let sender_domains = sender_domains.as_deref().map(sender_domains_arg).transpose()?;
-            let app = connected(&cli).await?;
-            if let Some(u) = callback_url {
-                let allow_private = app.settings.callbacks.allow_private_networks;
-                herald::domain::recipient::check_endpoint(u, allow_private).map_err(|e| {
-                    let how = if allow_private {
-                        ""
-                    } else {
-                        " (an http:// URL or a private address needs callbacks.allow_private_networks = true \
-                         in the config file, given with --config or HERALD_CONFIG)"
-                    };
-                    AppError::Usage(format!("--callback-url: {e}{how}"))
-                })?;
-            }
-            if let Some(s) = signing_secret {
-                webhook::signing_key(s).map_err(|e| AppError::Usage(format!("--signing-secret: {e}")))?;
-            }
-            let mut conn = store::session(&app.pool).await?;
-            // A new tenant gets a secret of its own (unless one is given or shared); a rotation
-            // replaces it. Either is printed once: only Herald and the tenant hold it.
-            let rotated = rotate_signing_secret.then(webhook::new_signing_secret);
-            let created = match (signing_secret, &rotated) {
-                (None, None) => new_tenant(&mut conn, &app.settings, tenant).await?,
-                _ => None,
-            };
-            let secret = signing_secret.as_deref().or(rotated.as_deref());
-            let changes = keys::TenantChanges {
-                callback_url: callback_url.as_deref(),
-                signing_secret: secret,
-                requests_per_second: *requests_per_second,
-                quotas,
-                sender_domains,
-            };
-            let (id, own_quotas) = keys::set_tenant(&mut conn, tenant, &changes).await?;
-            // Sends that the old quota deferred are due again at once, so the new one decides.
-            let channels: Vec<Channel> = changes
-                .quotas
-                .iter()
-                .filter_map(|(k, _)| send_limit::parse_quota_key(k).ok())
-                .map(|(c, _)| c)
-                .collect();
-            let mut woken = 0;
-            if !channels.is_empty() {
-                woken = tracking::wake_deferred(&mut conn, id, &channels).await?;
-            }
-            conn.finish().await?;
-            if woken > 0 {
-                println!("{woken} deferred sends are due again under the new quota");
-            }
-            let shown = rotated.or(created);
-            println!("tenant {tenant} ({id}) updated");
-            if own_quotas.as_object().is_some_and(|q| !q.is_empty()) {
-                println!("its own send quotas: {own_quotas}");
-            }
-            if let Some(s) = shown {
-                println!("its callback signing secret is shown only once:");
-                println!("{s}");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Cmd::Keys(cmd) => keys_command(&cli, cmd).await,
+        Cmd::Tenants(cmd) => tenants_command(&cli, cmd).await,
         Cmd::Dev { throwaway_db, listen } => {
             let mut settings = Settings::load_dev(cli.config.as_deref())?;
             if let Some(addr) = &listen.listen {
@@ -369,24 +253,145 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
             println!("{doc}");
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Healthcheck => {
-            let settings = Settings::load(cli.config.as_deref())?;
-            let addr = settings.server.listen.replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]");
-            let url = format!("http://{addr}/readyz");
-            let ok = reqwest::Client::new()
-                .get(&url)
-                .timeout(std::time::Duration::from_secs(3))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if ok {
-                println!("ready");
-                Ok(ExitCode::SUCCESS)
-            } else {
-                eprintln!("not ready: {url}");
-                Ok(ExitCode::FAILURE)
+        Cmd::Healthcheck => healthcheck(&cli).await,
+    }
+}
+
+/// `herald keys create|list|revoke`.
+async fn keys_command(cli: &Cli, cmd: &KeysCmd) -> Result<ExitCode, AppError> {
+    let app = connected(cli).await?;
+    let mut conn = store::session(&app.pool).await?;
+    // What to print, once what it reports is committed (behind a pooler, at `finish`).
+    let mut out = Vec::new();
+    match cmd {
+        KeysCmd::Create { tenant, scopes } => {
+            name_arg(tenant)?;
+            let parsed: Option<Vec<keys::Scope>> = scopes.split(',').map(keys::Scope::parse).collect();
+            let Some(parsed) = parsed.filter(|s| !s.is_empty()) else {
+                return Err(AppError::Usage(format!(
+                    "--scopes `{scopes}`: use a comma-separated list of send, read, admin"
+                )));
+            };
+            if let Some(secret) = new_tenant(&mut conn, &app.settings, tenant).await? {
+                out.push(format!("created tenant {tenant}; its callback signing secret is shown only once:"));
+                out.push(secret);
+            }
+            let (id, key) = keys::create_key(&mut conn, tenant, &parsed).await?;
+            out.push(format!("created key {id} for tenant {tenant} with scopes {scopes}; it is shown only once:"));
+            out.push(key);
+        }
+        KeysCmd::List { tenant } => {
+            out.push("id\ttenant\tprefix\tscopes\tstate".into());
+            for k in keys::list_keys(&mut conn, tenant.as_deref()).await? {
+                let state = if k.revoked_at.is_some() { "revoked" } else { "active" };
+                out.push(format!("{}\t{}\t{}…\t{}\t{}", k.id, k.tenant, k.prefix, k.scopes.join(","), state));
             }
         }
+        KeysCmd::Revoke { id } => {
+            let id: ApiKeyId = id
+                .parse()
+                .map_err(|_| AppError::Usage(format!("`{id}` is not a key id: use an id from `herald keys list`")))?;
+            if !keys::revoke_key(&mut conn, id).await? {
+                return Err(AppError::Usage(format!("no active key {id}")));
+            }
+            out.push(format!("revoked {id}"));
+        }
+    }
+    conn.finish().await?;
+    for line in out {
+        println!("{line}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `herald tenants set`: a tenant's callback URL, signing secret, request rate, send quotas
+/// and sender domains.
+async fn tenants_command(cli: &Cli, cmd: &TenantsCmd) -> Result<ExitCode, AppError> {
+    let TenantsCmd::Set {
+        tenant,
+        callback_url,
+        signing_secret,
+        rotate_signing_secret,
+        requests_per_second,
+        quotas,
+        sender_domains,
+    } = cmd;
+    name_arg(tenant)?;
+    let quotas = quotas.iter().map(|q| quota_arg(q)).collect::<Result<Vec<_>, _>>()?;
+    let sender_domains = sender_domains.as_deref().map(sender_domains_arg).transpose()?;
+    let app = connected(cli).await?;
+    if let Some(u) = callback_url {
+        let allow_private = app.settings.callbacks.allow_private_networks;
+        herald::domain::recipient::check_endpoint(u, allow_private).map_err(|e| {
+            let how = if allow_private {
+                ""
+            } else {
+                " (an http:// URL or a private address needs callbacks.allow_private_networks = true \
+                 in the config file, given with --config or HERALD_CONFIG)"
+            };
+            AppError::Usage(format!("--callback-url: {e}{how}"))
+        })?;
+    }
+    if let Some(s) = signing_secret {
+        webhook::signing_key(s).map_err(|e| AppError::Usage(format!("--signing-secret: {e}")))?;
+    }
+    let mut conn = store::session(&app.pool).await?;
+    // A new tenant gets a secret of its own (unless one is given or shared); a rotation
+    // replaces it. Either is printed once: only Herald and the tenant hold it.
+    let rotated = rotate_signing_secret.then(webhook::new_signing_secret);
+    let created = match (signing_secret, &rotated) {
+        (None, None) => new_tenant(&mut conn, &app.settings, tenant).await?,
+        _ => None,
+    };
+    let secret = signing_secret.as_deref().or(rotated.as_deref());
+    let changes = keys::TenantChanges {
+        callback_url: callback_url.as_deref(),
+        signing_secret: secret,
+        requests_per_second: *requests_per_second,
+        quotas,
+        sender_domains,
+    };
+    let (id, own_quotas) = keys::set_tenant(&mut conn, tenant, &changes).await?;
+    // Sends that the old quota deferred are due again at once, so the new one decides.
+    let channels: Vec<Channel> =
+        changes.quotas.iter().filter_map(|(k, _)| send_limit::parse_quota_key(k).ok()).map(|(c, _)| c).collect();
+    let mut woken = 0;
+    if !channels.is_empty() {
+        woken = tracking::wake_deferred(&mut conn, id, &channels).await?;
+    }
+    conn.finish().await?;
+    if woken > 0 {
+        println!("{woken} deferred sends are due again under the new quota");
+    }
+    let shown = rotated.or(created);
+    println!("tenant {tenant} ({id}) updated");
+    if own_quotas.as_object().is_some_and(|q| !q.is_empty()) {
+        println!("its own send quotas: {own_quotas}");
+    }
+    if let Some(s) = shown {
+        println!("its callback signing secret is shown only once:");
+        println!("{s}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `herald healthcheck`: is this configuration's server ready (a container's health check).
+async fn healthcheck(cli: &Cli) -> Result<ExitCode, AppError> {
+    let settings = Settings::load(cli.config.as_deref())?;
+    let addr = settings.server.listen.replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]");
+    let url = format!("http://{addr}/readyz");
+    let ok = reqwest::Client::new()
+        .get(&url)
+        .timeout(std::time::Duration::from_secs(3))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success());
+    if ok {
+        println!("ready");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("not ready: {url}");
+        Ok(ExitCode::FAILURE)
     }
 }
 

@@ -429,6 +429,16 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_server()?;
+        self.validate_dispatch()?;
+        for channel in Channel::ALL {
+            self.validate_channel(channel)?;
+        }
+        self.validate_callbacks_and_telemetry()
+    }
+
+    /// `server.*` and `database.*`.
+    fn validate_server(&self) -> Result<(), ConfigError> {
         let srv = &self.server;
         if std::net::ToSocketAddrs::to_socket_addrs(&srv.listen).is_err() {
             return Err(invalid("server.listen", format!("`{}` is not a host:port address", srv.listen)));
@@ -462,6 +472,11 @@ impl Settings {
         if srv.group_commit_linger_us > 100_000 {
             return Err(invalid("server.group_commit_linger_us", "must be at most 100000 (0.1 s)"));
         }
+        Ok(())
+    }
+
+    /// `dispatch.*` and the providers' names.
+    fn validate_dispatch(&self) -> Result<(), ConfigError> {
         let d = &self.dispatch;
         for (key, v) in [
             ("dispatch.concurrency", d.concurrency as u64),
@@ -484,71 +499,77 @@ impl Settings {
                 return Err(invalid(format!("providers.{name}"), "provider names use letters, digits, '-' and '_'"));
             }
         }
-        for channel in Channel::ALL {
-            let ch = self.channels.get(channel);
-            for (i, name) in ch.providers.iter().enumerate() {
-                let key = format!("channels.{channel}.providers[{i}]");
-                match self.providers.get(name) {
-                    None => {
-                        return Err(invalid(
-                            key,
-                            format!("no provider named `{name}`: add a [providers.{name}] section"),
-                        ));
-                    }
-                    Some(p) if !p.kind().serves(channel) => {
-                        return Err(invalid(
-                            key,
-                            format!("provider `{name}` (kind {}) cannot send {channel}", p.kind().as_str()),
-                        ));
-                    }
-                    Some(_) => {}
+        Ok(())
+    }
+
+    /// `channels.{channel}.*`: its providers exist and serve it, and its settings are its own.
+    fn validate_channel(&self, channel: Channel) -> Result<(), ConfigError> {
+        let ch = self.channels.get(channel);
+        for (i, name) in ch.providers.iter().enumerate() {
+            let key = format!("channels.{channel}.providers[{i}]");
+            match self.providers.get(name) {
+                None => {
+                    return Err(invalid(key, format!("no provider named `{name}`: add a [providers.{name}] section")));
                 }
-            }
-            for (set, key, only) in [
-                (ch.default_region.is_some(), "default_region", Channel::Sms),
-                (ch.max_segments.is_some(), "max_segments", Channel::Sms),
-                (ch.max_characters.is_some(), "max_characters", Channel::Sms),
-                (ch.max_content_bytes.is_some(), "max_content_bytes", Channel::Email),
-                (ch.sender_domains.is_some(), "sender_domains", Channel::Email),
-                (ch.max_payload_bytes.is_some(), "max_payload_bytes", Channel::Push),
-            ] {
-                if set && channel != only {
+                Some(p) if !p.kind().serves(channel) => {
                     return Err(invalid(
-                        format!("channels.{channel}.{key}"),
-                        format!("is a setting of channels.{only} only"),
+                        key,
+                        format!("provider `{name}` (kind {}) cannot send {channel}", p.kind().as_str()),
                     ));
                 }
-            }
-            for (v, key) in [
-                (ch.max_characters, "max_characters"),
-                (ch.max_content_bytes, "max_content_bytes"),
-                (ch.max_payload_bytes, "max_payload_bytes"),
-            ] {
-                if v == Some(0) {
-                    return Err(invalid(format!("channels.{channel}.{key}"), "must be at least 1"));
-                }
-            }
-            if let Some(r) = &ch.default_region
-                && crate::domain::sms::region(r).is_none()
-            {
-                return Err(invalid(
-                    format!("channels.{channel}.default_region"),
-                    format!("`{r}` is not an ISO 3166 region code such as GB"),
-                ));
-            }
-            if ch.max_segments == Some(0) {
-                return Err(invalid(format!("channels.{channel}.max_segments"), "must be at least 1"));
-            }
-            if !(1..=MAX_RECIPIENT_WINDOW_SECS).contains(&ch.recipient_window_secs) {
-                return Err(invalid(
-                    format!("channels.{channel}.recipient_window_secs"),
-                    format!("must be between 1 and {MAX_RECIPIENT_WINDOW_SECS} (31 days)"),
-                ));
-            }
-            if ch.max_attempts == Some(0) {
-                return Err(invalid(format!("channels.{channel}.max_attempts"), "must be at least 1"));
+                Some(_) => {}
             }
         }
+        for (set, key, only) in [
+            (ch.default_region.is_some(), "default_region", Channel::Sms),
+            (ch.max_segments.is_some(), "max_segments", Channel::Sms),
+            (ch.max_characters.is_some(), "max_characters", Channel::Sms),
+            (ch.max_content_bytes.is_some(), "max_content_bytes", Channel::Email),
+            (ch.sender_domains.is_some(), "sender_domains", Channel::Email),
+            (ch.max_payload_bytes.is_some(), "max_payload_bytes", Channel::Push),
+        ] {
+            if set && channel != only {
+                return Err(invalid(
+                    format!("channels.{channel}.{key}"),
+                    format!("is a setting of channels.{only} only"),
+                ));
+            }
+        }
+        for (v, key) in [
+            (ch.max_characters, "max_characters"),
+            (ch.max_content_bytes, "max_content_bytes"),
+            (ch.max_payload_bytes, "max_payload_bytes"),
+        ] {
+            if v == Some(0) {
+                return Err(invalid(format!("channels.{channel}.{key}"), "must be at least 1"));
+            }
+        }
+        if let Some(r) = &ch.default_region
+            && crate::domain::sms::region(r).is_none()
+        {
+            return Err(invalid(
+                format!("channels.{channel}.default_region"),
+                format!("`{r}` is not an ISO 3166 region code such as GB"),
+            ));
+        }
+        if ch.max_segments == Some(0) {
+            return Err(invalid(format!("channels.{channel}.max_segments"), "must be at least 1"));
+        }
+        if !(1..=MAX_RECIPIENT_WINDOW_SECS).contains(&ch.recipient_window_secs) {
+            return Err(invalid(
+                format!("channels.{channel}.recipient_window_secs"),
+                format!("must be between 1 and {MAX_RECIPIENT_WINDOW_SECS} (31 days)"),
+            ));
+        }
+        if ch.max_attempts == Some(0) {
+            return Err(invalid(format!("channels.{channel}.max_attempts"), "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// `callbacks.*`, `tracing.*`, `metrics.*` and the limits that must not be zero.
+    fn validate_callbacks_and_telemetry(&self) -> Result<(), ConfigError> {
+        let (srv, d) = (&self.server, &self.dispatch);
         let secret = self.callbacks.signing_secret.expose();
         if !secret.is_empty()
             && let Err(e) = crate::domain::webhook::signing_key(secret)

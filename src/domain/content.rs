@@ -224,138 +224,141 @@ pub(super) fn parse_into(channel: Channel, v: &Value, rules: Rules<'_>, errs: &m
         }
     }
     let content = match channel {
-        Channel::Email => {
-            let subject = opt_string(obj, "subject", errs);
-            match &subject {
-                None => errs.add("/content/subject", "is required for email"),
-                Some(s) if s.trim().is_empty() => errs.add("/content/subject", "must not be empty"),
-                Some(s) if s.contains(['\r', '\n']) => errs.add("/content/subject", "must be one line"),
-                Some(s) if s.len() > MAX_SUBJECT_LEN => errs.add("/content/subject", "is too long"),
-                _ => {}
-            }
-            let text = opt_string(obj, "text", errs);
-            let html = opt_string(obj, "html", errs);
-            if text.as_deref().is_none_or(str::is_empty) && html.as_deref().is_none_or(str::is_empty) {
-                errs.add("/content", "email needs text and/or html");
-            }
-            let len = |s: &Option<String>| s.as_ref().map_or(0, String::len);
-            let (subject_len, text_len, html_len) = (len(&subject), len(&text), len(&html));
-            over_cap(
-                errs,
-                &[("subject", subject_len), ("text", text_len), ("html", html_len)],
-                subject_len + text_len + html_len,
-                rules.caps.email_bytes,
-                "subject, text and html together are",
-                "channels.email.max_content_bytes",
-            );
-            let from = opt_string(obj, "from", errs);
-            if let Some(f) = &from {
-                match parse_mailbox(f) {
-                    Err(d) => errs.add("/content/from", d),
-                    Ok(addr) => {
-                        if let Some(allowed) = rules.sender_domains
-                            && !domain_allowed(&addr, allowed)
-                        {
-                            errs.add(
-                                "/content/from",
-                                format!(
-                                    "this tenant may send only from {} (or their subdomains); set with \
-                                     channels.email.sender_domains or `herald tenants set T --sender-domains`",
-                                    allowed.join(", ")
-                                ),
-                            );
-                        }
-                    }
-                }
-            }
-            let reply_to = opt_string(obj, "reply_to", errs);
-            if let Some(r) = &reply_to
-                && let Err(d) = parse_mailbox(r)
-            {
-                errs.add("/content/reply_to", d);
-            }
-            let unsubscribe_url = opt_string(obj, "unsubscribe_url", errs);
-            if let Some(u) = &unsubscribe_url {
-                // RFC 8058 one-click unsubscribe requires https.
-                if let Err(d) = check_endpoint(u, rules.allow_private_links) {
-                    errs.add("/content/unsubscribe_url", d);
-                }
-            }
-            Content::Email(EmailContent {
-                subject: subject.unwrap_or_default(),
-                text,
-                html,
-                from,
-                reply_to,
-                unsubscribe_url,
-            })
-        }
-        Channel::Sms => {
-            let text = opt_string(obj, "text", errs);
-            match &text {
-                None => errs.add("/content/text", "is required for sms"),
-                Some(t) if t.trim().is_empty() => errs.add("/content/text", "must not be empty"),
-                Some(t) if t.chars().count() > rules.caps.sms_characters => {
-                    let n = t.chars().count();
-                    let cap = rules.caps.sms_characters;
-                    errs.add("/content/text", format!("is {n} characters; channels.sms.max_characters allows {cap}"));
-                }
-                Some(t) => {
-                    if let Some(max) = rules.sms_max_segments
-                        && let s = super::sms::segments(t)
-                        && s.segments > max
-                    {
-                        let why = match s.encoding {
-                            super::sms::Encoding::Gsm7 => "GSM-7".to_owned(),
-                            super::sms::Encoding::Ucs2 => {
-                                let chars: String = s.ucs2_characters.iter().take(5).collect();
-                                format!("UCS-2, because of {chars:?}")
-                            }
-                        };
-                        errs.add(
-                            "/content/text",
-                            format!("takes {} segments ({why}); channels.sms.max_segments allows {max}", s.segments),
-                        );
-                    }
-                }
-            }
-            Content::Sms(SmsContent { text: text.unwrap_or_default() })
-        }
-        Channel::Push => {
-            let title = opt_string(obj, "title", errs);
-            let body = opt_string(obj, "body", errs);
-            if title.as_deref().is_none_or(str::is_empty) && body.as_deref().is_none_or(str::is_empty) {
-                errs.add("/content", "push needs a title and/or a body");
-            }
-            let mut data = BTreeMap::new();
-            match obj.get("data") {
-                None | Some(Value::Null) => {}
-                Some(Value::Object(m)) => {
-                    for (k, v) in m {
-                        match v.as_str() {
-                            Some(s) => {
-                                data.insert(k.clone(), s.to_owned());
-                            }
-                            None => errs.add(format!("/content/data/{}", escape(k)), "values must be strings"),
-                        }
-                    }
-                }
-                Some(_) => errs.add("/content/data", "must be an object of strings"),
-            }
-            let len = |s: &Option<String>| s.as_ref().map_or(0, String::len);
-            let data_len = if data.is_empty() { 0 } else { serde_json::to_string(&data).map_or(0, |s| s.len()) };
-            over_cap(
-                errs,
-                &[("title", len(&title)), ("body", len(&body)), ("data", data_len)],
-                len(&title) + len(&body) + data_len,
-                rules.caps.push_bytes,
-                "title, body and data together are",
-                "channels.push.max_payload_bytes",
-            );
-            Content::Push(PushContent { title, body, data })
-        }
+        Channel::Email => email(obj, rules, errs),
+        Channel::Sms => sms(obj, rules, errs),
+        Channel::Push => push(obj, rules, errs),
     };
     (errs.0.len() == before).then_some(content)
+}
+
+/// An email's content: a one-line subject, text and/or html within the cap, and a sender,
+/// reply-to and unsubscribe link that are valid (the sender within the tenant's domains).
+fn email(obj: &Map<String, Value>, rules: Rules<'_>, errs: &mut Errors) -> Content {
+    let subject = opt_string(obj, "subject", errs);
+    match &subject {
+        None => errs.add("/content/subject", "is required for email"),
+        Some(s) if s.trim().is_empty() => errs.add("/content/subject", "must not be empty"),
+        Some(s) if s.contains(['\r', '\n']) => errs.add("/content/subject", "must be one line"),
+        Some(s) if s.len() > MAX_SUBJECT_LEN => errs.add("/content/subject", "is too long"),
+        _ => {}
+    }
+    let text = opt_string(obj, "text", errs);
+    let html = opt_string(obj, "html", errs);
+    if text.as_deref().is_none_or(str::is_empty) && html.as_deref().is_none_or(str::is_empty) {
+        errs.add("/content", "email needs text and/or html");
+    }
+    let len = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+    let (subject_len, text_len, html_len) = (len(&subject), len(&text), len(&html));
+    over_cap(
+        errs,
+        &[("subject", subject_len), ("text", text_len), ("html", html_len)],
+        subject_len + text_len + html_len,
+        rules.caps.email_bytes,
+        "subject, text and html together are",
+        "channels.email.max_content_bytes",
+    );
+    let from = opt_string(obj, "from", errs);
+    if let Some(f) = &from {
+        match parse_mailbox(f) {
+            Err(d) => errs.add("/content/from", d),
+            Ok(addr) => {
+                if let Some(allowed) = rules.sender_domains
+                    && !domain_allowed(&addr, allowed)
+                {
+                    errs.add(
+                        "/content/from",
+                        format!(
+                            "this tenant may send only from {} (or their subdomains); set with \
+                             channels.email.sender_domains or `herald tenants set T --sender-domains`",
+                            allowed.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    let reply_to = opt_string(obj, "reply_to", errs);
+    if let Some(r) = &reply_to
+        && let Err(d) = parse_mailbox(r)
+    {
+        errs.add("/content/reply_to", d);
+    }
+    let unsubscribe_url = opt_string(obj, "unsubscribe_url", errs);
+    if let Some(u) = &unsubscribe_url {
+        // RFC 8058 one-click unsubscribe requires https.
+        if let Err(d) = check_endpoint(u, rules.allow_private_links) {
+            errs.add("/content/unsubscribe_url", d);
+        }
+    }
+    Content::Email(EmailContent { subject: subject.unwrap_or_default(), text, html, from, reply_to, unsubscribe_url })
+}
+
+/// An SMS's text: not empty, within the characters and segments allowed.
+fn sms(obj: &Map<String, Value>, rules: Rules<'_>, errs: &mut Errors) -> Content {
+    let text = opt_string(obj, "text", errs);
+    match &text {
+        None => errs.add("/content/text", "is required for sms"),
+        Some(t) if t.trim().is_empty() => errs.add("/content/text", "must not be empty"),
+        Some(t) if t.chars().count() > rules.caps.sms_characters => {
+            let n = t.chars().count();
+            let cap = rules.caps.sms_characters;
+            errs.add("/content/text", format!("is {n} characters; channels.sms.max_characters allows {cap}"));
+        }
+        Some(t) => {
+            if let Some(max) = rules.sms_max_segments
+                && let s = super::sms::segments(t)
+                && s.segments > max
+            {
+                let why = match s.encoding {
+                    super::sms::Encoding::Gsm7 => "GSM-7".to_owned(),
+                    super::sms::Encoding::Ucs2 => {
+                        let chars: String = s.ucs2_characters.iter().take(5).collect();
+                        format!("UCS-2, because of {chars:?}")
+                    }
+                };
+                errs.add(
+                    "/content/text",
+                    format!("takes {} segments ({why}); channels.sms.max_segments allows {max}", s.segments),
+                );
+            }
+        }
+    }
+    Content::Sms(SmsContent { text: text.unwrap_or_default() })
+}
+
+/// A push's title and/or body and string data, within the payload cap.
+fn push(obj: &Map<String, Value>, rules: Rules<'_>, errs: &mut Errors) -> Content {
+    let title = opt_string(obj, "title", errs);
+    let body = opt_string(obj, "body", errs);
+    if title.as_deref().is_none_or(str::is_empty) && body.as_deref().is_none_or(str::is_empty) {
+        errs.add("/content", "push needs a title and/or a body");
+    }
+    let mut data = BTreeMap::new();
+    match obj.get("data") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(m)) => {
+            for (k, v) in m {
+                match v.as_str() {
+                    Some(s) => {
+                        data.insert(k.clone(), s.to_owned());
+                    }
+                    None => errs.add(format!("/content/data/{}", escape(k)), "values must be strings"),
+                }
+            }
+        }
+        Some(_) => errs.add("/content/data", "must be an object of strings"),
+    }
+    let len = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+    let data_len = if data.is_empty() { 0 } else { serde_json::to_string(&data).map_or(0, |s| s.len()) };
+    over_cap(
+        errs,
+        &[("title", len(&title)), ("body", len(&body)), ("data", data_len)],
+        len(&title) + len(&body) + data_len,
+        rules.caps.push_bytes,
+        "title, body and data together are",
+        "channels.push.max_payload_bytes",
+    );
+    Content::Push(PushContent { title, body, data })
 }
 
 /// Accept `addr@example.com` or `Display Name <addr@example.com>`.

@@ -145,77 +145,9 @@ impl NewNotification {
             }
         }
 
-        let channel = match obj.get("channel") {
-            None => {
-                errs.add("/channel", "is required: one of email, sms, push");
-                None
-            }
-            Some(v) => {
-                let c = v.as_str().and_then(Channel::parse);
-                if c.is_none() {
-                    errs.add("/channel", "must be one of email, sms, push");
-                }
-                c
-            }
-        };
-
-        let to = match (channel, obj.get("to")) {
-            (_, None) => {
-                errs.add("/to", "is required");
-                None
-            }
-            (None, Some(_)) => None,
-            // An SMS number must be one that can exist (and may be national, with a region).
-            (Some(Channel::Sms), Some(v)) => match v.as_str().map(|s| super::sms::number(s, opts.sms_region)) {
-                Some(Ok(p)) => Some(Recipient::Sms(p)),
-                Some(Err(e)) => {
-                    errs.add("/to", e);
-                    None
-                }
-                None => {
-                    errs.add("/to", "must be a string");
-                    None
-                }
-            },
-            (Some(ch), Some(v)) => match Recipient::parse(ch, v, opts.allow_private_push) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    errs.add(format!("/to{}", e.pointer), e.detail);
-                    None
-                }
-            },
-        };
-
-        let locale = match obj.get("locale") {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(l)) if template::valid_locale(l) => Ok(Some(l.as_str())),
-            Some(_) => {
-                errs.add("/locale", "must be a BCP 47 tag such as en or pt-BR");
-                Err(())
-            }
-        };
-        let mut template_use = None;
-        let content = match (obj.get("content"), obj.get("template")) {
-            (Some(_), Some(_)) => {
-                errs.add("/template", "give exactly one of content and template");
-                None
-            }
-            (None, Some(t)) => match (channel, locale) {
-                (Some(ch), Ok(locale)) => match from_template(ch, t, locale, opts, &mut errs) {
-                    Some((content, used)) => {
-                        template_use = Some(used);
-                        Some(content)
-                    }
-                    None => None,
-                },
-                _ => None,
-            },
-            (None, None) => {
-                errs.add("/content", "is required");
-                None
-            }
-            (Some(v), None) => channel.and_then(|ch| content::parse_into(ch, v, opts.rules(), &mut errs)),
-        };
+        let channel = parse_channel(obj, &mut errs);
+        let to = parse_to(obj, channel, opts, &mut errs);
+        let (content, template_use) = parse_content(obj, channel, opts, &mut errs);
 
         let send_at = parse_time(obj, "send_at", &mut errs);
         let expires_at = parse_time(obj, "expires_at", &mut errs);
@@ -227,62 +159,10 @@ impl NewNotification {
             }
         }
 
-        let priority = match obj.get("priority") {
-            None | Some(Value::Null) => Priority::Normal,
-            Some(v) => v.as_str().and_then(Priority::parse).unwrap_or_else(|| {
-                errs.add("/priority", "must be one of high, normal, low");
-                Priority::Normal
-            }),
-        };
-
-        let mut tags = Vec::new();
-        match obj.get("tags") {
-            None | Some(Value::Null) => {}
-            Some(Value::Array(items)) => {
-                if items.len() > MAX_TAGS {
-                    errs.add("/tags", format!("at most {MAX_TAGS} tags"));
-                }
-                for (i, t) in items.iter().enumerate() {
-                    match t.as_str() {
-                        Some(s) if !s.is_empty() && s.len() <= MAX_TAG_LEN => tags.push(s.to_owned()),
-                        _ => errs.add(
-                            format!("/tags/{i}"),
-                            format!("must be a non-empty string of at most {MAX_TAG_LEN} bytes"),
-                        ),
-                    }
-                }
-            }
-            Some(_) => errs.add("/tags", "must be an array of strings"),
-        }
-
-        let metadata = match obj.get("metadata") {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(m)) => {
-                if Value::Object(m.clone()).to_string().len() > MAX_METADATA_BYTES {
-                    errs.add("/metadata", format!("must serialize to at most {MAX_METADATA_BYTES} bytes"));
-                }
-                m.clone()
-            }
-            Some(_) => {
-                errs.add("/metadata", "must be an object");
-                Map::new()
-            }
-        };
-
-        let callback_url = match obj.get("callback_url") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => match check_endpoint(s, opts.allow_private_callbacks) {
-                Ok(_) => Some(s.clone()),
-                Err(d) => {
-                    errs.add("/callback_url", d);
-                    None
-                }
-            },
-            Some(_) => {
-                errs.add("/callback_url", "must be a string");
-                None
-            }
-        };
+        let priority = parse_priority(obj, &mut errs);
+        let tags = parse_tags(obj, &mut errs);
+        let metadata = parse_metadata(obj, &mut errs);
+        let callback_url = parse_callback_url(obj, opts, &mut errs);
 
         match (errs.0.is_empty(), channel, to, content) {
             (true, Some(channel), Some(to), Some(content)) => Ok(NewNotification {
@@ -388,6 +268,169 @@ fn from_template(
 pub fn stored_precision(t: OffsetDateTime) -> OffsetDateTime {
     let t = t.to_offset(time::UtcOffset::UTC);
     t.replace_nanosecond(t.nanosecond() / 1000 * 1000).unwrap_or(t)
+}
+
+/// `channel`: required, one of email, sms, push.
+fn parse_channel(obj: &Map<String, Value>, errs: &mut Errors) -> Option<Channel> {
+    match obj.get("channel") {
+        None => {
+            errs.add("/channel", "is required: one of email, sms, push");
+            None
+        }
+        Some(v) => {
+            let c = v.as_str().and_then(Channel::parse);
+            if c.is_none() {
+                errs.add("/channel", "must be one of email, sms, push");
+            }
+            c
+        }
+    }
+}
+
+/// `to`, read for its channel (none when the channel is unknown: nothing to read it as).
+fn parse_to(
+    obj: &Map<String, Value>,
+    channel: Option<Channel>,
+    opts: ParseOptions<'_>,
+    errs: &mut Errors,
+) -> Option<Recipient> {
+    match (channel, obj.get("to")) {
+        (_, None) => {
+            errs.add("/to", "is required");
+            None
+        }
+        (None, Some(_)) => None,
+        // An SMS number must be one that can exist (and may be national, with a region).
+        (Some(Channel::Sms), Some(v)) => match v.as_str().map(|s| super::sms::number(s, opts.sms_region)) {
+            Some(Ok(p)) => Some(Recipient::Sms(p)),
+            Some(Err(e)) => {
+                errs.add("/to", e);
+                None
+            }
+            None => {
+                errs.add("/to", "must be a string");
+                None
+            }
+        },
+        (Some(ch), Some(v)) => match Recipient::parse(ch, v, opts.allow_private_push) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                errs.add(format!("/to{}", e.pointer), e.detail);
+                None
+            }
+        },
+    }
+}
+
+/// `content`, or a `template` rendered (in `locale`): exactly one of them. The content, and
+/// which template version made it.
+fn parse_content(
+    obj: &Map<String, Value>,
+    channel: Option<Channel>,
+    opts: ParseOptions<'_>,
+    errs: &mut Errors,
+) -> (Option<Content>, Option<TemplateUse>) {
+    let locale = match obj.get("locale") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(l)) if template::valid_locale(l) => Ok(Some(l.as_str())),
+        Some(_) => {
+            errs.add("/locale", "must be a BCP 47 tag such as en or pt-BR");
+            Err(())
+        }
+    };
+    let mut template_use = None;
+    let content = match (obj.get("content"), obj.get("template")) {
+        (Some(_), Some(_)) => {
+            errs.add("/template", "give exactly one of content and template");
+            None
+        }
+        (None, Some(t)) => match (channel, locale) {
+            (Some(ch), Ok(locale)) => match from_template(ch, t, locale, opts, errs) {
+                Some((content, used)) => {
+                    template_use = Some(used);
+                    Some(content)
+                }
+                None => None,
+            },
+            _ => None,
+        },
+        (None, None) => {
+            errs.add("/content", "is required");
+            None
+        }
+        (Some(v), None) => channel.and_then(|ch| content::parse_into(ch, v, opts.rules(), errs)),
+    };
+    (content, template_use)
+}
+
+/// `priority`, `normal` when absent.
+fn parse_priority(obj: &Map<String, Value>, errs: &mut Errors) -> Priority {
+    match obj.get("priority") {
+        None | Some(Value::Null) => Priority::Normal,
+        Some(v) => v.as_str().and_then(Priority::parse).unwrap_or_else(|| {
+            errs.add("/priority", "must be one of high, normal, low");
+            Priority::Normal
+        }),
+    }
+}
+
+/// `tags`: at most `MAX_TAGS` non-empty strings of at most `MAX_TAG_LEN` bytes.
+fn parse_tags(obj: &Map<String, Value>, errs: &mut Errors) -> Vec<String> {
+    let mut tags = Vec::new();
+    match obj.get("tags") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(items)) => {
+            if items.len() > MAX_TAGS {
+                errs.add("/tags", format!("at most {MAX_TAGS} tags"));
+            }
+            for (i, t) in items.iter().enumerate() {
+                match t.as_str() {
+                    Some(s) if !s.is_empty() && s.len() <= MAX_TAG_LEN => tags.push(s.to_owned()),
+                    _ => errs.add(
+                        format!("/tags/{i}"),
+                        format!("must be a non-empty string of at most {MAX_TAG_LEN} bytes"),
+                    ),
+                }
+            }
+        }
+        Some(_) => errs.add("/tags", "must be an array of strings"),
+    }
+    tags
+}
+
+/// `metadata`: an object of at most `MAX_METADATA_BYTES` as JSON.
+fn parse_metadata(obj: &Map<String, Value>, errs: &mut Errors) -> Map<String, Value> {
+    match obj.get("metadata") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(m)) => {
+            if Value::Object(m.clone()).to_string().len() > MAX_METADATA_BYTES {
+                errs.add("/metadata", format!("must serialize to at most {MAX_METADATA_BYTES} bytes"));
+            }
+            m.clone()
+        }
+        Some(_) => {
+            errs.add("/metadata", "must be an object");
+            Map::new()
+        }
+    }
+}
+
+/// `callback_url`: an endpoint Herald may call (public https unless private networks are allowed).
+fn parse_callback_url(obj: &Map<String, Value>, opts: ParseOptions<'_>, errs: &mut Errors) -> Option<String> {
+    match obj.get("callback_url") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => match check_endpoint(s, opts.allow_private_callbacks) {
+            Ok(_) => Some(s.clone()),
+            Err(d) => {
+                errs.add("/callback_url", d);
+                None
+            }
+        },
+        Some(_) => {
+            errs.add("/callback_url", "must be a string");
+            None
+        }
+    }
 }
 
 fn parse_time(obj: &Map<String, Value>, key: &str, errs: &mut Errors) -> Option<OffsetDateTime> {

@@ -16,7 +16,7 @@ use super::AppState;
 use super::problem::ApiError;
 use super::schemas::Problem;
 use crate::metrics;
-use crate::receipts::{Incoming, ReceiptContext, ReceiptError, Verified};
+use crate::receipts::{Incoming, Receipt, ReceiptContext, ReceiptError, Verified};
 use crate::store::receipts::{self as store, ReceiptOutcome};
 
 /// A provider's delivery receipts sent as a query string (Vonage's `GET` callbacks), checked
@@ -81,74 +81,95 @@ pub(super) async fn receive(
             return Err(ApiError::bad_signature(format!("receipt signature check failed: {why}")));
         }
     };
-    // Each receipt on its own: one the database refuses as it is (a value it cannot keep) is
-    // kept as malformed and the rest are applied, so a redelivery of the batch does not fail
-    // again on it and lose the others. The database being away fails the request (503), and
-    // the provider delivers the batch again; what was applied is then a duplicate.
-    let (mut applied, mut held, mut duplicates, mut unmatched, mut malformed) = (0, 0, 0, 0, 0);
-    for r in &receipts {
+    let tally = apply_each(&state, &name, &receipts).await?;
+    Ok((StatusCode::OK, Json(tally.answer(&name, receipts.len()))))
+}
+
+/// What became of a request's receipts, by result.
+#[derive(Default)]
+struct Tally {
+    applied: u64,
+    held: u64,
+    duplicates: u64,
+    unmatched: u64,
+    malformed: u64,
+}
+
+impl Tally {
+    /// Counted in the metrics, and the answer's body.
+    fn answer(&self, provider: &str, received: usize) -> Value {
+        let Tally { applied, held, duplicates, unmatched, malformed } = *self;
+        let by_result = [
+            ("applied", applied),
+            ("held", held),
+            ("duplicate", duplicates),
+            ("unmatched", unmatched),
+            ("malformed", malformed),
+        ];
+        for (result, n) in by_result {
+            if n > 0 {
+                metrics::receipt(provider, result, n);
+            }
+        }
+        json!({"received": received, "applied": applied, "held": held, "duplicates": duplicates,
+               "unmatched": unmatched, "malformed": malformed})
+    }
+}
+
+/// Apply each receipt on its own: one the database refuses as it is (a value it cannot keep)
+/// is kept as malformed and the rest are applied, so a redelivery of the batch does not fail
+/// again on it and lose the others. The database being away fails the request (503), and the
+/// provider delivers the batch again; what was applied is then a duplicate.
+async fn apply_each(state: &AppState, name: &str, receipts: &[Receipt]) -> Result<Tally, ApiError> {
+    let mut tally = Tally::default();
+    for r in receipts {
         if let Some(token) = &r.replay_token {
-            match store::bind_token(&state.pool, &name, token, &r.dedupe_key).await {
+            match store::bind_token(&state.pool, name, token, &r.dedupe_key).await {
                 Ok(true) => {}
                 Ok(false) => {
-                    metrics::receipt(&name, "replayed", 1);
+                    metrics::receipt(name, "replayed", 1);
                     warn!(provider = %name, "receipt refused: its signed token was already used for another event");
                     return Err(ApiError::bad_signature(
                         "this signature's token was already used for another event (a replayed signature)",
                     ));
                 }
                 Err(e) if crate::store::is_data_error(&e) => {
-                    keep_malformed(&state, &name, r, &e).await?;
-                    malformed += 1;
+                    keep_malformed(state, name, r, &e).await?;
+                    tally.malformed += 1;
                     continue;
                 }
                 Err(e) => return Err(e.into()),
             }
         }
-        match store::apply(&state.pool, &name, r).await {
-            Ok(ReceiptOutcome::Duplicate) => duplicates += 1,
+        match store::apply(&state.pool, name, r).await {
+            Ok(ReceiptOutcome::Duplicate) => tally.duplicates += 1,
             Ok(ReceiptOutcome::Unmatched) => {
                 warn!(provider = %name, provider_status = %r.provider_status, "receipt matches no notification; kept as unmatched");
-                unmatched += 1;
+                tally.unmatched += 1;
             }
             Ok(ReceiptOutcome::Recorded { changed, traceparent }) => {
                 // In the notification's trace: accept, attempts and this receipt in one view.
                 let span = info_span!("receipt", provider = %name, trace_id = tracing::field::Empty);
                 crate::telemetry::join_trace(&span, traceparent.as_deref());
                 span.in_scope(|| info!(provider_status = %r.provider_status, changed, "receipt applied"));
-                applied += 1;
+                tally.applied += 1;
             }
-            Ok(ReceiptOutcome::Held) => held += 1,
+            Ok(ReceiptOutcome::Held) => tally.held += 1,
             Err(e) if crate::store::is_data_error(&e) => {
-                keep_malformed(&state, &name, r, &e).await?;
-                malformed += 1;
+                keep_malformed(state, name, r, &e).await?;
+                tally.malformed += 1;
             }
             Err(e) => return Err(e.into()),
         }
     }
-    for (result, n) in [
-        ("applied", applied),
-        ("held", held),
-        ("duplicate", duplicates),
-        ("unmatched", unmatched),
-        ("malformed", malformed),
-    ] {
-        if n > 0 {
-            metrics::receipt(&name, result, n);
-        }
-    }
-    Ok((
-        StatusCode::OK,
-        Json(json!({"received": receipts.len(), "applied": applied, "held": held, "duplicates": duplicates,
-                    "unmatched": unmatched, "malformed": malformed})),
-    ))
+    Ok(tally)
 }
 
 /// Keep a receipt that could not be applied as malformed (`store::receipts::keep_malformed`).
 async fn keep_malformed(
     state: &AppState,
     provider: &str,
-    r: &crate::receipts::Receipt,
+    r: &Receipt,
     e: &crate::store::StoreError,
 ) -> Result<(), ApiError> {
     warn!(provider, error = %e, "receipt could not be applied; kept as malformed");

@@ -216,6 +216,15 @@ pub fn bucket_for(window: Duration) -> Duration {
         .map_or(Duration::seconds(secs), Duration::seconds)
 }
 
+/// The window a snapshot reads: from `since` to `now`, for one tenant or every tenant.
+/// `floor` is the smallest notification id created at `since` (ids are time-ordered).
+struct Window {
+    now: OffsetDateTime,
+    since: OffsetDateTime,
+    floor: uuid::Uuid,
+    tenant: Option<uuid::Uuid>,
+}
+
 /// Read the snapshot of the window ending now, for `tenant` (or every tenant), each statement
 /// cancelled past `timeout`.
 pub async fn snapshot(
@@ -226,98 +235,16 @@ pub async fn snapshot(
 ) -> StoreResult<Snapshot> {
     let now = OffsetDateTime::now_utc();
     let since = now - window;
-    let floor = NotificationId::floor_at(since);
-    let tenant_id = tenant;
-    let tenant = tenant.map(|t| t.as_uuid());
+    let w = Window { now, since, floor: NotificationId::floor_at(since), tenant: tenant.map(|t| t.as_uuid()) };
     let mut tx = super::read_tx(pool, timeout).await?;
     let conn = &mut *tx;
-
-    let counts = sqlx::query(COUNTS_SQL)
-        .bind(floor)
-        .bind(tenant)
-        .fetch_all(&mut *conn)
-        .await?
-        .into_iter()
-        .map(|r| {
-            Ok(CountRow {
-                status: r.try_get("status")?,
-                channel: r.try_get("channel")?,
-                provider: r.try_get("provider")?,
-                count: r.try_get("n")?,
-            })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
-
-    let latencies = match tenant {
-        None => sqlx::query(LATENCY_SQL).bind(since).fetch_all(&mut *conn).await?,
-        Some(t) => sqlx::query(TENANT_LATENCY_SQL).bind(since).bind(t).bind(floor).fetch_all(&mut *conn).await?,
-    };
-    let (mut accepted_to_sent, mut accepted_to_delivered) = (Latency::default(), Latency::default());
-    for r in latencies {
-        let p: Vec<f64> = r.try_get("p")?;
-        let l =
-            Latency { count: r.try_get("n")?, p50: p.first().copied(), p90: p.get(1).copied(), p99: p.get(2).copied() };
-        match r.try_get::<String, _>("type")?.as_str() {
-            "attempt" => accepted_to_sent = l,
-            _ => accepted_to_delivered = l,
-        }
-    }
-
-    let attempts = match tenant {
-        None => sqlx::query(ATTEMPTS_SQL).bind(since).fetch_all(&mut *conn).await?,
-        Some(t) => sqlx::query(TENANT_ATTEMPTS_SQL).bind(since).bind(t).bind(floor).fetch_all(&mut *conn).await?,
-    }
-    .into_iter()
-    .map(|r| {
-        Ok(AttemptRow {
-            provider: r.try_get("provider")?,
-            attempts: r.try_get("attempts")?,
-            failed: r.try_get("failed")?,
-        })
-    })
-    .collect::<Result<Vec<_>, sqlx::Error>>()?;
-
-    let width = bucket_for(window);
-    let throughput = sqlx::query(if tenant.is_some() { TENANT_THROUGHPUT_SQL } else { THROUGHPUT_SQL })
-        .bind(since)
-        .bind(tenant)
-        .bind(pg_interval(width))
-        .bind(now)
-        .bind(floor)
-        .fetch_all(&mut *conn)
-        .await?
-        .into_iter()
-        .map(|r| {
-            Ok(Bucket {
-                at: r.try_get("at")?,
-                accepted: r.try_get("accepted")?,
-                sent: r.try_get("sent")?,
-                delivered: r.try_get("delivered")?,
-                failed: r.try_get("failed")?,
-            })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
-
-    let queue = lanes(&mut *conn, tenant_id).await?;
-    let stuck = stuck(&mut *conn, tenant_id).await?;
-
-    let recent_failures = sqlx::query(FAILURES_SQL)
-        .bind(tenant)
-        .fetch_all(&mut *conn)
-        .await?
-        .into_iter()
-        .map(|r| {
-            Ok(Failure {
-                id: NotificationId::from_uuid(r.try_get("id")?),
-                channel: r.try_get("channel")?,
-                to: mask(&r.try_get::<String, _>("recipient_key")?),
-                provider: r.try_get("provider")?,
-                error: r.try_get("last_error")?,
-                at: r.try_get("updated_at")?,
-            })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
-
+    let counts = counts(conn, &w).await?;
+    let (accepted_to_sent, accepted_to_delivered) = latencies(conn, &w).await?;
+    let attempts = attempts(conn, &w).await?;
+    let throughput = throughput(conn, &w, bucket_for(window)).await?;
+    let queue = lanes(&mut *conn, tenant).await?;
+    let stuck = stuck(&mut *conn, tenant).await?;
+    let recent_failures = recent_failures(conn, &w).await?;
     Ok(Snapshot {
         counts,
         accepted_to_sent,
@@ -328,6 +255,93 @@ pub async fn snapshot(
         stuck,
         recent_failures,
     })
+}
+
+/// Notifications created in the window, by status, channel and provider.
+async fn counts(conn: &mut PgConnection, w: &Window) -> StoreResult<Vec<CountRow>> {
+    let rows = sqlx::query(COUNTS_SQL).bind(w.floor).bind(w.tenant).fetch_all(&mut *conn).await?;
+    let rows = rows.into_iter().map(|r| {
+        Ok(CountRow {
+            status: r.try_get("status")?,
+            channel: r.try_get("channel")?,
+            provider: r.try_get("provider")?,
+            count: r.try_get("n")?,
+        })
+    });
+    Ok(rows.collect::<Result<Vec<_>, sqlx::Error>>()?)
+}
+
+/// From acceptance to the first `sent`, and to `delivered`: count and percentiles.
+async fn latencies(conn: &mut PgConnection, w: &Window) -> StoreResult<(Latency, Latency)> {
+    let rows = match w.tenant {
+        None => sqlx::query(LATENCY_SQL).bind(w.since).fetch_all(&mut *conn).await?,
+        Some(t) => sqlx::query(TENANT_LATENCY_SQL).bind(w.since).bind(t).bind(w.floor).fetch_all(&mut *conn).await?,
+    };
+    let (mut accepted_to_sent, mut accepted_to_delivered) = (Latency::default(), Latency::default());
+    for r in rows {
+        let p: Vec<f64> = r.try_get("p")?;
+        let l =
+            Latency { count: r.try_get("n")?, p50: p.first().copied(), p90: p.get(1).copied(), p99: p.get(2).copied() };
+        match r.try_get::<String, _>("type")?.as_str() {
+            "attempt" => accepted_to_sent = l,
+            _ => accepted_to_delivered = l,
+        }
+    }
+    Ok((accepted_to_sent, accepted_to_delivered))
+}
+
+/// Provider calls in the window, and how many failed, by provider.
+async fn attempts(conn: &mut PgConnection, w: &Window) -> StoreResult<Vec<AttemptRow>> {
+    let rows = match w.tenant {
+        None => sqlx::query(ATTEMPTS_SQL).bind(w.since).fetch_all(&mut *conn).await?,
+        Some(t) => sqlx::query(TENANT_ATTEMPTS_SQL).bind(w.since).bind(t).bind(w.floor).fetch_all(&mut *conn).await?,
+    };
+    let rows = rows.into_iter().map(|r| {
+        Ok(AttemptRow {
+            provider: r.try_get("provider")?,
+            attempts: r.try_get("attempts")?,
+            failed: r.try_get("failed")?,
+        })
+    });
+    Ok(rows.collect::<Result<Vec<_>, sqlx::Error>>()?)
+}
+
+/// Accepted, sent, delivered and failed per bucket of `width`.
+async fn throughput(conn: &mut PgConnection, w: &Window, width: Duration) -> StoreResult<Vec<Bucket>> {
+    let rows = sqlx::query(if w.tenant.is_some() { TENANT_THROUGHPUT_SQL } else { THROUGHPUT_SQL })
+        .bind(w.since)
+        .bind(w.tenant)
+        .bind(pg_interval(width))
+        .bind(w.now)
+        .bind(w.floor)
+        .fetch_all(&mut *conn)
+        .await?;
+    let rows = rows.into_iter().map(|r| {
+        Ok(Bucket {
+            at: r.try_get("at")?,
+            accepted: r.try_get("accepted")?,
+            sent: r.try_get("sent")?,
+            delivered: r.try_get("delivered")?,
+            failed: r.try_get("failed")?,
+        })
+    });
+    Ok(rows.collect::<Result<Vec<_>, sqlx::Error>>()?)
+}
+
+/// The latest failures, their recipients masked.
+async fn recent_failures(conn: &mut PgConnection, w: &Window) -> StoreResult<Vec<Failure>> {
+    let rows = sqlx::query(FAILURES_SQL).bind(w.tenant).fetch_all(&mut *conn).await?;
+    let rows = rows.into_iter().map(|r| {
+        Ok(Failure {
+            id: NotificationId::from_uuid(r.try_get("id")?),
+            channel: r.try_get("channel")?,
+            to: mask(&r.try_get::<String, _>("recipient_key")?),
+            provider: r.try_get("provider")?,
+            error: r.try_get("last_error")?,
+            at: r.try_get("updated_at")?,
+        })
+    });
+    Ok(rows.collect::<Result<Vec<_>, sqlx::Error>>()?)
 }
 
 /// The send lanes, for `LANES_SQL`: their queues and priorities.

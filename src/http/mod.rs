@@ -12,6 +12,7 @@ pub mod openapi;
 mod ops;
 mod paging;
 pub mod problem;
+mod routes;
 pub mod schemas;
 pub mod serve;
 mod stats;
@@ -26,7 +27,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Request, header};
 use axum::middleware;
-use axum::routing::{get, post};
+use axum::routing::get;
 use sqlx::PgPool;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -71,34 +72,12 @@ pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let max_body = state.settings.server.max_body_bytes;
     let timeout = Duration::from_millis(state.settings.server.request_timeout_ms);
-    let api = Router::new()
-        .route("/v1/notifications", post(notifications::create).get(notifications::list::list))
-        .route(
-            "/v1/notifications/batch",
-            post(batch::create).layer(DefaultBodyLimit::max(batch::MAX_BODY_BYTES.max(max_body))),
-        )
-        .route("/v1/notifications/{id}", get(notifications::get))
-        .route("/v1/notifications/{id}/cancel", post(notifications::cancel))
-        .route("/v1/notifications/{id}/retry", post(notifications::retry))
-        .route("/v1/templates", get(templates::list))
-        .route("/v1/templates/{name}", get(templates::get).put(templates::put))
-        .route("/v1/templates/{name}/preview", post(templates::preview))
-        .route("/v1/stats", get(stats::get))
-        .route("/v1/suppressions", get(suppressions::list).post(suppressions::create))
-        .route("/v1/suppressions/{channel}/{recipient}", axum::routing::delete(suppressions::delete))
-        .route("/webhooks/{provider}", get(webhooks::receive_by_query).post(webhooks::receive))
-        .route("/metrics", get(metrics::scrape))
-        .route("/ops", get(ops::page))
-        .route("/ops/session", post(ops::session::create))
+    let (documented, _) = routes::documented(batch::MAX_BODY_BYTES.max(max_body)).split_for_parts();
+    let api = documented
         .route("/ops/app.js", get(ops::script))
         .route("/ops/app.css", get(ops::style))
         .route("/ops/icon.svg", get(ops::icon))
         .route("/favicon.ico", get(ops::icon))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/", get(meta::index))
-        .route("/version", get(meta::version))
-        .route("/problems/{kind}", get(meta::problem_page))
         // `/openapi.json`, and `/docs` rendering it (Swagger UI, built into the binary).
         .merge(
             utoipa_swagger_ui::SwaggerUi::new("/docs")

@@ -143,6 +143,11 @@ impl App {
         }
     }
 
+    /// Acceptance, as the API runs it: for embedders and tests that accept without HTTP.
+    pub fn intake(&self) -> &crate::accept::Intake {
+        &self.intake
+    }
+
     pub fn dispatcher(&self) -> Dispatcher {
         Dispatcher::with_callback_client(
             self.dispatch_pool.clone(),

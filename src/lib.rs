@@ -22,6 +22,8 @@ pub mod receipts;
 pub mod secret;
 pub mod store;
 pub mod telemetry;
+#[cfg(test)]
+mod testing;
 pub mod views;
 
 /// The version, with the git revision it was built from when known: `0.1.0 (abc123def456)`.

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use herald::app::{self, App, AppError, Roles};
 use herald::config::Settings;
-use herald::domain::{ApiKeyId, Channel, send_limit, tenant, webhook};
-use herald::store::{self, keys, tracking};
+use herald::domain::{ApiKeyId, tenant, webhook};
+use herald::store::{self, keys};
 
 const AFTER_HELP: &str = "Every command but `dev`, `healthcheck` and `openapi` needs the database: DATABASE_URL \
      (e.g. postgres://herald@127.0.0.1:5432/herald) or database.url in the config. `herald dev` \
@@ -351,14 +351,7 @@ async fn tenants_command(cli: &Cli, cmd: &TenantsCmd) -> Result<ExitCode, AppErr
         quotas,
         sender_domains,
     };
-    let (id, own_quotas) = keys::set_tenant(&mut conn, tenant, &changes).await?;
-    // Sends that the old quota deferred are due again at once, so the new one decides.
-    let channels: Vec<Channel> =
-        changes.quotas.iter().filter_map(|(k, _)| send_limit::parse_quota_key(k).ok()).map(|(c, _)| c).collect();
-    let mut woken = 0;
-    if !channels.is_empty() {
-        woken = tracking::wake_deferred(&mut conn, id, &channels).await?;
-    }
+    let keys::TenantSet { id, own_quotas, woken } = keys::set_tenant(&mut conn, tenant, &changes).await?;
     conn.finish().await?;
     if woken > 0 {
         println!("{woken} deferred sends are due again under the new quota");

@@ -63,7 +63,7 @@ fn pacing_window(lease: Duration) -> Duration {
     lease.mul_f64(SEND_BUDGET_OF_LEASE / 2.0)
 }
 
-/// What a run did, by outcome. Also the JSON summary of a Lambda worker invocation.
+/// What a run did, by outcome. Serialized, the answer of a Lambda worker invocation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Summary {
     pub claimed: u64,

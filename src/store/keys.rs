@@ -169,13 +169,18 @@ pub struct TenantChanges<'a> {
     pub sender_domains: Option<Option<Vec<String>>>,
 }
 
-/// Change a tenant's settings (creating the tenant if missing); returns its id and its own
-/// send quotas as they now are.
-pub async fn set_tenant(
-    conn: &mut PgConnection,
-    name: &str,
-    changes: &TenantChanges<'_>,
-) -> StoreResult<(TenantId, serde_json::Value)> {
+/// A tenant after `set_tenant`.
+pub struct TenantSet {
+    pub id: TenantId,
+    /// Its own send quotas as they now are.
+    pub own_quotas: serde_json::Value,
+    /// Sends its old quotas had deferred that are due again (`tracking::wake_deferred`).
+    pub woken: u64,
+}
+
+/// Change a tenant's settings (creating the tenant if missing). Sends that its old quotas
+/// deferred on a channel whose quota changed are due again at once, so the new one decides.
+pub async fn set_tenant(conn: &mut PgConnection, name: &str, changes: &TenantChanges<'_>) -> StoreResult<TenantSet> {
     let id = ensure_tenant(conn, name).await?;
     let set: serde_json::Map<String, serde_json::Value> =
         changes.quotas.iter().filter_map(|(k, n)| n.map(|n| (k.clone(), n.into()))).collect();
@@ -196,9 +201,16 @@ pub async fn set_tenant(
     .bind(reset)
     .bind(changes.sender_domains.is_some())
     .bind(changes.sender_domains.clone().flatten())
-    .fetch_one(conn)
+    .fetch_one(&mut *conn)
     .await?;
-    Ok((id, quotas))
+    let channels: Vec<crate::domain::Channel> = changes
+        .quotas
+        .iter()
+        .filter_map(|(k, _)| crate::domain::send_limit::parse_quota_key(k).ok())
+        .map(|(c, _)| c)
+        .collect();
+    let woken = if channels.is_empty() { 0 } else { super::tracking::wake_deferred(conn, id, &channels).await? };
+    Ok(TenantSet { id, own_quotas: quotas, woken })
 }
 
 /// Create a key for `tenant` (creating the tenant if needed). Returns the key id and the

@@ -69,7 +69,7 @@ pub struct Held {
 /// The job (`lease`) is marked as counted in the same transaction, so it is never counted
 /// again: not when it is put back or rescued before its send, nor when it is retried. A lost
 /// lease counts nothing (`Held` is not returned then: the job is someone else's now).
-pub async fn take_send_slot(
+pub(crate) async fn take_send_slot(
     pool: &PgPool,
     lease: Lease,
     tenant: TenantId,

@@ -17,7 +17,7 @@ pub mod retention;
 pub mod stats;
 pub mod suppressions;
 pub mod templates;
-pub mod tracking;
+pub(crate) mod tracking;
 
 use std::time::Duration;
 

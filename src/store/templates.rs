@@ -96,7 +96,7 @@ pub async fn book(pool: &PgPool, tenant: TenantId, wanted: &[(String, Option<i32
 }
 
 /// One template in a list: its latest version.
-pub struct Summary {
+pub struct TemplateListing {
     pub latest: Version,
     pub first_created_at: time::OffsetDateTime,
 }
@@ -107,7 +107,7 @@ pub async fn list(
     tenant: TenantId,
     after: Option<&str>,
     limit: i64,
-) -> StoreResult<Vec<Summary>> {
+) -> StoreResult<Vec<TemplateListing>> {
     let rows = sqlx::query(
         "SELECT v.name, v.version, v.body, v.created_at, t.created_at AS first_created_at FROM templates t
          JOIN template_versions v ON v.tenant_id = t.tenant_id AND v.name = t.name AND v.version = t.latest
@@ -119,5 +119,7 @@ pub async fn list(
     .bind(limit)
     .fetch_all(conn)
     .await?;
-    rows.iter().map(|r| Ok(Summary { latest: version(r)?, first_created_at: r.try_get("first_created_at")? })).collect()
+    rows.iter()
+        .map(|r| Ok(TemplateListing { latest: version(r)?, first_created_at: r.try_get("first_created_at")? }))
+        .collect()
 }

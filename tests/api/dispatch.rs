@@ -4,12 +4,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use herald::domain::NotificationId;
 use herald::domain::notification::ParseOptions;
 use herald::domain::{NewNotification, Status};
 use herald::store::ingest::{self, Accepted, Submission};
 use herald::store::keys::Scope;
-use herald::store::tracking::{self, Applied, Completion, Lane, Lease, Outcome};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -117,7 +115,7 @@ async fn a_retry_that_would_land_after_expiry_expires_instead() {
 }
 
 #[tokio::test]
-async fn a_worker_killed_mid_send_is_rescued_after_its_lease_and_its_late_completion_is_fenced() {
+async fn a_worker_killed_mid_send_is_rescued_after_its_lease() {
     let t = TestApp::spawn_with(|s| {
         s.dispatch.lease_secs = 1;
     })
@@ -134,8 +132,6 @@ async fn a_worker_killed_mid_send_is_rescued_after_its_lease_and_its_late_comple
         assert!(tokio::time::Instant::now() < deadline, "worker A never reached DATA");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let (job_id, token): (i64, i64) =
-        sqlx::query_as("SELECT id, lease_token FROM jobs").fetch_one(t.pool()).await.expect("job");
     worker_a.abort();
     assert_eq!(t.notification(&key, &id).await["status"], "sending");
 
@@ -149,93 +145,8 @@ async fn a_worker_killed_mid_send_is_rescued_after_its_lease_and_its_late_comple
     assert_eq!(n["attempts"], 2);
     assert!(event_kinds(&n).contains(&("rescued".into(), "queued".into())));
     assert_eq!(t.smtp.to("kim@example.com").len(), 1);
-
-    // Worker A's completion arrives late with its old lease: refused, recorded as fenced.
-    let nid: NotificationId = id.parse().expect("id");
-    let stale = Lease { job_id, token, notification_id: nid, until: std::time::Instant::now() };
-    let mut conn = t.pool().acquire().await.expect("conn");
-    let applied = tracking::mark_sent(&mut conn, stale, "mail", Some("<late>"), json!({})).await.expect("mark");
-    assert_eq!(applied, Applied::Fenced);
-    let n = t.notification(&key, &id).await;
-    assert_eq!(n["status"], "sent");
-    assert_ne!(n["provider_message_id"], "<late>");
-    assert_eq!(n["events"].as_array().expect("events").last().expect("e")["detail"]["fenced"], true);
-}
-
-#[tokio::test]
-async fn a_fenced_retry_cannot_requeue_a_newer_claim() {
-    let t = TestApp::spawn().await;
-    let key = t.key("acme", SEND_READ).await;
-    let id: NotificationId =
-        t.post(&key, email("x@example.com", "x")).await.body["id"].as_str().expect("id").parse().expect("id");
-    let mut conn = t.pool().acquire().await.expect("conn");
-    let first = tracking::claim(&mut conn, &Lane::all(10), 10, Duration::from_secs(60), "a").await.expect("claim");
-    assert_eq!(first.len(), 1);
-    // Force the lease to lapse, rescue, and claim again with a new token.
-    sqlx::query("UPDATE jobs SET leased_until = now() - interval '1 second'")
-        .execute(&mut *conn)
-        .await
-        .expect("expire");
-    assert_eq!(tracking::rescue_expired(t.pool(), 100).await.expect("rescue"), 1);
-    let second = tracking::claim(&mut conn, &Lane::all(10), 10, Duration::from_secs(60), "b").await.expect("claim");
-    assert_eq!(second[0].lease().token, first[0].lease().token + 1);
-    let stale = first[0].lease();
-    let r = tracking::mark_retrying(&mut conn, stale, Some("mail"), Duration::from_millis(1), 0, "late", json!({}))
-        .await
-        .expect("retry");
-    assert_eq!(r, Applied::Fenced);
-    let r = tracking::mark_finished(&mut conn, stale, Status::Failed, "attempt", None, "late", json!({}))
-        .await
-        .expect("fail");
-    assert_eq!(r, Applied::Fenced);
-    let (state, token): (String, i64) =
-        sqlx::query_as("SELECT state, lease_token FROM jobs").fetch_one(&mut *conn).await.expect("job");
-    assert_eq!((state.as_str(), token), ("running", second[0].lease().token));
-    let current = tracking::mark_sent(&mut conn, second[0].lease(), "mail", None, json!({})).await.expect("sent");
-    assert_eq!(current, Applied::Yes);
-    assert_eq!(t.notification(&key, &id.to_string()).await["status"], "sent");
-}
-
-/// The send path's two status changes (`queued → sending` by the claim, `sending → sent` by the
-/// completion) are HOT updates: they change no indexed column, so they write no index entry
-/// (migration 0016). Counted by PostgreSQL itself for this transaction; the send's message id
-/// still finds the notification for a receipt, through the `attempt` event.
-#[tokio::test]
-async fn a_sends_status_changes_are_hot_updates() {
-    let t = TestApp::spawn().await;
-    let key = t.key("acme", SEND_READ).await;
-    let id = t.post(&key, email("hot@example.com", "x")).await.body["id"].as_str().expect("id").to_owned();
-    let mut tx = t.pool().begin().await.expect("begin");
-    let claimed = tracking::claim(&mut tx, &Lane::all(10), 10, Duration::from_secs(60), "a").await.expect("claim");
-    assert_eq!(claimed.len(), 1);
-    let applied = tracking::complete(
-        &mut tx,
-        &[Completion {
-            lease: claimed[0].lease(),
-            outcome: Outcome::Sent { provider: "mail".into(), provider_message_id: Some("<hot-1>".into()) },
-            detail: json!({"attempt": 1}),
-        }],
-    )
-    .await
-    .expect("complete");
-    assert_eq!(applied, vec![Applied::Yes]);
-    let (updated, hot): (i64, i64) = sqlx::query_as(
-        "SELECT pg_stat_get_xact_tuples_updated('notifications'::regclass),
-                pg_stat_get_xact_tuples_hot_updated('notifications'::regclass)",
-    )
-    .fetch_one(&mut *tx)
-    .await
-    .expect("stats");
-    assert_eq!((updated, hot), (2, 2), "both status changes are HOT");
-    tx.commit().await.expect("commit");
-    let found: Option<uuid::Uuid> = sqlx::query_scalar(
-        "SELECT notification_id FROM notification_events WHERE provider = 'mail' AND provider_message_id = '<hot-1>'",
-    )
-    .fetch_optional(t.pool())
-    .await
-    .expect("by message id");
-    assert_eq!(found.map(|u| u.to_string()), Some(id.clone()));
-    assert_eq!(t.notification(&key, &id).await["status"], "sent");
+    // Worker A's completion, had it come late with its old lease, is fenced: see
+    // `store::tracking::tests::a_late_completion_after_a_new_claim_is_fenced_and_kept_in_the_timeline`.
 }
 
 /// `indexed_status` (migration 0016) leaves out exactly the statuses `Status::SEND_PATH` names,
@@ -258,126 +169,6 @@ async fn the_list_index_leaves_out_exactly_the_send_path() {
         assert_eq!(indexed.as_deref(), status.is_indexed().then_some(status.as_str()), "{status:?}");
     }
     tx.rollback().await.expect("rollback");
-}
-
-/// Lists by status find each status however it is indexed (migration 0016): `queued` and
-/// `sending` through the send jobs, `sent` by the tenant's newest rows, `failed` by
-/// `indexed_status`; and only the caller's tenant's.
-#[tokio::test]
-async fn lists_by_status_find_the_send_path_and_the_indexed_statuses() {
-    let t = TestApp::spawn().await;
-    let acme = t.key("acme", SEND_READ).await;
-    let globex = t.key("globex", SEND_READ).await;
-    for i in 0..3 {
-        t.post(&acme, email(&format!("a{i}@example.com"), "x")).await;
-    }
-    t.post(&globex, email("g@example.com", "x")).await;
-    let count = |key: String, status: &'static str| {
-        let t = &t;
-        async move {
-            let r = t.get(&key, &format!("/v1/notifications?status={status}")).await;
-            assert_eq!(r.status, 200, "{}", r.body);
-            r.body["items"].as_array().expect("items").len()
-        }
-    };
-    assert_eq!((count(acme.clone(), "queued").await, count(globex.clone(), "queued").await), (3, 1));
-    let mut conn = t.pool().acquire().await.expect("conn");
-    let claimed = tracking::claim(&mut conn, &Lane::all(10), 10, Duration::from_secs(60), "a").await.expect("claim");
-    assert_eq!(claimed.len(), 4);
-    assert_eq!((count(acme.clone(), "queued").await, count(acme.clone(), "sending").await), (0, 3));
-    let ours: Vec<Lease> = claimed.iter().map(herald::store::tracking::Claimed::lease).collect();
-    let mut acme_ids = Vec::new();
-    for l in &ours {
-        if t.get(&acme, &format!("/v1/notifications/{}", l.notification_id)).await.status == 200 {
-            acme_ids.push(*l);
-        }
-    }
-    assert_eq!(acme_ids.len(), 3);
-    let sent = Outcome::Sent { provider: "mail".into(), provider_message_id: None };
-    let failed = Outcome::finished(Status::Failed, "attempt", Some("mail"), "550");
-    let batch = [(acme_ids[0], sent), (acme_ids[1], failed)].map(|(lease, outcome)| Completion {
-        lease,
-        outcome,
-        detail: json!({"attempt": 1}),
-    });
-    tracking::complete(&mut conn, &batch).await.expect("complete");
-    let counts = [
-        count(acme.clone(), "sending").await,
-        count(acme.clone(), "sent").await,
-        count(acme.clone(), "failed").await,
-        count(globex.clone(), "failed").await,
-    ];
-    assert_eq!(counts, [1, 1, 1, 0]);
-}
-
-/// One statement records many outcomes, each fenced on its own row: a stale lease in the batch
-/// changes nothing of its job while its neighbours are applied.
-#[tokio::test]
-async fn batched_completions_are_fenced_row_by_row() {
-    let t = TestApp::spawn().await;
-    let key = t.key("acme", SEND_READ).await;
-    let mut ids = Vec::new();
-    for i in 0..4 {
-        ids.push(
-            t.post(&key, email(&format!("b{i}@example.com"), "x")).await.body["id"].as_str().expect("id").to_owned(),
-        );
-    }
-    let mut conn = t.pool().acquire().await.expect("conn");
-    let claimed = tracking::claim(&mut conn, &Lane::all(10), 10, Duration::from_secs(60), "a").await.expect("claim");
-    assert_eq!(claimed.len(), 4);
-    let leases: Vec<Lease> = claimed.iter().map(herald::store::tracking::Claimed::lease).collect();
-    let stale = Lease { token: leases[3].token - 1, ..leases[3] };
-    let batch = vec![
-        Completion {
-            lease: leases[0],
-            outcome: Outcome::Sent { provider: "mail".into(), provider_message_id: Some("<m0>".into()) },
-            detail: json!({"attempt": 1}),
-        },
-        Completion {
-            lease: leases[1],
-            outcome: Outcome::Retrying {
-                provider: Some("mail".into()),
-                delay: Duration::from_secs(30),
-                next_route: 0,
-                error: "busy".into(),
-            },
-            detail: json!({"attempt": 1, "error_class": "transient"}),
-        },
-        Completion {
-            lease: leases[2],
-            outcome: Outcome::Finished {
-                status: Status::Failed,
-                event: "attempt".into(),
-                provider: Some("mail".into()),
-                error: "550".into(),
-            },
-            detail: json!({"attempt": 1, "error_class": "permanent"}),
-        },
-        Completion {
-            lease: stale,
-            outcome: Outcome::Sent { provider: "mail".into(), provider_message_id: None },
-            detail: json!({"attempt": 1}),
-        },
-    ];
-    let applied = tracking::complete(&mut conn, &batch).await.expect("complete");
-    assert_eq!(applied, vec![Applied::Yes, Applied::Yes, Applied::Yes, Applied::Fenced]);
-    // Claim order is not post order: name each notification by its lease.
-    let by_id = |i: usize| leases[i].notification_id.to_string();
-    assert!((0..4).all(|i| ids.contains(&by_id(i))));
-    let n0 = t.notification(&key, &by_id(0)).await;
-    assert_eq!((n0["status"].as_str(), n0["provider_message_id"].as_str()), (Some("sent"), Some("<m0>")));
-    let n1 = t.notification(&key, &by_id(1)).await;
-    assert_eq!(n1["status"], "retrying");
-    assert!(n1["next_attempt_at"].is_string());
-    assert!(n1["events"][1]["detail"]["next_attempt_at"].is_string(), "{n1}");
-    assert_eq!(t.notification(&key, &by_id(2)).await["status"], "failed");
-    let n3 = t.notification(&key, &by_id(3)).await;
-    assert_eq!(n3["status"], "sending", "the stale lease changed nothing");
-    assert_eq!(n3["events"][1]["detail"]["fenced"], true);
-    // Jobs: the sent and failed ones are gone, the retrying one waits, the fenced one is held.
-    let jobs: Vec<(String,)> =
-        sqlx::query_as("SELECT state FROM jobs ORDER BY id").fetch_all(&mut *conn).await.expect("jobs");
-    assert_eq!(jobs, vec![("available".to_owned(),), ("running".to_owned(),)]);
 }
 
 #[tokio::test]

@@ -6,8 +6,6 @@ use std::time::Duration;
 
 use herald::store::keys::Scope;
 use herald::store::retention;
-use herald::store::tracking::{self, Applied, Claimed, Lane};
-use serde_json::json;
 
 use crate::helpers::{TestApp, email};
 
@@ -33,34 +31,6 @@ async fn jobs_of(t: &TestApp, id: uuid::Uuid) -> i64 {
         .fetch_one(t.pool())
         .await
         .expect("count")
-}
-
-/// A job whose notification is gone does not stop the rescue of its neighbours, is not
-/// rescued into an endless loop of claims, and leaves no event behind: it is deleted.
-#[tokio::test]
-async fn rescue_removes_orphaned_jobs_and_rescues_the_rest() {
-    let t = TestApp::spawn().await;
-    let key = t.key("acme", SEND_READ).await;
-    let id = t.post(&key, email("real@example.com", "x")).await.body["id"].as_str().expect("id").to_owned();
-    let mut conn = t.pool().acquire().await.expect("conn");
-    assert_eq!(
-        tracking::claim(&mut conn, &Lane::all(10), 10, Duration::from_secs(60), "w").await.expect("claim").len(),
-        1
-    );
-    sqlx::query("UPDATE jobs SET leased_until = now() - interval '1 second'").execute(&mut *conn).await.expect("lapse");
-    let gone = orphan(&t, "running").await;
-
-    assert_eq!(tracking::rescue_expired(t.pool(), 100).await.expect("rescue"), 1, "only the real job is rescued");
-    assert_eq!(jobs_of(&t, gone).await, 0, "the orphan is deleted");
-    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM notification_events WHERE notification_id = $1")
-        .bind(gone)
-        .fetch_one(t.pool())
-        .await
-        .expect("count");
-    assert_eq!(events, 0);
-    assert_eq!(t.notification(&key, &id).await["status"], "queued");
-    t.dispatch_until_idle().await;
-    assert_eq!(t.notification(&key, &id).await["status"], "sent");
 }
 
 /// The claim deletes a due job whose notification is gone instead of leasing it (it would be
@@ -91,30 +61,6 @@ async fn the_claim_never_revives_a_finished_notification() {
     assert_eq!(t.smtp.attempts(), 0, "nothing was sent");
     assert_eq!(t.notification(&key, &id).await["status"], "delivered");
     assert_eq!(t.job_count().await, 0, "the stray job is removed");
-}
-
-/// A worker that finishes after its lease was rescued, but before anyone claimed the job
-/// again, still holds the job's token: its send is recorded, not repeated.
-#[tokio::test]
-async fn a_send_finished_after_a_rescue_but_before_a_reclaim_is_recorded() {
-    let t = TestApp::spawn().await;
-    let key = t.key("acme", SEND_READ).await;
-    let id = t.post(&key, email("slow@example.com", "x")).await.body["id"].as_str().expect("id").to_owned();
-    let mut conn = t.pool().acquire().await.expect("conn");
-    let claimed = tracking::claim(&mut conn, &Lane::all(10), 10, Duration::from_secs(60), "w").await.expect("claim");
-    let Some(Claimed::Send(job)) = claimed.first() else { panic!("nothing claimed") };
-    sqlx::query("UPDATE jobs SET leased_until = now() - interval '1 second'").execute(&mut *conn).await.expect("lapse");
-    assert_eq!(tracking::rescue_expired(t.pool(), 100).await.expect("rescue"), 1);
-    assert_eq!(t.notification(&key, &id).await["status"], "queued");
-
-    let applied =
-        tracking::mark_sent(&mut conn, job.lease(), "mail", Some("<m1>"), json!({"attempt": 1})).await.expect("mark");
-    assert_eq!(applied, Applied::Yes);
-    let n = t.notification(&key, &id).await;
-    assert_eq!((&n["status"], &n["provider_message_id"]), (&json!("sent"), &json!("<m1>")), "{n}");
-    assert_eq!(t.job_count().await, 0);
-    let s = t.dispatch_until_idle().await;
-    assert_eq!(s.claimed, 0, "nothing is sent again");
 }
 
 /// After the provider accepted a message, a completion that cannot be written is retried
@@ -234,28 +180,4 @@ async fn retention_prunes_expired_sign_in_links_and_session_keys() {
         .expect("keys");
     assert_eq!(keys, ["live"]);
     assert_eq!(t.get(&key, "/v1/notifications").await.status, reqwest::StatusCode::OK, "a key without expiry stays");
-}
-
-/// What a tenant holds of a lane counts against that lane's per-tenant cap only: a tenant with
-/// callbacks in flight still has its sends claimed in full, and its callbacks in flight fill
-/// the callbacks' cap for it.
-#[tokio::test]
-async fn what_a_tenant_holds_counts_against_that_lane_only() {
-    let t = TestApp::spawn().await;
-    let key = t.key("acme", SEND_READ).await;
-    for i in 0..3 {
-        t.post(&key, email(&format!("u{i}@example.com"), "x")).await;
-    }
-    let tenant: uuid::Uuid =
-        sqlx::query_scalar("SELECT id FROM tenants WHERE name = 'acme'").fetch_one(t.pool()).await.expect("tenant");
-    let tenant = herald::domain::TenantId::from_uuid(tenant);
-    // Each send lane takes 3, as many as there are sends: holding 2 callbacks must not cut that.
-    let mut lanes = Lane::all(3);
-    lanes.pop();
-    lanes.push(Lane::callbacks(10, 2));
-    let busy = [(tracking::claim::CALLBACK_QUEUE, tenant, 2)];
-    let bounds = tracking::Bounds { limit: 10, bytes: i64::MAX, busy: &busy };
-    let mut conn = t.pool().acquire().await.expect("conn");
-    let claimed = tracking::claim_within(&mut conn, &lanes, bounds, Duration::from_secs(60), "w").await.expect("claim");
-    assert_eq!(claimed.iter().filter(|c| matches!(c, Claimed::Send(_))).count(), 3);
 }

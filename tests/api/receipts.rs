@@ -705,60 +705,6 @@ async fn a_receipt_for_a_send_not_yet_recorded_waits_for_it() {
     assert_eq!(events[1..], [(json!("attempt"), json!("sent")), (json!("receipt"), json!("failed"))], "{n}");
 }
 
-/// Twilio can call back before Herald has recorded the send: the receipt names a message id
-/// that is not stored yet. It is kept unmatched, then applied when the send is recorded, and
-/// the caller gets its callback.
-#[tokio::test]
-async fn a_twilio_receipt_that_beats_the_record_of_its_send_is_applied_by_it() {
-    use herald::store::tracking::{self, Claimed, Lane};
-    let receiver = FakeHttp::receiver().await;
-    let fake = FakeHttp::twilio().await;
-    let origin = fake.origin.clone();
-    let t = TestApp::spawn_with(move |s| {
-        s.providers.insert("twilio".into(), provider_settings::twilio(&origin).into());
-        s.channels.sms.providers = vec!["twilio".into()];
-        s.server.public_base_url = PUBLIC.into();
-        s.callbacks.signing_secret = Secret::new(WHSEC);
-    })
-    .await;
-    let key = t.key("acme", SEND_READ).await;
-    let body = json!({"channel": "sms", "to": "+14155550100", "content": {"text": "hi"},
-        "callback_url": format!("{}/hooks/herald", receiver.origin)});
-    let id = t.post(&key, body).await.body["id"].as_str().expect("id").to_owned();
-
-    // A worker has the job and the provider has accepted the message (SMearly)...
-    let mut conn = t.pool().acquire().await.expect("conn");
-    let claimed =
-        tracking::claim(&mut conn, &Lane::all(10), 10, std::time::Duration::from_secs(60), "w").await.expect("claim");
-    let Some(Claimed::Send(job)) = claimed.first() else { panic!("no send claimed: {claimed:?}") };
-    // ...and its receipt arrives before the worker records the send.
-    let params = [("MessageSid", "SMearly"), ("MessageStatus", "undelivered"), ("AccountSid", fake_http::TWILIO_SID)];
-    let sig = twilio_signature(&format!("{PUBLIC}/webhooks/twilio"), &params);
-    let (status, body) = post_twilio(&t, "twilio", &params, &sig).await;
-    assert_eq!((status, body["unmatched"].as_i64()), (StatusCode::OK, Some(1)), "{body}");
-    assert_eq!(t.notification(&key, &id).await["status"], "sending");
-
-    let applied =
-        tracking::mark_sent(&mut conn, job.lease(), "twilio", Some("SMearly"), json!({})).await.expect("mark");
-    assert_eq!(applied, tracking::Applied::Yes);
-    let n = t.notification(&key, &id).await;
-    assert_eq!(n["status"], "failed", "the early `undelivered` applies once the send is recorded: {n}");
-    let receipt = n["events"].as_array().expect("events").iter().find(|e| e["type"] == "receipt").expect("receipt");
-    assert_eq!((&receipt["status"], &receipt["detail"]["early"]), (&json!("failed"), &json!(true)));
-    let unmatched: i64 = sqlx::query_scalar("SELECT count(*) FROM receipts WHERE notification_id IS NULL")
-        .fetch_one(t.pool())
-        .await
-        .expect("count");
-    assert_eq!(unmatched, 0, "the receipt is linked to its notification");
-
-    // The caller hears of both changes (delivered concurrently, so in either order).
-    t.dispatch_until_idle().await;
-    let mut types: Vec<String> =
-        receiver.requests().iter().map(|c| c.json()["type"].as_str().unwrap_or("").to_owned()).collect();
-    types.sort();
-    assert_eq!(types, ["notification.failed", "notification.sent"]);
-}
-
 /// Tenants with secrets of their own: each tenant's callbacks verify with its secret only, so
 /// no tenant can forge another's.
 #[tokio::test]

@@ -105,3 +105,42 @@ impl Dispatcher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use crate::store::tracking::{self, Lane};
+    use crate::testing::TestDb;
+
+    /// A worker that claims a send and dies before taking its slot in the send limits: the
+    /// rescued attempt takes the slot, and the send is counted once.
+    #[tokio::test]
+    async fn a_send_whose_worker_died_before_its_slot_is_counted_once() {
+        let t = TestDb::with(|s| s.channels.sms.recipient_max = 1).await;
+        let acme = t.caller("acme").await;
+        let sms = json!({"channel": "sms", "to": "+14155550100", "content": {"text": "hi"}});
+        let first = t.accept(&acme, sms.clone()).await;
+        let mut conn = t.pool().acquire().await.expect("conn");
+        let claimed = tracking::claim(&mut conn, &Lane::all(10), 10, Duration::from_secs(60), "doomed").await;
+        assert_eq!(claimed.expect("claim").len(), 1);
+        sqlx::query("UPDATE jobs SET leased_until = now() - interval '1 second' WHERE state = 'running'")
+            .execute(&mut *conn)
+            .await
+            .expect("lapse");
+        drop(conn);
+        let s = t.app.dispatcher().run_once().await.expect("dispatch");
+        assert_eq!((s.rescued, s.sent), (1, 1), "{s:?}");
+        assert_eq!(t.notification(first).await["attempts"], 2);
+        let second = t.accept(&acme, sms).await;
+        t.app.dispatcher().run_once().await.expect("dispatch");
+        assert_eq!(t.notification(second).await["status"], "queued", "the rescued send was counted");
+        let counted: i32 = sqlx::query_scalar("SELECT sum(sends)::int FROM send_windows WHERE scope = 'recipient'")
+            .fetch_one(t.pool())
+            .await
+            .expect("sum");
+        assert_eq!(counted, 2, "the first once, the second over the limit");
+    }
+}

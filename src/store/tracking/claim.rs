@@ -32,24 +32,24 @@ use crate::domain::{Channel, Content, NotificationId, Priority, Recipient, Statu
 use crate::store::{StoreError, StoreResult};
 
 /// The queue name and priority of the status-callback lane.
-pub const CALLBACK_QUEUE: &str = "callback";
+pub(crate) const CALLBACK_QUEUE: &str = "callback";
 const CALLBACK_PRIORITY: i16 = 1;
 
 /// One lane of the claim: its queue and priority, its weight in the share, the most jobs it
 /// may be given in one claim, and the most one tenant may hold of it (counting what the
 /// tenant has in flight: `Bounds::busy`).
 #[derive(Clone, Debug)]
-pub struct Lane {
-    pub queue: &'static str,
-    pub priority: i16,
-    pub weight: f64,
-    pub cap: i64,
-    pub tenant_cap: i64,
+pub(crate) struct Lane {
+    pub(crate) queue: &'static str,
+    pub(crate) priority: i16,
+    pub(crate) weight: f64,
+    pub(crate) cap: i64,
+    pub(crate) tenant_cap: i64,
 }
 
 /// Shares by priority: of every 7 jobs claimed from a channel's full lanes, 4 high, 2 normal
 /// and 1 low.
-pub fn priority_weight(p: Priority) -> f64 {
+pub(crate) fn priority_weight(p: Priority) -> f64 {
     match p {
         Priority::High => 4.0,
         Priority::Normal => 2.0,
@@ -58,10 +58,10 @@ pub fn priority_weight(p: Priority) -> f64 {
 }
 
 /// Status callbacks' share against one channel's full lanes: as much as `normal` sends.
-pub const CALLBACK_WEIGHT: f64 = 2.0;
+pub(crate) const CALLBACK_WEIGHT: f64 = 2.0;
 
 impl Lane {
-    pub fn send(channel: Channel, priority: Priority, cap: i64) -> Lane {
+    pub(crate) fn send(channel: Channel, priority: Priority, cap: i64) -> Lane {
         Lane {
             queue: channel.as_str(),
             priority: priority.lane(),
@@ -72,7 +72,7 @@ impl Lane {
     }
 
     /// The status callbacks' lane: at most `cap` jobs, at most `per_tenant` a tenant.
-    pub fn callbacks(cap: i64, per_tenant: i64) -> Lane {
+    pub(crate) fn callbacks(cap: i64, per_tenant: i64) -> Lane {
         Lane {
             queue: CALLBACK_QUEUE,
             priority: CALLBACK_PRIORITY,
@@ -82,8 +82,9 @@ impl Lane {
         }
     }
 
-    /// Every lane, each capped at `cap`.
-    pub fn all(cap: i64) -> Vec<Lane> {
+    /// Every lane, each capped at `cap` (tests).
+    #[cfg(test)]
+    pub(crate) fn all(cap: i64) -> Vec<Lane> {
         let mut lanes: Vec<Lane> =
             Priority::ALL.into_iter().flat_map(|p| Channel::ALL.map(|c| Lane::send(c, p, cap))).collect();
         lanes.push(Lane::callbacks(cap, cap));
@@ -95,55 +96,56 @@ impl Lane {
 /// `bytes` of content; `busy` is what tenants already hold of a lane's queue (callbacks in
 /// flight), counted against the lane's `tenant_cap`.
 #[derive(Clone, Copy, Debug)]
-pub struct Bounds<'a> {
-    pub limit: i64,
-    pub bytes: i64,
-    pub busy: &'a [(&'static str, TenantId, i64)],
+pub(crate) struct Bounds<'a> {
+    pub(crate) limit: i64,
+    pub(crate) bytes: i64,
+    pub(crate) busy: &'a [(&'static str, TenantId, i64)],
 }
 
 impl Bounds<'_> {
-    /// `limit` jobs, whatever their size.
-    pub fn jobs(limit: i64) -> Bounds<'static> {
+    /// `limit` jobs, whatever their size (tests).
+    #[cfg(test)]
+    pub(crate) fn jobs(limit: i64) -> Bounds<'static> {
         Bounds { limit, bytes: i64::MAX, busy: &[] }
     }
 }
 
 /// A send a worker holds a lease on, with what it needs to send.
 #[derive(Clone, Debug)]
-pub struct ClaimedJob {
-    pub job_id: i64,
-    pub lease_token: i64,
-    pub attempt: i32,
-    pub max_attempts: i32,
+pub(crate) struct ClaimedJob {
+    pub(crate) job_id: i64,
+    pub(crate) lease_token: i64,
+    pub(crate) attempt: i32,
+    pub(crate) max_attempts: i32,
     /// Index into the channel's provider list to start from (failover).
-    pub route_index: i32,
-    pub notification_id: NotificationId,
-    pub tenant_id: TenantId,
-    pub channel: Channel,
+    pub(crate) route_index: i32,
+    pub(crate) notification_id: NotificationId,
+    pub(crate) tenant_id: TenantId,
+    pub(crate) channel: Channel,
     /// Its recipient and content, read back as domain types here at the store's boundary; or
     /// why the stored row cannot be read (the send fails with that reason, and the rest of the
     /// claim is not held back by it).
-    pub payload: Result<Box<Payload>, String>,
+    pub(crate) payload: Result<Box<Payload>, String>,
     /// The recipient as one string (what throttles count per).
-    pub recipient_key: String,
+    pub(crate) recipient_key: String,
     /// Its send was counted in the send limits' windows already (`limits::take_send_slot`).
-    pub slot_taken: bool,
-    pub expires_at: Option<OffsetDateTime>,
-    pub priority: Priority,
+    pub(crate) slot_taken: bool,
+    pub(crate) expires_at: Option<OffsetDateTime>,
+    pub(crate) priority: Priority,
     /// The recipient is on the tenant's suppression list: do not send.
-    pub suppressed: bool,
+    pub(crate) suppressed: bool,
     /// The bytes of its content and metadata as JSON (what the claim's byte budget counted).
-    pub size_bytes: i64,
-    pub metadata: Value,
-    pub tags: Vec<String>,
+    pub(crate) size_bytes: i64,
+    pub(crate) metadata: Value,
+    pub(crate) tags: Vec<String>,
     /// The W3C `traceparent` of the request that created it.
-    pub traceparent: Option<String>,
+    pub(crate) traceparent: Option<String>,
     /// When the lease ends (see `Lease::until`).
-    pub leased_until: Instant,
+    pub(crate) leased_until: Instant,
 }
 
 impl ClaimedJob {
-    pub fn lease(&self) -> Lease {
+    pub(crate) fn lease(&self) -> Lease {
         Lease {
             job_id: self.job_id,
             token: self.lease_token,
@@ -155,9 +157,9 @@ impl ClaimedJob {
 
 /// What a claimed send delivers.
 #[derive(Clone, Debug)]
-pub struct Payload {
-    pub to: Recipient,
-    pub content: Content,
+pub(crate) struct Payload {
+    pub(crate) to: Recipient,
+    pub(crate) content: Content,
 }
 
 impl Payload {
@@ -172,20 +174,20 @@ impl Payload {
 
 /// A status callback a worker holds a lease on.
 #[derive(Clone, Debug)]
-pub struct ClaimedCallback {
-    pub job_id: i64,
-    pub lease_token: i64,
-    pub attempt: i32,
-    pub notification_id: NotificationId,
-    pub tenant_id: TenantId,
+pub(crate) struct ClaimedCallback {
+    pub(crate) job_id: i64,
+    pub(crate) lease_token: i64,
+    pub(crate) attempt: i32,
+    pub(crate) notification_id: NotificationId,
+    pub(crate) tenant_id: TenantId,
     /// `{"type", "status", "at"}` as queued.
-    pub event: Value,
+    pub(crate) event: Value,
     /// When the lease ends (see `Lease::until`).
-    pub leased_until: Instant,
+    pub(crate) leased_until: Instant,
 }
 
 impl ClaimedCallback {
-    pub fn lease(&self) -> Lease {
+    pub(crate) fn lease(&self) -> Lease {
         Lease {
             job_id: self.job_id,
             token: self.lease_token,
@@ -197,13 +199,14 @@ impl ClaimedCallback {
 
 /// One unit of claimed work.
 #[derive(Clone, Debug)]
-pub enum Claimed {
+pub(crate) enum Claimed {
     Send(ClaimedJob),
     Callback(ClaimedCallback),
 }
 
 impl Claimed {
-    pub fn lease(&self) -> Lease {
+    #[cfg(test)]
+    pub(crate) fn lease(&self) -> Lease {
         match self {
             Claimed::Send(j) => j.lease(),
             Claimed::Callback(c) => c.lease(),
@@ -211,8 +214,10 @@ impl Claimed {
     }
 }
 
-/// Claim up to `limit` due jobs from `lanes`, shared by weight, under a lease of `lease`.
-pub async fn claim(
+/// Claim up to `limit` due jobs from `lanes`, shared by weight, under a lease of `lease`
+/// (tests: the dispatcher claims within its bounds, `claim_within`).
+#[cfg(test)]
+pub(crate) async fn claim(
     conn: &mut PgConnection,
     lanes: &[Lane],
     limit: i64,
@@ -243,7 +248,7 @@ pub async fn claim(
 /// sources of `sending`); one whose notification is gone (deleted by hand, or by retention
 /// racing a late receipt) or may not be sent any more is deleted instead (`dead`), so it
 /// neither loops through claims and rescues nor resurrects a finished notification.
-pub const CLAIM_SQL: &str = "WITH lanes AS (
+pub(crate) const CLAIM_SQL: &str = "WITH lanes AS (
              SELECT * FROM unnest($1::text[], $2::smallint[], $3::float8[], $4::bigint[], $5::bigint[])
                  AS l(q, p, w, cap, tcap)
          ), busy AS (
@@ -332,7 +337,7 @@ pub const CLAIM_SQL: &str = "WITH lanes AS (
 /// Claim due jobs from `lanes` within `bounds`, shared by weight between lanes and round robin
 /// between tenants, under a lease of `lease`. The row locks last only for this statement: the
 /// provider call happens after commit, protected by the lease.
-pub async fn claim_within(
+pub(crate) async fn claim_within(
     conn: &mut PgConnection,
     lanes: &[Lane],
     bounds: Bounds<'_>,

@@ -6,12 +6,12 @@
 //! outcome changes nothing but is still kept in the timeline, marked `fenced`.
 //!
 //! Recording a send must also apply the receipts that came before it
-//! (`receipt::apply_early`), in a statement after the record's commit: `mark_sent` does it
-//! itself; the dispatcher gathers those reads from many sends into one, off the path of the
-//! records (a read after every batch of records cost a third of dispatch throughput).
+//! (`receipt::apply_early`), in a statement after the record's commit: the dispatcher gathers
+//! those reads from many sends into one, off the path of the records (a read after every batch
+//! of records cost a third of dispatch throughput).
 //!
 //! The dispatcher gathers the outcomes of concurrent sends (`batching`) and writes them with
-//! `complete`; `mark_sent`, `mark_retrying` and `mark_finished` are the one-outcome forms.
+//! `complete`.
 
 use std::collections::HashSet;
 use std::sync::LazyLock;
@@ -19,16 +19,15 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sqlx::PgConnection;
-use tracing::warn;
 
-use super::receipt::{self, Recorded};
+use super::receipt::Recorded;
 use super::{Applied, Lease, announced, queue_callback};
 use crate::domain::Status;
 use crate::store::{StoreResult, clean};
 
 /// What became of one claimed send.
 #[derive(Clone, Debug)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// The provider accepted the message.
     Sent { provider: String, provider_message_id: Option<String> },
     /// A transient failure: due again after `delay`, the next attempt starting from provider
@@ -41,7 +40,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// `Finished` with `status` (`failed`, `expired` or `suppressed`).
-    pub fn finished(status: Status, event: &str, provider: Option<&str>, error: &str) -> Outcome {
+    pub(crate) fn finished(status: Status, event: &str, provider: Option<&str>, error: &str) -> Outcome {
         debug_assert!(matches!(status, Status::Failed | Status::Expired | Status::Suppressed));
         Outcome::Finished {
             status,
@@ -54,14 +53,14 @@ impl Outcome {
 
 /// One outcome with its lease and the detail of its timeline event.
 #[derive(Clone, Debug)]
-pub struct Completion {
-    pub lease: Lease,
-    pub outcome: Outcome,
-    pub detail: Value,
+pub(crate) struct Completion {
+    pub(crate) lease: Lease,
+    pub(crate) outcome: Outcome,
+    pub(crate) detail: Value,
 }
 
 /// Write `items` in one statement; one `Applied` per item, in order.
-pub async fn complete(conn: &mut PgConnection, items: &[Completion]) -> StoreResult<Vec<Applied>> {
+pub(crate) async fn complete(conn: &mut PgConnection, items: &[Completion]) -> StoreResult<Vec<Applied>> {
     if items.is_empty() {
         return Ok(Vec::new());
     }
@@ -147,7 +146,7 @@ impl Completion {
     /// answer and error text), for an outcome the database refused as it was: the job still
     /// ends as it should (sent, retrying or failed) instead of being sent again when its lease
     /// runs out, and the timeline says why the details are missing.
-    pub fn plain(&self, why: &str) -> Completion {
+    pub(crate) fn plain(&self, why: &str) -> Completion {
         let note = format!("the provider's answer could not be stored ({why})");
         let outcome = match &self.outcome {
             Outcome::Sent { provider, .. } => Outcome::Sent { provider: provider.clone(), provider_message_id: None },
@@ -176,7 +175,7 @@ impl Completion {
 }
 
 /// The send `c` recorded, for `receipt::apply_early`; `None` for other outcomes.
-pub fn recorded_send(c: &Completion) -> Option<Recorded> {
+pub(crate) fn recorded_send(c: &Completion) -> Option<Recorded> {
     match &c.outcome {
         Outcome::Sent { provider, provider_message_id } => Some(Recorded {
             notification_id: c.lease.notification_id,
@@ -237,60 +236,4 @@ impl Columns {
         self.sources
             .push(Status::sources_of(status).iter().map(std::string::String::as_str).collect::<Vec<_>>().join(","));
     }
-}
-
-async fn one(conn: &mut PgConnection, lease: Lease, outcome: Outcome, detail: Value) -> StoreResult<Applied> {
-    let c = Completion { lease, outcome, detail };
-    let applied = complete(conn, std::slice::from_ref(&c)).await?.into_iter().next().unwrap_or(Applied::Fenced);
-    if applied == Applied::Yes
-        && let Some(sent) = recorded_send(&c)
-        && let Err(e) = receipt::apply_early(conn, &[sent]).await
-    {
-        // The outcome is written: failing here must not fail it. The receipts stay in the
-        // inbox, held or unmatched.
-        warn!(error = %e, "could not apply receipts that came before their send was recorded");
-    }
-    Ok(applied)
-}
-
-/// The provider accepted the message.
-pub async fn mark_sent(
-    conn: &mut PgConnection,
-    lease: Lease,
-    provider: &str,
-    provider_message_id: Option<&str>,
-    detail: Value,
-) -> StoreResult<Applied> {
-    let outcome =
-        Outcome::Sent { provider: provider.to_owned(), provider_message_id: provider_message_id.map(str::to_owned) };
-    one(conn, lease, outcome, detail).await
-}
-
-/// A transient failure: see `Outcome::Retrying`.
-pub async fn mark_retrying(
-    conn: &mut PgConnection,
-    lease: Lease,
-    provider: Option<&str>,
-    delay: Duration,
-    next_route: i32,
-    error: &str,
-    detail: Value,
-) -> StoreResult<Applied> {
-    let outcome =
-        Outcome::Retrying { provider: provider.map(str::to_owned), delay, next_route, error: error.to_owned() };
-    one(conn, lease, outcome, detail).await
-}
-
-/// The end without a send: see `Outcome::Finished`.
-pub async fn mark_finished(
-    conn: &mut PgConnection,
-    lease: Lease,
-    status: Status,
-    event: &str,
-    provider: Option<&str>,
-    error: &str,
-    detail: Value,
-) -> StoreResult<Applied> {
-    let outcome = Outcome::finished(status, event, provider, error);
-    one(conn, lease, outcome, detail).await
 }

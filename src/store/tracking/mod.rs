@@ -11,9 +11,11 @@
 //! Each statement is one round trip: job row, notification row and timeline event change
 //! together, jobs row first (see the lock order in `store`).
 
-pub mod claim;
-pub mod complete;
-pub mod receipt;
+pub(crate) mod claim;
+pub(crate) mod complete;
+pub(crate) mod receipt;
+#[cfg(test)]
+mod tests;
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -25,8 +27,10 @@ use time::OffsetDateTime;
 use super::{StoreResult, clean};
 use crate::domain::{Channel, NotificationId, Priority, Status, TenantId};
 
-pub use claim::{Bounds, Claimed, ClaimedCallback, ClaimedJob, Lane, claim, claim_within};
-pub use complete::{Completion, Outcome, complete, mark_finished, mark_retrying, mark_sent, recorded_send};
+#[cfg(test)]
+pub(crate) use claim::claim;
+pub(crate) use claim::{Bounds, Claimed, ClaimedCallback, ClaimedJob, Lane, claim_within};
+pub(crate) use complete::{Completion, Outcome, complete, recorded_send};
 
 /// A CTE appended to statements whose `upd` CTE returns `(id, tenant_id, status, callback_url)`
 /// for notifications whose status just changed: it queues a status callback (a `callback`
@@ -55,19 +59,19 @@ const QUEUE_CALLBACK: &str = ", cb AS (
 
 /// A fenced handle on a claimed job: what every completion needs.
 #[derive(Clone, Copy, Debug)]
-pub struct Lease {
-    pub job_id: i64,
-    pub token: i64,
-    pub notification_id: NotificationId,
+pub(crate) struct Lease {
+    pub(crate) job_id: i64,
+    pub(crate) token: i64,
+    pub(crate) notification_id: NotificationId,
     /// When the lease ends, by this process's clock (taken before the claim, so never late):
     /// past it the job may be rescued and claimed again, and an outcome is no longer ours to
     /// record.
-    pub until: std::time::Instant,
+    pub(crate) until: std::time::Instant,
 }
 
 /// The result of a fenced completion.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Applied {
+pub(crate) enum Applied {
     /// The lease was still ours and the status changed.
     Yes,
     /// The lease was lost (the job was rescued and maybe re-claimed): nothing changed but the
@@ -81,7 +85,7 @@ fn applied(n: i64) -> Applied {
 
 /// Give back a job that was claimed but not sent (shutdown, an open circuit on every
 /// provider, pacing): it is due again after `delay`, and the claim does not count as an attempt.
-pub async fn release(
+pub(crate) async fn release(
     conn: &mut PgConnection,
     lease: Lease,
     delay: Duration,
@@ -92,7 +96,7 @@ pub async fn release(
 
 /// Hold back a claimed job until `until` because a send limit is full: `release` with a
 /// `deferred` event that says which limit and until when.
-pub async fn defer(
+pub(crate) async fn defer(
     conn: &mut PgConnection,
     lease: Lease,
     until: OffsetDateTime,
@@ -168,7 +172,7 @@ async fn give_back(
 /// notifications whose job waits for a later time without its send counted yet. Each is
 /// looked at again by the next claim and sent, or deferred anew with a `deferred` event.
 /// Returns how many were woken.
-pub async fn wake_deferred(conn: &mut PgConnection, tenant: TenantId, channels: &[Channel]) -> StoreResult<u64> {
+pub(crate) async fn wake_deferred(conn: &mut PgConnection, tenant: TenantId, channels: &[Channel]) -> StoreResult<u64> {
     let queues: Vec<&str> = channels.iter().map(|c| c.as_str()).collect();
     let lanes: Vec<i16> = Priority::ALL.iter().map(|p| p.lane()).collect();
     let n: i64 = sqlx::query_scalar(
@@ -197,7 +201,7 @@ pub async fn wake_deferred(conn: &mut PgConnection, tenant: TenantId, channels: 
 /// Take back jobs whose lease expired (their worker died or stalled). Runs under a
 /// transaction-scoped advisory lock so that many replicas do not rescue at once; returns how
 /// many jobs were rescued. The rescued row gets a new claim (and token) before anyone sends.
-pub async fn rescue_expired(pool: &PgPool, limit: i64) -> StoreResult<u64> {
+pub(crate) async fn rescue_expired(pool: &PgPool, limit: i64) -> StoreResult<u64> {
     let mut tx = crate::store::begin(pool).await?;
     let got: bool =
         sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext('herald:rescue'))").fetch_one(&mut *tx).await?;
@@ -244,7 +248,7 @@ pub async fn rescue_expired(pool: &PgPool, limit: i64) -> StoreResult<u64> {
 
 /// The result of a cancel request.
 #[derive(Debug, PartialEq, Eq)]
-pub enum CancelOutcome {
+pub(crate) enum CancelOutcome {
     Cancelled,
     /// Not cancellable from its current status (sending, or finished).
     NotCancellable(Status),
@@ -252,7 +256,7 @@ pub enum CancelOutcome {
 }
 
 /// Cancel a notification that has not been handed to a provider yet.
-pub async fn cancel(
+pub(crate) async fn cancel(
     pool: &PgPool,
     id: NotificationId,
     tenant: Option<TenantId>,
@@ -312,7 +316,7 @@ pub async fn cancel(
 
 /// The result of an operator's retry.
 #[derive(Debug, PartialEq, Eq)]
-pub enum RetryOutcome {
+pub(crate) enum RetryOutcome {
     Retried,
     /// Not retryable from its current status (see `Status::RETRYABLE`).
     NotRetryable(Status),
@@ -324,7 +328,7 @@ pub enum RetryOutcome {
 /// saying by whom and from which status. An expired one loses its passed `expires_at` (the
 /// operator decided it is still worth sending). Not a move of the status machine: no
 /// concurrent writer (a late receipt, a worker) can make it, only this explicit request.
-pub async fn retry(
+pub(crate) async fn retry(
     pool: &PgPool,
     id: NotificationId,
     tenant: Option<TenantId>,
@@ -373,13 +377,13 @@ pub async fn retry(
     })
 }
 
-pub fn error_detail(class: &str, message: &str, attempt: i32) -> Value {
+pub(crate) fn error_detail(class: &str, message: &str, attempt: i32) -> Value {
     json!({ "attempt": attempt, "error_class": class, "error": message })
 }
 
 /// Record a callback attempt in the timeline; `retry_in` puts the job back (a failed
 /// delivery with attempts left), `None` ends it (delivered, or given up).
-pub async fn callback_attempted(
+pub(crate) async fn callback_attempted(
     conn: &mut PgConnection,
     lease: Lease,
     retry_in: Option<Duration>,
@@ -414,7 +418,7 @@ pub async fn callback_attempted(
 
 /// Where a notification's callbacks go and how they are signed: its own URL or its tenant's,
 /// and the tenant's secret (the caller falls back to `callbacks.signing_secret`).
-pub async fn callback_target(
+pub(crate) async fn callback_target(
     conn: &mut PgConnection,
     id: NotificationId,
 ) -> StoreResult<Option<(String, Option<String>)>> {

@@ -19,18 +19,18 @@ use crate::store::{StoreResult, suppressions};
 
 /// A notification locked (`FOR UPDATE`) for a receipt, as the receipt needs it.
 #[derive(Clone, Debug)]
-pub struct Locked {
-    pub id: NotificationId,
-    pub tenant: TenantId,
-    pub channel: Option<Channel>,
-    pub recipient_key: String,
-    pub status: Option<Status>,
+pub(crate) struct Locked {
+    pub(crate) id: NotificationId,
+    pub(crate) tenant: TenantId,
+    pub(crate) channel: Option<Channel>,
+    pub(crate) recipient_key: String,
+    pub(crate) status: Option<Status>,
     /// The W3C `traceparent` it was created with.
-    pub traceparent: Option<String>,
+    pub(crate) traceparent: Option<String>,
 }
 
 /// Lock notification `id` for a receipt; `None` if it does not exist.
-pub async fn lock(conn: &mut PgConnection, id: NotificationId) -> StoreResult<Option<Locked>> {
+pub(crate) async fn lock(conn: &mut PgConnection, id: NotificationId) -> StoreResult<Option<Locked>> {
     let row = sqlx::query(
         "SELECT tenant_id, channel, recipient_key, status, traceparent FROM notifications WHERE id = $1 FOR UPDATE",
     )
@@ -52,14 +52,14 @@ pub async fn lock(conn: &mut PgConnection, id: NotificationId) -> StoreResult<Op
 
 /// Whether a receipt leading to `status` must wait for the send to be recorded: the
 /// notification is still queued, being sent or retrying.
-pub fn must_wait(n: &Locked, status: Option<Status>) -> bool {
+pub(crate) fn must_wait(n: &Locked, status: Option<Status>) -> bool {
     status.is_some() && n.status.is_some_and(Status::receipt_waits)
 }
 
 /// Record a receipt on a locked notification: a `receipt` event in its timeline and, where the
 /// status machine allows, the status it leads to (with its status callback). Returns whether
 /// the status changed.
-pub async fn record(
+pub(crate) async fn record(
     conn: &mut PgConnection,
     n: &Locked,
     provider: &str,
@@ -100,10 +100,10 @@ pub async fn record(
 
 /// A send just recorded, whose early receipts are to be applied.
 #[derive(Clone, Debug)]
-pub struct Recorded {
-    pub notification_id: NotificationId,
-    pub provider: String,
-    pub provider_message_id: Option<String>,
+pub(crate) struct Recorded {
+    pub(crate) notification_id: NotificationId,
+    pub(crate) provider: String,
+    pub(crate) provider_message_id: Option<String>,
 }
 
 /// Apply the receipts that came before these sends were recorded: those held for the
@@ -111,7 +111,7 @@ pub struct Recorded {
 /// notification), and unmatched ones carrying the provider's message id. Each is taken (linked,
 /// no longer held) by a conditional update, so when a receipt races the record of its send,
 /// exactly one of the two applies it.
-pub async fn apply_early(conn: &mut PgConnection, sent: &[Recorded]) -> StoreResult<Early> {
+pub(crate) async fn apply_early(conn: &mut PgConnection, sent: &[Recorded]) -> StoreResult<Early> {
     if sent.is_empty() {
         return Ok(Early::default());
     }
@@ -196,7 +196,7 @@ pub async fn apply_early(conn: &mut PgConnection, sent: &[Recorded]) -> StoreRes
 
 /// What `apply_early` did: receipts applied, and how many of them moved a status.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Early {
-    pub applied: usize,
-    pub changed: usize,
+pub(crate) struct Early {
+    pub(crate) applied: usize,
+    pub(crate) changed: usize,
 }

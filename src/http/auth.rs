@@ -1,5 +1,7 @@
 //! `Authorization: Bearer <key>` → `Caller`. A missing or unknown key is a 401 problem;
-//! scopes are checked by the handler (`require`), giving 403.
+//! scopes are checked by the handler (`require`), giving 403. Every `/v1` request passes
+//! `limit_requests` first (a middleware), which finds the caller and counts the request in its
+//! tenant's limit; the handler's `Caller` is then the one it found.
 //!
 //! Verified keys are cached in memory for `server.key_cache_ms` (by hash, never the key), so
 //! the hot path makes no query for them; revoking a key takes effect on a running server
@@ -9,9 +11,11 @@ use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::header;
 use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::Response;
 
 use super::AppState;
 use super::problem::ApiError;
@@ -29,6 +33,9 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        if let Some(caller) = parts.extensions.get::<Caller>() {
+            return Ok(caller.clone());
+        }
         let value = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -48,13 +55,26 @@ impl FromRequestParts<AppState> for Caller {
                 caller
             }
         };
-        limit_requests(state, &caller).await?;
+        parts.extensions.insert(caller.clone());
         Ok(caller)
     }
 }
 
+/// Middleware of the keyed routes: the caller (401 without a valid key), and the request
+/// counted in its tenant's limit (429 past it), before the handler runs.
+pub(super) async fn limit_requests(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let (mut parts, body) = req.into_parts();
+    let caller = Caller::from_request_parts(&mut parts, &state).await?;
+    count_request(&state, &caller).await?;
+    Ok(next.run(Request::from_parts(parts, body)).await)
+}
+
 /// The tenant's request limit, when one applies: its own, else `limits.requests_per_second`.
-async fn limit_requests(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
+async fn count_request(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
     let limit = caller.requests_per_second.unwrap_or(state.settings.limits.requests_per_second);
     if limit == 0 {
         return Ok(());

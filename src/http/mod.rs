@@ -72,7 +72,9 @@ pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let max_body = state.settings.server.max_body_bytes;
     let timeout = Duration::from_millis(state.settings.server.request_timeout_ms);
-    let (documented, _) = routes::documented(batch::MAX_BODY_BYTES.max(max_body)).split_for_parts();
+    let keyed = routes::keyed(batch::MAX_BODY_BYTES.max(max_body))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::limit_requests));
+    let (documented, _) = keyed.merge(routes::open()).split_for_parts();
     let api = documented
         .route("/ops/app.js", get(ops::script))
         .route("/ops/app.css", get(ops::style))

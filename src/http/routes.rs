@@ -13,6 +13,11 @@ use super::{AppState, batch, health, meta, metrics, notifications, ops, stats, s
 
 /// The documented routes; a batch's body may be up to `batch_body_bytes`.
 pub(super) fn documented(batch_body_bytes: usize) -> OpenApiRouter<AppState> {
+    keyed(batch_body_bytes).merge(open())
+}
+
+/// The `/v1` routes: each takes an API key (and `router` puts the request limit before them).
+pub(super) fn keyed(batch_body_bytes: usize) -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(notifications::create, notifications::list::list))
         .routes(with_body_limit(routes!(batch::create), batch_body_bytes))
@@ -25,6 +30,12 @@ pub(super) fn documented(batch_body_bytes: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(stats::get))
         .routes(routes!(suppressions::list, suppressions::create))
         .routes(routes!(suppressions::delete))
+}
+
+/// The routes that take no API key: receipts (each provider's signature), `/metrics` (its own
+/// token), the dashboard's page and sign-in, health, version and the problem pages.
+pub(super) fn open() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default()
         .routes(routes!(webhooks::receive_by_query, webhooks::receive))
         .routes(routes!(metrics::scrape))
         .routes(routes!(ops::page))

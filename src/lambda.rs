@@ -64,16 +64,8 @@ pub async fn run(mut settings: Settings) -> Result<(), AppError> {
                     match (drained, sqs) {
                         (Ok(summary), None) => {
                             info!(?summary, "drained");
-                            Ok::<Value, lambda_runtime::Error>(json!({
-                                "claimed": summary.claimed,
-                                "sent": summary.sent,
-                                "retried": summary.retried,
-                                "failed": summary.failed,
-                                "expired": summary.expired,
-                                "deferred": summary.deferred,
-                                "rescued": summary.rescued,
-                                "callbacks_delivered": summary.callbacks_delivered,
-                            }))
+                            // The summary is the invocation's answer, as `Summary` serializes.
+                            Ok::<Value, lambda_runtime::Error>(serde_json::to_value(summary)?)
                         }
                         (Ok(summary), Some(_)) => {
                             info!(?summary, "drained on an SQS wake-up");

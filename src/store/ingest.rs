@@ -135,6 +135,7 @@ pub async fn accept_batch(pool: &PgPool, items: &[Submission], notify: bool) -> 
 /// `accept_batch` up to the end of its write: the items whose write's outcome is unknown are
 /// `StoreError::OutcomeUnknown` (`is_unknown`), for `settle_unknown`. The group committer
 /// settles them apart, so that a write caught by an outage holds none of its writers.
+#[tracing::instrument(name = "store.ingest.write", skip_all, fields(items = items.len()))]
 pub async fn write_batch(pool: &PgPool, items: &[Submission], notify: bool) -> Vec<StoreResult<Accepted>> {
     let whole = try_batch(pool, items, notify).await;
     let results = super::isolating(items, whole, |chunk| {
@@ -153,6 +154,7 @@ pub fn is_unknown(result: &StoreResult<Accepted>) -> bool {
 /// Settle the results of `items` whose outcome is unknown: each notification is found
 /// committed (and answered as created) or not (and answered with an error saying nothing was
 /// stored). If the database stays away past `SETTLE_FOR`, they stay unknown.
+#[tracing::instrument(name = "store.ingest.settle", skip_all)]
 pub async fn settle_unknown(pool: &PgPool, items: &[Submission], results: &mut [StoreResult<Accepted>]) {
     let unknown: Vec<usize> = (0..items.len()).filter(|&i| is_unknown(&results[i])).collect();
     if unknown.is_empty() {
@@ -341,6 +343,7 @@ async fn try_batch(pool: &PgPool, items: &[Submission], notify: bool) -> StoreRe
 /// `request_hash` matches, else a conflict. For requests that no longer validate (their
 /// `expires_at` has passed, a provider left the configuration): a retry still gets its
 /// original answer.
+#[tracing::instrument(name = "store.ingest.earlier_use", skip_all)]
 pub async fn earlier_use(
     pool: &PgPool,
     tenant: TenantId,

@@ -17,6 +17,7 @@ use crate::domain::{Channel, TenantId};
 
 /// Count one request of `tenant` in the current second; the count so far, this one included.
 /// The tenant's windows older than a few seconds go in the same statement.
+#[tracing::instrument(name = "store.limits.count_request", skip_all)]
 pub async fn count_request(pool: &PgPool, tenant: TenantId) -> StoreResult<i64> {
     let mut s = super::session(pool).await?;
     let n: i32 = sqlx::query_scalar(
@@ -69,6 +70,7 @@ pub struct Held {
 /// The job (`lease`) is marked as counted in the same transaction, so it is never counted
 /// again: not when it is put back or rescued before its send, nor when it is retried. A lost
 /// lease counts nothing (`Held` is not returned then: the job is someone else's now).
+#[tracing::instrument(name = "store.limits.take_send_slot", skip_all)]
 pub(crate) async fn take_send_slot(
     pool: &PgPool,
     lease: Lease,

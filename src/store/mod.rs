@@ -3,6 +3,9 @@
 //! boundary. Queries are runtime-checked (`sqlx::query`), each covered by the integration tests,
 //! so a fresh clone builds without a database.
 //!
+//! The statements that matter to a request's or a send's latency carry a span of their own
+//! (`store.*`, `#[tracing::instrument]`), so a trace shows where the time went.
+//!
 //! Lock order, everywhere: a `jobs` row before its `notifications` row. Claim, completion,
 //! rescue and cancel all follow it, which is what keeps them from deadlocking each other.
 

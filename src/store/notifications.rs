@@ -101,6 +101,7 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
 }
 
 /// One notification, if `tenant` (or an admin, with `None`) may see it.
+#[tracing::instrument(name = "store.notifications.get", skip_all)]
 pub async fn get(
     conn: &mut PgConnection,
     id: NotificationId,
@@ -116,6 +117,7 @@ pub async fn get(
 }
 
 /// A notification's timeline: its derived first event, then the stored ones in order.
+#[tracing::instrument(name = "store.notifications.events", skip_all)]
 pub async fn events(conn: &mut PgConnection, r: &NotificationRecord) -> StoreResult<Vec<EventRecord>> {
     let rows = sqlx::query(
         "SELECT at, type, status, provider, detail FROM notification_events WHERE notification_id = $1 ORDER BY id",
@@ -228,6 +230,7 @@ pub fn id_bounds(
 
 /// A page of notifications, and how many rows the limit alone would have given (more than the
 /// page holds when its bytes cut it short).
+#[tracing::instrument(name = "store.notifications.list", skip_all)]
 pub async fn list(conn: &mut PgConnection, f: &ListFilter) -> StoreResult<(Vec<NotificationRecord>, usize)> {
     let (from_id, to_id) = id_bounds(f.created_after, f.created_before);
     let (by_status, by_indexed_status, through_jobs) = status_binds(f.status);

@@ -52,6 +52,7 @@ pub async fn bind_token(pool: &PgPool, provider: &str, token: &str, dedupe_key: 
     Ok(bound == dedupe_key)
 }
 
+#[tracing::instrument(name = "store.receipts.apply", skip_all)]
 pub async fn apply(pool: &PgPool, provider: &str, r: &Receipt) -> StoreResult<ReceiptOutcome> {
     // What a provider sent (a bounce reason echoing a remote server) may hold a NUL.
     let r = &storable(r);

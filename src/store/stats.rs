@@ -227,6 +227,7 @@ struct Window {
 
 /// Read the snapshot of the window ending now, for `tenant` (or every tenant), each statement
 /// cancelled past `timeout`.
+#[tracing::instrument(name = "store.stats.snapshot", skip_all)]
 pub async fn snapshot(
     pool: &PgPool,
     window: Duration,

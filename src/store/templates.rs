@@ -68,6 +68,7 @@ pub async fn get(
 }
 
 /// The versions a request refers to, in one statement (a batch may name many).
+#[tracing::instrument(name = "store.templates.book", skip_all)]
 pub async fn book(pool: &PgPool, tenant: TenantId, wanted: &[(String, Option<i32>)]) -> StoreResult<Book> {
     let mut book = Book::default();
     if wanted.is_empty() {

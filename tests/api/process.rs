@@ -588,8 +588,9 @@ async fn the_cli_checks_names_and_secrets_and_explains_itself() {
 }
 
 /// With `tracing.otlp_endpoint` set, Herald exports its spans over OTLP/HTTP (protobuf): the
-/// request that created a notification and the dispatch that sent it are in the trace of the
-/// request's `traceparent`, and what is buffered is sent when the process stops.
+/// request that created a notification, the store calls it made and the dispatch that sent it
+/// are in the trace of the request's `traceparent`, and what is buffered is sent when the
+/// process stops.
 #[tokio::test]
 async fn spans_are_exported_over_otlp_in_the_trace_of_the_request() {
     let t = TestApp::spawn().await;
@@ -653,6 +654,13 @@ async fn spans_are_exported_over_otlp_in_the_trace_of_the_request() {
         "the caller's span is its parent"
     );
     assert_eq!(dispatch.parent_span_id, request.span_id, "dispatch continues the request");
+    // Store calls have spans of their own: in the request's trace when the request makes them,
+    // and for the writes gathered from many requests or sends, spans of their own.
+    let templates = find("store.templates.book").expect("the request's template lookup, in its trace");
+    assert_eq!(templates.parent_span_id, request.span_id);
+    for name in ["store.ingest.write", "store.tracking.claim", "store.tracking.complete"] {
+        assert!(spans.iter().any(|s| s.name == name), "a {name} span was exported");
+    }
 }
 
 /// Secrets never reach the logs, even at `RUST_LOG=trace`: a whole flow (email by SendGrid,

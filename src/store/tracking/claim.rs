@@ -337,6 +337,7 @@ pub(crate) const CLAIM_SQL: &str = "WITH lanes AS (
 /// Claim due jobs from `lanes` within `bounds`, shared by weight between lanes and round robin
 /// between tenants, under a lease of `lease`. The row locks last only for this statement: the
 /// provider call happens after commit, protected by the lease.
+#[tracing::instrument(name = "store.tracking.claim", skip_all, fields(limit = bounds.limit))]
 pub(crate) async fn claim_within(
     conn: &mut PgConnection,
     lanes: &[Lane],

@@ -60,6 +60,7 @@ pub(crate) struct Completion {
 }
 
 /// Write `items` in one statement; one `Applied` per item, in order.
+#[tracing::instrument(name = "store.tracking.complete", skip_all, fields(items = items.len()))]
 pub(crate) async fn complete(conn: &mut PgConnection, items: &[Completion]) -> StoreResult<Vec<Applied>> {
     if items.is_empty() {
         return Ok(Vec::new());

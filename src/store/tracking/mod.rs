@@ -85,6 +85,7 @@ fn applied(n: i64) -> Applied {
 
 /// Give back a job that was claimed but not sent (shutdown, an open circuit on every
 /// provider, pacing): it is due again after `delay`, and the claim does not count as an attempt.
+#[tracing::instrument(name = "store.tracking.release", skip_all)]
 pub(crate) async fn release(
     conn: &mut PgConnection,
     lease: Lease,
@@ -96,6 +97,7 @@ pub(crate) async fn release(
 
 /// Hold back a claimed job until `until` because a send limit is full: `release` with a
 /// `deferred` event that says which limit and until when.
+#[tracing::instrument(name = "store.tracking.defer", skip_all)]
 pub(crate) async fn defer(
     conn: &mut PgConnection,
     lease: Lease,
@@ -107,6 +109,7 @@ pub(crate) async fn defer(
 
 /// Mark a claimed job's send as counted in its send limits' windows (in the transaction that
 /// counted it: `limits::take_send_slot`), so that it is never counted again.
+#[tracing::instrument(name = "store.tracking.slot_taken", skip_all)]
 pub(crate) async fn slot_taken(conn: &mut PgConnection, lease: Lease) -> StoreResult<Applied> {
     let n = sqlx::query("UPDATE jobs SET slot_taken = true WHERE id = $1 AND lease_token = $2 AND state = 'running'")
         .bind(lease.job_id)
@@ -201,6 +204,7 @@ pub(crate) async fn wake_deferred(conn: &mut PgConnection, tenant: TenantId, cha
 /// Take back jobs whose lease expired (their worker died or stalled). Runs under a
 /// transaction-scoped advisory lock so that many replicas do not rescue at once; returns how
 /// many jobs were rescued. The rescued row gets a new claim (and token) before anyone sends.
+#[tracing::instrument(name = "store.tracking.rescue", skip_all)]
 pub(crate) async fn rescue_expired(pool: &PgPool, limit: i64) -> StoreResult<u64> {
     let mut tx = crate::store::begin(pool).await?;
     let got: bool =
@@ -256,6 +260,7 @@ pub(crate) enum CancelOutcome {
 }
 
 /// Cancel a notification that has not been handed to a provider yet.
+#[tracing::instrument(name = "store.tracking.cancel", skip_all)]
 pub(crate) async fn cancel(
     pool: &PgPool,
     id: NotificationId,
@@ -328,6 +333,7 @@ pub(crate) enum RetryOutcome {
 /// saying by whom and from which status. An expired one loses its passed `expires_at` (the
 /// operator decided it is still worth sending). Not a move of the status machine: no
 /// concurrent writer (a late receipt, a worker) can make it, only this explicit request.
+#[tracing::instrument(name = "store.tracking.retry", skip_all)]
 pub(crate) async fn retry(
     pool: &PgPool,
     id: NotificationId,

@@ -111,6 +111,7 @@ pub(crate) struct Recorded {
 /// notification), and unmatched ones carrying the provider's message id. Each is taken (linked,
 /// no longer held) by a conditional update, so when a receipt races the record of its send,
 /// exactly one of the two applies it.
+#[tracing::instrument(name = "store.tracking.apply_early", skip_all, fields(sends = sent.len()))]
 pub(crate) async fn apply_early(conn: &mut PgConnection, sent: &[Recorded]) -> StoreResult<Early> {
     if sent.is_empty() {
         return Ok(Early::default());

@@ -60,7 +60,9 @@ pub async fn run(mut settings: Settings) -> Result<(), AppError> {
                 let budget = budget(event.context.deadline, SystemTime::now(), fallback, &warned);
                 let sqs = sqs_message_ids(&event.payload);
                 async move {
-                    let drained = dispatcher.drain(Instant::now() + budget, margin).await;
+                    // Boxed: nested in the runtime's service futures, its state machine is deep enough
+                    // to pass the compiler's layout depth limit in release builds.
+                    let drained = Box::pin(dispatcher.drain(Instant::now() + budget, margin)).await;
                     match (drained, sqs) {
                         (Ok(summary), None) => {
                             info!(?summary, "drained");

@@ -1,14 +1,13 @@
 //! Every documented route, each registered once: its method and path are read from its
 //! handler's `#[utoipa::path]` attribute (`routes!`), which is also what the OpenAPI document
-//! says of it, so the router and the document cannot disagree. The dashboard's assets and the
+//! says of it (`openapi::document` takes the paths from here), so the router and the document
+//! cannot disagree. The dashboard's assets and the
 //! docs page, which the document does not describe, are added by `router`.
 
 use axum::extract::DefaultBodyLimit;
-use utoipa::OpenApi;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
 use utoipa_axum::routes;
 
-use super::openapi::ApiDoc;
 use super::{AppState, batch, health, meta, metrics, notifications, ops, stats, suppressions, templates, webhooks};
 
 /// The documented routes; a batch's body may be up to `batch_body_bytes`.
@@ -18,7 +17,7 @@ pub(super) fn documented(batch_body_bytes: usize) -> OpenApiRouter<AppState> {
 
 /// The `/v1` routes: each takes an API key (and `router` puts the request limit before them).
 pub(super) fn keyed(batch_body_bytes: usize) -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    OpenApiRouter::default()
         .routes(routes!(notifications::create, notifications::list::list))
         .routes(with_body_limit(routes!(batch::create), batch_body_bytes))
         .routes(routes!(notifications::get))

@@ -12,7 +12,7 @@ use crate::store::{EventRecord, NotificationRecord};
 #[schema(example = json!({
     "id": "0193a5b2-7c1e-7000-8000-3c2f1e0a9b11", "tenant": "acme", "status": "delivered", "channel": "sms",
     "to": "+14155550100", "content": {"text": "Your code is 123456"}, "priority": "normal", "tags": [],
-    "metadata": {}, "callback_url": null, "attempts": 1, "provider": "twilio", "provider_message_id": "SM1f0e",
+    "metadata": {}, "callback_url": null, "category": null, "attempts": 1, "provider": "twilio", "provider_message_id": "SM1f0e",
     "error": null, "created_at": "2026-12-01T09:00:00Z", "updated_at": "2026-12-01T09:00:04Z", "send_at": null,
     "expires_at": null, "next_attempt_at": null,
     "events": [
@@ -43,6 +43,8 @@ pub struct NotificationView {
     tags: Vec<String>,
     metadata: Value,
     callback_url: Option<String>,
+    /// What kind of message it is (`newsletter`); null: transactional.
+    category: Option<String>,
     attempts: i32,
     provider: Option<String>,
     provider_message_id: Option<String>,
@@ -98,6 +100,7 @@ impl NotificationView {
             tags: r.tags,
             metadata: r.metadata,
             callback_url: r.callback_url,
+            category: r.category,
             attempts: r.attempts,
             provider: r.provider,
             provider_message_id: r.provider_message_id,

@@ -59,6 +59,9 @@ pub struct NewNotification {
     pub tags: Vec<String>,
     pub metadata: Map<String, Value>,
     pub callback_url: Option<String>,
+    /// What kind of message this is (`newsletter`); none: transactional, which category
+    /// suppressions and the hosted unsubscribe never touch.
+    pub category: Option<String>,
     /// The template the content was rendered from.
     pub template: Option<TemplateUse>,
 }
@@ -112,7 +115,7 @@ impl<'a> ParseOptions<'a> {
 }
 
 /// The fields a notification request may have (the OpenAPI schema is held to this list).
-pub const FIELDS: [&str; 11] = [
+pub const FIELDS: [&str; 12] = [
     "channel",
     "to",
     "content",
@@ -124,6 +127,7 @@ pub const FIELDS: [&str; 11] = [
     "tags",
     "metadata",
     "callback_url",
+    "category",
 ];
 const MAX_TAGS: usize = 20;
 const MAX_TAG_LEN: usize = 100;
@@ -163,6 +167,7 @@ impl NewNotification {
         let tags = parse_tags(obj, &mut errs);
         let metadata = parse_metadata(obj, &mut errs);
         let callback_url = parse_callback_url(obj, opts, &mut errs);
+        let category = parse_category(obj, &mut errs);
 
         match (errs.0.is_empty(), channel, to, content) {
             (true, Some(channel), Some(to), Some(content)) => Ok(NewNotification {
@@ -175,6 +180,7 @@ impl NewNotification {
                 tags,
                 metadata,
                 callback_url,
+                category,
                 template: template_use,
             }),
             _ => Err(errs.0),
@@ -361,6 +367,29 @@ fn parse_content(
         (Some(v), None) => channel.and_then(|ch| content::parse_into(ch, v, opts.rules(), errs)),
     };
     (content, template_use)
+}
+
+/// `category`: absent or null for a transactional message, else a name (`is_category`).
+fn parse_category(obj: &Map<String, Value>, errs: &mut Errors) -> Option<String> {
+    match obj.get("category") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(c)) if is_category(c) => Some(c.clone()),
+        Some(_) => {
+            errs.add("/category", CATEGORY_RULE);
+            None
+        }
+    }
+}
+
+/// What a category looks like, as a problem's detail says it.
+pub const CATEGORY_RULE: &str =
+    "must be 1 to 64 of a-z, 0-9, '_', '.' and '-', starting with a letter or digit (such as newsletter)";
+
+/// A category: `^[a-z0-9][a-z0-9_.-]{0,63}$`.
+pub fn is_category(c: &str) -> bool {
+    let b = c.as_bytes();
+    let inner = |x: &u8| x.is_ascii_lowercase() || x.is_ascii_digit() || matches!(x, b'_' | b'.' | b'-');
+    (1..=64).contains(&b.len()) && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit()) && b.iter().all(inner)
 }
 
 /// `priority`, `normal` when absent.

@@ -136,6 +136,10 @@ pub struct NotificationRequest {
     pub metadata: Option<BTreeMap<String, Value>>,
     /// Status callbacks (Standard Webhooks) go here; the tenant's default URL when absent.
     pub callback_url: Option<String>,
+    /// What kind of message this is (`newsletter`): category suppressions and the hosted
+    /// unsubscribe act on it. None: a transactional message, which they never touch.
+    #[schema(pattern = "^[a-z0-9][a-z0-9_.-]{0,63}$")]
+    pub category: Option<String>,
 }
 
 /// Content rendered from a stored template.
@@ -195,5 +199,8 @@ pub struct BatchResponse {
 pub struct SuppressionRequest {
     pub channel: Channel,
     pub recipient: String,
+    /// Block only notifications of this category; none: every notification to the recipient.
+    #[schema(pattern = "^[a-z0-9][a-z0-9_.-]{0,63}$")]
+    pub category: Option<String>,
     pub reason: Option<String>,
 }

@@ -15,6 +15,7 @@ use super::extract::Params;
 use super::paging;
 use super::problem::ApiError;
 use super::schemas::Problem;
+use crate::domain::notification::{CATEGORY_RULE, is_category};
 use crate::domain::recipient::recipient_key;
 use crate::domain::{Channel, FieldError};
 use crate::store::keys::{Caller, Scope};
@@ -24,6 +25,8 @@ use crate::store::suppressions::{self, Suppression};
 pub(super) struct SuppressionView {
     channel: Channel,
     recipient: String,
+    /// The one category it blocks; null: every message to the recipient on the channel.
+    category: Option<String>,
     reason: String,
     source: String,
     #[serde(with = "time::serde::rfc3339")]
@@ -42,6 +45,7 @@ impl From<Suppression> for SuppressionView {
         SuppressionView {
             channel: s.channel,
             recipient: s.recipient,
+            category: s.category,
             reason: s.reason,
             source: s.source,
             created_at: s.created_at,
@@ -55,7 +59,7 @@ fn channel_param(raw: &str) -> Result<Channel, ApiError> {
 
 pub(super) const DEFAULT_LIMIT: i64 = 100;
 /// The fields of `POST /v1/suppressions`.
-pub(super) const FIELDS: [&str; 3] = ["channel", "recipient", "reason"];
+pub(super) const FIELDS: [&str; 4] = ["channel", "recipient", "category", "reason"];
 const MAX_LIMIT: i64 = 1000;
 
 /// `GET /v1/suppressions`'s parameters.
@@ -63,13 +67,16 @@ const MAX_LIMIT: i64 = 1000;
 #[serde(deny_unknown_fields)]
 pub(super) struct ListQuery {
     channel: Option<String>,
+    category: Option<String>,
     limit: Option<String>,
     cursor: Option<String>,
 }
 
 /// The tenant's suppressed recipients.
 #[utoipa::path(get, path = "/v1/suppressions", operation_id = "listSuppressions", tag = "suppressions", security(("api_key" = [])),
-    params(("channel" = Option<crate::domain::Channel>, Query), ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100"),
+    params(("channel" = Option<crate::domain::Channel>, Query),
+           ("category" = Option<String>, Query, description = "Only the suppressions of this category"),
+           ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100"),
            ("cursor" = Option<String>, Query)),
     responses((status = 200, description = "A page of suppressions", body = SuppressionPage), (status = 400, response = Problem)))]
 pub(super) async fn list(
@@ -83,13 +90,18 @@ pub(super) async fn list(
         .as_deref()
         .map(|c| Channel::parse(c).ok_or_else(|| ApiError::bad_parameter("channel", "must be email, sms or push")))
         .transpose()?;
+    let category = q.category.as_deref().map(category_param).transpose()?;
     let limit = paging::limit(q.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
+    // `channel\nrecipient\ncategory` (a cursor of the build before categories has no category).
     let after = paging::cursor(q.cursor.as_deref(), |b| {
-        String::from_utf8(b).ok().and_then(|s| s.split_once('\n').map(|(a, b)| (a.to_owned(), b.to_owned())))
+        let text = String::from_utf8(b).ok()?;
+        let mut parts = text.splitn(3, '\n').map(str::to_owned);
+        Some((parts.next()?, parts.next()?, parts.next().unwrap_or_default()))
     })?;
     let mut conn = crate::store::session(&state.pool).await?;
-    let rows = suppressions::list(&mut conn, caller.tenant_id, channel, after, limit + 1).await?;
-    let (rows, next) = paging::page(rows, limit, |s| format!("{}\n{}", s.channel, s.recipient));
+    let rows = suppressions::list(&mut conn, caller.tenant_id, channel, category, after, limit + 1).await?;
+    let position = |s: &Suppression| format!("{}\n{}\n{}", s.channel, s.recipient, s.category.as_deref().unwrap_or(""));
+    let (rows, next) = paging::page(rows, limit, position);
     Ok(Json(SuppressionPage { items: rows.into_iter().map(Into::into).collect(), next_cursor: next }))
 }
 
@@ -132,6 +144,14 @@ pub(super) async fn create(State(state): State<AppState>, caller: Caller, body: 
             }
         },
     };
+    let category = match value.get("category") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(c)) if is_category(c) => Some(c.clone()),
+        Some(_) => {
+            errors.push(FieldError::new("/category", CATEGORY_RULE));
+            None
+        }
+    };
     let reason = match value.get("reason") {
         None | Some(Value::Null) => "added through the API".to_owned(),
         Some(Value::String(r)) if r.len() <= 500 => r.clone(),
@@ -144,32 +164,49 @@ pub(super) async fn create(State(state): State<AppState>, caller: Caller, body: 
         return Err(ApiError::validation(errors));
     };
     let mut conn = crate::store::session(&state.pool).await?;
-    let created = suppressions::add(&mut conn, caller.tenant_id, channel, &recipient, &reason, "api").await?;
-    let row =
-        suppressions::get(&mut conn, caller.tenant_id, channel, &recipient).await?.ok_or_else(ApiError::internal)?;
+    let category = category.as_deref();
+    let created = suppressions::add(&mut conn, caller.tenant_id, channel, &recipient, category, &reason, "api").await?;
+    let row = suppressions::get(&mut conn, caller.tenant_id, channel, &recipient, category)
+        .await?
+        .ok_or_else(ApiError::internal)?;
     conn.finish().await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(SuppressionView::from(row))).into_response())
 }
 
-/// Lift a suppression.
+/// `DELETE /v1/suppressions/{channel}/{recipient}`'s parameters.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DeleteQuery {
+    category: Option<String>,
+}
+
+/// Lift a suppression: the one of every category, or with `category`, that category's.
 #[utoipa::path(delete, path = "/v1/suppressions/{channel}/{recipient}", operation_id = "deleteSuppression", tag = "suppressions", security(("api_key" = [])),
-    params(("channel" = crate::domain::Channel, Path), ("recipient" = String, Path)),
+    params(("channel" = crate::domain::Channel, Path), ("recipient" = String, Path),
+           ("category" = Option<String>, Query, description = "Lift this category's suppression instead of the one of every category")),
     responses((status = 204, description = "Deleted"), (status = 404, response = Problem)))]
 pub(super) async fn delete(
     State(state): State<AppState>,
     caller: Caller,
     Path((channel, recipient)): Path<(String, String)>,
+    Params(q): Params<DeleteQuery>,
 ) -> Result<StatusCode, ApiError> {
     require(&caller, Scope::Send)?;
     let channel = channel_param(&channel)?;
+    let category = q.category.as_deref().map(category_param).transpose()?;
     let key = recipient_key(Some(channel), &recipient).unwrap_or(recipient);
     let mut conn = crate::store::session(&state.pool).await?;
-    let removed = suppressions::remove(&mut conn, caller.tenant_id, channel, &key).await?;
+    let removed = suppressions::remove(&mut conn, caller.tenant_id, channel, &key, category).await?;
     conn.finish().await?;
-    if removed {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::not_found(format!("{key} is not suppressed on {channel}")))
+    match (removed, category) {
+        (true, _) => Ok(StatusCode::NO_CONTENT),
+        (false, None) => Err(ApiError::not_found(format!("{key} is not suppressed on {channel}"))),
+        (false, Some(c)) => Err(ApiError::not_found(format!("{key} is not suppressed on {channel} for category {c}"))),
     }
+}
+
+/// A `category` parameter, checked.
+fn category_param(raw: &str) -> Result<&str, ApiError> {
+    if is_category(raw) { Ok(raw) } else { Err(ApiError::bad_parameter("category", CATEGORY_RULE)) }
 }

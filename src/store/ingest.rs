@@ -84,6 +84,7 @@ impl Submission {
             created_at: self.received_at,
             updated_at: self.received_at,
             template: template_json(n)?,
+            category: n.category.clone(),
         })
     }
 }
@@ -483,11 +484,12 @@ async fn insert(
         cols.max_attempts.push(i32::try_from(s.max_attempts).unwrap_or(i32::MAX));
         cols.traceparent.push(s.traceparent.as_deref());
         cols.template.push(template_json(n)?);
+        cols.category.push(n.category.as_deref());
     }
     // The statement is in a function (migration 0015): through a transaction pooler nothing
     // Herald sends keeps its plan, and this one costs far more to plan than to run.
     const SQL: &str = "SELECT id, status, reason FROM herald_ingest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
-                       $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)";
+                       $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)";
     let rows = sqlx::query(SQL)
         .bind(cols.id)
         .bind(cols.tenant)
@@ -511,6 +513,7 @@ async fn insert(
         .bind(cols.traceparent)
         .bind(cols.template)
         .bind(cols.size_bytes)
+        .bind(cols.category)
         .fetch_all(conn)
         .await?;
     let mut out = HashMap::with_capacity(len);
@@ -554,6 +557,7 @@ struct Columns<'a> {
     tags: Vec<Value>,
     metadata: Vec<Value>,
     callback_url: Vec<Option<String>>,
+    category: Vec<Option<&'a str>>,
     send_at: Vec<Option<OffsetDateTime>>,
     expires_at: Vec<Option<OffsetDateTime>>,
     created_at: Vec<OffsetDateTime>,
@@ -578,6 +582,7 @@ impl Columns<'_> {
             tags: Vec::with_capacity(n),
             metadata: Vec::with_capacity(n),
             callback_url: Vec::with_capacity(n),
+            category: Vec::with_capacity(n),
             send_at: Vec::with_capacity(n),
             expires_at: Vec::with_capacity(n),
             created_at: Vec::with_capacity(n),

@@ -32,6 +32,8 @@ pub struct NotificationRecord {
     pub updated_at: OffsetDateTime,
     /// The template the content was rendered from: `{"name", "version", "locale"}`.
     pub template: Option<Value>,
+    /// What kind of message it is; none: transactional.
+    pub category: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -45,7 +47,7 @@ pub struct EventRecord {
 
 const COLUMNS: &str = "id, tenant_id, channel, recipient, content, status, priority, tags, metadata, callback_url, \
      attempts, provider, provider_message_id, last_error, send_at, expires_at, next_attempt_at, created_at, updated_at, \
-     template";
+     template, category";
 
 fn record(r: &PgRow) -> StoreResult<NotificationRecord> {
     let channel: String = r.try_get("channel")?;
@@ -72,6 +74,7 @@ fn record(r: &PgRow) -> StoreResult<NotificationRecord> {
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
         template: r.try_get("template")?,
+        category: r.try_get("category")?,
     })
 }
 
@@ -153,6 +156,7 @@ pub struct ListFilter {
     pub channel: Option<Channel>,
     pub to: Option<String>,
     pub tag: Option<String>,
+    pub category: Option<String>,
     pub created_after: Option<OffsetDateTime>,
     pub created_before: Option<OffsetDateTime>,
     pub before_id: Option<NotificationId>,
@@ -199,6 +203,7 @@ pub fn list_sql() -> String {
            AND ($8::uuid IS NULL OR id < $8)
            AND ($10::uuid IS NULL OR id >= $10)
            AND ($11::uuid IS NULL OR id < $11)
+           AND ($15::text IS NULL OR category = $15)
          ORDER BY id DESC
          LIMIT $9
              ) p
@@ -249,6 +254,7 @@ pub async fn list(conn: &mut PgConnection, f: &ListFilter) -> StoreResult<(Vec<N
         .bind(f.max_bytes.max(1))
         .bind(by_indexed_status)
         .bind(through_jobs)
+        .bind(&f.category)
         .fetch_all(conn)
         .await?;
     let fetched = match rows.first() {

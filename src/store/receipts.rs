@@ -116,7 +116,7 @@ pub async fn apply(pool: &PgPool, provider: &str, r: &Receipt) -> StoreResult<Re
         .await?;
     let changed = if held { false } else { receipt::record(&mut tx, &n, provider, r.status, r.detail.clone()).await? };
     if let (Some(reason), Some(channel)) = (&r.suppress, n.channel) {
-        super::suppressions::add(&mut tx, n.tenant, channel, &n.recipient_key, reason, provider).await?;
+        super::suppressions::add(&mut tx, n.tenant, channel, &n.recipient_key, None, reason, provider).await?;
     }
     tx.commit().await?;
     let traceparent = n.traceparent;

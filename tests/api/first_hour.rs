@@ -175,11 +175,11 @@ async fn unknown_and_repeated_query_parameters_are_named() {
     for (path, known) in [
         (
             "/v1/notifications?colour=red",
-            "status, channel, to, tag, tenant, created_after, created_before, limit, cursor",
+            "status, channel, to, tag, category, tenant, created_after, created_before, limit, cursor",
         ),
         ("/v1/templates?colour=red", "limit, cursor"),
         ("/v1/templates/welcome?colour=red", "version"),
-        ("/v1/suppressions?colour=red", "channel, limit, cursor"),
+        ("/v1/suppressions?colour=red", "channel, category, limit, cursor"),
         ("/v1/stats?colour=red", "window"),
     ] {
         let r = t.get(&key, path).await;

@@ -1,5 +1,6 @@
 //! Integration tests: one binary (link once), real PostgreSQL, real sockets.
 
+mod consent;
 mod dispatch;
 mod fairness;
 mod fake_http;

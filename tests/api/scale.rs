@@ -138,6 +138,7 @@ async fn retention_and_time_bounded_lists_read_few_pages_of_a_million_rows() {
             .bind(4_i64 * 1024 * 1024)
             .bind(by_indexed_status)
             .bind(through_jobs)
+            .bind(None::<&str>)
             .fetch_one(t.pool())
             .await
             .expect("explain");

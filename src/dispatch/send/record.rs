@@ -25,7 +25,8 @@ impl Dispatcher {
         let res = async {
             let mut conn = crate::store::session(&self.inner.pool).await?;
             let done =
-                suppressions::add(&mut conn, job.tenant_id, job.channel, &job.recipient_key, reason, provider).await?;
+                suppressions::add(&mut conn, job.tenant_id, job.channel, &job.recipient_key, None, reason, provider)
+                    .await?;
             conn.finish().await?;
             Ok::<_, StoreError>(done)
         }

@@ -14,6 +14,7 @@ use super::super::paging;
 use super::super::problem::ApiError;
 use super::super::schemas::Problem;
 use super::tenant_names;
+use crate::domain::notification::{CATEGORY_RULE, is_category};
 use crate::domain::recipient::recipient_key;
 use crate::domain::{Channel, NotificationId, Status, TenantId};
 use crate::store::keys::{Caller, Scope};
@@ -41,6 +42,7 @@ pub(in crate::http) struct ListQuery {
     channel: Option<String>,
     to: Option<String>,
     tag: Option<String>,
+    category: Option<String>,
     tenant: Option<String>,
     created_after: Option<String>,
     created_before: Option<String>,
@@ -61,6 +63,7 @@ fn parse_time_param(given: Option<&str>, name: &str) -> Result<Option<OffsetDate
 #[utoipa::path(get, path = "/v1/notifications", operation_id = "listNotifications", tag = "notifications", security(("api_key" = [])),
     params(("status" = Option<crate::domain::Status>, Query), ("channel" = Option<crate::domain::Channel>, Query),
            ("to" = Option<String>, Query, description = "A recipient"), ("tag" = Option<String>, Query),
+           ("category" = Option<String>, Query, description = "Only notifications of this category"),
            ("created_after" = Option<String>, Query, description = "RFC 3339"),
            ("created_before" = Option<String>, Query, description = "RFC 3339"),
            ("tenant" = Option<String>, Query, description = "Admin keys: one tenant's"),
@@ -83,6 +86,10 @@ pub(in crate::http) async fn list(
         .as_deref()
         .map(|s| Channel::parse(s).ok_or_else(|| ApiError::bad_parameter("channel", "must be email, sms or push")))
         .transpose()?;
+    let category = q.category.filter(|c| !c.is_empty());
+    if category.as_deref().is_some_and(|c| !is_category(c)) {
+        return Err(ApiError::bad_parameter("category", CATEGORY_RULE));
+    }
     let limit = paging::limit(q.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
     let before_id =
         paging::cursor(q.cursor.as_deref(), |b| uuid::Uuid::from_slice(&b).ok().map(NotificationId::from_uuid))?;
@@ -115,6 +122,7 @@ pub(in crate::http) async fn list(
         channel,
         to,
         tag: q.tag,
+        category,
         created_after: parse_time_param(q.created_after.as_deref(), "created_after")?,
         created_before: parse_time_param(q.created_before.as_deref(), "created_before")?,
         before_id,

@@ -197,9 +197,12 @@ async function overview() {
     </div>`;
 }
 
-async function search(q) {
+async function search(input) {
+  // `category:newsletter` searches by category; else a recipient, else a tag.
+  const byCategory = input.match(/^category:\s*(.+)$/);
+  const q = byCategory ? byCategory[1].trim() : input;
   const looksLikeRecipient = q.includes('@') || /^\+?[0-9 ()-]{6,}$/.test(q);
-  const param = looksLikeRecipient ? 'to' : 'tag';
+  const param = byCategory ? 'category' : looksLikeRecipient ? 'to' : 'tag';
   const page = await api('GET', `/v1/notifications?${param}=${encodeURIComponent(q)}&limit=50`);
   const rows = page.items.map((n) => `<tr><td><a href="#/n/${esc(n.id)}">${esc(n.id)}</a></td>
       <td><span class="pill ${esc(n.status)}">${esc(n.status)}</span></td><td>${esc(n.channel)}</td>
@@ -248,7 +251,8 @@ async function message(id) {
   const facts = [['status', `<span class="pill ${esc(n.status)}" data-testid="status">${esc(n.status)}</span>`],
     ['channel', esc(n.channel)], ['to', esc(typeof n.to === 'string' ? n.to : JSON.stringify(n.to))],
     ['tenant', esc(n.tenant || '')], ['provider', esc(n.provider || '–')], ['attempts', num(n.attempts)],
-    ['created', when(n.created_at)], ['tags', esc((n.tags || []).join(', ') || '–')]]
+    ['created', when(n.created_at)], ['tags', esc((n.tags || []).join(', ') || '–')],
+    ['category', esc(n.category || 'transactional')]]
     .map(([k, v]) => `<dt>${k}</dt><dd>${v}</dd>`).join('');
   $('#content').innerHTML = `<div class="grid">
     <div class="card"><h2>Notification <code>${esc(n.id)}</code></h2><dl class="facts">${facts}</dl>${actions}</div>

@@ -322,14 +322,15 @@ pub(crate) const CLAIM_SQL: &str = "WITH lanes AS (
              SET status = 'sending', next_attempt_at = NULL, updated_at = now()
              WHERE n.id = ANY(ARRAY(SELECT notification_id FROM claimed WHERE kind = 'send')) AND n.status = ANY($9)
              RETURNING n.id, n.tenant_id, n.channel, n.recipient, n.recipient_key, n.content, n.expires_at, n.priority,
-                       n.metadata, n.tags, n.traceparent,
+                       n.metadata, n.tags, n.traceparent, n.category,
                        coalesce(n.size_bytes, octet_length(n.content::text) + octet_length(n.metadata::text)) AS size_bytes
          )
          SELECT c.id AS job_id, c.kind, c.lease_token, c.attempt, c.max_attempts, c.route_index, c.payload, c.slot_taken,
                 c.notification_id, c.tenant_id, m.channel, m.recipient, m.recipient_key, m.content, m.expires_at,
                 m.priority, m.metadata, m.tags, m.traceparent, m.size_bytes,
                 EXISTS (SELECT 1 FROM suppressions s
-                        WHERE s.tenant_id = m.tenant_id AND s.channel = m.channel AND s.recipient = m.recipient_key)
+                        WHERE s.tenant_id = m.tenant_id AND s.channel = m.channel AND s.recipient = m.recipient_key
+                          AND (s.category = '' OR s.category = m.category))
                     AS suppressed
          FROM claimed c LEFT JOIN marked m ON c.kind = 'send' AND m.id = c.notification_id
          WHERE c.kind = 'callback' OR m.id IS NOT NULL";

@@ -188,7 +188,7 @@ pub(crate) async fn apply_early(conn: &mut PgConnection, sent: &[Recorded]) -> S
         if row.try_get::<bool, _>("was_unmatched")?
             && let (Some(reason), Some(channel)) = (payload["suppress"].as_str(), n.channel)
         {
-            suppressions::add(&mut tx, n.tenant, channel, &n.recipient_key, reason, &provider).await?;
+            suppressions::add(&mut tx, n.tenant, channel, &n.recipient_key, None, reason, &provider).await?;
         }
     }
     tx.commit().await?;

@@ -212,6 +212,7 @@ async fn lists_by_status_find_the_send_path_and_the_indexed_statuses() {
                 channel: None,
                 to: None,
                 tag: None,
+                category: None,
                 created_after: None,
                 created_before: None,
                 before_id: None,

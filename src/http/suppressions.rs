@@ -75,7 +75,7 @@ pub(super) struct ListQuery {
 /// The tenant's suppressed recipients.
 #[utoipa::path(get, path = "/v1/suppressions", operation_id = "listSuppressions", tag = "suppressions", security(("api_key" = [])),
     params(("channel" = Option<crate::domain::Channel>, Query),
-           ("category" = Option<String>, Query, description = "Only the suppressions of this category"),
+           ("category" = Option<String>, Query, pattern = "^[a-z0-9][a-z0-9_.-]{0,63}$", description = "Only the suppressions of this category"),
            ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100"),
            ("cursor" = Option<String>, Query)),
     responses((status = 200, description = "A page of suppressions", body = SuppressionPage), (status = 400, response = Problem)))]
@@ -184,8 +184,8 @@ pub(super) struct DeleteQuery {
 /// Lift a suppression: the one of every category, or with `category`, that category's.
 #[utoipa::path(delete, path = "/v1/suppressions/{channel}/{recipient}", operation_id = "deleteSuppression", tag = "suppressions", security(("api_key" = [])),
     params(("channel" = crate::domain::Channel, Path), ("recipient" = String, Path),
-           ("category" = Option<String>, Query, description = "Lift this category's suppression instead of the one of every category")),
-    responses((status = 204, description = "Deleted"), (status = 404, response = Problem)))]
+           ("category" = Option<String>, Query, pattern = "^[a-z0-9][a-z0-9_.-]{0,63}$", description = "Lift this category's suppression instead of the one of every category")),
+    responses((status = 204, description = "Deleted"), (status = 400, response = Problem), (status = 404, response = Problem)))]
 pub(super) async fn delete(
     State(state): State<AppState>,
     caller: Caller,

@@ -63,7 +63,7 @@ fn parse_time_param(given: Option<&str>, name: &str) -> Result<Option<OffsetDate
 #[utoipa::path(get, path = "/v1/notifications", operation_id = "listNotifications", tag = "notifications", security(("api_key" = [])),
     params(("status" = Option<crate::domain::Status>, Query), ("channel" = Option<crate::domain::Channel>, Query),
            ("to" = Option<String>, Query, description = "A recipient"), ("tag" = Option<String>, Query),
-           ("category" = Option<String>, Query, description = "Only notifications of this category"),
+           ("category" = Option<String>, Query, pattern = "^[a-z0-9][a-z0-9_.-]{0,63}$", description = "Only notifications of this category"),
            ("created_after" = Option<String>, Query, description = "RFC 3339"),
            ("created_before" = Option<String>, Query, description = "RFC 3339"),
            ("tenant" = Option<String>, Query, description = "Admin keys: one tenant's"),

@@ -486,7 +486,7 @@ async fn insert(
         cols.template.push(template_json(n)?);
         cols.category.push(n.category.as_deref());
     }
-    // The statement is in a function (migration 0015): through a transaction pooler nothing
+    // The statement is in a function (migrations 0015 and 0018): through a transaction pooler nothing
     // Herald sends keeps its plan, and this one costs far more to plan than to run.
     const SQL: &str = "SELECT id, status, reason FROM herald_ingest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
                        $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)";

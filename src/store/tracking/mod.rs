@@ -37,7 +37,7 @@ pub(crate) use complete::{Completion, Outcome, complete, recorded_send};
 /// job) for each that has a callback URL, its own or its tenant's, and whose new status is
 /// one of `Status::ANNOUNCED`, bound as parameter `$param` (`announced()`). Queued in the same
 /// statement as the change, so a callback is never lost nor sent for a change that rolled back.
-/// (The ingest write, `herald_ingest` in migration 0015, holds a copy: change both.)
+/// (The ingest write, `herald_ingest` of migration 0018, holds a copy: change both.)
 pub(crate) fn queue_callback(param: usize) -> String {
     QUEUE_CALLBACK.replace("$ANNOUNCED", &format!("${param}"))
 }

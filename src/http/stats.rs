@@ -18,6 +18,7 @@ use super::extract::Params;
 use super::problem::ApiError;
 use super::schemas::Problem;
 use crate::domain::TenantId;
+use crate::domain::notification::{CATEGORY_RULE, is_category};
 use crate::store::StoreError;
 use crate::store::keys::{Caller, Scope};
 use crate::store::stats::{self, Snapshot};
@@ -38,8 +39,8 @@ pub(super) const DEFAULT_WINDOW: &str = "1h";
 /// many keys ask, they never take the connections accepts need.
 const CACHE_FOR: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Whose stats, over which window.
-type CacheKey = (Option<TenantId>, &'static str);
+/// Whose stats, over which window, of which category.
+type CacheKey = (Option<TenantId>, &'static str, Option<String>);
 
 /// One snapshot: read once by whoever asks first, shared with everyone who asks while it is
 /// read (single flight) and for `CACHE_FOR` after.
@@ -57,10 +58,11 @@ impl StatsCache {
         state: &AppState,
         tenant: Option<TenantId>,
         window: (&'static str, time::Duration),
+        category: Option<&str>,
     ) -> Result<Arc<Snapshot>, ApiError> {
         let timeout = std::time::Duration::from_millis(state.settings.server.request_timeout_ms);
-        let read = stats::snapshot(&state.reads, window.1, tenant, timeout);
-        Ok(self.get_or_read((tenant, window.0), read).await?)
+        let read = stats::snapshot(&state.reads, window.1, tenant, category, timeout);
+        Ok(self.get_or_read((tenant, window.0, category.map(str::to_owned)), read).await?)
     }
 
     /// The snapshot of `key`: a fresh one from the cache, else the one being read by another
@@ -88,11 +90,14 @@ impl StatsCache {
 #[serde(deny_unknown_fields)]
 pub(super) struct StatsQuery {
     window: Option<String>,
+    category: Option<String>,
 }
 
 /// What happened over a window: counts, latency, attempts, queue and recent failures.
 #[utoipa::path(get, path = "/v1/stats", operation_id = "getStats", tag = "operators", security(("api_key" = [])),
-    params(("window" = Option<String>, Query, description = "5m, 1h (default), 24h or 7d")),
+    params(("window" = Option<String>, Query, description = "5m, 1h (default), 24h or 7d"),
+           ("category" = Option<String>, Query, pattern = "^[a-z0-9][a-z0-9_.-]{0,63}$",
+            description = "Only this category's notifications (the queue and stuck jobs are not told apart by category)")),
     responses((status = 200, description = "The window's figures", body = StatsView), (status = 400, response = Problem)))]
 pub(super) async fn get(
     State(state): State<AppState>,
@@ -107,9 +112,15 @@ pub(super) async fn get(
         .into_iter()
         .find(|(n, _)| *n == name)
         .ok_or_else(|| ApiError::bad_parameter("window", format!("`{name}` is not a window; use 5m, 1h, 24h or 7d")))?;
+    let category = q.category.as_deref();
+    if category.is_some_and(|c| !is_category(c)) {
+        return Err(ApiError::bad_parameter("category", CATEGORY_RULE));
+    }
     let tenant = caller.tenant_filter();
-    let snap = state.stats.get(&state, tenant, window).await?;
-    Ok(Json(render(&state, &caller, window, &snap)))
+    let snap = state.stats.get(&state, tenant, window, category).await?;
+    let mut view = render(&state, &caller, window, &snap);
+    view.category = q.category;
+    Ok(Json(view))
 }
 
 /// `GET /v1/stats`: what happened over `window`, for one tenant (`tenant`) or, with an admin
@@ -124,6 +135,8 @@ pub(super) struct StatsView {
     #[schema(format = DateTime)]
     to: String,
     tenant: Option<String>,
+    /// The one category the figures are of; null: every notification.
+    category: Option<String>,
     notifications: Counts,
     latency_seconds: Latencies,
     /// Provider calls, by provider.
@@ -305,6 +318,7 @@ fn render(state: &AppState, caller: &Caller, window: (&str, time::Duration), s: 
         })
         .collect();
     StatsView {
+        category: None,
         window: window.0.to_owned(),
         from: stamp(now - window.1),
         to: stamp(now),
@@ -354,7 +368,7 @@ mod tests {
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     Ok(empty())
                 };
-                cache.get_or_read((None, "7d"), read).await.expect("snapshot");
+                cache.get_or_read((None, "7d", None), read).await.expect("snapshot");
             }));
         }
         for t in tasks {
@@ -362,8 +376,8 @@ mod tests {
         }
         assert_eq!(reads.load(Ordering::SeqCst), 1, "14 identical requests, one read");
         // Another key is its own read; a failed read is not kept.
-        let failed = cache.get_or_read((None, "1h"), async { Err(StoreError::Unavailable("down".into())) }).await;
+        let failed = cache.get_or_read((None, "1h", None), async { Err(StoreError::Unavailable("down".into())) }).await;
         assert!(failed.is_err());
-        cache.get_or_read((None, "1h"), async { Ok(empty()) }).await.expect("read again");
+        cache.get_or_read((None, "1h", None), async { Ok(empty()) }).await.expect("read again");
     }
 }

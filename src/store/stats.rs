@@ -100,7 +100,7 @@ pub struct Snapshot {
 // index (which leads with the lane, then the tenant). A tenant's stats therefore cost what its
 // own traffic costs, whatever the other tenants do.
 pub const COUNTS_SQL: &str = "SELECT status, channel, provider, count(*) AS n FROM notifications
-         WHERE id >= $1 AND ($2::uuid IS NULL OR tenant_id = $2)
+         WHERE id >= $1 AND ($2::uuid IS NULL OR tenant_id = $2) AND ($3::text IS NULL OR category = $3)
          GROUP BY status, channel, provider ORDER BY status, channel, provider";
 
 /// Latency from acceptance without reading the notification: a UUIDv7 id holds its creation
@@ -129,6 +129,15 @@ pub const TENANT_LATENCY_SQL: &str = concat!(
          GROUP BY e.type"
 );
 
+/// `TENANT_LATENCY_SQL` for one category's notifications (`$4`), of one tenant or of all.
+pub const CATEGORY_LATENCY_SQL: &str = concat!(
+    latency_of_events!(),
+    " FROM notifications n JOIN notification_events e ON e.notification_id = n.id
+         WHERE ($2::uuid IS NULL OR n.tenant_id = $2) AND n.category = $4 AND n.id >= $3 AND e.at >= $1
+           AND ((e.type = 'attempt' AND e.status = 'sent') OR (e.type = 'receipt' AND e.status = 'delivered'))
+         GROUP BY e.type"
+);
+
 pub const ATTEMPTS_SQL: &str =
     "SELECT e.provider, count(*) AS attempts, count(*) FILTER (WHERE e.detail ? 'error_class') AS failed
          FROM notification_events e
@@ -141,13 +150,22 @@ pub const TENANT_ATTEMPTS_SQL: &str =
          WHERE n.tenant_id = $2 AND n.id >= $3 AND e.at >= $1 AND e.type = 'attempt' AND e.provider IS NOT NULL
          GROUP BY e.provider ORDER BY e.provider";
 
+/// `TENANT_ATTEMPTS_SQL` for one category's notifications (`$4`), of one tenant or of all.
+pub const CATEGORY_ATTEMPTS_SQL: &str =
+    "SELECT e.provider, count(*) AS attempts, count(*) FILTER (WHERE e.detail ? 'error_class') AS failed
+         FROM notifications n JOIN notification_events e ON e.notification_id = n.id
+         WHERE ($2::uuid IS NULL OR n.tenant_id = $2) AND n.category = $4 AND n.id >= $3 AND e.at >= $1
+           AND e.type = 'attempt' AND e.provider IS NOT NULL
+         GROUP BY e.provider ORDER BY e.provider";
+
 macro_rules! throughput_buckets {
     () => {
         "WITH buckets AS (
              SELECT generate_series(date_bin($3, $1, 'epoch'), $4, $3) AS at
          ), acc AS (
              SELECT date_bin($3, created_at, 'epoch') AS at, count(*) AS n FROM notifications
-             WHERE id >= $5 AND created_at >= $1 AND ($2::uuid IS NULL OR tenant_id = $2) GROUP BY 1
+             WHERE id >= $5 AND created_at >= $1 AND ($2::uuid IS NULL OR tenant_id = $2)
+               AND ($6::text IS NULL OR category = $6) GROUP BY 1
          ), ev AS (
              SELECT date_bin($3, e.at, 'epoch') AS at,
                     count(*) FILTER (WHERE e.type = 'attempt' AND e.status = 'sent') AS sent,
@@ -181,8 +199,18 @@ pub const TENANT_THROUGHPUT_SQL: &str = concat!(
     throughput_end!()
 );
 
+/// `TENANT_THROUGHPUT_SQL` for one category's notifications (`$6`), of one tenant or of all.
+pub const CATEGORY_THROUGHPUT_SQL: &str = concat!(
+    throughput_buckets!(),
+    " FROM notifications n JOIN notification_events e ON e.notification_id = n.id
+             WHERE ($2::uuid IS NULL OR n.tenant_id = $2) AND n.category = $6 AND n.id >= $5 AND e.at >= $1
+               AND (e.type IN ('attempt', 'receipt', 'expired') AND e.status IS NOT NULL)",
+    throughput_end!()
+);
+
 pub const FAILURES_SQL: &str = "SELECT id, channel, recipient_key, provider, last_error, updated_at FROM notifications
          WHERE indexed_status = 'failed' AND ($1::uuid IS NULL OR tenant_id = $1)
+           AND ($2::text IS NULL OR category = $2)
          ORDER BY id DESC LIMIT 10";
 
 /// Send jobs by lane: each lane's waiting work by the claim index, what is being sent by the
@@ -218,25 +246,30 @@ pub fn bucket_for(window: Duration) -> Duration {
 
 /// The window a snapshot reads: from `since` to `now`, for one tenant or every tenant.
 /// `floor` is the smallest notification id created at `since` (ids are time-ordered).
-struct Window {
+struct Window<'a> {
     now: OffsetDateTime,
     since: OffsetDateTime,
     floor: uuid::Uuid,
     tenant: Option<uuid::Uuid>,
+    /// Only this category's notifications (their queue is not told apart: lanes and stuck jobs
+    /// are the tenant's whatever the category).
+    category: Option<&'a str>,
 }
 
-/// Read the snapshot of the window ending now, for `tenant` (or every tenant), each statement
-/// cancelled past `timeout`.
+/// Read the snapshot of the window ending now, for `tenant` (or every tenant) and `category`
+/// (or every notification), each statement cancelled past `timeout`.
 #[tracing::instrument(name = "store.stats.snapshot", skip_all)]
 pub async fn snapshot(
     pool: &PgPool,
     window: Duration,
     tenant: Option<TenantId>,
+    category: Option<&str>,
     timeout: std::time::Duration,
 ) -> StoreResult<Snapshot> {
     let now = OffsetDateTime::now_utc();
     let since = now - window;
-    let w = Window { now, since, floor: NotificationId::floor_at(since), tenant: tenant.map(|t| t.as_uuid()) };
+    let floor = NotificationId::floor_at(since);
+    let w = Window { now, since, floor, tenant: tenant.map(|t| t.as_uuid()), category };
     let mut tx = super::read_tx(pool, timeout).await?;
     let conn = &mut *tx;
     let counts = counts(conn, &w).await?;
@@ -259,8 +292,8 @@ pub async fn snapshot(
 }
 
 /// Notifications created in the window, by status, channel and provider.
-async fn counts(conn: &mut PgConnection, w: &Window) -> StoreResult<Vec<CountRow>> {
-    let rows = sqlx::query(COUNTS_SQL).bind(w.floor).bind(w.tenant).fetch_all(&mut *conn).await?;
+async fn counts(conn: &mut PgConnection, w: &Window<'_>) -> StoreResult<Vec<CountRow>> {
+    let rows = sqlx::query(COUNTS_SQL).bind(w.floor).bind(w.tenant).bind(w.category).fetch_all(&mut *conn).await?;
     let rows = rows.into_iter().map(|r| {
         Ok(CountRow {
             status: r.try_get("status")?,
@@ -273,10 +306,16 @@ async fn counts(conn: &mut PgConnection, w: &Window) -> StoreResult<Vec<CountRow
 }
 
 /// From acceptance to the first `sent`, and to `delivered`: count and percentiles.
-async fn latencies(conn: &mut PgConnection, w: &Window) -> StoreResult<(Latency, Latency)> {
-    let rows = match w.tenant {
-        None => sqlx::query(LATENCY_SQL).bind(w.since).fetch_all(&mut *conn).await?,
-        Some(t) => sqlx::query(TENANT_LATENCY_SQL).bind(w.since).bind(t).bind(w.floor).fetch_all(&mut *conn).await?,
+async fn latencies(conn: &mut PgConnection, w: &Window<'_>) -> StoreResult<(Latency, Latency)> {
+    let rows = match (w.tenant, w.category) {
+        (None, None) => sqlx::query(LATENCY_SQL).bind(w.since).fetch_all(&mut *conn).await?,
+        (Some(t), None) => {
+            sqlx::query(TENANT_LATENCY_SQL).bind(w.since).bind(t).bind(w.floor).fetch_all(&mut *conn).await?
+        }
+        (t, Some(c)) => {
+            let q = sqlx::query(CATEGORY_LATENCY_SQL).bind(w.since).bind(t).bind(w.floor).bind(c);
+            q.fetch_all(&mut *conn).await?
+        }
     };
     let (mut accepted_to_sent, mut accepted_to_delivered) = (Latency::default(), Latency::default());
     for r in rows {
@@ -292,10 +331,16 @@ async fn latencies(conn: &mut PgConnection, w: &Window) -> StoreResult<(Latency,
 }
 
 /// Provider calls in the window, and how many failed, by provider.
-async fn attempts(conn: &mut PgConnection, w: &Window) -> StoreResult<Vec<AttemptRow>> {
-    let rows = match w.tenant {
-        None => sqlx::query(ATTEMPTS_SQL).bind(w.since).fetch_all(&mut *conn).await?,
-        Some(t) => sqlx::query(TENANT_ATTEMPTS_SQL).bind(w.since).bind(t).bind(w.floor).fetch_all(&mut *conn).await?,
+async fn attempts(conn: &mut PgConnection, w: &Window<'_>) -> StoreResult<Vec<AttemptRow>> {
+    let rows = match (w.tenant, w.category) {
+        (None, None) => sqlx::query(ATTEMPTS_SQL).bind(w.since).fetch_all(&mut *conn).await?,
+        (Some(t), None) => {
+            sqlx::query(TENANT_ATTEMPTS_SQL).bind(w.since).bind(t).bind(w.floor).fetch_all(&mut *conn).await?
+        }
+        (t, Some(c)) => {
+            let q = sqlx::query(CATEGORY_ATTEMPTS_SQL).bind(w.since).bind(t).bind(w.floor).bind(c);
+            q.fetch_all(&mut *conn).await?
+        }
     };
     let rows = rows.into_iter().map(|r| {
         Ok(AttemptRow {
@@ -308,13 +353,19 @@ async fn attempts(conn: &mut PgConnection, w: &Window) -> StoreResult<Vec<Attemp
 }
 
 /// Accepted, sent, delivered and failed per bucket of `width`.
-async fn throughput(conn: &mut PgConnection, w: &Window, width: Duration) -> StoreResult<Vec<Bucket>> {
-    let rows = sqlx::query(if w.tenant.is_some() { TENANT_THROUGHPUT_SQL } else { THROUGHPUT_SQL })
+async fn throughput(conn: &mut PgConnection, w: &Window<'_>, width: Duration) -> StoreResult<Vec<Bucket>> {
+    let sql = match (w.tenant, w.category) {
+        (None, None) => THROUGHPUT_SQL,
+        (Some(_), None) => TENANT_THROUGHPUT_SQL,
+        (_, Some(_)) => CATEGORY_THROUGHPUT_SQL,
+    };
+    let rows = sqlx::query(sql)
         .bind(w.since)
         .bind(w.tenant)
         .bind(pg_interval(width))
         .bind(w.now)
         .bind(w.floor)
+        .bind(w.category)
         .fetch_all(&mut *conn)
         .await?;
     let rows = rows.into_iter().map(|r| {
@@ -330,8 +381,8 @@ async fn throughput(conn: &mut PgConnection, w: &Window, width: Duration) -> Sto
 }
 
 /// The latest failures, their recipients masked.
-async fn recent_failures(conn: &mut PgConnection, w: &Window) -> StoreResult<Vec<Failure>> {
-    let rows = sqlx::query(FAILURES_SQL).bind(w.tenant).fetch_all(&mut *conn).await?;
+async fn recent_failures(conn: &mut PgConnection, w: &Window<'_>) -> StoreResult<Vec<Failure>> {
+    let rows = sqlx::query(FAILURES_SQL).bind(w.tenant).bind(w.category).fetch_all(&mut *conn).await?;
     let rows = rows.into_iter().map(|r| {
         Ok(Failure {
             id: NotificationId::from_uuid(r.try_get("id")?),

@@ -154,3 +154,34 @@ async fn notifications_are_listed_by_category_and_bad_categories_are_refused() {
         );
     }
 }
+
+/// Stats of one category: its notifications' counts, attempts and failures only; a bad category
+/// is a 400 naming the parameter.
+#[tokio::test]
+async fn stats_can_be_read_for_one_category() {
+    let t = TestApp::spawn().await;
+    let key = t.key("acme", SEND_READ).await;
+    for (category, to) in
+        [(Some("newsletter"), "a@example.com"), (Some("digest"), "b@example.com"), (None, "c@example.com")]
+    {
+        assert_eq!(t.post(&key, of(category, to)).await.status, StatusCode::ACCEPTED);
+    }
+    t.dispatch_until_idle().await;
+    let total = |body: &Value| body["notifications"]["total"].as_i64();
+    let all = t.get(&key, "/v1/stats").await;
+    assert_eq!(
+        (all.status, total(&all.body), &all.body["category"]),
+        (StatusCode::OK, Some(3), &Value::Null),
+        "{}",
+        all.body
+    );
+    let news = t.get(&key, "/v1/stats?category=newsletter").await;
+    assert_eq!((total(&news.body), &news.body["category"]), (Some(1), &json!("newsletter")), "{}", news.body);
+    let sent: i64 =
+        news.body["attempts"].as_array().expect("attempts").iter().filter_map(|a| a["attempts"].as_i64()).sum();
+    assert_eq!(sent, 1, "one attempt, the newsletter's: {}", news.body);
+    let none = t.get(&key, "/v1/stats?category=product-updates").await;
+    assert_eq!(total(&none.body), Some(0), "{}", none.body);
+    let bad = t.get(&key, "/v1/stats?category=Bad").await;
+    assert_eq!((bad.status, &bad.body["errors"][0]["parameter"]), (StatusCode::BAD_REQUEST, &json!("category")));
+}

@@ -180,7 +180,7 @@ async fn unknown_and_repeated_query_parameters_are_named() {
         ("/v1/templates?colour=red", "limit, cursor"),
         ("/v1/templates/welcome?colour=red", "version"),
         ("/v1/suppressions?colour=red", "channel, category, limit, cursor"),
-        ("/v1/stats?colour=red", "window"),
+        ("/v1/stats?colour=red", "window, category"),
     ] {
         let r = t.get(&key, path).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{path}: {}", r.body);

@@ -39,6 +39,10 @@ pub struct TestApp {
     admin_url: String,
     /// Stops the API when the test ends.
     stop: CancellationToken,
+    /// The test's own connections, straight to the database: Herald's may go through a
+    /// transaction pooler (`database.transaction_pooler`), where a test's plain statements
+    /// would meet the prepared statements Herald's sessions leave on the server connections.
+    direct: PgPool,
 }
 
 pub struct Response {
@@ -95,7 +99,11 @@ impl TestApp {
             let roles = Roles { api: true, worker: false };
             running.run_on(Some(listener), roles, cancel).await.expect("herald runs");
         });
-        TestApp { app, addr, smtp, client: reqwest::Client::new(), db_name, admin_url, stop }
+        let direct = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(10)
+            .connect_lazy(&replace_db(&admin_url, &db_name))
+            .expect("the test's pool");
+        TestApp { app, addr, smtp, client: reqwest::Client::new(), db_name, admin_url, stop, direct }
     }
 
     /// Herald with SMS going to a `webhook` provider whose endpoint is a fake gateway that
@@ -116,8 +124,9 @@ impl TestApp {
         (t, fake)
     }
 
+    /// A pool straight to the test's database, for the test's own statements.
     pub fn pool(&self) -> &PgPool {
-        &self.app.pool
+        &self.direct
     }
 
     pub fn dispatcher(&self) -> Dispatcher {

@@ -203,22 +203,28 @@ async fn stats_read_the_window_not_the_table() {
             let lanes = explain_with(&t, stats::LANES_SQL, move |x| x.bind(q).bind(p).bind(tenant)).await;
             let plans: Vec<(&str, Value)> = match tenant {
                 None => vec![
-                    ("counts", explain_with(&t, stats::COUNTS_SQL, |q| q.bind(floor).bind(tenant)).await),
+                    (
+                        "counts",
+                        explain_with(&t, stats::COUNTS_SQL, |q| q.bind(floor).bind(tenant).bind(None::<&str>)).await,
+                    ),
                     ("latency", explain_with(&t, stats::LATENCY_SQL, |q| q.bind(since)).await),
                     ("attempts", explain_with(&t, stats::ATTEMPTS_SQL, |q| q.bind(since)).await),
                     (
                         "throughput",
                         explain_with(&t, stats::THROUGHPUT_SQL, |q| {
-                            q.bind(since).bind(tenant).bind(width).bind(now).bind(floor)
+                            q.bind(since).bind(tenant).bind(width).bind(now).bind(floor).bind(None::<&str>)
                         })
                         .await,
                     ),
-                    ("failures", explain_with(&t, stats::FAILURES_SQL, |q| q.bind(tenant)).await),
+                    ("failures", explain_with(&t, stats::FAILURES_SQL, |q| q.bind(tenant).bind(None::<&str>)).await),
                     ("queue", lanes),
                     ("stuck", explain_with(&t, stats::STUCK_SQL, |q| q.bind(tenant)).await),
                 ],
                 Some(_) => vec![
-                    ("counts", explain_with(&t, stats::COUNTS_SQL, |q| q.bind(floor).bind(tenant)).await),
+                    (
+                        "counts",
+                        explain_with(&t, stats::COUNTS_SQL, |q| q.bind(floor).bind(tenant).bind(None::<&str>)).await,
+                    ),
                     (
                         "latency",
                         explain_with(&t, stats::TENANT_LATENCY_SQL, |q| q.bind(since).bind(tenant).bind(floor)).await,
@@ -230,11 +236,11 @@ async fn stats_read_the_window_not_the_table() {
                     (
                         "throughput",
                         explain_with(&t, stats::TENANT_THROUGHPUT_SQL, |q| {
-                            q.bind(since).bind(tenant).bind(width).bind(now).bind(floor)
+                            q.bind(since).bind(tenant).bind(width).bind(now).bind(floor).bind(None::<&str>)
                         })
                         .await,
                     ),
-                    ("failures", explain_with(&t, stats::FAILURES_SQL, |q| q.bind(tenant)).await),
+                    ("failures", explain_with(&t, stats::FAILURES_SQL, |q| q.bind(tenant).bind(None::<&str>)).await),
                     ("queue", lanes),
                     ("stuck", explain_with(&t, stats::STUCK_SQL, |q| q.bind(tenant)).await),
                 ],
@@ -258,13 +264,14 @@ async fn stats_read_the_window_not_the_table() {
     // The dashboard reads the last hour, the last day and its selected window (1h by default).
     let started = std::time::Instant::now();
     for window in [time::Duration::hours(1), time::Duration::hours(24), time::Duration::hours(1)] {
-        let s = stats::snapshot(t.pool(), window, None, std::time::Duration::from_secs(60)).await.expect("snapshot");
+        let s =
+            stats::snapshot(t.pool(), window, None, None, std::time::Duration::from_secs(60)).await.expect("snapshot");
         assert!(s.counts.iter().map(|c| c.count).sum::<i64>() > 0);
     }
     println!("one dashboard refresh (admin): about {} pages, {:?} here", refresh_pages, started.elapsed());
     let started = std::time::Instant::now();
     let tenant = Some(herald::domain::TenantId::from_uuid(acme));
-    stats::snapshot(t.pool(), time::Duration::hours(24), tenant, std::time::Duration::from_secs(60))
+    stats::snapshot(t.pool(), time::Duration::hours(24), tenant, None, std::time::Duration::from_secs(60))
         .await
         .expect("snapshot");
     println!("one tenant's last day: {:?} here", started.elapsed());
